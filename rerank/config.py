@@ -1,0 +1,88 @@
+"""Configuration dataclasses (help text per field, validated on construction)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+STRATEGIES = ("full", "sliding")
+OVERFLOW_POLICIES = ("sliding", "error")
+
+
+@dataclass
+class PruningConfig:
+    """LazyLLM-style prefill pruning schedule (see DESIGN.md section 5).
+
+    At each depth ``layer_fractions[i]`` (a fraction of the model's layers, e.g. 0.1 = layer 3 of 30)
+    only ``keep_ratios[i]`` of the prunable (passage-body) tokens remain, ranked by the attention the
+    last ``score_window`` prompt tokens pay them.
+
+    Example:
+        >>> PruningConfig(layer_fractions=[0.1, 0.5], keep_ratios=[0.5, 0.2]).keep_ratios
+        [0.5, 0.2]
+    """
+
+    layer_fractions: list[float] = field(default_factory=lambda: [0.1, 0.33, 0.67],
+                                         metadata={"help": "Depths (fractions of the layer count, increasing, in (0,1)) at which pruning happens."})
+    keep_ratios: list[float] = field(default_factory=lambda: [0.5, 0.25, 0.1],
+                                     metadata={"help": "Fraction of prunable tokens kept from each depth on; in (0,1], non-increasing."})
+    granularity: str = field(default="token", metadata={"help": "'token' keeps single tokens; 'passage' keeps or drops whole passage bodies."})
+    score_window: int = field(default=1, metadata={"help": "How many final prompt tokens' attention scores the candidates (averaged)."})
+    protect_structure: bool = field(default=True, metadata={"help": "Never prune template, instruction, query or identifiers; off = every token but the last competes."})
+    allow_unsupported_fallback: bool = field(default=False, metadata={"help": "On an unsupported architecture, run unpruned instead of raising."})
+
+    def __post_init__(self):
+        if len(self.layer_fractions) != len(self.keep_ratios):
+            raise ValueError(f"layer_fractions ({len(self.layer_fractions)}) and keep_ratios "
+                             f"({len(self.keep_ratios)}) must have the same length")
+        if not self.layer_fractions:
+            raise ValueError("layer_fractions must not be empty (use pruning=None for no pruning)")
+        if any(not 0.0 < f < 1.0 for f in self.layer_fractions):
+            raise ValueError(f"layer_fractions must lie in (0, 1), got {self.layer_fractions}")
+        if list(self.layer_fractions) != sorted(set(self.layer_fractions)):
+            raise ValueError(f"layer_fractions must be strictly increasing, got {self.layer_fractions}")
+        if any(not 0.0 < r <= 1.0 for r in self.keep_ratios):
+            raise ValueError(f"keep_ratios must lie in (0, 1], got {self.keep_ratios}")
+        if any(b > a for a, b in zip(self.keep_ratios, self.keep_ratios[1:])):
+            raise ValueError(f"keep_ratios must be non-increasing, got {self.keep_ratios}")
+        if self.granularity not in ("token", "passage"):
+            raise ValueError(f"granularity must be 'token' or 'passage', got {self.granularity!r}")
+        if self.score_window < 1:
+            raise ValueError(f"score_window must be >= 1, got {self.score_window}")
+
+
+@dataclass
+class RerankerConfig:
+    """How a :class:`~rerank.Reranker` ranks."""
+
+    model: Optional[str] = field(default=None, metadata={"help": "Local path or hub id of a causal LM; None = SmolLM2-135M-Instruct (offline)."})
+    device: Optional[str] = field(default=None, metadata={"help": "torch device; None = cuda if available else cpu."})
+    dtype: Optional[str] = field(default=None, metadata={"help": "float32 | bfloat16 | float16; None = bf16 on GPU, fp32 on CPU."})
+    strategy: str = field(default="full", metadata={"help": "'full': all passages in one prompt; 'sliding': back-to-front windows."})
+    window_size: int = field(default=20, metadata={"help": "Passages per window for the sliding strategy."})
+    stride: int = field(default=10, metadata={"help": "Step between sliding windows."})
+    num_passes: int = field(default=1, metadata={"help": "Sliding passes over the list (each fixes the next `stride` ranks better)."})
+    max_passage_tokens: Optional[int] = field(default=100, metadata={"help": "Token budget per passage (same in training, labelling and inference); None = no cut."})
+    on_overflow: str = field(default="sliding", metadata={"help": "When a full prompt exceeds the context: 'sliding' falls back to windows (noted in stats), 'error' raises."})
+    batch_size: int = field(default=4, metadata={"help": "Prompts decoded together by rank_batch."})
+    max_context: Optional[int] = field(default=None, metadata={"help": "Override of the model's context length (tokens) used for the overflow check."})
+    pruning: Optional[PruningConfig] = field(default=None, metadata={"help": "Prefill pruning schedule; None = exact unpruned prefill."})
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.on_overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {self.on_overflow!r}")
+        for name in ("window_size", "stride", "num_passes", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.stride > self.window_size:
+            raise ValueError(f"stride ({self.stride}) must not exceed window_size ({self.window_size})")
+        if self.max_passage_tokens is not None and (not isinstance(self.max_passage_tokens, int) or self.max_passage_tokens < 1):
+            raise ValueError(f"max_passage_tokens must be a positive integer or None, got {self.max_passage_tokens!r}")
+        if self.pruning is not None and not isinstance(self.pruning, PruningConfig):
+            if isinstance(self.pruning, dict):
+                self.pruning = PruningConfig(**self.pruning)
+            else:
+                raise TypeError(f"pruning must be a PruningConfig, a dict or None, got {type(self.pruning).__name__}")

