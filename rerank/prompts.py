@@ -135,12 +135,13 @@ def encode_prompt(tokenizer, query: str, passages: Sequence[str], max_passage_to
         start_c += user_start
         end_c += user_start
         # A body's first token usually carries the separating space, so it may start one char early.
-        while cursor < len(ids) and offsets[cursor][0] < start_c - 1:
+        # Skip tokens that end before the body (a lone separating space ends exactly at its start).
+        while cursor < len(ids) and (offsets[cursor][0] < start_c - 1 or offsets[cursor][1] <= start_c):
             cursor += 1
         first = cursor
         while cursor < len(ids) and offsets[cursor][1] <= end_c and offsets[cursor][0] < end_c:
             cursor += 1
-        token_spans.append((first, max(first, cursor)))
+        token_spans.append((first, cursor))
     return PromptEncoding(input_ids=list(ids), passage_spans=token_spans, num_passages=len(passages),
                           truncated_passages=cut, text=rendered)
 

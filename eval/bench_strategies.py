@@ -1,0 +1,122 @@
+"""Full ranking vs sliding windows (w=20, s=10) on TREC DL19: quality and cost, one process run.
+
+    python eval/bench_strategies.py --collection ../shared/data/msmarco-dl19 \
+        --groups 20:43 50:10 100:5 --output eval/results/strategies_cpu.json
+
+Each group ``N:Q`` reranks the BM25 top-N of the first Q judged queries. For every query all
+variants (full, full top_k=10, sliding, sliding top_k=10) run back to back, so machine load hits
+them alike; one warm-up query per group is discarded. Per-query records are appended to
+``<output>.records.jsonl`` and skipped on a rerun, so an interrupted benchmark resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from rerank import Reranker, RerankerConfig
+from rerank.data import default_run_path, load_collection, read_run
+from rerank.evaluation import compute_metrics, format_table
+
+VARIANTS = {  # name: (strategy, decode top_k)
+    "full": ("full", None),
+    "full@10": ("full", 10),
+    "sliding": ("sliding", None),
+    "sliding@10": ("sliding", 10),
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--collection", default="../shared/data/msmarco-dl19")
+    parser.add_argument("--groups", nargs="+", default=["20:43", "50:10", "100:5"],
+                        help="N:Q pairs: rerank the top N of the first Q judged queries")
+    parser.add_argument("--max-passage-tokens", type=int, nargs="+", default=[100, 100, 60],
+                        help="token budget per passage for each group (top-100 needs less to fit 8k)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--output", default="eval/results/strategies_cpu.json")
+    args = parser.parse_args(argv)
+
+    collection = load_collection(args.collection)
+    first_stage = read_run(default_run_path(collection))
+    qids = sorted(q for q in first_stage if q in collection.qrels)
+    base = Reranker.from_pretrained(args.model)
+    records_path = Path(args.output).with_suffix(".records.jsonl")
+    records_path.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if records_path.exists():
+        for line in records_path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done.add((r["group"], r["variant"], r["qid"]))
+    budgets = args.max_passage_tokens + [args.max_passage_tokens[-1]] * len(args.groups)
+
+    def reranker_for(strategy: str, budget: int) -> Reranker:
+        cfg = RerankerConfig(strategy=strategy, window_size=20, stride=10, max_passage_tokens=budget, batch_size=1)
+        return Reranker(base.model, base.tokenizer, cfg)
+
+    with open(records_path, "a", encoding="utf-8") as fh:
+        for group, budget in zip(args.groups, budgets):
+            top_n, num_q = (int(x) for x in group.split(":"))
+            rankers = {v: reranker_for(VARIANTS[v][0], budget) for v in args.variants}
+            warm = qids[0]
+            for v in args.variants:  # warm-up, discarded
+                docs = [collection.corpus[d] for d in first_stage[warm][:top_n]]
+                rankers[v].rerank(collection.queries[warm], docs, top_k=VARIANTS[v][1])
+            for qid in qids[:num_q]:
+                cands = first_stage[qid][:top_n]
+                docs = [collection.corpus[d] for d in cands]
+                for v in args.variants:
+                    if (group, v, qid) in done:
+                        continue
+                    res = rankers[v].rerank(collection.queries[qid], docs, top_k=VARIANTS[v][1])
+                    rec = {"group": group, "variant": v, "qid": qid, "budget": budget,
+                           "ranking": [cands[i] for i in res.order], "stats": res.stats.to_dict()}
+                    fh.write(json.dumps(rec) + "\n")
+                    fh.flush()
+                    print(f"{group} {v:<11} {qid:>8}  {res.stats.total_seconds:6.2f} s", flush=True)
+
+    records = [json.loads(line) for line in records_path.read_text().splitlines() if line.strip()]
+    rows = []
+    for group in args.groups:
+        for v in args.variants:
+            recs = [r for r in records if r["group"] == group and r["variant"] == v]
+            if not recs:
+                continue
+            run = {r["qid"]: [(d, float(len(r["ranking"]) - i)) for i, d in enumerate(r["ranking"])] for r in recs}
+            metrics = compute_metrics(collection.qrels, run, collection.graded)
+            bm25 = compute_metrics(collection.qrels, {q: [(d, float(-i)) for i, d in enumerate(first_stage[q][:int(group.split(':')[0])])]
+                                                      for q in run}, collection.graded)
+
+            def med(key: str) -> float:
+                return statistics.median(r["stats"][key] for r in recs)
+
+            rows.append({"top_n": int(group.split(":")[0]), "variant": v, "queries": len(recs),
+                         "passage_tokens": recs[0]["budget"], "ndcg@10": metrics["ndcg@10"],
+                         "bm25_ndcg@10": bm25["ndcg@10"],
+                         "s_per_query": med("total_seconds"), "prefill_s": med("prefill_seconds"),
+                         "decode_s": med("decode_seconds"), "constraint_s": med("constraint_seconds"),
+                         "prompt_tokens": med("prompt_tokens"), "generated_tokens": med("generated_tokens"),
+                         "llm_calls": med("llm_calls"),
+                         "fallbacks": sum(1 for r in recs if r["stats"].get("fallback"))})
+    for row in rows:
+        row["constraint_share_of_decode"] = row["constraint_s"] / row["decode_s"] if row["decode_s"] else 0.0
+        full = next((r for r in rows if r["top_n"] == row["top_n"] and r["variant"] == "full"), None)
+        row["seconds_vs_full"] = row["s_per_query"] / full["s_per_query"] if full else None
+    out = {"machine": "2-core CPU, torch threads default", "model": base.model.config.name_or_path,
+           "note": "medians over queries after one warm-up query; seconds_vs_full is the ratio of medians",
+           "rows": rows}
+    Path(args.output).write_text(json.dumps(out, indent=2))
+    print(format_table(rows, ["top_n", "variant", "queries", "ndcg@10", "bm25_ndcg@10", "s_per_query", "prefill_s",
+                              "decode_s", "prompt_tokens", "generated_tokens", "llm_calls", "seconds_vs_full",
+                              "constraint_share_of_decode"]))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Plot the speed/fidelity curve of a ``bench_pruning.py`` JSON.
+
+    .venv/bin/python eval/plot_pruning.py eval/results/pruning_cpu.json eval/results/pruning_cpu.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def plot(json_path: str, png_path: str) -> None:
+    """Two panels: prefill speedup vs computed fraction, and top-10 overlap / nDCG@10 vs speedup."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(json_path) as fh:
+        data = json.load(fh)
+    schedules = data["fidelity"]["schedules"]
+    names = sorted(schedules, key=lambda n: schedules[n]["prefill_speedup_median"])
+    speed = [schedules[n]["prefill_speedup_median"] for n in names]
+    frac = [schedules[n]["computed_fraction"] for n in names]
+    overlap = [schedules[n]["top10_overlap"] for n in names]
+    delta = [schedules[n]["ndcg10_delta_points"] for n in names]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.scatter(frac, speed)
+    for n, x, y in zip(names, frac, speed):
+        left.annotate(n, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    left.plot([0.3, 1.0], [1 / 0.3, 1.0], ":", color="grey", label="1 / computed fraction")
+    left.axhline(2.0, color="red", lw=0.8, ls="--", label="target 2x")
+    left.set_xlabel("computed fraction (token-layers / full prefill)")
+    left.set_ylabel("prefill speedup (median of paired runs)")
+    left.legend(fontsize=7)
+    right.plot(speed, overlap, "o-", label="top-10 overlap with unpruned")
+    for n, x, y in zip(names, speed, overlap):
+        right.annotate(n, (x, y), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    right.axhline(0.8, color="red", lw=0.8, ls="--", label="overlap target 0.8")
+    right.set_xlabel("prefill speedup")
+    right.set_ylabel("top-10 overlap")
+    right.set_ylim(0, 1.05)
+    twin = right.twinx()
+    twin.plot(speed, delta, "s--", color="tab:orange", label="nDCG@10 change (points)")
+    twin.set_ylabel("nDCG@10 pruned - unpruned (points)")
+    lines = right.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    right.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="lower left")
+    n = data["fidelity"]["top_n"]
+    fig.suptitle(f"Pruned prefill, {data['model']} {data['dtype']}, {data['data']} N={n}")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: plot_pruning.py RESULTS.json OUT.png")
+    plot(sys.argv[1], sys.argv[2])

@@ -1,0 +1,65 @@
+"""The ``rerank`` command: ``demo``, ``eval``, ``labels``, ``train``.
+
+    rerank demo                      # rerank the built-in example with the default model
+    rerank eval --collection ../shared/data/msmarco-dl19 --top-k 20 --strategy full
+    rerank labels ...                # complete listwise labels (see `rerank labels --help`)
+    rerank train configs/train/default-cpu.yaml   # single process; use accelerate launch for more
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def eval_main(argv: list[str] | None = None) -> dict:
+    """``rerank eval``: rerank a first-stage run and print/write metrics."""
+    from transformers import HfArgumentParser
+
+    from .evaluation import EvalConfig, evaluate, format_table
+
+    parser = HfArgumentParser(EvalConfig, prog="rerank eval", description="Rerank a first-stage run and score it.")
+    (cfg,) = parser.parse_args_into_dataclasses(args=argv)
+    metrics = evaluate(cfg)
+    row = {"strategy": cfg.strategy, "top_k": cfg.top_k, **{k: v for k, v in metrics.items() if k != "config"}}
+    print(format_table([row], ["strategy", "top_k", "queries", "ndcg@10", "rr@10", "recall@100",
+                               "seconds_per_query", "prompt_tokens_per_query", "generated_tokens_per_query",
+                               "llm_calls_per_query"]))
+    print(f"wrote {cfg.output_dir}/metrics.json and run.trec")
+    return metrics
+
+
+def demo_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="rerank demo", description="Rerank the built-in example.")
+    parser.add_argument("--model", default=None, help="model path or hub id (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--top-k", type=int, default=None, help="decode only the best k identifiers")
+    args = parser.parse_args(argv)
+    from .demo import run_demo
+
+    print(run_demo(args.model, args.top_k))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"demo": demo_main, "eval": eval_main}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in ("demo", "eval", "labels", "train"):
+        print(__doc__)
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    command, rest = argv[0], argv[1:]
+    if command == "labels":
+        from .labels import main as labels_main
+
+        return labels_main(rest) or 0
+    if command == "train":
+        from .train import main as train_main
+
+        return train_main(rest) or 0
+    commands[command](rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""LazyLLM-style dynamic token pruning of the prefill (DESIGN.md section 5).
+
+:class:`PrunedSession` runs the model's own decoder layers in a loop, keeping a shrinking set of
+surviving prompt positions. Before each scheduled layer it scores the survivors by the attention the
+last ``score_window`` prompt tokens pay them (computed from those query rows and the layer's keys
+only) and keeps the best of the prunable (passage-body) tokens; protected tokens always survive.
+Survivors keep their original positions for RoPE, the layers' attention runs through the model's
+own sdpa / flash kernels with the causal flag (survivors stay in original order, so a square causal
+mask is right), and the final norm and ``lm_head`` run on the last position only.
+
+Each layer's KV cache holds that layer's survivors. Decoding continues at the next original
+position; a single-token query attends to every cached key of its layer, which is exactly the
+pruned model's causal attention.
+
+Batches: prompts are prefilled one at a time (survivor sets differ per row, and a padded pruned
+batch would need per-layer ``T x T`` masks). For decoding the rows' caches are merged, left-padded
+per layer, with an explicit per-layer padding mask under sdpa; under flash attention (no 4-D
+masks) rows decode one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from ..config import PruningConfig
+from .scoring import last_rows_attention, passage_groups, select_survivors
+from .session import DenseSession, PrefillInfo, _sync
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+class UnsupportedModelError(ValueError):
+    """The model cannot run the pruned prefill (architecture, attention kernel or sliding window)."""
+
+
+def _causal_lm(model):
+    """The bare ``*ForCausalLM`` under optional PEFT wrappers (LoRA layers stay injected in it)."""
+    if hasattr(model, "get_base_model"):
+        return model.get_base_model()
+    return model
+
+
+def unsupported_reason(model) -> str | None:
+    """Why ``model`` cannot be pruned, or None when it can."""
+    lm = _causal_lm(model)
+    config = getattr(lm, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model type {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+    inner = getattr(lm, "model", None)
+    for name in ("embed_tokens", "layers", "norm", "rotary_emb"):
+        if not hasattr(inner, name):
+            return f"{type(lm).__name__}.model has no {name!r}; expected the Llama module layout"
+    if not hasattr(lm, "lm_head"):
+        return f"{type(lm).__name__} has no lm_head"
+    attn = getattr(config, "_attn_implementation", None) or "eager"
+    if attn != "sdpa" and "flash" not in attn:
+        # Eager attention has no causal flag: a pruned prefill would need an explicit T x T mask.
+        return f"attention implementation {attn!r} is not supported; load the model with attn_implementation='sdpa'"
+    layer_types = getattr(config, "layer_types", None) or []
+    window = getattr(config, "sliding_window", None)
+    if "sliding_attention" in layer_types or (model_type == "mistral" and window is not None
+                                              and window < getattr(config, "max_position_embeddings", 0)):
+        return f"sliding-window attention (window {window}) is not supported by the pruned prefill"
+    return None
+
+
+def check_supported(model, config: PruningConfig) -> bool:
+    """Validate that ``model`` can run pruned prefill under ``config``.
+
+    Returns True when it can. When it cannot, raises :class:`UnsupportedModelError`, unless
+    ``config.allow_unsupported_fallback`` is set: then it logs a warning and returns False, and
+    :class:`PrunedSession` runs the exact unpruned prefill instead.
+    """
+    if not isinstance(config, PruningConfig):
+        raise TypeError(f"pruning config must be a PruningConfig, got {type(config).__name__}")
+    reason = unsupported_reason(model)
+    if reason is None:
+        return True
+    if config.allow_unsupported_fallback:
+        logger.warning("pruned prefill unavailable (%s); running unpruned as allow_unsupported_fallback asks", reason)
+        return False
+    raise UnsupportedModelError(f"{reason}. Set PruningConfig(allow_unsupported_fallback=True) to run unpruned "
+                                "instead, or pruning=None.")
+
+
+def layer_schedule(config: PruningConfig, num_layers: int) -> dict[int, float]:
+    """Map each pruning layer index to the keep ratio in force from that layer on.
+
+    ``fraction * num_layers`` is rounded (0.1 of 30 layers -> layer 3); stages that land on the same
+    layer of a shallow model merge, the smaller ratio winning.
+    """
+    schedule: dict[int, float] = {}
+    for fraction, ratio in zip(config.layer_fractions, config.keep_ratios):
+        index = min(num_layers - 1, max(0, round(fraction * num_layers)))
+        schedule[index] = min(ratio, schedule.get(index, 1.0))
+    return schedule
+
+
+@dataclass
+class RowPrefill:
+    """One prompt's pruned prefill: per-layer survivors (original positions) and caches."""
+
+    logits: torch.Tensor
+    survivors: list[torch.Tensor]
+    cache: object
+    length: int
+    scoring_seconds: float = 0.0
+    layer_tokens: list[int] = field(default_factory=list)
+
+
+class PrunedSession:
+    """A :class:`~rerank.engine.session.Session` whose prefill prunes passage tokens layer by layer.
+
+    Example:
+        >>> s = PrunedSession(model, tok.pad_token_id, PruningConfig())        # doctest: +SKIP
+        >>> logits = s.prefill([enc.input_ids], [enc.prunable_mask()])         # doctest: +SKIP
+        >>> s.info.computed_fraction                                           # doctest: +SKIP
+        0.41
+
+    Attributes after ``prefill``:
+        survivors: per row, per layer, the ``[n]`` original positions that layer computed.
+        cache: the ``DynamicCache`` used by ``step`` (per-row caches under flash attention, B > 1).
+    """
+
+    def __init__(self, model, pad_token_id: int, config: PruningConfig):
+        self.model = model
+        self.config = config
+        self.pad_token_id = pad_token_id
+        self.lm = _causal_lm(model)
+        self.device = next(model.parameters()).device
+        self._dense: DenseSession | None = None
+        if not check_supported(model, config):
+            self._dense = DenseSession(model, pad_token_id)
+            return
+        self.layers = self.lm.model.layers
+        self.schedule = layer_schedule(config, len(self.layers))
+        attn = self.lm.config._attn_implementation
+        self._masked_batches = attn == "sdpa"
+        self._info = PrefillInfo()
+        self.survivors: list[list[torch.Tensor]] = []
+        self.cache = None
+        self._row_caches: list | None = None
+        self._masks: list[torch.Tensor | None] = []
+        self._positions: torch.Tensor | None = None
+
+    @property
+    def info(self) -> PrefillInfo:
+        return self._dense.info if self._dense is not None else self._info
+
+    # ------------------------------------------------------------------ prefill
+    @torch.inference_mode()
+    def prefill(self, prompts: Sequence[Sequence[int]], prunable: Sequence[Sequence[bool]] | None = None) -> torch.Tensor:
+        """Pruned prefill of each prompt; ``[B, vocab]`` float logits for the next token.
+
+        ``prunable[b][t]`` marks passage-body tokens (:meth:`PromptEncoding.prunable_mask`); None
+        means nothing is prunable under ``protect_structure`` (everything but the last token
+        competes when it is off).
+        """
+        if self._dense is not None:
+            logits = self._dense.prefill(prompts, prunable)
+            self._dense.info.extra.setdefault("fallback", "unpruned")
+            self._dense.info.extra.setdefault("kept_tokens_per_row", [len(p) for p in prompts])
+            return logits
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("prefill needs at least one non-empty prompt")
+        if prunable is not None and (len(prunable) != len(prompts)
+                                     or any(len(m) != len(p) for m, p in zip(prunable, prompts))):
+            raise ValueError("prunable must give one flag per prompt token")
+        start = time.perf_counter()
+        rows = [self._prefill_row(p, None if prunable is None else prunable[b]) for b, p in enumerate(prompts)]
+        self._build_decode_state(rows)
+        logits = torch.cat([r.logits for r in rows], dim=0)
+        _sync(self.device)
+        num_layers = len(self.layers)
+        total = sum(r.length for r in rows)
+        computed = sum(sum(r.layer_tokens) for r in rows)
+        kept = [r.layer_tokens[-1] for r in rows]
+        self.survivors = [r.survivors for r in rows]
+        self._info = PrefillInfo(
+            seconds=time.perf_counter() - start, prompt_tokens=total, kept_tokens=sum(kept),
+            computed_fraction=computed / (num_layers * total),
+            extra={"kept_tokens_per_row": kept, "layer_tokens_per_row": [r.layer_tokens for r in rows],
+                   "scoring_seconds": sum(r.scoring_seconds for r in rows),
+                   "schedule": {str(k): v for k, v in sorted(self.schedule.items())}})
+        return logits
+
+    def _candidates(self, length: int, mask: Sequence[bool] | None) -> torch.Tensor:
+        if self.config.protect_structure:
+            cand = torch.zeros(length, dtype=torch.bool) if mask is None else torch.tensor(list(mask), dtype=torch.bool)
+        else:
+            cand = torch.ones(length, dtype=torch.bool)
+        cand[-1] = False  # the token whose logits we want is never pruned
+        return cand.to(self.device)
+
+    def _prefill_row(self, prompt: Sequence[int], mask: Sequence[bool] | None) -> RowPrefill:
+        from transformers import DynamicCache
+
+        inner = self.lm.model
+        length = len(prompt)
+        ids = torch.tensor([list(prompt)], dtype=torch.long, device=self.device)
+        hidden = inner.embed_tokens(ids)
+        positions = torch.arange(length, device=self.device)
+        candidate = self._candidates(length, mask)
+        prunable_runs = torch.tensor(list(mask), dtype=torch.bool, device=self.device) if mask is not None \
+            else torch.zeros(length, dtype=torch.bool, device=self.device)
+        groups = passage_groups(prunable_runs)
+        initial = int(candidate.sum())
+        cos, sin = inner.rotary_emb(hidden, positions[None])
+        cache = DynamicCache(config=self.lm.config)
+        survivors, layer_tokens = [], []
+        scoring = 0.0
+        for index, layer in enumerate(self.layers):
+            ratio = self.schedule.get(index)
+            if ratio is not None:
+                budget = math.ceil(ratio * initial)
+                if int(candidate.sum()) > budget:
+                    tick = time.perf_counter()
+                    scores = last_rows_attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin,
+                                                 self.config.score_window)
+                    keep = select_survivors(scores, candidate, groups, budget, self.config.granularity)
+                    hidden, positions = hidden[:, keep], positions[keep]
+                    candidate, groups = candidate[keep], groups[keep]
+                    cos, sin = cos[:, keep], sin[:, keep]
+                    scoring += time.perf_counter() - tick
+            hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), cache=cache, use_cache=True)
+            survivors.append(positions)
+            layer_tokens.append(positions.numel())
+        last = inner.norm(hidden[:, -1:])
+        logits = self.lm.lm_head(last)[:, -1].float()
+        return RowPrefill(logits=logits, survivors=survivors, cache=cache, length=length,
+                          scoring_seconds=scoring, layer_tokens=layer_tokens)
+
+    # ------------------------------------------------------------------ decode state
+    def _make_cache(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.lm.config)
+        for index, (k, v) in enumerate(zip(keys, values)):
+            cache.update(k, v, index)
+        return cache
+
+    def _build_decode_state(self, rows: list[RowPrefill]) -> None:
+        self._positions = torch.tensor([r.length for r in rows], dtype=torch.long, device=self.device)
+        self._row_caches = None
+        self._masks = [None] * len(self.layers)
+        if len(rows) == 1:
+            self.cache = rows[0].cache
+            return
+        if not self._masked_batches:
+            self.cache = None
+            self._row_caches = [r.cache for r in rows]
+            return
+        keys, values, masks = [], [], []
+        for index in range(len(self.layers)):
+            row_keys = [r.cache.layers[index].keys for r in rows]
+            row_values = [r.cache.layers[index].values for r in rows]
+            counts = [k.shape[2] for k in row_keys]
+            width = max(counts)
+            _, heads, _, dim = row_keys[0].shape
+            k = row_keys[0].new_zeros((len(rows), heads, width, dim))
+            v = row_values[0].new_zeros((len(rows), heads, width, row_values[0].shape[3]))
+            # Additive mask (sdpa takes it as is): left padding gets the dtype's minimum.
+            mask = torch.zeros((len(rows), 1, 1, width), dtype=k.dtype, device=self.device)
+            for b, n in enumerate(counts):
+                k[b, :, width - n:] = row_keys[b][0]
+                v[b, :, width - n:] = row_values[b][0]
+                mask[b, ..., :width - n] = torch.finfo(k.dtype).min
+            keys.append(k)
+            values.append(v)
+            masks.append(mask if min(counts) < width else None)
+        self.cache = self._make_cache(keys, values)
+        self._masks = masks
+
+    # ------------------------------------------------------------------ decode
+    def _decode(self, cache, masks: list[torch.Tensor | None], tokens: torch.Tensor,
+                positions: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        inner = self.lm.model
+        hidden = inner.embed_tokens(tokens.view(-1, 1))
+        cos, sin = inner.rotary_emb(hidden, positions.view(-1, 1))
+        grown = []
+        for layer, mask in zip(self.layers, masks):
+            if mask is not None:  # the new token is visible to itself in every row
+                mask = torch.cat([mask, mask.new_zeros((*mask.shape[:-1], 1))], dim=-1)
+            grown.append(mask)
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), cache=cache, use_cache=True)
+        return self.lm.lm_head(inner.norm(hidden[:, -1:]))[:, -1].float(), grown
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row at the next original position; return ``[B, vocab]`` logits."""
+        if self._dense is not None:
+            return self._dense.step(tokens)
+        if self._positions is None:
+            raise RuntimeError("step() called before prefill()")
+        tokens = tokens.to(self.device).view(-1)
+        if self._row_caches is not None:
+            out = [self._decode(c, [None] * len(self.layers), tokens[b:b + 1], self._positions[b:b + 1])[0]
+                   for b, c in enumerate(self._row_caches)]
+            logits = torch.cat(out, dim=0)
+        else:
+            logits, self._masks = self._decode(self.cache, self._masks, tokens, self._positions)
+        self._positions = self._positions + 1
+        return logits

@@ -1,0 +1,173 @@
+"""Resumable reranking evaluation on TREC-style collections (MS MARCO / TREC DL / BEIR)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .data import Collection, default_run_path, load_collection, read_run, write_run
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    """What to rerank and how; one row of a results table."""
+
+    collection: str = field(metadata={"help": "Collection folder (shared-data or BEIR layout) or an ir_datasets id."})
+    run: Optional[str] = field(default=None, metadata={"help": "First-stage TREC run; default: the folder's run.bm25.trec / run.given.trec."})
+    top_k: int = field(default=100, metadata={"help": "How many first-stage candidates to rerank per query."})
+    strategy: str = field(default="full", metadata={"help": "full | sliding | none (none = score the first-stage run as is)."})
+    model: Optional[str] = field(default=None, metadata={"help": "Model path or hub id; None = the default SmolLM2 model."})
+    limit_queries: Optional[int] = field(default=None, metadata={"help": "Evaluate only the first N judged queries (sorted by qid)."})
+    output_dir: str = field(default="runs/eval", metadata={"help": "Where rankings.jsonl, run.trec and metrics.json go."})
+    window_size: int = field(default=20, metadata={"help": "Sliding window size."})
+    stride: int = field(default=10, metadata={"help": "Sliding window stride."})
+    max_passage_tokens: Optional[int] = field(default=100, metadata={"help": "Token budget per passage."})
+    rank_top_k: Optional[int] = field(default=None, metadata={"help": "Decode only the best k identifiers (top_k of rerank())."})
+    dtype: Optional[str] = field(default=None, metadata={"help": "Model dtype (float32, bfloat16)."})
+    batch_size: int = field(default=1, metadata={"help": "Queries decoded together."})
+    resume: bool = field(default=True, metadata={"help": "Skip queries already in output_dir/rankings.jsonl."})
+
+    def __post_init__(self):
+        if self.strategy not in ("full", "sliding", "none"):
+            raise ValueError(f"strategy must be full, sliding or none, got {self.strategy!r}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.limit_queries is not None and self.limit_queries < 1:
+            raise ValueError(f"limit_queries must be >= 1, got {self.limit_queries}")
+
+
+def compute_metrics(qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]], graded: bool) -> dict[str, float]:
+    """nDCG@10, RR@10 and R@100 with ir-measures (binary measures at rel >= 2 when graded)."""
+    import ir_measures
+    from ir_measures import R, RR, nDCG
+
+    rel = 2 if graded else 1
+    measures = {"ndcg@10": nDCG @ 10, "rr@10": RR(rel=rel) @ 10, "recall@100": R(rel=rel) @ 100}
+    flat_run = {qid: {doc: float(score) for doc, score in ranked} for qid, ranked in run.items()}
+    judged = {qid: docs for qid, docs in qrels.items() if qid in flat_run}
+    agg = ir_measures.calc_aggregate(list(measures.values()), judged, flat_run)
+    return {name: float(agg[m]) for name, m in measures.items()}
+
+
+def _load_done(path: Path) -> dict[str, dict]:
+    done: dict[str, dict] = {}
+    if not path.is_file():
+        return done
+    good = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a torn last line from an interrupted run: drop it, keep the rest
+            done[rec["qid"]] = rec
+            good.append(line if line.endswith("\n") else line + "\n")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(good)
+    return done
+
+
+def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = None, progress: bool = True) -> dict:
+    """Rerank the first-stage run of ``cfg.collection`` and score it; returns the metrics dict.
+
+    Writes ``rankings.jsonl`` (one record per query, appended as it goes: an interrupted run
+    resumes), ``run.trec`` and ``metrics.json`` into ``cfg.output_dir``.
+    """
+    from tqdm.auto import tqdm
+
+    collection = collection or load_collection(cfg.collection)
+    run_path = cfg.run or default_run_path(collection)
+    if run_path is None:
+        raise FileNotFoundError(f"no first-stage run given and none found in {cfg.collection}; pass --run")
+    first_stage = read_run(run_path)
+    qids = sorted(q for q in first_stage if q in collection.qrels and q in collection.queries)
+    if not qids:
+        raise ValueError(f"no query of {run_path} is both judged and in queries.jsonl")
+    if cfg.limit_queries:
+        qids = qids[: cfg.limit_queries]
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records_path = out_dir / "rankings.jsonl"
+    done = _load_done(records_path) if cfg.resume else {}
+    if not cfg.resume and records_path.exists():
+        records_path.unlink()
+    if cfg.strategy != "none" and reranker is None:
+        from .reranker import Reranker
+
+        reranker = Reranker.from_pretrained(cfg.model, dtype=cfg.dtype, strategy=cfg.strategy,
+                                            window_size=cfg.window_size, stride=cfg.stride,
+                                            max_passage_tokens=cfg.max_passage_tokens, batch_size=cfg.batch_size)
+    todo = [q for q in qids if q not in done]
+    bar = tqdm(total=len(qids), initial=len(qids) - len(todo), desc=f"rerank {cfg.strategy}", unit="q",
+               disable=not progress)
+    with open(records_path, "a", encoding="utf-8") as fh:
+        for start in range(0, len(todo), max(1, cfg.batch_size)):
+            batch = todo[start:start + max(1, cfg.batch_size)]
+            cands = [[d for d in first_stage[q][: cfg.top_k] if d in collection.corpus] for q in batch]
+            missing = [len(first_stage[q][: cfg.top_k]) - len(c) for q, c in zip(batch, cands)]
+            if any(missing):
+                logger.warning("%d candidate ids are missing from the corpus and were skipped", sum(missing))
+            if cfg.strategy == "none":
+                results = [None] * len(batch)
+            else:
+                results = reranker.rerank_batch([collection.queries[q] for q in batch],
+                                                [[collection.corpus[d] for d in c] for c in cands],
+                                                top_k=cfg.rank_top_k)
+            for qid, cand, res in zip(batch, cands, results):
+                order = list(range(len(cand))) if res is None else res.order
+                rec = {"qid": qid, "ranking": [cand[i] for i in order],
+                       "stats": res.stats.to_dict() if res is not None else None}
+                fh.write(json.dumps(rec) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+                done[qid] = rec
+                bar.update(1)
+    bar.close()
+    run: dict[str, list[tuple[str, float]]] = {}
+    for qid in qids:
+        ranked = list(done[qid]["ranking"])
+        # Candidates beyond top_k keep their first-stage order below the reranked head.
+        seen = set(ranked)
+        ranked += [d for d in first_stage[qid] if d not in seen]
+        total = len(ranked)
+        run[qid] = [(d, float(total - r)) for r, d in enumerate(ranked)]
+    write_run(out_dir / "run.trec", run, tag=f"lazyrank-{cfg.strategy}")
+    metrics = compute_metrics(collection.qrels, run, collection.graded)
+    stats = [done[q]["stats"] for q in qids if done[q].get("stats")]
+
+    def mean(key: str) -> float:
+        return statistics.fmean(s[key] for s in stats) if stats else 0.0
+
+    metrics.update({
+        "queries": len(qids),
+        "seconds_per_query": mean("total_seconds"),
+        "prefill_seconds_per_query": mean("prefill_seconds"),
+        "decode_seconds_per_query": mean("decode_seconds"),
+        "prompt_tokens_per_query": mean("prompt_tokens"),
+        "generated_tokens_per_query": mean("generated_tokens"),
+        "llm_calls_per_query": mean("llm_calls"),
+        "computed_fraction": mean("computed_fraction") if stats else 1.0,
+        "fallbacks": sum(1 for s in stats if s.get("fallback")),
+        "config": asdict(cfg),
+    })
+    with open(out_dir / "metrics.json", "w", encoding="utf-8") as fh:
+        json.dump(metrics, fh, indent=2)
+    return metrics
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """A plain-text table of metric rows."""
+    def cell(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    widths = [max(len(c), *(len(cell(r.get(c, ""))) for r in rows)) for c in columns]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(cell(r.get(c, "")).ljust(w) for c, w in zip(columns, widths)) for r in rows]
+    return "\n".join(lines)

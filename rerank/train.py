@@ -1,0 +1,265 @@
+"""Fine-tune a listwise reranker on complete labels (``rerank train``).
+
+A thin :class:`transformers.Trainer` subclass (only ``compute_loss``) with the importance-aware
+loss, and a :class:`TrainingArguments` subclass for our options, read from a YAML file with
+command-line overrides. accelerate, DeepSpeed (ZeRO-2/3) and peft do the rest::
+
+    python -m rerank.train configs/train/default-cpu.yaml --max_steps 3
+    accelerate launch --config_file configs/accelerate/cpu_zero3.yaml -m rerank.train \\
+        configs/train/default-cpu.yaml --output_dir runs/x --max_steps 5
+
+On a machine without CUDA the script trains on CPU by itself (``use_cpu`` plus
+``ACCELERATE_USE_CPU`` for DDP; gloo as the DeepSpeed backend), so the same accelerate configs
+and code paths as on GPUs run with 2 CPU processes. The output folder (a LoRA adapter or a full
+model, with the tokenizer) loads with ``Reranker.from_pretrained(output_dir)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
+
+from .losses import LOSSES, build_loss
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@dataclass
+class LazyRankTrainingArguments(TrainingArguments):
+    """Our options on top of :class:`transformers.TrainingArguments` (all overridable on the command line)."""
+
+    model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Base model folder or hub id; None = the default SmolLM2-135M-Instruct (offline)."})
+    train_file: Optional[str] = field(default=None, metadata={"help": "Label JSONL from `rerank labels` (or the paper's released labels with --corpus_file)."})
+    corpus_file: Optional[str] = field(default=None, metadata={"help": "Collection folder or corpus.jsonl for labels stored as ids only."})
+    on_invalid_labels: str = field(default="error", metadata={"help": "A final_list that is not a permutation of initial_list: 'error' or 'skip' (counted)."})
+    max_passage_tokens: Optional[int] = field(default=100, metadata={"help": "Per-passage token budget; must match inference (Reranker's max_passage_tokens)."})
+    passages_per_example: Optional[int] = field(default=None, metadata={"help": "Keep the first-stage top-k candidates of each label; None = all."})
+    shuffle_initial_order: bool = field(default=False, metadata={"help": "Present candidates in a random (seeded, per-example) order: initial-order augmentation."})
+    max_seq_length: Optional[int] = field(default=None, metadata={"help": "Drop examples longer than this many tokens (counted in the log); None = keep all."})
+    loss: str = field(default="importance", metadata={"help": "'importance' (rank-weighted) or 'lm' (plain response NLL, ablation)."})
+    importance_alpha: float = field(default=1.0, metadata={"help": "Weight of separator and end tokens in the importance-aware loss."})
+    loss_normalize: str = field(default="tokens", metadata={"help": "Divide the weighted sum by the number of response 'tokens' or by the sum of 'weights'."})
+    use_lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (peft); false = full fine-tuning."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS), metadata={"help": "Module names LoRA adapts."})
+    attn_implementation: Optional[str] = field(default=None, metadata={"help": "sdpa | eager | flash_attention_2; None = flash-attn on CUDA when installed, else sdpa."})
+    metrics_file: Optional[str] = field(default=None, metadata={"help": "Write step time, tokens/s and peak memory here (JSON); default OUTPUT_DIR/train_metrics.json."})
+    # The Trainer would drop rank_ids (not a forward() argument) otherwise.
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the loss needs the rank_ids column."})
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.loss_normalize not in ("tokens", "weights"):
+            raise ValueError(f"loss_normalize must be 'tokens' or 'weights', got {self.loss_normalize!r}")
+        if self.on_invalid_labels not in ("error", "skip"):
+            raise ValueError(f"on_invalid_labels must be 'error' or 'skip', got {self.on_invalid_labels!r}")
+        if self.importance_alpha < 0:
+            raise ValueError(f"importance_alpha must be >= 0, got {self.importance_alpha}")
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+        if self.max_passage_tokens is not None and self.max_passage_tokens < 1:
+            raise ValueError(f"max_passage_tokens must be >= 1 or None, got {self.max_passage_tokens}")
+        if self.remove_unused_columns:
+            raise ValueError("remove_unused_columns must stay False (the loss needs rank_ids)")
+        super().__post_init__()
+
+
+class ListwiseTrainer(Trainer):
+    """Trainer whose loss is :class:`~rerank.losses.ImportanceAwareLoss` (or plain LM) on response tokens."""
+
+    def __init__(self, *args, loss_fn: torch.nn.Module, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_fn = loss_fn
+        # Our loss is a per-micro-batch mean: let the Trainer divide it by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
+        self.tokens_seen = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        rank_ids = inputs.pop("rank_ids")
+        if model.training:
+            self.tokens_seen += int(inputs["attention_mask"].sum())
+        outputs = model(**inputs, use_cache=False)
+        loss = self.loss_fn(outputs.logits, labels, rank_ids)
+        return (loss, outputs) if return_outputs else loss
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of every optimizer step (the first, with warm-up, is reported apart)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._last = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._last is not None:
+            self.times.append(time.perf_counter() - self._last)
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+def _running_under_deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def parse_args(argv: Sequence[str]) -> LazyRankTrainingArguments:
+    """``[config.yaml] [--field value ...]``: YAML values, then command-line overrides."""
+    import yaml
+
+    argv = list(argv)
+    values: dict = {}
+    if argv and not argv[0].startswith("-"):
+        path = argv.pop(0)
+        with open(path, encoding="utf-8") as fh:
+            values = yaml.safe_load(fh) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of argument names to values")
+    # Parse only the flags actually given (defaults suppressed), already converted to their types.
+    overrides = HfArgumentParser(LazyRankTrainingArguments, argument_default=argparse.SUPPRESS)
+    for action in overrides._actions:
+        if action.dest != "help":
+            action.default = argparse.SUPPRESS
+            action.required = False
+    given = vars(overrides.parse_args(argv))
+    values.update(given)
+    if not torch.cuda.is_available():
+        # CPU machine: DDP needs use_cpu (MULTI_CPU + gloo); DeepSpeed must not get cpu=True (it would
+        # fall back to plain DDP) but needs gloo, or every rank believes it is rank 0.
+        if _running_under_deepspeed():
+            values.setdefault("ddp_backend", "gloo")
+        else:
+            values.setdefault("use_cpu", True)
+            os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    (args,) = HfArgumentParser(LazyRankTrainingArguments).parse_dict(values)
+    if args.train_file is None:
+        raise ValueError("train_file is required (in the YAML or --train_file)")
+    return args
+
+
+def resolve_checkpoint(args: LazyRankTrainingArguments) -> str | None:
+    """``resume_from_checkpoint``: a path, or 'auto'/'last'/'true' = the newest checkpoint in output_dir (if any)."""
+    value = args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("false", "no", "none", ""):
+        return None
+    if str(value).lower() in ("auto", "last", "true"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+        if last is None:
+            logger.info("no checkpoint in %s: starting from scratch", args.output_dir)
+        return last
+    if not os.path.isdir(value):
+        raise FileNotFoundError(f"resume_from_checkpoint={value} is not a folder")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- model
+def load_model(args: LazyRankTrainingArguments):
+    """Base model (+ LoRA) and tokenizer; built after the arguments so ZeRO-3 partitions at load time."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .models import choose_attn_implementation, default_model_path
+
+    path = str(args.model_name_or_path or default_model_path())
+    dtype = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else torch.float32)
+    attn = args.attn_implementation or choose_attn_implementation(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    model.config.use_cache = False
+    if args.use_lora:
+        from peft import LoraConfig, get_peft_model
+
+        if args.gradient_checkpointing:
+            model.enable_input_require_grads()  # checkpointed blocks need a grad path through frozen embeddings
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=args.lora_r, lora_alpha=args.lora_alpha,
+                                                 lora_dropout=args.lora_dropout,
+                                                 target_modules=list(args.lora_target_modules)))
+    return model, tokenizer
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _shutdown_distributed() -> None:
+    """Tear the process group down before the interpreter exits (see the note in main)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def train(args: LazyRankTrainingArguments, callbacks: Sequence[TrainerCallback] = ()) -> dict:
+    """Build data, model and trainer from ``args``, train (resuming if asked), save; returns metrics."""
+    from .training_data import ExampleOptions, ListwiseCollator, build_dataset
+
+    model, tokenizer = load_model(args)
+    options = ExampleOptions(max_passage_tokens=args.max_passage_tokens, passages_per_example=args.passages_per_example,
+                             shuffle_initial_order=args.shuffle_initial_order, max_seq_length=args.max_seq_length,
+                             seed=args.seed)
+    with args.main_process_first(desc="encoding labels"):
+        dataset = build_dataset(tokenizer, args.train_file, options, args.corpus_file, args.on_invalid_labels)
+    timer = StepTimer()
+    trainer = ListwiseTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              data_collator=ListwiseCollator(tokenizer.pad_token_id), callbacks=[timer, *callbacks],
+                              loss_fn=build_loss(args.loss, args.importance_alpha, args.loss_normalize))
+    checkpoint = resolve_checkpoint(args)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    elapsed = time.perf_counter() - start
+    trainer.save_model(args.output_dir)  # adapter or full model, plus the tokenizer
+    tokens = trainer.accelerator.reduce(torch.tensor(float(trainer.tokens_seen), device=args.device), "sum").item()
+    steps = timer.times[1:] or timer.times
+    metrics = {"world_size": trainer.accelerator.num_processes, "distributed_type": str(trainer.accelerator.distributed_type),
+               "global_step": trainer.state.global_step, "resumed_from": checkpoint, "train_loss": result.training_loss,
+               "seconds": round(elapsed, 3), "steps_timed": len(timer.times),
+               "first_step_s": round(timer.times[0], 3) if timer.times else None,
+               "step_s_mean_after_first": round(sum(steps) / len(steps), 3) if steps else None,
+               "tokens_seen": int(tokens), "tokens_per_s": round(tokens / sum(timer.times), 1) if timer.times else None,
+               "peak_memory_mb_rank0": round(_peak_memory_mb(), 1), "loss": args.loss, "use_lora": args.use_lora,
+               "log_history": trainer.state.log_history}
+    if trainer.is_world_process_zero():
+        path = Path(args.metrics_file or Path(args.output_dir) / "train_metrics.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``rerank train CONFIG.yaml [--field value ...]`` (see the module docstring)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        metrics = train(args)
+    finally:
+        if os.environ.get("LAZYRANK_DEBUG_NO_TEARDOWN") != "1":  # TEMP diagnosis switch
+            _shutdown_distributed()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "log_history"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""Training examples from complete labels: prompt (the inference prompt) + ranked target.
+
+Each label becomes one example built with :func:`rerank.prompts.encode_prompt` (same chat
+template, same per-passage token budget as inference) followed by the target ``[a] > [b] > ...``
+and end-of-turn. ``labels`` is -100 on the prompt so only response tokens carry loss; ``rank_ids``
+gives each response token the output rank of the identifier it spells (0 for separators / end),
+which :class:`rerank.losses.ImportanceAwareLoss` turns into weights.
+
+Augmentation (deterministic per example and seed, so a resumed run sees the same data):
+``shuffle_initial_order`` presents the candidates in a random order (the paper found strong
+sensitivity to initial order); ``passages_per_example`` keeps the first-stage top-k only.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .labels import LabelRecord, read_labels
+from .losses import IGNORE_INDEX, target_with_ranks
+from .prompts import encode_prompt
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExampleOptions:
+    """How label records become token sequences."""
+
+    max_passage_tokens: int | None = 100
+    passages_per_example: int | None = None
+    shuffle_initial_order: bool = False
+    max_seq_length: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.passages_per_example is not None and self.passages_per_example < 2:
+            raise ValueError(f"passages_per_example must be >= 2 or None, got {self.passages_per_example}")
+        if self.max_seq_length is not None and self.max_seq_length < 16:
+            raise ValueError(f"max_seq_length must be >= 16 or None, got {self.max_seq_length}")
+
+
+def encode_example(tokenizer, record: LabelRecord, options: ExampleOptions, index: int = 0) -> dict:
+    """Token ids, loss labels and rank ids of one label record."""
+    initial = list(record.initial_list)
+    if options.passages_per_example is not None:
+        initial = initial[: options.passages_per_example]
+    if options.shuffle_initial_order:
+        random.Random(f"{options.seed}:{index}:{record.qid}").shuffle(initial)
+    position = {d: i for i, d in enumerate(initial)}
+    order = [position[d] for d in record.final_list if d in position]
+    prompt = encode_prompt(tokenizer, record.query, [record.passages[d] for d in initial], options.max_passage_tokens)
+    target, ranks = target_with_ranks(tokenizer, order)
+    input_ids = prompt.input_ids + target
+    return {"input_ids": input_ids,
+            "labels": [IGNORE_INDEX] * len(prompt.input_ids) + target,
+            "rank_ids": [0] * len(prompt.input_ids) + ranks,
+            "num_passages": len(initial),
+            "truncated_passages": prompt.truncated_passages,
+            "length": len(input_ids)}
+
+
+def build_dataset(tokenizer, train_file: str, options: ExampleOptions, corpus_file: str | None = None,
+                  on_invalid: str = "error"):
+    """A ``datasets.Dataset`` of encoded examples (columns: input_ids, labels, rank_ids, length).
+
+    Over-long examples (more than ``max_seq_length`` tokens after the per-passage budget) are
+    dropped; truncated passages and dropped examples are counted in one log line.
+    """
+    import datasets
+
+    records, skipped = read_labels(train_file, corpus_file, on_invalid=on_invalid)
+    if not records:
+        raise ValueError(f"{train_file}: no usable labels")
+    rows = [{"qid": r.qid, "query": r.query, "initial_list": r.initial_list, "final_list": r.final_list,
+             "passages": [r.passages[d] for d in r.initial_list]} for r in records]
+    raw = datasets.Dataset.from_list(rows)
+
+    def encode(row, index):
+        rec = LabelRecord(row["qid"], row["query"], row["initial_list"], row["final_list"],
+                          dict(zip(row["initial_list"], row["passages"])))
+        return encode_example(tokenizer, rec, options, index)
+
+    ds = raw.map(encode, with_indices=True, remove_columns=raw.column_names, desc="encoding labels")
+    truncated = sum(ds["truncated_passages"])
+    too_long = 0
+    if options.max_seq_length is not None:
+        before = len(ds)
+        ds = ds.filter(lambda n: n <= options.max_seq_length, input_columns="length")
+        too_long = before - len(ds)
+    logger.info("training data: %d examples from %s (%d invalid labels skipped); %d passages cut to %s tokens; "
+                "%d examples over max_seq_length=%s dropped", len(ds), train_file, skipped, truncated,
+                options.max_passage_tokens, too_long, options.max_seq_length)
+    if not len(ds):
+        raise ValueError("every example exceeds max_seq_length; raise it or lower max_passage_tokens")
+    return ds.remove_columns(["truncated_passages"])
+
+
+@dataclass
+class ListwiseCollator:
+    """Right-pads a batch: input_ids with ``pad_token_id``, labels with -100, rank_ids with 0."""
+
+    pad_token_id: int
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+
+        def pad(key: str, value: int) -> torch.Tensor:
+            return torch.tensor([list(f[key]) + [value] * (width - len(f[key])) for f in features], dtype=torch.long)
+
+        ids = pad("input_ids", self.pad_token_id)
+        mask = torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features],
+                            dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": mask, "labels": pad("labels", IGNORE_INDEX),
+                "rank_ids": pad("rank_ids", 0)}

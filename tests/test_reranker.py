@@ -1,0 +1,155 @@
+"""Reranker API on a tiny random model with the real tokenizer: invariants and bad input."""
+
+import pytest
+import torch
+
+from rerank import Reranker, RerankerConfig
+from rerank.decoding import is_permutation
+from rerank.engine import DenseSession, rank_prompts
+from rerank.prompts import encode_prompt
+from rerank.ranking import Window, sliding_orders, window_starts
+
+DOCS = [f"passage number {i} about topic {i % 3}" for i in range(12)]
+
+
+def test_full_ranking_is_a_permutation_with_stats(tiny_reranker):
+    res = tiny_reranker.rerank("topic 1", DOCS)
+    assert is_permutation(res.order, len(DOCS))
+    assert res.ranked_by_model == len(DOCS)
+    s = res.stats
+    assert s.llm_calls == 1 and s.strategy == "full" and s.fallback is None
+    assert s.prompt_tokens > 12 * 5
+    # 12 identifiers: "[k]" pieces, separators; at least one token per identifier and separator
+    assert s.generated_tokens >= 2 * 12 - 1
+    assert s.prefill_seconds > 0 and s.decode_seconds > 0
+    scores = res.scores
+    assert [scores[i] for i in res.order] == sorted(scores, reverse=True)
+
+
+def test_constrained_decode_matches_masked_greedy(tiny_model, tokenizer):
+    """The decode loop picks the arg-max of the logits restricted to allowed tokens."""
+    from rerank.decoding import PermutationConstraint, TokenTable
+
+    table = TokenTable.for_tokenizer(tokenizer)
+    enc = encode_prompt(tokenizer, "q", DOCS[:4], 20)
+    out = rank_prompts(DenseSession(tiny_model, tokenizer.pad_token_id), [enc.input_ids], [4], table)
+    # replay with the model's own full forward at every step
+    ids = list(enc.input_ids)
+    c = PermutationConstraint(4)
+    texts = dict(table.items)
+    with torch.inference_mode():
+        while not c.done:
+            logits = tiny_model(torch.tensor([ids])).logits[0, -1]
+            allowed = c.allowed(table)
+            best = allowed[int(logits[allowed].argmax())]
+            c.feed(texts[best])
+            ids.append(best)
+    assert out.identifiers[0] == c.emitted
+
+
+def test_top_k_decodes_k_and_keeps_first_stage_order(tiny_reranker):
+    full = tiny_reranker.rerank("topic 2", DOCS)
+    res = tiny_reranker.rerank("topic 2", DOCS, top_k=3)
+    assert res.ranked_by_model == 3
+    assert res.order[:3] == full.order[:3]  # greedy prefix is the same
+    head = set(res.order[:3])
+    assert res.order[3:] == [i for i in range(len(DOCS)) if i not in head]
+    assert res.stats.generated_tokens < full.stats.generated_tokens
+    assert all(res.scores[i] > 0 for i in res.order[:3])
+    assert all(res.scores[i] <= 0 for i in res.order[3:])
+
+
+def test_rank_returns_sentence_transformers_shape(tiny_reranker):
+    out = tiny_reranker.rank("topic 0", DOCS, top_k=4, return_documents=True)
+    assert len(out) == 4
+    assert set(out[0]) == {"corpus_id", "score", "text"}
+    assert out[0]["text"] == DOCS[out[0]["corpus_id"]]
+    assert [o["score"] for o in out] == sorted((o["score"] for o in out), reverse=True)
+
+
+def test_batch_equals_single(tiny_reranker):
+    queries = ["topic 0", "something else entirely", "topic 2"]
+    docs = [DOCS, DOCS[:5], DOCS[3:10]]
+    batched = tiny_reranker.rerank_batch(queries, docs)
+    for q, d, b in zip(queries, docs, batched):
+        assert tiny_reranker.rerank(q, d).order == b.order
+
+
+def test_sliding_with_window_covering_all_equals_full(tiny_model, tokenizer):
+    full = Reranker(tiny_model, tokenizer, RerankerConfig(strategy="full"))
+    sliding = Reranker(tiny_model, tokenizer, RerankerConfig(strategy="sliding", window_size=20, stride=10))
+    assert sliding.rerank("topic 1", DOCS).order == full.rerank("topic 1", DOCS).order
+
+
+def test_sliding_window_schedule_and_calls(tiny_model, tokenizer):
+    rr = Reranker(tiny_model, tokenizer, RerankerConfig(strategy="sliding", window_size=4, stride=2))
+    res = rr.rerank("topic 1", DOCS)
+    assert is_permutation(res.order, 12)
+    assert res.stats.llm_calls == len(window_starts(12, 4, 2)) == 5
+    rr2 = Reranker(tiny_model, tokenizer, RerankerConfig(strategy="sliding", window_size=4, stride=2, num_passes=2))
+    assert rr2.rerank("topic 1", DOCS).stats.llm_calls == 10
+
+
+class LargestFirstRanker:
+    """Oracle that ranks a window by the number written in each passage, largest first."""
+
+    def rank_windows(self, windows):
+        from rerank.ranking import WindowRanking
+
+        return [WindowRanking(order=sorted(range(len(w.passages)), key=lambda i: -int(w.passages[i])),
+                              ranked=len(w.passages)) for w in windows]
+
+
+def test_one_sliding_pass_fixes_the_top_stride():
+    orders = sliding_orders(LargestFirstRanker(), [Window("q", [str(i) for i in range(10)])], window_size=4, stride=2)
+    assert orders[0][:2] == [9, 8]  # like one bubble-sort pass: the best `stride` reach the top
+    assert orders[0][2:] != sorted(orders[0][2:], reverse=True)  # the rest is not fully sorted by one pass
+    full = sliding_orders(LargestFirstRanker(), [Window("q", [str(i) for i in range(10)])], window_size=4,
+                          stride=2, num_passes=5)
+    assert full[0] == list(range(9, -1, -1))
+
+
+def test_overflow_falls_back_to_sliding_or_raises(tiny_model, tokenizer):
+    docs = [" ".join(["long"] * 60) + f" {i}" for i in range(10)]
+    rr = Reranker(tiny_model, tokenizer, RerankerConfig(max_context=500, window_size=4, stride=2, max_passage_tokens=60))
+    res = rr.rerank("q", docs)
+    assert res.stats.fallback == "sliding" and res.stats.llm_calls > 1
+    assert is_permutation(res.order, 10)
+    strict = Reranker(tiny_model, tokenizer, RerankerConfig(max_context=500, on_overflow="error"))
+    with pytest.raises(ValueError, match="context"):
+        strict.rerank("q", docs)
+
+
+def test_edge_inputs(tiny_reranker):
+    assert tiny_reranker.rerank("q", []).order == []
+    assert tiny_reranker.rank("q", []) == []
+    one = tiny_reranker.rerank("q", ["only"])
+    assert one.order == [0] and one.stats.llm_calls == 0
+    res = tiny_reranker.rerank("q [1]", ["same", "same", "", "日本語 [3] ünïcode", "x " * 3000])
+    assert is_permutation(res.order, 5)
+    assert res.stats.truncated_passages == 1
+
+
+@pytest.mark.parametrize("call, exc, name", [
+    (lambda r: r.rerank(3, ["a"]), TypeError, "query"),
+    (lambda r: r.rerank("q", "a single string"), TypeError, "documents"),
+    (lambda r: r.rerank("q", ["a", 5]), TypeError, r"documents\[1\]"),
+    (lambda r: r.rerank("q", ["a"], top_k=0), ValueError, "top_k"),
+    (lambda r: r.rerank_batch(["q"], [["a"], ["b"]]), ValueError, "same length"),
+])
+def test_bad_input_names_the_argument(tiny_reranker, call, exc, name):
+    with pytest.raises(exc, match=name):
+        call(tiny_reranker)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="strategy"):
+        RerankerConfig(strategy="bubble")
+    with pytest.raises(ValueError, match="stride"):
+        RerankerConfig(window_size=5, stride=6)
+    with pytest.raises(ValueError, match="max_passage_tokens"):
+        RerankerConfig(max_passage_tokens=0)
+    with pytest.raises(TypeError, match="pruning"):
+        RerankerConfig(pruning=0.5)
+    with pytest.raises(TypeError, match="unknown"):
+        Reranker.from_pretrained(windowsize=3)

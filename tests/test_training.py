@@ -1,0 +1,176 @@
+"""Training data, the Trainer subclass, YAML + overrides, resume, output loading, 2-process ZeRO."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from conftest import make_tiny_llama, shared_data
+from rerank.labels import LabelConfig, LabelRecord, run_labelling
+from rerank.losses import IGNORE_INDEX
+from rerank.prompts import encode_prompt, encode_target
+from rerank.training_data import ExampleOptions, ListwiseCollator, build_dataset, encode_example
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tokenizer):
+    """A 2-layer random Llama over the real tokenizer, saved like a hub model folder."""
+    folder = tmp_path_factory.mktemp("tiny")
+    make_tiny_llama(len(tokenizer), layers=2).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def label_file(tmp_path_factory):
+    """Complete labels (qrels oracle) for 16 WikiQA training queries."""
+    out = tmp_path_factory.mktemp("labels") / "wikiqa.qrels.jsonl"
+    run_labelling(LabelConfig(input=shared_data("wikiqa-train"), output=str(out), teacher="qrels",
+                              max_queries=16, progress=False))
+    return str(out)
+
+
+def _record():
+    return LabelRecord("q1", "what is [2] rope", ["a", "b", "c"], ["c", "a", "b"],
+                       {"a": "A rope is [1] thick.", "b": "Cable " * 50, "c": "Rope: twisted fibres."})
+
+
+def test_example_is_the_inference_prompt_plus_target(tokenizer):
+    rec = _record()
+    ex = encode_example(tokenizer, rec, ExampleOptions(max_passage_tokens=20))
+    prompt = encode_prompt(tokenizer, rec.query, [rec.passages[d] for d in rec.initial_list], 20)
+    n = len(prompt.input_ids)
+    assert ex["input_ids"][:n] == prompt.input_ids  # identical to what inference sees
+    assert ex["labels"][:n] == [IGNORE_INDEX] * n  # no loss on the prompt
+    assert ex["input_ids"][n:] == ex["labels"][n:] == encode_target(tokenizer, [2, 0, 1])
+    assert tokenizer.decode(ex["labels"][n:]) == "[3] > [1] > [2]<|im_end|>"
+    assert ex["rank_ids"][n:] == [1, 1, 1, 0, 2, 2, 2, 0, 3, 3, 3, 0] and set(ex["rank_ids"][:n]) == {0}
+    assert ex["truncated_passages"] == 1  # "Cable " * 50 cut to 20 tokens
+
+
+def test_shuffle_and_top_k_keep_the_target_consistent(tokenizer):
+    rec = LabelRecord("q", "query", [f"d{i}" for i in range(8)], [f"d{i}" for i in (5, 2, 7, 0, 1, 3, 4, 6)],
+                      {f"d{i}": f"passage number {i}" for i in range(8)})
+    opts = ExampleOptions(max_passage_tokens=10, shuffle_initial_order=True, seed=3)
+    a, b = encode_example(tokenizer, rec, opts, index=4), encode_example(tokenizer, rec, opts, index=4)
+    assert a == b  # deterministic: a resumed run sees the same data
+    plain = encode_example(tokenizer, rec, ExampleOptions(max_passage_tokens=10), index=4)
+    assert a["input_ids"] != plain["input_ids"]
+    # decode the shuffled prompt's passage order and check the target still ranks d5 > d2 > d7 ...
+    text = tokenizer.decode(a["input_ids"])
+    shown = [int(text.split(f"[{k}] passage number ")[1][0]) for k in range(1, 9)]
+    target = tokenizer.decode([t for t in a["labels"] if t != IGNORE_INDEX]).replace("<|im_end|>", "")
+    ranked = [shown[int(x.strip(" []")) - 1] for x in target.split(">")]
+    assert ranked == [5, 2, 7, 0, 1, 3, 4, 6]
+    top = encode_example(tokenizer, rec, ExampleOptions(max_passage_tokens=10, passages_per_example=4))
+    assert top["num_passages"] == 4
+    assert tokenizer.decode([t for t in top["labels"] if t != IGNORE_INDEX]) == "[3] > [1] > [2] > [4]<|im_end|>"
+
+
+def test_dataset_collator_and_length_filter(tokenizer, label_file, caplog):
+    caplog.set_level("INFO", logger="rerank.training_data")
+    ds = build_dataset(tokenizer, label_file, ExampleOptions(max_passage_tokens=30, max_seq_length=600))
+    assert 0 < len(ds) <= 16
+    assert "over max_seq_length=600 dropped" in caplog.text
+    batch = ListwiseCollator(tokenizer.pad_token_id)([ds[0], ds[1]])
+    short = int(batch["attention_mask"].sum(1).argmin())
+    pad = batch["attention_mask"][short] == 0
+    assert pad.any() and (batch["labels"][short][pad] == IGNORE_INDEX).all() and (batch["rank_ids"][short][pad] == 0).all()
+    assert ((batch["rank_ids"] > 0) <= (batch["labels"] != IGNORE_INDEX)).all()
+
+
+def test_parse_args_yaml_and_overrides(tmp_path):
+    from rerank.train import parse_args
+
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text("train_file: a.jsonl\noutput_dir: out\nmax_passage_tokens: 50\nlora_target_modules: [q_proj]\n"
+                   "learning_rate: 1.0e-4\nreport_to: none\n")
+    args = parse_args([str(cfg), "--max_steps", "3", "--lora_target_modules", "q_proj", "v_proj",
+                       "--use_lora", "false", "--loss", "lm"])
+    assert (args.train_file, args.max_passage_tokens, args.learning_rate, args.max_steps) == ("a.jsonl", 50, 1e-4, 3)
+    assert args.lora_target_modules == ["q_proj", "v_proj"] and args.use_lora is False and args.loss == "lm"
+    assert args.remove_unused_columns is False
+    with pytest.raises(ValueError, match="loss must be"):
+        parse_args([str(cfg), "--loss", "focal"])
+    shipped = parse_args([str(REPO / "configs/train/default-cpu.yaml"), "--output_dir", str(tmp_path / "o")])
+    assert shipped.use_lora and shipped.loss == "importance"
+
+
+class _Crash(TrainerCallback):
+    """Simulates a kill right after the checkpoint at ``step`` was written."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def _losses(metrics):
+    return [(h["step"], round(h["loss"], 5)) for h in metrics["log_history"] if "loss" in h]
+
+
+def test_train_resume_and_load(tmp_path, tiny_dir, label_file):
+    from rerank import Reranker
+    from rerank.train import parse_args, train
+
+    base = ["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
+            "--max_steps", "4", "--save_steps", "2", "--logging_steps", "1", "--learning_rate", "5e-3",
+            "--per_device_train_batch_size", "2", "--report_to", "none", "--seed", "7", "--shuffle_initial_order", "true"]
+    full = train(parse_args(base + ["--output_dir", str(tmp_path / "a")]))
+    assert full["global_step"] == 4 and len(_losses(full)) == 4
+    out = str(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        train(parse_args(base + ["--output_dir", out]), callbacks=[_Crash(2)])
+    assert (Path(out) / "checkpoint-2").is_dir()
+    resumed = train(parse_args(base + ["--output_dir", out, "--resume_from_checkpoint", "auto"]))
+    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["global_step"] == 4
+    # same data order and state: steps 3-4 reproduce the uninterrupted run's losses
+    assert _losses(resumed)[-2:] == _losses(full)[-2:]
+    rr = Reranker.from_pretrained(out, max_passage_tokens=24)  # LoRA adapter folder, merged on load
+    assert sorted(rr.rerank("what is rope", ["a rope", "a cable", "a fish"]).order) == [0, 1, 2]
+
+
+def test_full_finetune_output_loads(tmp_path, tiny_dir, label_file):
+    from rerank import Reranker
+    from rerank.train import parse_args, train
+
+    out = tmp_path / "full"
+    metrics = train(parse_args(["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
+                                "--max_steps", "1", "--use_lora", "false", "--loss", "lm", "--output_dir", str(out),
+                                "--report_to", "none", "--save_strategy", "no"]))
+    assert metrics["global_step"] == 1 and not metrics["use_lora"]
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    assert Reranker.from_pretrained(str(out)).model.config.num_hidden_layers == 2
+
+
+@pytest.mark.multiproc
+def test_two_process_zero3_cpu(tmp_path, tiny_dir, label_file):
+    """`accelerate launch` with 2 CPU processes under DeepSpeed ZeRO-3: trains, exits cleanly, output loads."""
+    from rerank import Reranker
+
+    out = tmp_path / "z3"
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"), OMP_NUM_THREADS="1",
+               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu_zero3.yaml",
+           "-m", "rerank.train", "configs/train/default-cpu.yaml", "--model_name_or_path", tiny_dir,
+           "--train_file", label_file, "--output_dir", str(out), "--max_steps", "3", "--save_steps", "100",
+           "--max_passage_tokens", "24", "--gradient_accumulation_steps", "1", "--warmup_steps", "0"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "terminate called" not in log
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["distributed_type"].endswith("DEEPSPEED")
+    assert metrics["global_step"] == 3 and all(torch.isfinite(torch.tensor(l)) for _, l in _losses(metrics))
+    assert sorted(Reranker.from_pretrained(str(out), max_passage_tokens=24).rerank("q", ["a", "b"]).order) == [0, 1]
