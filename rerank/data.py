@@ -16,6 +16,7 @@ class Collection:
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]] = field(default_factory=dict)
     path: str = ""
+    first_stage: dict[str, list[str]] | None = None  # an ir_datasets collection's scoreddocs
 
     @property
     def graded(self) -> bool:
@@ -139,9 +140,12 @@ def _load_ir_datasets(dataset_id: str) -> Collection:
     for q in ds.qrels_iter():
         qrels.setdefault(q.query_id, {})[q.doc_id] = int(q.relevance)
     store = ds.docs_store()
-    corpus = {}
-    if ds.has_scoreddocs():
-        wanted = {sd.doc_id for sd in ds.scoreddocs_iter()}
-        for doc in store.get_many_iter(wanted):
-            corpus[doc.doc_id] = getattr(doc, "text", "")
-    return Collection(corpus=corpus, queries=queries, qrels=qrels, path="")
+    if not ds.has_scoreddocs():
+        raise ValueError(f"{dataset_id!r} has no first-stage run (scoreddocs); pass --run")
+    scored: dict[str, list[tuple[float, str]]] = {}
+    for sd in ds.scoreddocs_iter():
+        scored.setdefault(sd.query_id, []).append((-sd.score, sd.doc_id))
+    first_stage = {q: [d for _, d in sorted(items)] for q, items in scored.items()}
+    wanted = {d for docs in first_stage.values() for d in docs}
+    corpus = {doc.doc_id: getattr(doc, "text", "") for doc in store.get_many_iter(wanted)}
+    return Collection(corpus=corpus, queries=queries, qrels=qrels, path="", first_stage=first_stage)

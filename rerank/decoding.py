@@ -5,6 +5,13 @@ tokenizer: a token is allowed when appending its text keeps the answer a prefix 
 ``[a] > [b] > ...`` with every identifier in ``1..N`` and none repeated. Only tokens whose text is
 made of ``[]0-9 >`` can ever qualify; they are found once per tokenizer, so a step costs a scan
 over a few hundred short strings.
+
+When the tokenizer writes each identifier piece (``[k]`` first, `` > [k]`` after) with tokens that
+do not straddle pieces, which holds for common BPE and SentencePiece tokenizers, decoding follows
+the *canonical* token sequences instead (:class:`CanonicalConstraint`): exactly the tokens training
+targets use, organised in a trie. Many steps then have a single legal token (``]``, `` >``, `` [``)
+which the engine feeds without asking the model ("jump-forward"), so a permutation needs about half
+the forward passes.
 """
 
 from __future__ import annotations
@@ -37,12 +44,18 @@ def _token_texts(tokenizer) -> dict[int, str]:
 
 
 class TokenTable:
-    """The grammar-relevant tokens of one tokenizer (computed once, reused by every query)."""
+    """The grammar-relevant tokens of one tokenizer (computed once, reused by every query).
+
+    ``items`` are (token id, text) pairs usable by the text-level constraint; ``canonical`` holds the
+    canonical identifier pieces when the tokenizer allows them.
+    """
 
     def __init__(self, tokenizer):
         self.items: list[tuple[int, str]] = sorted(_token_texts(tokenizer).items())
         if not self.items:
             raise ValueError("tokenizer has no tokens for '[', digits and ']'; cannot constrain rankings")
+        self.texts = dict(self.items)
+        self.canonical = CanonicalPieces(tokenizer)
 
     @classmethod
     def for_tokenizer(cls, tokenizer) -> "TokenTable":
@@ -52,6 +65,12 @@ class TokenTable:
             table = cls(tokenizer)
             tokenizer._lazyrank_token_table = table
         return table
+
+    def constraint(self, num: int, stop_after: int | None = None, canonical: bool = True):
+        """A fresh constraint for ``num`` identifiers: canonical tokens when possible, else text-level."""
+        if canonical and self.canonical.available:
+            return CanonicalConstraint(self.canonical, num, stop_after)
+        return TextConstraint(num, stop_after, table=self)
 
 
 # Grammar states
@@ -158,6 +177,20 @@ class PermutationConstraint:
         return [tok for tok, text in table.items if self._accepts(text)]
 
 
+@dataclass
+class TextConstraint(PermutationConstraint):
+    """:class:`PermutationConstraint` bound to a :class:`TokenTable`, advancing by token id."""
+
+    table: TokenTable | None = field(default=None, repr=False)
+
+    def allowed(self, table: TokenTable | None = None) -> list[int]:
+        return super().allowed(table or self.table)
+
+    def advance(self, token: int) -> bool:
+        text = self.table.texts.get(token)
+        return text is not None and self.feed(text)
+
+
 def parse_ranking(text: str, num: int) -> list[int]:
     """Tolerantly parse model or API output into a full 0-based permutation of ``range(num)``.
 
@@ -184,3 +217,128 @@ def complete_order(prefix: Iterable[int], num: int) -> list[int]:
 
 def is_permutation(order: Sequence[int], num: int) -> bool:
     return len(order) == num and sorted(order) == list(range(num))
+
+
+class _Node:
+    __slots__ = ("children", "count", "leaf")
+
+    def __init__(self):
+        self.children: dict[int, _Node] = {}
+        self.count = 0          # identifiers still available below this node
+        self.leaf: int | None = None
+
+
+def _build_trie(pieces: dict[int, tuple[int, ...]]) -> _Node:
+    root = _Node()
+    for k, seq in pieces.items():
+        node = root
+        node.count += 1
+        for tok in seq:
+            node = node.children.setdefault(tok, _Node())
+            node.count += 1
+        if node.children or node.leaf is not None:
+            raise ValueError("identifier pieces are not prefix-free")
+        node.leaf = k
+    for node in _walk(root):
+        if node.leaf is not None and node.children:
+            raise ValueError("identifier pieces are not prefix-free")
+    return root
+
+
+def _walk(node: _Node):
+    yield node
+    for child in node.children.values():
+        yield from _walk(child)
+
+
+class CanonicalPieces:
+    """Token sequences of ``[k]`` (answer start) and `` > [k]`` (after an identifier) for one tokenizer.
+
+    ``available`` is False when the tokenizer merges across piece boundaries; callers then use the
+    text-level :class:`PermutationConstraint`.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._first: dict[int, tuple[int, ...]] = {}
+        self._after: dict[int, tuple[int, ...]] = {}
+        self._tries: dict[int, tuple[_Node, _Node, dict, dict]] = {}
+        self.available = True
+        try:
+            self.pieces(12)
+        except ValueError:
+            self.available = False
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def pieces(self, num: int) -> tuple[dict[int, tuple[int, ...]], dict[int, tuple[int, ...]]]:
+        for k in range(1, num + 1):
+            if k in self._first:
+                continue
+            first = self._encode(f"[{k}]")
+            other = 2 if k == 1 else 1
+            head = self._encode(f"[{other}]")
+            pair = self._encode(f"[{other}] > [{k}]")
+            if pair[: len(head)] != head or len(pair) == len(head):
+                raise ValueError(f"tokenizer merges across the boundary before identifier {k}")
+            self._first[k], self._after[k] = tuple(first), tuple(pair[len(head):])
+        return ({k: self._first[k] for k in range(1, num + 1)}, {k: self._after[k] for k in range(1, num + 1)})
+
+    def tries(self, num: int) -> tuple[_Node, _Node, dict, dict]:
+        """Tries of the first and following pieces for ``1..num``, with the pieces themselves."""
+        if num not in self._tries:
+            first, after = self.pieces(num)
+            self._tries[num] = (_build_trie(first), _build_trie(after), first, after)
+        return self._tries[num]
+
+
+class CanonicalConstraint:
+    """Token-level constraint over the canonical tokens of ``[a] > [b] > ...``.
+
+    Same contract as :class:`PermutationConstraint` (``allowed``, ``done``, ``emitted``) but it
+    advances by token id with :meth:`advance`. Counts on trie nodes are copied per constraint so
+    emitted identifiers disappear from the choices.
+    """
+
+    def __init__(self, pieces: CanonicalPieces, num: int, stop_after: int | None = None):
+        if num < 1:
+            raise ValueError(f"num must be >= 1, got {num}")
+        self.num = num
+        self.stop_after = num if stop_after is None else stop_after
+        if not 1 <= self.stop_after <= num:
+            raise ValueError(f"stop_after must be in [1, {num}], got {self.stop_after}")
+        self.first, self.after, self._first_seq, self._after_seq = pieces.tries(num)
+        self.used: dict[int, int] = {}   # id(node) -> identifiers already taken below it
+        self.emitted: list[int] = []
+        self.node = self.first
+
+    @property
+    def done(self) -> bool:
+        return len(self.emitted) >= self.stop_after
+
+    def _left(self, node: _Node) -> int:
+        return node.count - self.used.get(id(node), 0)
+
+    def allowed(self, table=None) -> list[int]:
+        if self.done:
+            return []
+        return [tok for tok, child in self.node.children.items() if self._left(child) > 0]
+
+    def advance(self, token: int) -> bool:
+        child = self.node.children.get(token)
+        if self.done or child is None or self._left(child) <= 0:
+            return False
+        self.node = child
+        if child.leaf is not None:
+            k = child.leaf
+            self.emitted.append(k)
+            # Mark k used along its path in both tries, so neither form offers it again.
+            for root, seq in ((self.first, self._first_seq[k]), (self.after, self._after_seq[k])):
+                node = root
+                self.used[id(node)] = self.used.get(id(node), 0) + 1
+                for tok in seq:
+                    node = node.children[tok]
+                    self.used[id(node)] = self.used.get(id(node), 0) + 1
+            self.node = self.after
+        return True

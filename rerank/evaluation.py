@@ -84,9 +84,12 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
 
     collection = collection or load_collection(cfg.collection)
     run_path = cfg.run or default_run_path(collection)
-    if run_path is None:
+    if run_path is not None:
+        first_stage = read_run(run_path)
+    elif collection.first_stage is not None:
+        first_stage, run_path = collection.first_stage, cfg.collection
+    else:
         raise FileNotFoundError(f"no first-stage run given and none found in {cfg.collection}; pass --run")
-    first_stage = read_run(run_path)
     qids = sorted(q for q in first_stage if q in collection.qrels and q in collection.queries)
     if not qids:
         raise ValueError(f"no query of {run_path} is both judged and in queries.jsonl")

@@ -204,17 +204,34 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _shutdown_distributed() -> None:
-    """Tear the process group down before the interpreter exits (see the note in main)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+def shutdown_distributed(barrier: bool = True) -> None:
+    """Destroy every process group while the interpreter is still fully alive.
+
+    Why: each process group (the default one and the subgroups DeepSpeed creates) is also held by
+    torch's C++ group registry, a process-wide static that only ``destroy_process_group`` empties.
+    Left alone, the gloo groups and their worker threads are destroyed during C++ static destruction
+    at exit, in an unspecified order relative to the objects they use; when a joinable
+    ``std::thread`` is destroyed first the runtime calls ``std::terminate`` ("terminate called
+    without an active exception", rc 1) after training has succeeded. The barrier first keeps a fast
+    rank from tearing down while a slower one is still inside a collective (not after a failure:
+    the other rank may never arrive).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if barrier:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def train(args: LazyRankTrainingArguments, callbacks: Sequence[TrainerCallback] = ()) -> dict:
     """Build data, model and trainer from ``args``, train (resuming if asked), save; returns metrics."""
+    from transformers import set_seed
+
     from .training_data import ExampleOptions, ListwiseCollator, build_dataset
 
+    set_seed(args.seed)  # LoRA initialisation draws from the global RNG before the Trainer exists
     model, tokenizer = load_model(args)
     options = ExampleOptions(max_passage_tokens=args.max_passage_tokens, passages_per_example=args.passages_per_example,
                              shuffle_initial_order=args.shuffle_initial_order, max_seq_length=args.max_seq_length,
@@ -244,6 +261,8 @@ def train(args: LazyRankTrainingArguments, callbacks: Sequence[TrainerCallback] 
         path = Path(args.metrics_file or Path(args.output_dir) / "train_metrics.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(metrics, indent=1))
+    # Drop the DeepSpeed engine / DDP wrapper (they hold process-group handles) before teardown.
+    trainer.accelerator.free_memory()
     return metrics
 
 
@@ -253,9 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         metrics = train(args)
-    finally:
-        if os.environ.get("LAZYRANK_DEBUG_NO_TEARDOWN") != "1":  # TEMP diagnosis switch
-            _shutdown_distributed()
+    except BaseException:
+        shutdown_distributed(barrier=False)
+        raise
+    shutdown_distributed()
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in metrics.items() if k != "log_history"}))
     return 0

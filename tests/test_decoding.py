@@ -77,3 +77,46 @@ def test_constraint_validates_arguments():
         PermutationConstraint(0)
     with pytest.raises(ValueError, match="stop_after"):
         PermutationConstraint(3, stop_after=4)
+
+
+def test_canonical_pieces_follow_training_targets(tokenizer):
+    """Canonical pieces concatenate to exactly the tokens encode_target trains on."""
+    from rerank.prompts import encode_target
+
+    table = TokenTable.for_tokenizer(tokenizer)
+    assert table.canonical.available
+    order = [11, 0, 9, 99, 4]
+    first, after = table.canonical.pieces(100)
+    ids = list(first[order[0] + 1])
+    for k in order[1:]:
+        ids += after[k + 1]
+    assert ids == encode_target(tokenizer, order)[:-1]  # minus the end-of-turn token
+
+
+def test_canonical_random_walks_give_permutations_and_forced_steps(tokenizer):
+    table = TokenTable.for_tokenizer(tokenizer)
+    rng = random.Random(1)
+    for n in (1, 2, 10, 11, 100):
+        c = table.constraint(n)
+        forced = 0
+        while not c.done:
+            allowed = c.allowed()
+            assert allowed, f"dead end at n={n}"
+            forced += len(allowed) == 1
+            assert c.advance(rng.choice(allowed))
+        assert is_permutation([k - 1 for k in c.emitted], n)
+        assert not c.advance(allowed[0])
+        if n >= 10:
+            assert forced >= 2 * (n - 1)  # " >" and " [" of every separator
+    c = table.constraint(5, stop_after=2)
+    while not c.done:
+        c.advance(c.allowed()[0])
+    assert len(c.emitted) == 2 and c.allowed() == []
+
+
+def test_text_constraint_fallback_advances_by_token(tokenizer):
+    table = TokenTable.for_tokenizer(tokenizer)
+    c = table.constraint(3, canonical=False)
+    ids = tokenizer("[2] > [3] > [1]", add_special_tokens=False)["input_ids"]
+    assert all(c.advance(t) for t in ids)
+    assert c.done and c.emitted == [2, 3, 1]

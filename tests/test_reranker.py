@@ -28,23 +28,37 @@ def test_full_ranking_is_a_permutation_with_stats(tiny_reranker):
 
 def test_constrained_decode_matches_masked_greedy(tiny_model, tokenizer):
     """The decode loop picks the arg-max of the logits restricted to allowed tokens."""
-    from rerank.decoding import PermutationConstraint, TokenTable
+    from rerank.decoding import TokenTable
 
     table = TokenTable.for_tokenizer(tokenizer)
-    enc = encode_prompt(tokenizer, "q", DOCS[:4], 20)
-    out = rank_prompts(DenseSession(tiny_model, tokenizer.pad_token_id), [enc.input_ids], [4], table)
-    # replay with the model's own full forward at every step
+    enc = encode_prompt(tokenizer, "q", DOCS[:11], 20)
+    out = rank_prompts(DenseSession(tiny_model, tokenizer.pad_token_id), [enc.input_ids], [11], table)
+    # replay token by token with the model's own full forward (no cache, no jump-forward)
     ids = list(enc.input_ids)
-    c = PermutationConstraint(4)
-    texts = dict(table.items)
+    c = table.constraint(11)
     with torch.inference_mode():
         while not c.done:
             logits = tiny_model(torch.tensor([ids])).logits[0, -1]
-            allowed = c.allowed(table)
+            allowed = c.allowed()
             best = allowed[int(logits[allowed].argmax())]
-            c.feed(texts[best])
+            c.advance(best)
             ids.append(best)
     assert out.identifiers[0] == c.emitted
+    assert out.generated_tokens[0] == len(ids) - len(enc.input_ids)
+
+
+def test_jump_forward_equals_token_by_token_with_fewer_passes(tiny_model, tokenizer):
+    from rerank.decoding import TokenTable
+
+    table = TokenTable.for_tokenizer(tokenizer)
+    enc = encode_prompt(tokenizer, "q", DOCS, 20)
+    runs = [rank_prompts(DenseSession(tiny_model, tokenizer.pad_token_id), [enc.input_ids], [12], table,
+                         jump_forward=jump) for jump in (True, False)]
+    assert runs[0].identifiers == runs[1].identifiers
+    assert runs[0].generated_tokens == runs[1].generated_tokens
+    assert runs[1].forward_passes == runs[1].generated_tokens[0] - 1
+    # per identifier " >" and " [" (and "]" after a digit that closes no other id) are forced
+    assert runs[0].forward_passes < 0.6 * runs[1].forward_passes
 
 
 def test_top_k_decodes_k_and_keeps_first_stage_order(tiny_reranker):

@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers.models.llama.modeling_llama import rotate_half
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE on ``[B, heads, S, d]`` with ``cos``/``sin`` of shape ``[B, S, d]``."""
+    # Imported here so `import rerank` does not load transformers' model code.
+    from transformers.models.llama.modeling_llama import rotate_half
+
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return x * cos + rotate_half(x) * sin
 

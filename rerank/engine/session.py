@@ -51,10 +51,14 @@ def _sync(device: torch.device) -> None:
 class DenseSession:
     """The model's own forward with a ``DynamicCache``; rows are left-padded to one length.
 
+    ``step`` accepts several tokens per row (``multi_token_step``), which jump-forward decoding uses.
+
     Example:
         >>> s = DenseSession(model, pad_token_id=tok.pad_token_id)   # doctest: +SKIP
         >>> logits = s.prefill([ids_a, ids_b]); logits = s.step(logits.argmax(-1))
     """
+
+    multi_token_step = True
 
     def __init__(self, model, pad_token_id: int):
         self.model = model
@@ -99,13 +103,18 @@ class DenseSession:
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed ``[B]`` tokens, or ``[B, L]`` (L tokens per row, for jump-forward decoding)."""
         if self.cache is None:
             raise RuntimeError("step() called before prefill()")
-        tokens = tokens.to(self.device).view(-1, 1)
-        self.positions = self.positions + 1
+        tokens = tokens.to(self.device)
+        if tokens.dim() == 1:
+            tokens = tokens.view(-1, 1)
+        width = tokens.shape[1]
+        positions = self.positions.view(-1, 1) + torch.arange(1, width + 1, device=self.device)
+        self.positions = positions[:, -1]
         self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(tokens)], dim=1)
         padded = bool((self.attention_mask == 0).any())
         out = self.model(input_ids=tokens, attention_mask=self.attention_mask if padded else None,
-                         position_ids=self.positions.view(-1, 1),
-                         use_cache=True, **{self._cache_kw: self.cache}, logits_to_keep=1)
+                         position_ids=positions, use_cache=True, logits_to_keep=1,
+                         **{self._cache_kw: self.cache})
         return out.logits[:, -1, :].float()
