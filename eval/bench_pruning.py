@@ -1,8 +1,14 @@
 """Pruned vs unpruned prefill on TREC DL19 with the default model (CPU): speed and fidelity.
 
-Full run (about 20-30 minutes on 2 cores, longer when the CPU is shared):
+Full run (about 30 minutes on an idle 2-core machine, one torch thread; much longer when the CPU is
+shared, hence the optional time budget on the fidelity loop):
 
     .venv/bin/python eval/bench_pruning.py
+
+What produced eval/results/pruning_cpu.json on the shared development machine:
+
+    .venv/bin/python eval/bench_pruning.py --curve-queries 6 --timing-queries 1 --repeats 2 \
+        --e2e-queries 1 --max-fidelity-minutes 40
 
 Quick smoke run (a few minutes):
 
@@ -66,14 +72,21 @@ PRESETS: dict[str, PruningConfig] = {
 
 
 class CapturingSession:
-    """Forwards to a session and remembers the prefill logits (first answer position)."""
+    """Forwards to a session; remembers the prefill logits (first answer position) and CPU seconds.
+
+    Process CPU time is reported next to wall time: on a shared machine other jobs stretch wall time
+    unevenly, while with one torch thread the CPU time of a prefill tracks the work it does.
+    """
 
     def __init__(self, inner):
         self.inner = inner
         self.first_logits: torch.Tensor | None = None
+        self.cpu_seconds = 0.0
 
     def prefill(self, prompts, prunable=None):
+        tick = time.process_time()
         self.first_logits = self.inner.prefill(prompts, prunable)
+        self.cpu_seconds = time.process_time() - tick
         return self.first_logits
 
     def step(self, tokens):
@@ -144,7 +157,7 @@ def ranked(rr: Reranker, session, window: Window, top_k: int | None):
                        prunable=[enc.prunable_mask()])
     order = complete_order([i - 1 for i in out.identifiers[0]], enc.num_passages)
     info = out.prefill
-    return {"order": order, "logits": cap.first_logits[0], "prefill_s": info.seconds,
+    return {"order": order, "logits": cap.first_logits[0], "prefill_s": info.seconds, "prefill_cpu_s": cap.cpu_seconds,
             "decode_s": out.decode_seconds, "computed_fraction": info.computed_fraction,
             "kept_tokens": info.kept_tokens, "prompt_tokens": info.prompt_tokens}
 
@@ -156,6 +169,7 @@ def summarise(rows: list[dict]) -> dict:
         "queries": len(rows),
         "prefill_speedup_median": med([r["speedup"] for r in rows]),
         "prefill_speedup_p10": (sorted(r["speedup"] for r in rows)[len(rows) // 10] if rows else float("nan")),
+        "prefill_cpu_speedup_median": med([r["cpu_speedup"] for r in rows]),
         "dense_prefill_s_median": med([r["dense_prefill_s"] for r in rows]),
         "pruned_prefill_s_median": med([r["prefill_s"] for r in rows]),
         "computed_fraction": mean([r["computed_fraction"] for r in rows]),
@@ -173,7 +187,13 @@ def run_fidelity(rr, coll, run, qids, args, names) -> dict:
     pruned_orders: dict[str, dict[str, list[str]]] = {n: {} for n in names}
     rows: dict[str, list[dict]] = {n: [] for n in names}
     curve_qids = set(qids[:args.curve_queries])
+    start = time.perf_counter()
+    done = 0
     for qi, qid in enumerate(qids):
+        if args.max_fidelity_minutes and time.perf_counter() - start > 60 * args.max_fidelity_minutes:
+            print(f"  fidelity: time budget of {args.max_fidelity_minutes} min spent after {qi} queries", flush=True)
+            break
+        done += 1
         docids = run[qid][:args.top_n]
         window = Window(query=coll.queries[qid], passages=[coll.corpus[d] for d in docids])
         dense = ranked(rr, DenseSession(rr.model, rr.tokenizer.pad_token_id), window, args.decode_top_k)
@@ -186,17 +206,19 @@ def run_fidelity(rr, coll, run, qids, args, names) -> dict:
             pruned_orders[name][qid] = [docids[i] for i in got["order"]]
             rows[name].append({
                 "qid": qid, "speedup": dense["prefill_s"] / got["prefill_s"], "dense_prefill_s": dense["prefill_s"],
+                "cpu_speedup": dense["prefill_cpu_s"] / got["prefill_cpu_s"],
                 "prefill_s": got["prefill_s"], "decode_s": got["decode_s"], "dense_decode_s": dense["decode_s"],
                 "computed_fraction": got["computed_fraction"], "kept_tokens": got["kept_tokens"],
                 "prompt_tokens": got["prompt_tokens"],
-                "overlap10": len(set(dense["order"][:10]) & set(got["order"][:10])) / 10,
+                "overlap10": len(set(dense["order"][:10]) & set(got["order"][:10])) / min(10, len(got["order"])),
                 "tau": union_tau(dense["order"], got["order"]), "top1": dense["order"][0] == got["order"][0],
                 "kl": kl(dense["logits"], got["logits"]), "top10": got["order"][:10], "dense_top10": dense["order"][:10]})
         d = rows["default"][-1]
         print(f"  [{qi + 1}/{len(qids)}] {qid} tokens={d['prompt_tokens']} dense {d['dense_prefill_s']:.1f}s "
-              f"default {d['prefill_s']:.1f}s ({d['speedup']:.2f}x) overlap {d['overlap10']:.1f} kl {d['kl']:.3f}",
+              f"default {d['prefill_s']:.1f}s ({d['speedup']:.2f}x wall, {d['cpu_speedup']:.2f}x cpu) overlap {d['overlap10']:.1f} kl {d['kl']:.3f}",
               flush=True)
-    out = {"top_n": args.top_n, "decode_top_k": args.decode_top_k, "schedules": {}}
+    out = {"top_n": args.top_n, "decode_top_k": args.decode_top_k, "queries_done": done,
+           "queries_planned": len(qids), "schedules": {}}
     for name in names:
         summary = summarise(rows[name])
         subset = list(pruned_orders[name])
@@ -224,6 +246,7 @@ def run_timing(rr, coll, run, qids, args, names, max_context: bool) -> dict:
     for label, n in sizes:
         times: dict[str, list[float]] = {"unpruned": [], **{k: [] for k in names}}
         ratios: dict[str, list[float]] = {k: [] for k in names}
+        cpu_ratios: dict[str, list[float]] = {k: [] for k in names}
         fractions: dict[str, float] = {}
         ns, tokens = [], []
         encs = [prompt(q, n) for q in qids]
@@ -234,24 +257,27 @@ def run_timing(rr, coll, run, qids, args, names, max_context: bool) -> dict:
                 if rep == 0:
                     ns.append(got_n)
                     tokens.append(len(enc.input_ids))
-                dense = DenseSession(rr.model, rr.tokenizer.pad_token_id)
+                dense = CapturingSession(DenseSession(rr.model, rr.tokenizer.pad_token_id))
                 dense.prefill([enc.input_ids])
                 base = dense.info.seconds
                 times["unpruned"].append(base)
                 for name in names:
-                    s = PrunedSession(rr.model, rr.tokenizer.pad_token_id, PRESETS[name])
+                    s = CapturingSession(PrunedSession(rr.model, rr.tokenizer.pad_token_id, PRESETS[name]))
                     s.prefill([enc.input_ids], [enc.prunable_mask()])
                     times[name].append(s.info.seconds)
                     ratios[name].append(base / s.info.seconds)
+                    cpu_ratios[name].append(dense.cpu_seconds / s.cpu_seconds)
                     fractions[name] = s.info.computed_fraction
         out[label] = {"passages": ns, "prompt_tokens": tokens, "repeats": args.repeats,
                       "median_prefill_s": {k: statistics.median(v) for k, v in times.items()},
                       "speedup_median_of_pairs": {k: statistics.median(v) for k, v in ratios.items()},
+                      "cpu_speedup_median_of_pairs": {k: statistics.median(v) for k, v in cpu_ratios.items()},
                       "speedup_of_medians": {k: statistics.median(times["unpruned"]) / statistics.median(times[k])
                                              for k in names},
                       "computed_fraction_last": fractions}
         print(f"  timing {label}: N={ns} tokens={tokens} " + ", ".join(
-            f"{k} {v:.2f}x" for k, v in out[label]["speedup_median_of_pairs"].items()), flush=True)
+            f"{k} {v:.2f}x wall, {out[label]['cpu_speedup_median_of_pairs'][k]:.2f}x cpu"
+            for k, v in out[label]["speedup_median_of_pairs"].items()), flush=True)
     return out
 
 
@@ -262,11 +288,13 @@ def run_end_to_end(rr, coll, run, qids, args) -> dict:
                                                                            pruning=PruningConfig()))}
     out = {}
     for top_k in (None, 10):
-        acc = {name: {"prefill_s": [], "decode_s": [], "total_s": []} for name in rankers}
+        acc = {name: {"prefill_s": [], "decode_s": [], "total_s": [], "cpu_s": []} for name in rankers}
         for qid in qids:
             docs = [coll.corpus[d] for d in run[qid][:args.top_n]]
             for name, ranker in rankers.items():
+                tick = time.process_time()
                 res = ranker.rerank(coll.queries[qid], docs, top_k=top_k)
+                acc[name]["cpu_s"].append(time.process_time() - tick)
                 acc[name]["prefill_s"].append(res.stats.prefill_seconds)
                 acc[name]["decode_s"].append(res.stats.decode_seconds)
                 acc[name]["total_s"].append(res.stats.total_seconds)
@@ -274,6 +302,7 @@ def run_end_to_end(rr, coll, run, qids, args) -> dict:
         med = {name: {k: statistics.median(v) for k, v in d.items()} for name, d in acc.items()}
         out[label] = {"queries": len(qids), "median": med,
                       "total_speedup": med["unpruned"]["total_s"] / med["default"]["total_s"],
+                      "total_cpu_speedup": med["unpruned"]["cpu_s"] / med["default"]["cpu_s"],
                       "prefill_speedup": med["unpruned"]["prefill_s"] / med["default"]["prefill_s"],
                       "decode_share_unpruned": med["unpruned"]["decode_s"] / med["unpruned"]["total_s"]}
         print(f"  end-to-end {label}: unpruned {med['unpruned']['total_s']:.1f}s/query, default "
@@ -282,9 +311,9 @@ def run_end_to_end(rr, coll, run, qids, args) -> dict:
 
 
 def print_table(fidelity: dict) -> None:
-    cols = ["queries", "prefill_speedup_median", "computed_fraction", "top10_overlap", "kendall_tau_top10_union",
+    cols = ["queries", "prefill_speedup_median", "prefill_cpu_speedup_median", "computed_fraction", "top10_overlap", "kendall_tau_top10_union",
             "top1_agreement", "first_token_kl", "ndcg10_unpruned", "ndcg10_pruned"]
-    head = ["schedule", "q", "speedup", "computed", "top10ov", "tau", "top1", "KL", "nDCG un", "nDCG pr"]
+    head = ["schedule", "q", "speedup", "cpu spd", "computed", "top10ov", "tau", "top1", "KL", "nDCG un", "nDCG pr"]
     print(" | ".join(f"{h:>16}" if i == 0 else f"{h:>8}" for i, h in enumerate(head)))
     for name, s in fidelity["schedules"].items():
         cells = [f"{name:>16}"] + [f"{s[c]:8.3f}" if isinstance(s[c], float) else f"{s[c]:8d}" for c in cols]
@@ -297,18 +326,22 @@ def main(argv: list[str] | None = None) -> None:
                         help="collection folder (corpus.jsonl, queries.jsonl, qrels.txt, run.bm25.trec)")
     parser.add_argument("--model", default=None, help="model path; default SmolLM2-135M-Instruct")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; 1 keeps CPU-time ratios meaningful on a shared machine")
     parser.add_argument("--top-n", type=int, default=50, help="passages per prompt (BM25 order)")
     parser.add_argument("--max-passage-tokens", type=int, default=100)
     parser.add_argument("--limit-queries", type=int, default=None, help="fidelity queries (default all 43)")
     parser.add_argument("--curve-queries", type=int, default=12, help="queries for the non-default curve points")
-    parser.add_argument("--curve", nargs="*", default=["keep70-40-20", "keep30-15-5", "passage50-25-10"],
+    parser.add_argument("--curve", nargs="*", default=["keep70-40-20", "keep30-15-5", "passage50-25-10",
+                                                       "window8-50-25-10"],
                         choices=[k for k in PRESETS if k != "default"], help="extra schedules (names of PRESETS)")
     parser.add_argument("--decode-top-k", type=int, default=10, help="identifiers decoded in the fidelity loop")
     parser.add_argument("--timing-queries", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-max-context", action="store_true", help="skip timing at the largest N that fits")
     parser.add_argument("--e2e-queries", type=int, default=2)
+    parser.add_argument("--max-fidelity-minutes", type=float, default=None,
+                        help="stop starting new fidelity queries after this long (the JSON says how many ran)")
     parser.add_argument("--output", default=str(ROOT / "eval" / "results" / "pruning_cpu.json"))
     parser.add_argument("--plot", default=str(ROOT / "eval" / "results" / "pruning_cpu.png"),
                         help="PNG of the speed/fidelity curve ('' to skip)")
@@ -330,17 +363,20 @@ def main(argv: list[str] | None = None) -> None:
     ranked(rr, PrunedSession(rr.model, rr.tokenizer.pad_token_id, PruningConfig()), warm, 1)
 
     result = {"model": args.model or "SmolLM2-135M-Instruct", "dtype": args.dtype, "threads": args.threads,
+              "load_average_at_start": os.getloadavg(),
               "torch": torch.__version__, "data": os.path.basename(os.path.normpath(args.data)),
               "max_passage_tokens": args.max_passage_tokens,
               "default_config": asdict(PruningConfig()), "args": vars(args)}
-    print(f"fidelity: {len(qids)} queries, N={args.top_n}, curve {names[1:]} on {args.curve_queries}", flush=True)
-    result["fidelity"] = run_fidelity(rr, coll, run, qids, args, names)
+    # Speed first (short), then the long fidelity loop, which may stop at its time budget.
     if args.timing_queries:
         result["timing"] = run_timing(rr, coll, run, qids[:args.timing_queries], args, ["default"],
                                       not args.no_max_context)
     if args.e2e_queries:
         result["end_to_end"] = run_end_to_end(rr, coll, run, qids[:args.e2e_queries], args)
+    print(f"fidelity: {len(qids)} queries, N={args.top_n}, curve {names[1:]} on {args.curve_queries}", flush=True)
+    result["fidelity"] = run_fidelity(rr, coll, run, qids, args, names)
     result["wall_seconds"] = time.perf_counter() - start
+    result["load_average_at_end"] = os.getloadavg()
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     with open(args.output, "w") as fh:
         json.dump(result, fh, indent=1)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 STRATEGIES = ("full", "sliding")
+SCORINGS = ("generate", "single_pass")
 OVERFLOW_POLICIES = ("sliding", "error")
 
 
@@ -67,10 +68,13 @@ class RerankerConfig:
     batch_size: int = field(default=4, metadata={"help": "Prompts decoded together by rank_batch."})
     max_context: Optional[int] = field(default=None, metadata={"help": "Override of the model's context length (tokens) used for the overflow check."})
     pruning: Optional[PruningConfig] = field(default=None, metadata={"help": "Prefill pruning schedule; None = exact unpruned prefill."})
+    scoring: str = field(default="generate", metadata={"help": "'generate': decode the permutation; 'single_pass': order by log P(first identifier = [k]) from one prefill."})
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
         if self.on_overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {self.on_overflow!r}")
         for name in ("window_size", "stride", "num_passes", "batch_size"):

@@ -29,6 +29,7 @@ class EvalConfig:
     window_size: int = field(default=20, metadata={"help": "Sliding window size."})
     stride: int = field(default=10, metadata={"help": "Sliding window stride."})
     max_passage_tokens: Optional[int] = field(default=100, metadata={"help": "Token budget per passage."})
+    scoring: str = field(default="generate", metadata={"help": "generate (decode the permutation) | single_pass (identifier log-probs from one prefill)."})
     rank_top_k: Optional[int] = field(default=None, metadata={"help": "Decode only the best k identifiers (top_k of rerank())."})
     dtype: Optional[str] = field(default=None, metadata={"help": "Model dtype (float32, bfloat16)."})
     batch_size: int = field(default=1, metadata={"help": "Queries decoded together."})
@@ -106,7 +107,8 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
 
         reranker = Reranker.from_pretrained(cfg.model, dtype=cfg.dtype, strategy=cfg.strategy,
                                             window_size=cfg.window_size, stride=cfg.stride,
-                                            max_passage_tokens=cfg.max_passage_tokens, batch_size=cfg.batch_size)
+                                            max_passage_tokens=cfg.max_passage_tokens, batch_size=cfg.batch_size,
+                                            scoring=cfg.scoring)
     todo = [q for q in qids if q not in done]
     bar = tqdm(total=len(qids), initial=len(qids) - len(todo), desc=f"rerank {cfg.strategy}", unit="q",
                disable=not progress)
@@ -158,6 +160,7 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
         "llm_calls_per_query": mean("llm_calls"),
         "computed_fraction": mean("computed_fraction") if stats else 1.0,
         "fallbacks": sum(1 for s in stats if s.get("fallback")),
+        "scoring": cfg.scoring if cfg.strategy != "none" else None,
         "config": asdict(cfg),
     })
     with open(out_dir / "metrics.json", "w", encoding="utf-8") as fh:

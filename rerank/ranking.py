@@ -32,10 +32,15 @@ class Window:
 
 @dataclass
 class WindowRanking:
-    """A ranker's answer for one window: a full 0-based permutation, the first ``ranked`` decided."""
+    """A ranker's answer for one window: a full 0-based permutation, the first ``ranked`` decided.
+
+    ``scores`` (per passage, indexed like the window) is set by rankers that score passages, such
+    as single-pass identifier scoring; generative rankers leave it None.
+    """
 
     order: list[int]
     ranked: int
+    scores: list[float] | None = None
     prompt_tokens: int = 0
     generated_tokens: int = 0
     prefill_seconds: float = 0.0

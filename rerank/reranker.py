@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from .config import PruningConfig, RerankerConfig
 from .decoding import TokenTable, complete_order
 from .engine.generate import rank_prompts
+from .engine.identifiers import score_identifiers
 from .engine.session import DenseSession
 from .prompts import PromptEncoding, encode_prompt, encode_target
 from .ranking import Window, WindowRanking, sliding_orders
@@ -93,9 +94,14 @@ class Reranker:
         return window.cache["encoding"]
 
     def answer_budget(self, num: int) -> int:
-        """Tokens a complete answer over ``num`` identifiers takes (end-of-turn included)."""
+        """Positions the answer needs after the prompt: a complete ranking (end-of-turn included), or
+        for single-pass scoring the longest identifier."""
         if num not in self._answer_budget:
-            self._answer_budget[num] = len(encode_target(self.tokenizer, list(range(num))))
+            if self.config.scoring == "single_pass":
+                first, _ = self.table.canonical.pieces(num)
+                self._answer_budget[num] = max(len(seq) for seq in first.values())
+            else:
+                self._answer_budget[num] = len(encode_target(self.tokenizer, list(range(num))))
         return self._answer_budget[num]
 
     def fits(self, window: Window) -> bool:
@@ -110,7 +116,7 @@ class Reranker:
         return PrunedSession(self.model, self.tokenizer.pad_token_id, self.config.pruning)
 
     def rank_windows(self, windows: Sequence[Window]) -> list[WindowRanking]:
-        """Rank independent windows with constrained decoding, ``batch_size`` prompts at a time."""
+        """Rank independent windows (constrained decoding, or single-pass scoring), ``batch_size`` prompts at a time."""
         results: list[WindowRanking | None] = [None] * len(windows)
         todo = []
         for i, w in enumerate(windows):
@@ -129,6 +135,10 @@ class Reranker:
         for chunk_start in range(0, len(todo), size):
             chunk = todo[chunk_start:chunk_start + size]
             encs = [self.encode(windows[i]) for i in chunk]
+            if self.config.scoring == "single_pass":
+                for i, ranking in zip(chunk, self._score_chunk(encs)):
+                    results[i] = ranking
+                continue
             out = rank_prompts(self._session(), [e.input_ids for e in encs], [e.num_passages for e in encs],
                                self.table, top_k=[windows[i].top_k for i in chunk],
                                prunable=[e.prunable_mask() for e in encs])
@@ -146,6 +156,25 @@ class Reranker:
                     kept_tokens=kept, computed_fraction=info.computed_fraction,
                     truncated_passages=enc.truncated_passages)
         return results  # type: ignore[return-value]
+
+    def _score_chunk(self, encs: list[PromptEncoding]) -> list[WindowRanking]:
+        """Single-pass scoring: order by log P(first identifier), ties by first-stage order."""
+        out = score_identifiers(self._session(), [e.input_ids for e in encs], [e.num_passages for e in encs],
+                                self.table, prunable=[e.prunable_mask() for e in encs])
+        share = 1.0 / len(encs)
+        info = out.prefill
+        rankings = []
+        for row, enc in enumerate(encs):
+            scores = out.scores[row]
+            order = sorted(range(enc.num_passages), key=lambda i: (-scores[i], i))
+            kept = info.extra.get("kept_tokens_per_row", [None] * len(encs))[row]
+            # Every passage is scored by the model, so the whole order is the model's (top_k only cuts output).
+            rankings.append(WindowRanking(
+                order=order, ranked=enc.num_passages, scores=scores, prompt_tokens=len(enc.input_ids), generated_tokens=0,
+                prefill_seconds=info.seconds * share, decode_seconds=out.scoring_seconds * share,
+                kept_tokens=kept, computed_fraction=info.computed_fraction,
+                truncated_passages=enc.truncated_passages))
+        return rankings
 
     # ------------------------------------------------------------------ public API
     def rerank_batch(self, queries: Sequence[str], documents: Sequence[Sequence[str]],
@@ -191,9 +220,10 @@ class Reranker:
                     f"query {i}: {len(w.passages)} passages need {len(self.encode(w).input_ids)} prompt tokens "
                     f"(+{self.answer_budget(len(w.passages))} answer), over the {self.max_context}-token context; "
                     "set on_overflow='sliding', lower max_passage_tokens, or pass fewer documents")
+        model_scores: list[list[float] | None] = [None] * len(queries)
         if full:
             for i, r in zip(full, self.rank_windows([windows[i] for i in full])):
-                orders[i], ranked[i] = r.order, r.ranked
+                orders[i], ranked[i], model_scores[i] = r.order, r.ranked, r.scores
                 account(i, r)
         if sliding:
             got = sliding_orders(self, [windows[i] for i in sliding], self.config.window_size, self.config.stride,
@@ -206,7 +236,10 @@ class Reranker:
         results = []
         for i in range(len(queries)):
             stats[i].total_seconds = elapsed
-            results.append(RankingResult.from_order(orders[i], ranked[i], stats[i]))
+            if model_scores[i] is not None:
+                results.append(RankingResult.from_scores(orders[i], model_scores[i], ranked[i], stats[i]))
+            else:
+                results.append(RankingResult.from_order(orders[i], ranked[i], stats[i]))
         return results
 
     def rerank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> RankingResult:

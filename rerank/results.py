@@ -49,7 +49,10 @@ class RankingResult:
 
     Attributes:
         order: indices into the input documents, best first (always a permutation of ``range(N)``).
-        scores: one score per INPUT document (indexed like the input), rank-derived and monotone:
+        scores: one score per INPUT document (indexed like the input). With ``scoring="single_pass"``
+            and full ranking they are log P(the answer starts with this passage's identifier):
+            comparable across documents of one query, usable for thresholds. Otherwise they are
+            rank-derived and monotone:
             a document the model placed at 0-based rank ``r`` of ``N`` gets ``1 - r / N`` (in
             ``(0, 1]``); documents left in first-stage order after a ``top_k`` cut get ``-(r - k + 1) / N``
             (``<= 0``), so a score above zero means "ranked by the model". They are not calibrated
@@ -62,6 +65,12 @@ class RankingResult:
     scores: list[float]
     ranked_by_model: int
     stats: RankingStats = field(default_factory=RankingStats)
+
+    @classmethod
+    def from_scores(cls, order: list[int], scores: list[float], ranked_by_model: int,
+                    stats: RankingStats) -> "RankingResult":
+        """A result whose scores are the model's own (single-pass identifier log-probabilities)."""
+        return cls(order=list(order), scores=list(scores), ranked_by_model=ranked_by_model, stats=stats)
 
     @classmethod
     def from_order(cls, order: list[int], ranked_by_model: int, stats: RankingStats) -> "RankingResult":

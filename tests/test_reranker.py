@@ -167,3 +167,30 @@ def test_config_validation():
         RerankerConfig(pruning=0.5)
     with pytest.raises(TypeError, match="unknown"):
         Reranker.from_pretrained(windowsize=3)
+
+
+def test_multi_token_step_equals_single_steps_and_full_forward(tiny_model):
+    ids = list(range(5, 60))
+    multi = DenseSession(tiny_model, 0)
+    multi.prefill([ids])
+    got = multi.step(torch.tensor([[7, 8, 9]]))
+    single = DenseSession(tiny_model, 0)
+    single.prefill([ids])
+    for tok in (7, 8):
+        single.step(torch.tensor([tok]))
+    want = single.step(torch.tensor([9]))
+    with torch.inference_mode():
+        full = tiny_model(torch.tensor([ids + [7, 8, 9]])).logits[0, -1]
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(got[0], full, atol=1e-4)
+
+
+def test_left_padded_batch_matches_unpadded(tiny_model):
+    short, long = list(range(5, 30)), list(range(5, 70))
+    batch = DenseSession(tiny_model, 0)
+    logits = batch.prefill([short, long])
+    step = batch.step(torch.tensor([3, 4]))
+    for row, ids, tok in ((0, short, 3), (1, long, 4)):
+        alone = DenseSession(tiny_model, 0)
+        assert torch.allclose(alone.prefill([ids])[0], logits[row], atol=1e-4)
+        assert torch.allclose(alone.step(torch.tensor([tok]))[0], step[row], atol=1e-4)

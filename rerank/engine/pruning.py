@@ -138,7 +138,10 @@ class PrunedSession:
         self.lm = _causal_lm(model)
         self.device = next(model.parameters()).device
         self._dense: DenseSession | None = None
-        if not check_supported(model, config):
+        if unsupported_reason(model) is not None:
+            if not config.allow_unsupported_fallback:
+                check_supported(model, config)  # raises with the reason
+            # The fallback was asked for (Reranker.__init__ already warned once): run unpruned.
             self._dense = DenseSession(model, pad_token_id)
             return
         self.layers = self.lm.model.layers

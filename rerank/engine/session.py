@@ -118,3 +118,22 @@ class DenseSession:
                          position_ids=positions, use_cache=True, logits_to_keep=1,
                          **{self._cache_kw: self.cache})
         return out.logits[:, -1, :].float()
+
+    @torch.inference_mode()
+    def score_tree(self, tokens: torch.Tensor, depths: torch.Tensor, tree_mask: torch.Tensor) -> torch.Tensor:
+        """Feed a token tree after the prompt in one pass; returns ``[B, T, vocab]`` logits.
+
+        ``depths[b, i]`` is node i's depth below the prompt (position = last prompt position + 1 +
+        depth); ``tree_mask[b, i, j]`` says node i may attend to node j (its ancestors and itself).
+        The tree is appended to the cache, so the session cannot decode afterwards.
+        """
+        if self.cache is None:
+            raise RuntimeError("score_tree() called before prefill()")
+        tokens, depths, tree_mask = tokens.to(self.device), depths.to(self.device), tree_mask.to(self.device)
+        positions = self.positions.view(-1, 1) + 1 + depths
+        prefix = self.attention_mask.bool()[:, None, :].expand(-1, tokens.shape[1], -1)
+        mask = torch.cat([prefix, tree_mask], dim=-1)[:, None]          # [B, 1, T, S + T]
+        out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **{self._cache_kw: self.cache})
+        self.cache = None
+        return out.logits
