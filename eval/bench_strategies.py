@@ -1,10 +1,10 @@
-"""Full ranking vs sliding windows (w=20, s=10) on TREC DL19: quality and cost, one process run.
+"""Full ranking vs sliding windows (w=20, s=10) vs single-pass scoring on TREC DL19: quality and cost.
 
     python eval/bench_strategies.py --collection ../shared/data/msmarco-dl19 \
         --groups 20:43 50:10 100:5 --output eval/results/strategies_cpu.json
 
 Each group ``N:Q`` reranks the BM25 top-N of the first Q judged queries. For every query all
-variants (full, full top_k=10, sliding, sliding top_k=10) run back to back, so machine load hits
+variants (full, full top_k=10, sliding, sliding top_k=10, single_pass) run back to back, so machine load hits
 them alike; one warm-up query per group is discarded. Per-query records are appended to
 ``<output>.records.jsonl`` and skipped on a rerun, so an interrupted benchmark resumes.
 """
@@ -20,11 +20,12 @@ from rerank import Reranker, RerankerConfig
 from rerank.data import default_run_path, load_collection, read_run
 from rerank.evaluation import compute_metrics, format_table
 
-VARIANTS = {  # name: (strategy, decode top_k)
-    "full": ("full", None),
-    "full@10": ("full", 10),
-    "sliding": ("sliding", None),
-    "sliding@10": ("sliding", 10),
+VARIANTS = {  # name: (strategy, decode top_k, scoring)
+    "full": ("full", None, "generate"),
+    "full@10": ("full", 10, "generate"),
+    "sliding": ("sliding", None, "generate"),
+    "sliding@10": ("sliding", 10, "generate"),
+    "single_pass": ("full", None, "single_pass"),
 }
 
 
@@ -56,14 +57,15 @@ def main(argv: list[str] | None = None) -> dict:
             done.add((r["group"], r["variant"], r["qid"]))
     budgets = args.max_passage_tokens + [args.max_passage_tokens[-1]] * len(args.groups)
 
-    def reranker_for(strategy: str, budget: int) -> Reranker:
-        cfg = RerankerConfig(strategy=strategy, window_size=20, stride=10, max_passage_tokens=budget, batch_size=1)
+    def reranker_for(strategy: str, scoring: str, budget: int) -> Reranker:
+        cfg = RerankerConfig(strategy=strategy, window_size=20, stride=10, max_passage_tokens=budget, batch_size=1,
+                             scoring=scoring)
         return Reranker(base.model, base.tokenizer, cfg)
 
     with open(records_path, "a", encoding="utf-8") as fh:
         for group, budget in zip(args.groups, budgets):
             top_n, num_q = (int(x) for x in group.split(":"))
-            rankers = {v: reranker_for(VARIANTS[v][0], budget) for v in args.variants}
+            rankers = {v: reranker_for(VARIANTS[v][0], VARIANTS[v][2], budget) for v in args.variants}
             warm = qids[0]
             for v in args.variants:  # warm-up, discarded
                 docs = [collection.corpus[d] for d in first_stage[warm][:top_n]]
