@@ -1,0 +1,16 @@
+"""The runnable examples in docstrings stay true."""
+
+import doctest
+
+import pytest
+
+import rerank.config
+import rerank.decoding
+import rerank.losses.identifier_ranking
+import rerank.ranking
+
+
+@pytest.mark.parametrize("module", [rerank.decoding, rerank.ranking, rerank.config, rerank.losses.identifier_ranking])
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
