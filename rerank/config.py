@@ -12,11 +12,18 @@ OVERFLOW_POLICIES = ("sliding", "error")
 
 @dataclass
 class PruningConfig:
-    """LazyLLM-style prefill pruning schedule (see DESIGN.md section 5).
+    """LazyLLM-style prefill pruning schedule (see DESIGN.md section 5 and ``rerank.engine.pruning``).
 
-    At each depth ``layer_fractions[i]`` (a fraction of the model's layers, e.g. 0.1 = layer 3 of 30)
-    only ``keep_ratios[i]`` of the prunable (passage-body) tokens remain, ranked by the attention the
-    last ``score_window`` prompt tokens pay them.
+    Before layer ``round(layer_fractions[i] * num_layers)`` (0.1 of 30 layers = layer 3) the
+    surviving prunable tokens (passage bodies) are scored by the attention the last ``score_window``
+    prompt tokens pay them, and only ``keep_ratios[i]`` of the ORIGINAL prunable count survive into
+    that layer and all later ones. Protected tokens (template, instruction, query, identifiers,
+    closing instruction, last token) always survive.
+
+    The default (keep 50% / 25% / 10% of passage tokens from 10% / 33% / 67% of the depth, token
+    granularity, the last prompt token scoring) was chosen by measurement on TREC DL19 with
+    SmolLM2-135M at N = 50 (``eval/bench_pruning.py``): about 3x faster prefill, 0.41 of the full
+    token-layers computed, top-10 overlap with the unpruned ranking above 0.9.
 
     Example:
         >>> PruningConfig(layer_fractions=[0.1, 0.5], keep_ratios=[0.5, 0.2]).keep_ratios
@@ -24,13 +31,13 @@ class PruningConfig:
     """
 
     layer_fractions: list[float] = field(default_factory=lambda: [0.1, 0.33, 0.67],
-                                         metadata={"help": "Depths (fractions of the layer count, increasing, in (0,1)) at which pruning happens."})
+                                         metadata={"help": "Depths (fractions of the layer count, strictly increasing, in (0,1)) before which pruning happens; rounded to a layer index."})
     keep_ratios: list[float] = field(default_factory=lambda: [0.5, 0.25, 0.1],
-                                     metadata={"help": "Fraction of prunable tokens kept from each depth on; in (0,1], non-increasing."})
-    granularity: str = field(default="token", metadata={"help": "'token' keeps single tokens; 'passage' keeps or drops whole passage bodies."})
-    score_window: int = field(default=1, metadata={"help": "How many final prompt tokens' attention scores the candidates (averaged)."})
+                                     metadata={"help": "Fraction of the prompt's prunable tokens kept from each depth on; in (0,1], non-increasing. 1.0 everywhere = exact unpruned result."})
+    granularity: str = field(default="token", metadata={"help": "'token' keeps the best single tokens; 'passage' keeps or drops whole passage bodies (ranked by mean token score, up to the same token budget)."})
+    score_window: int = field(default=1, metadata={"help": "How many final prompt tokens' attention rows score the candidates (averaged over rows and heads)."})
     protect_structure: bool = field(default=True, metadata={"help": "Never prune template, instruction, query or identifiers; off = every token but the last competes."})
-    allow_unsupported_fallback: bool = field(default=False, metadata={"help": "On an unsupported architecture, run unpruned instead of raising."})
+    allow_unsupported_fallback: bool = field(default=False, metadata={"help": "On an unsupported model (architecture, eager attention, sliding window), run unpruned with a warning instead of raising."})
 
     def __post_init__(self):
         if len(self.layer_fractions) != len(self.keep_ratios):

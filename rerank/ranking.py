@@ -85,12 +85,14 @@ class _SlidingJob:
 
 
 def sliding_orders(ranker: WindowRanker, windows: Sequence[Window], window_size: int, stride: int,
-                   num_passes: int = 1, on_call=None) -> list[list[int]]:
+                   num_passes: int = 1, on_call=None, top_k: int | None = None) -> list[list[int]]:
     """Back-to-front sliding-window ranking of several independent lists at once.
 
     The k-th window of every list is ranked in one batched call, so a batch of queries costs as
     many rounds as its longest schedule. Returns a full 0-based permutation per list. ``on_call(i,
     ranking)`` is told about each window ranking made for list ``i`` (for cost accounting).
+    With ``top_k``, the very last window (the top of the list) decides only its best ``top_k``;
+    the rest of it keeps the order earlier windows gave.
     """
     jobs = []
     for w in windows:
@@ -104,8 +106,9 @@ def sliding_orders(ranker: WindowRanker, windows: Sequence[Window], window_size:
         for _, job in live:
             start = job.schedule[job.step]
             ids = job.order[start:start + window_size]
+            last = job.step == len(job.schedule) - 1
             requests.append(Window(query=job.window.query, passages=[job.window.passages[k] for k in ids],
-                                   qid=job.window.qid))
+                                   qid=job.window.qid, top_k=top_k if last else None))
         results = ranker.rank_windows(requests)
         for (i, job), ranking in zip(live, results):
             start = job.schedule[job.step]

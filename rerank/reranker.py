@@ -227,7 +227,8 @@ class Reranker:
                 account(i, r)
         if sliding:
             got = sliding_orders(self, [windows[i] for i in sliding], self.config.window_size, self.config.stride,
-                                 self.config.num_passes, on_call=lambda j, r: account(sliding[j], r))
+                                 self.config.num_passes, on_call=lambda j, r: account(sliding[j], r),
+                                 top_k=top_k)
             for i, order in zip(sliding, got):
                 orders[i], ranked[i] = order, len(order)
                 if top_k is not None:

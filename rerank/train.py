@@ -146,6 +146,9 @@ def parse_args(argv: Sequence[str]) -> LazyRankTrainingArguments:
         # fall back to plain DDP) but needs gloo, or every rank believes it is rank 0.
         if _running_under_deepspeed():
             values.setdefault("ddp_backend", "gloo")
+            # An inherited ACCELERATE_USE_CPU=true would silently turn DeepSpeed into plain MULTI_CPU DDP.
+            if os.environ.pop("ACCELERATE_USE_CPU", None) is not None:
+                logger.info("DeepSpeed launch: ignoring ACCELERATE_USE_CPU from the environment")
         else:
             values.setdefault("use_cpu", True)
             os.environ.setdefault("ACCELERATE_USE_CPU", "true")

@@ -194,3 +194,13 @@ def test_left_padded_batch_matches_unpadded(tiny_model):
         alone = DenseSession(tiny_model, 0)
         assert torch.allclose(alone.prefill([ids])[0], logits[row], atol=1e-4)
         assert torch.allclose(alone.step(torch.tensor([tok]))[0], step[row], atol=1e-4)
+
+
+def test_sliding_top_k_cuts_only_the_last_window(tiny_model, tokenizer):
+    rr = Reranker(tiny_model, tokenizer, RerankerConfig(strategy="sliding", window_size=6, stride=3))
+    full = rr.rerank("topic 1", DOCS)
+    cut = rr.rerank("topic 1", DOCS, top_k=2)
+    assert cut.order[:2] == full.order[:2]
+    assert is_permutation(cut.order, 12) and cut.ranked_by_model == 2
+    assert cut.stats.llm_calls == full.stats.llm_calls
+    assert cut.stats.generated_tokens < full.stats.generated_tokens
