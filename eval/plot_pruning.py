@@ -10,7 +10,7 @@ import sys
 
 
 def plot(json_path: str, png_path: str) -> None:
-    """Two panels: prefill speedup vs computed fraction, and top-10 overlap / nDCG@10 vs speedup."""
+    """Two panels: prefill speedup vs computed fraction, and top-10 overlap / first-token KL vs speedup."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,26 +26,29 @@ def plot(json_path: str, png_path: str) -> None:
     speed = [schedules[n][key] for n in names]
     frac = [schedules[n]["computed_fraction"] for n in names]
     overlap = [schedules[n]["top10_overlap"] for n in names]
-    delta = [schedules[n]["ndcg10_delta_points"] for n in names]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    kl = [schedules[n]["first_token_kl"] for n in names]
+    labels = [f"{n} (q={schedules[n]['queries']})" for n in names]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     left.scatter(frac, speed)
-    for n, x, y in zip(names, frac, speed):
-        left.annotate(n, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for i, (label, x, y) in enumerate(zip(labels, frac, speed)):
+        left.annotate(label, (x, y), fontsize=7, xytext=(4, 10 * (i % 3) - 10), textcoords="offset points")
     left.plot([0.3, 1.0], [1 / 0.3, 1.0], ":", color="grey", label="1 / computed fraction")
     left.axhline(2.0, color="red", lw=0.8, ls="--", label="target 2x")
     left.set_xlabel("computed fraction (token-layers / full prefill)")
-    left.set_ylabel(f"prefill speedup, {what} (median of paired runs)")
+    left.set_ylabel(f"prefill speedup, {what}\n(median of paired runs)")
     left.legend(fontsize=7)
-    right.plot(speed, overlap, "o-", label="top-10 overlap with unpruned")
-    for n, x, y in zip(names, speed, overlap):
-        right.annotate(n, (x, y), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    # Points may cover different query subsets (see q=...): markers only, no connecting line.
+    right.scatter(speed, overlap, marker="o", label="top-10 overlap with unpruned")
     right.axhline(0.8, color="red", lw=0.8, ls="--", label="overlap target 0.8")
     right.set_xlabel(f"prefill speedup ({what})")
     right.set_ylabel("top-10 overlap")
     right.set_ylim(0, 1.05)
     twin = right.twinx()
-    twin.plot(speed, delta, "s--", color="tab:orange", label="nDCG@10 change (points)")
-    twin.set_ylabel("nDCG@10 pruned - unpruned (points)")
+    twin.scatter(speed, kl, marker="s", color="tab:orange", label="KL(unpruned || pruned), first answer token")
+    for i, (label, x, y) in enumerate(zip(labels, speed, kl)):
+        twin.annotate(label, (x, y), fontsize=7, xytext=(4, 10 * (i % 3) - 10), textcoords="offset points")
+    twin.set_ylabel("first-token KL (nats)")
+    twin.set_ylim(0, max(kl) * 1.3 if kl else 1)
     lines = right.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
     right.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="lower left")

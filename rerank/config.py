@@ -22,8 +22,9 @@ class PruningConfig:
 
     The default (keep 50% / 25% / 10% of passage tokens from 10% / 33% / 67% of the depth, token
     granularity, the last prompt token scoring) was chosen by measurement on TREC DL19 with
-    SmolLM2-135M at N = 50 (``eval/bench_pruning.py``): about 3x faster prefill, 0.41 of the full
-    token-layers computed, top-10 overlap with the unpruned ranking above 0.9.
+    SmolLM2-135M at N = 50 (``eval/bench_pruning.py``, 43 queries): 3.1x faster prefill on CPU, 0.40
+    of the full token-layers computed, top-10 overlap with the unpruned ranking 0.99, nDCG@10
+    unchanged (+0.1 points). Gentler 70/40/20 gave 2.3x, harsher 30/15/5 4.0x.
 
     Example:
         >>> PruningConfig(layer_fractions=[0.1, 0.5], keep_ratios=[0.5, 0.2]).keep_ratios
