@@ -284,32 +284,75 @@ class PrunedSession:
         self._masks = masks
 
     # ------------------------------------------------------------------ decode
-    def _decode(self, cache, masks: list[torch.Tensor | None], tokens: torch.Tensor,
-                positions: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    @property
+    def multi_token_step(self) -> bool:
+        """Several tokens per step (jump-forward decoding) need explicit masks: sdpa only."""
+        return self._dense is not None or self._masked_batches
+
+    def _decode(self, cache, masks: list[torch.Tensor | None], tokens: torch.Tensor, positions: torch.Tensor,
+                new_mask: torch.Tensor | None = None, all_logits: bool = False):
+        """Run ``[B, L]`` new tokens over per-layer survivor caches.
+
+        ``masks`` are the persistent per-layer padding masks (``[B, 1, 1, keys]`` additive, or None).
+        ``new_mask[b, i, j]`` says new token i may see new token j (default: causal); every new token
+        sees all cached survivors of its row.
+        """
         inner = self.lm.model
-        hidden = inner.embed_tokens(tokens.view(-1, 1))
-        cos, sin = inner.rotary_emb(hidden, positions.view(-1, 1))
+        batch, width = tokens.shape
+        hidden = inner.embed_tokens(tokens)
+        cos, sin = inner.rotary_emb(hidden, positions)
+        if new_mask is None and width > 1:
+            new_mask = torch.ones(width, width, dtype=torch.bool, device=self.device).tril().expand(batch, -1, -1)
+        blocked = torch.finfo(hidden.dtype).min
         grown = []
-        for layer, mask in zip(self.layers, masks):
-            if mask is not None:  # the new token is visible to itself in every row
-                mask = torch.cat([mask, mask.new_zeros((*mask.shape[:-1], 1))], dim=-1)
-            grown.append(mask)
-            hidden = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), cache=cache, use_cache=True)
-        return self.lm.lm_head(inner.norm(hidden[:, -1:]))[:, -1].float(), grown
+        for index, (layer, mask) in enumerate(zip(self.layers, masks)):
+            attn_mask = None if mask is None else torch.cat([mask, mask.new_zeros((batch, 1, 1, width))], dim=-1)
+            grown.append(attn_mask)
+            if new_mask is not None:
+                cached = cache.layers[index].keys.shape[2]
+                prefix = (mask if mask is not None else hidden.new_zeros((batch, 1, 1, cached)))
+                block = torch.where(new_mask, 0.0, blocked).to(hidden.dtype)[:, None]
+                attn_mask = torch.cat([prefix.expand(batch, 1, width, cached), block], dim=-1)
+            hidden = layer(hidden, attention_mask=attn_mask, position_embeddings=(cos, sin), cache=cache,
+                           use_cache=True)
+        head_in = hidden if all_logits else hidden[:, -1:]
+        logits = self.lm.lm_head(inner.norm(head_in)).float()
+        return (logits if all_logits else logits[:, -1]), grown
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row at the next original position; return ``[B, vocab]`` logits."""
+        """Feed ``[B]`` tokens (or ``[B, L]`` under sdpa) at the next original positions; ``[B, vocab]`` logits."""
         if self._dense is not None:
             return self._dense.step(tokens)
         if self._positions is None:
             raise RuntimeError("step() called before prefill()")
-        tokens = tokens.to(self.device).view(-1)
+        tokens = tokens.to(self.device)
+        if tokens.dim() == 1:
+            tokens = tokens.view(-1, 1)
+        width = tokens.shape[1]
+        positions = self._positions.view(-1, 1) + torch.arange(width, device=self.device)
         if self._row_caches is not None:
-            out = [self._decode(c, [None] * len(self.layers), tokens[b:b + 1], self._positions[b:b + 1])[0]
+            if width > 1:
+                raise ValueError("several tokens per step need sdpa attention in pruned mode")
+            out = [self._decode(c, [None] * len(self.layers), tokens[b:b + 1], positions[b:b + 1])[0]
                    for b, c in enumerate(self._row_caches)]
             logits = torch.cat(out, dim=0)
         else:
-            logits, self._masks = self._decode(self.cache, self._masks, tokens, self._positions)
-        self._positions = self._positions + 1
+            logits, self._masks = self._decode(self.cache, self._masks, tokens, positions)
+        self._positions = self._positions + width
+        return logits
+
+    @torch.inference_mode()
+    def score_tree(self, tokens: torch.Tensor, depths: torch.Tensor, tree_mask: torch.Tensor) -> torch.Tensor:
+        """Single-pass identifier scoring over the pruned caches (see ``DenseSession.score_tree``)."""
+        if self._dense is not None:
+            return self._dense.score_tree(tokens, depths, tree_mask)
+        if self._positions is None:
+            raise RuntimeError("score_tree() called before prefill()")
+        if self._row_caches is not None:
+            raise NotImplementedError("single-pass scoring in pruned mode needs sdpa attention")
+        tokens, depths, tree_mask = tokens.to(self.device), depths.to(self.device), tree_mask.to(self.device)
+        positions = self._positions.view(-1, 1) + depths
+        logits, _ = self._decode(self.cache, self._masks, tokens, positions, new_mask=tree_mask, all_logits=True)
+        self._positions = None  # the tree now sits in the cache: no decoding after it
         return logits
