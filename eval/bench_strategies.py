@@ -39,12 +39,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--model", default=None)
     parser.add_argument("--output", default="eval/results/strategies_cpu.json")
+    parser.add_argument("--summarize-only", action="store_true",
+                        help="write the JSON from the records gathered so far, ranking nothing")
     args = parser.parse_args(argv)
 
     collection = load_collection(args.collection)
     first_stage = read_run(default_run_path(collection))
     qids = sorted(q for q in first_stage if q in collection.qrels)
-    base = Reranker.from_pretrained(args.model)
+    base = None if args.summarize_only else Reranker.from_pretrained(args.model)
     records_path = Path(args.output).with_suffix(".records.jsonl")
     records_path.parent.mkdir(parents=True, exist_ok=True)
     done = set()
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     with open(records_path, "a", encoding="utf-8") as fh:
         for group, budget in zip(args.groups, budgets):
+            if args.summarize_only:
+                break
             top_n, num_q = (int(x) for x in group.split(":"))
             rankers = {v: reranker_for(VARIANTS[v][0], VARIANTS[v][2], budget) for v in args.variants}
             warm = qids[0]
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         row["constraint_share_of_decode"] = row["constraint_s"] / row["decode_s"] if row["decode_s"] else 0.0
         full = next((r for r in rows if r["top_n"] == row["top_n"] and r["variant"] == "full"), None)
         row["seconds_vs_full"] = row["s_per_query"] / full["s_per_query"] if full else None
-    out = {"machine": "2-core CPU, torch threads default", "model": base.model.config.name_or_path,
+    out = {"machine": "2-core CPU, torch threads default", "model": args.model or "SmolLM2-135M-Instruct",
            "note": "medians over queries after one warm-up query; seconds_vs_full is the ratio of medians",
            "rows": rows}
     Path(args.output).write_text(json.dumps(out, indent=2))

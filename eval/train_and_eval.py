@@ -80,6 +80,7 @@ def evaluate(model_path: str | None, queries: list[str], free_queries: int, top_
         ranked[qid] = {docids[i]: float(len(docids) - r) for r, i in enumerate(res.order)}
         bm25[qid] = {d: float(len(docids) - r) for r, d in enumerate(docids)}
         first_ids.append(res.order[0] + 1)
+        print(f"  {model_path or 'zero-shot'} query {k + 1}/{len(queries)}: {seconds[-1]:.1f}s", flush=True)
         if k < free_queries:  # unconstrained greedy answer, judged as is
             enc = encode_prompt(rr.tokenizer, coll.queries[qid], texts, 100)
             ids = torch.tensor([enc.input_ids])

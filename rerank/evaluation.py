@@ -173,7 +173,7 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
     def cell(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    widths = [max(len(c), *(len(cell(r.get(c, ""))) for r in rows)) for c in columns]
+    widths = [max([len(c)] + [len(cell(r.get(c, ""))) for r in rows]) for c in columns]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(cell(r.get(c, "")).ljust(w) for c, w in zip(columns, widths)) for r in rows]
     return "\n".join(lines)

@@ -12,7 +12,7 @@ import pytest
 from conftest import shared_data
 from rerank.labels import (Candidates, LabelConfig, iter_complete_labels, read_labels, run_labelling, scan_done)
 from rerank.ranking import WindowRanking
-from rerank.teachers import OpenAITeacher, QrelsTeacher, TeacherError
+from rerank.teachers import OpenAITeacher, TeacherError
 
 
 class ScoreTeacher:

@@ -21,6 +21,14 @@ from rerank.training_data import ExampleOptions, ListwiseCollator, build_dataset
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _restore_accelerate_env(monkeypatch):
+    """rerank.train sets ACCELERATE_USE_CPU for CPU runs; keep it from leaking into later tests."""
+    monkeypatch.setenv("ACCELERATE_USE_CPU", os.environ.get("ACCELERATE_USE_CPU", ""))
+    if not os.environ["ACCELERATE_USE_CPU"]:
+        monkeypatch.delenv("ACCELERATE_USE_CPU")
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, tokenizer):
     """A 2-layer random Llama over the real tokenizer, saved like a hub model folder."""
