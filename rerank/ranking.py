@@ -107,8 +107,9 @@ def sliding_orders(ranker: WindowRanker, windows: Sequence[Window], window_size:
             start = job.schedule[job.step]
             ids = job.order[start:start + window_size]
             last = job.step == len(job.schedule) - 1
+            docids = None if job.window.docids is None else [job.window.docids[k] for k in ids]
             requests.append(Window(query=job.window.query, passages=[job.window.passages[k] for k in ids],
-                                   qid=job.window.qid, top_k=top_k if last else None))
+                                   qid=job.window.qid, docids=docids, top_k=top_k if last else None))
         results = ranker.rank_windows(requests)
         for (i, job), ranking in zip(live, results):
             start = job.schedule[job.step]

@@ -204,3 +204,12 @@ def test_sliding_top_k_cuts_only_the_last_window(tiny_model, tokenizer):
     assert is_permutation(cut.order, 12) and cut.ranked_by_model == 2
     assert cut.stats.llm_calls == full.stats.llm_calls
     assert cut.stats.generated_tokens < full.stats.generated_tokens
+
+
+def test_sliding_windows_carry_docids_to_teachers():
+    from rerank.teachers import QrelsTeacher
+
+    qrels = {"q": {"d7": 3, "d2": 1}}
+    w = Window("q", [f"text {i}" for i in range(10)], qid="q", docids=[f"d{i}" for i in range(10)])
+    order = sliding_orders(QrelsTeacher(qrels), [w], window_size=4, stride=2)[0]
+    assert order[:2] == [7, 2]
