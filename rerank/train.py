@@ -58,6 +58,8 @@ class LazyRankTrainingArguments(TrainingArguments):
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS), metadata={"help": "Module names LoRA adapts."})
     attn_implementation: Optional[str] = field(default=None, metadata={"help": "sdpa | eager | flash_attention_2; None = flash-attn on CUDA when installed, else sdpa."})
+    ranking_loss: Optional[str] = field(default=None, metadata={"help": "Add a ranking loss on single-pass identifier scores: ranknet | listnet | listmle; None = LM objective only."})
+    ranking_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the ranking loss next to the (importance-aware) LM loss."})
     metrics_file: Optional[str] = field(default=None, metadata={"help": "Write step time, tokens/s and peak memory here (JSON); default OUTPUT_DIR/train_metrics.json."})
     # The Trainer would drop rank_ids (not a forward() argument) otherwise.
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the loss needs the rank_ids column."})
@@ -75,6 +77,16 @@ class LazyRankTrainingArguments(TrainingArguments):
             raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
         if self.max_passage_tokens is not None and self.max_passage_tokens < 1:
             raise ValueError(f"max_passage_tokens must be >= 1 or None, got {self.max_passage_tokens}")
+        if self.ranking_loss is not None:
+            from .losses.identifier_ranking import RANKING_LOSSES
+
+            if self.ranking_loss not in RANKING_LOSSES:
+                raise ValueError(f"ranking_loss must be one of {RANKING_LOSSES} or None, got {self.ranking_loss!r}")
+            if self.ranking_loss_weight <= 0:
+                raise ValueError(f"ranking_loss_weight must be > 0, got {self.ranking_loss_weight}")
+            if self.attn_implementation == "flash_attention_2":
+                raise ValueError("ranking_loss packs a tree with a 4-D mask, which flash-attention cannot take; "
+                                 "use attn_implementation=sdpa")
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns must stay False (the loss needs rank_ids)")
         super().__post_init__()
@@ -83,9 +95,11 @@ class LazyRankTrainingArguments(TrainingArguments):
 class ListwiseTrainer(Trainer):
     """Trainer whose loss is :class:`~rerank.losses.ImportanceAwareLoss` (or plain LM) on response tokens."""
 
-    def __init__(self, *args, loss_fn: torch.nn.Module, **kwargs):
+    def __init__(self, *args, loss_fn: torch.nn.Module, ranking_loss: torch.nn.Module | None = None,
+                 ranking_loss_weight: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_fn = loss_fn
+        self.ranking_loss, self.ranking_loss_weight = ranking_loss, ranking_loss_weight
         # Our loss is a per-micro-batch mean: let the Trainer divide it by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
@@ -96,8 +110,14 @@ class ListwiseTrainer(Trainer):
         rank_ids = inputs.pop("rank_ids")
         if model.training:
             self.tokens_seen += int(inputs["attention_mask"].sum())
+        tree = {k: inputs.pop(k) for k in ("edge_source", "edge_token", "path_matrix", "passage_ranks") if k in inputs}
         outputs = model(**inputs, use_cache=False)
         loss = self.loss_fn(outputs.logits, labels, rank_ids)
+        if self.ranking_loss is not None and tree:
+            from .identifier_training import identifier_scores
+
+            scores = identifier_scores(outputs.logits, tree["edge_source"], tree["edge_token"], tree["path_matrix"])
+            loss = loss + self.ranking_loss_weight * self.ranking_loss(scores, tree["passage_ranks"])
         return (loss, outputs) if return_outputs else loss
 
 
@@ -232,19 +252,22 @@ def train(args: LazyRankTrainingArguments, callbacks: Sequence[TrainerCallback] 
     """Build data, model and trainer from ``args``, train (resuming if asked), save; returns metrics."""
     from transformers import set_seed
 
+    from .losses.identifier_ranking import IdentifierRankingLoss
     from .training_data import ExampleOptions, ListwiseCollator, build_dataset
 
     set_seed(args.seed)  # LoRA initialisation draws from the global RNG before the Trainer exists
     model, tokenizer = load_model(args)
     options = ExampleOptions(max_passage_tokens=args.max_passage_tokens, passages_per_example=args.passages_per_example,
                              shuffle_initial_order=args.shuffle_initial_order, max_seq_length=args.max_seq_length,
-                             seed=args.seed)
+                             seed=args.seed, identifier_tree=args.ranking_loss is not None)
     with args.main_process_first(desc="encoding labels"):
         dataset = build_dataset(tokenizer, args.train_file, options, args.corpus_file, args.on_invalid_labels)
     timer = StepTimer()
     trainer = ListwiseTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                               data_collator=ListwiseCollator(tokenizer.pad_token_id), callbacks=[timer, *callbacks],
-                              loss_fn=build_loss(args.loss, args.importance_alpha, args.loss_normalize))
+                              loss_fn=build_loss(args.loss, args.importance_alpha, args.loss_normalize),
+                              ranking_loss=None if args.ranking_loss is None else IdentifierRankingLoss(args.ranking_loss),
+                              ranking_loss_weight=args.ranking_loss_weight)
     checkpoint = resolve_checkpoint(args)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import torch
 
+from .identifier_training import pack_batch, tree_features
 from .labels import LabelRecord, read_labels
 from .losses import IGNORE_INDEX, target_with_ranks
 from .prompts import encode_prompt
@@ -36,6 +37,7 @@ class ExampleOptions:
     shuffle_initial_order: bool = False
     max_seq_length: int | None = None
     seed: int = 0
+    identifier_tree: bool = False  # add the first-identifier tree for the single-pass ranking loss
 
     def __post_init__(self):
         if self.passages_per_example is not None and self.passages_per_example < 2:
@@ -61,7 +63,8 @@ def encode_example(tokenizer, record: LabelRecord, options: ExampleOptions, inde
             "rank_ids": [0] * len(prompt.input_ids) + ranks,
             "num_passages": len(initial),
             "truncated_passages": prompt.truncated_passages,
-            "length": len(input_ids)}
+            "length": len(input_ids),
+            **(tree_features(tokenizer, len(initial), order) if options.identifier_tree else {})}
 
 
 def build_dataset(tokenizer, train_file: str, options: ExampleOptions, corpus_file: str | None = None,
@@ -102,11 +105,16 @@ def build_dataset(tokenizer, train_file: str, options: ExampleOptions, corpus_fi
 
 @dataclass
 class ListwiseCollator:
-    """Right-pads a batch: input_ids with ``pad_token_id``, labels with -100, rank_ids with 0."""
+    """Right-pads a batch: input_ids with ``pad_token_id``, labels with -100, rank_ids with 0.
+
+    Examples carrying an identifier tree are packed by :func:`rerank.identifier_training.pack_batch`.
+    """
 
     pad_token_id: int
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        if "tree_ids" in features[0]:
+            return pack_batch(features, self.pad_token_id)
         width = max(len(f["input_ids"]) for f in features)
 
         def pad(key: str, value: int) -> torch.Tensor:

@@ -1,0 +1,75 @@
+"""The packed prompt+target+tree forward: LM loss unchanged, identifier scores equal inference."""
+
+import pytest
+import torch
+
+from rerank.decoding import TokenTable
+from rerank.engine import DenseSession
+from rerank.engine.identifiers import score_identifiers
+from rerank.identifier_training import identifier_scores
+from rerank.labels import LabelRecord
+from rerank.losses import LMLoss
+from rerank.prompts import encode_prompt
+from rerank.training_data import ExampleOptions, ListwiseCollator, encode_example
+
+from test_training import label_file, tiny_dir, _restore_accelerate_env  # noqa: F401  (shared fixtures)
+
+
+def records():
+    a = LabelRecord("q1", "what is rope", [f"d{i}" for i in range(12)], [f"d{i}" for i in (3, 11, 0, 1, 2, 4, 5, 6, 7, 8, 9, 10)],
+                    {f"d{i}": f"passage {i} about rope and cable" for i in range(12)})
+    b = LabelRecord("q2", "fish", ["x", "y", "z"], ["z", "x", "y"], {"x": "a fish", "y": "a dog", "z": "a big fish"})
+    return [a, b]
+
+
+@pytest.fixture(scope="module")
+def packed(tokenizer):
+    opts = ExampleOptions(max_passage_tokens=16, identifier_tree=True)
+    feats = [encode_example(tokenizer, r, opts) for r in records()]
+    return feats, ListwiseCollator(tokenizer.pad_token_id)(feats)
+
+
+def test_tree_columns_and_ranks(packed):
+    feats, batch = packed
+    assert feats[0]["passage_ranks"][3] == 1 and feats[0]["passage_ranks"][11] == 2
+    assert batch["attention_mask"].dim() == 4
+    assert batch["passage_ranks"][1].tolist()[:3] == [2, 3, 1] and batch["passage_ranks"][1, 3:].sum() == 0
+
+
+def test_packed_scores_equal_inference_single_pass(packed, tokenizer, tiny_model):
+    feats, batch = packed
+    with torch.no_grad():
+        out = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         position_ids=batch["position_ids"])
+    scores = identifier_scores(out.logits, batch["edge_source"], batch["edge_token"], batch["path_matrix"])
+    table = TokenTable.for_tokenizer(tokenizer)
+    for row, rec in enumerate(records()):
+        enc = encode_prompt(tokenizer, rec.query, [rec.passages[d] for d in rec.initial_list], 16)
+        want = score_identifiers(DenseSession(tiny_model, tokenizer.pad_token_id), [enc.input_ids],
+                                 [enc.num_passages], table).scores[0]
+        assert scores[row, : len(want)].tolist() == pytest.approx(want, abs=1e-4)
+
+
+def test_lm_loss_is_unchanged_by_the_tree(packed, tokenizer, tiny_model):
+    feats, batch = packed
+    plain_feats = [encode_example(tokenizer, r, ExampleOptions(max_passage_tokens=16)) for r in records()]
+    plain = ListwiseCollator(tokenizer.pad_token_id)(plain_feats)
+    loss = LMLoss()
+    with torch.no_grad():
+        packed_logits = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                   position_ids=batch["position_ids"]).logits
+        plain_logits = tiny_model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits
+    assert float(loss(packed_logits, batch["labels"], batch["rank_ids"])) == pytest.approx(
+        float(loss(plain_logits, plain["labels"], plain["rank_ids"])), abs=1e-5)
+
+
+def test_joint_objective_trains(tmp_path, tiny_dir, label_file):  # noqa: F811
+    from rerank.train import parse_args, train
+
+    args = ["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "16",
+            "--max_steps", "2", "--logging_steps", "1", "--report_to", "none", "--ranking_loss", "listmle",
+            "--ranking_loss_weight", "0.5", "--output_dir", str(tmp_path / "joint")]
+    metrics = train(parse_args(args))
+    assert metrics["global_step"] == 2
+    with pytest.raises(ValueError, match="ranking_loss"):
+        parse_args(args[:-2] + ["--ranking_loss", "hinge", "--output_dir", str(tmp_path / "x")])
