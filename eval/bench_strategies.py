@@ -16,17 +16,21 @@ import json
 import statistics
 from pathlib import Path
 
-from rerank import Reranker, RerankerConfig
+from rerank import PruningConfig, Reranker, RerankerConfig
 from rerank.data import default_run_path, load_collection, read_run
 from rerank.evaluation import compute_metrics, format_table
 
-VARIANTS = {  # name: (strategy, decode top_k, scoring)
-    "full": ("full", None, "generate"),
-    "full@10": ("full", 10, "generate"),
-    "sliding": ("sliding", None, "generate"),
-    "sliding@10": ("sliding", 10, "generate"),
-    "single_pass": ("full", None, "single_pass"),
+VARIANTS = {  # name: (strategy, decode top_k, scoring, pruned)
+    "full": ("full", None, "generate", False),
+    "full@10": ("full", 10, "generate", False),
+    "sliding": ("sliding", None, "generate", False),
+    "sliding@10": ("sliding", 10, "generate", False),
+    "single_pass": ("full", None, "single_pass", False),
+    "full+prune": ("full", None, "generate", True),
+    "full@10+prune": ("full", 10, "generate", True),
+    "single_pass+prune": ("full", None, "single_pass", True),
 }
+DEFAULT_VARIANTS = ["full", "full@10", "sliding", "sliding@10", "single_pass"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,7 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="N:Q pairs: rerank the top N of the first Q judged queries")
     parser.add_argument("--max-passage-tokens", type=int, nargs="+", default=[100, 100, 60],
                         help="token budget per passage for each group (top-100 needs less to fit 8k)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS),
+                        help="'+prune' variants use the default PruningConfig()")
     parser.add_argument("--model", default=None)
     parser.add_argument("--output", default="eval/results/strategies_cpu.json")
     parser.add_argument("--summarize-only", action="store_true",
@@ -59,9 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
             done.add((r["group"], r["variant"], r["qid"]))
     budgets = args.max_passage_tokens + [args.max_passage_tokens[-1]] * len(args.groups)
 
-    def reranker_for(strategy: str, scoring: str, budget: int) -> Reranker:
+    def reranker_for(strategy: str, scoring: str, pruned: bool, budget: int) -> Reranker:
         cfg = RerankerConfig(strategy=strategy, window_size=20, stride=10, max_passage_tokens=budget, batch_size=1,
-                             scoring=scoring)
+                             scoring=scoring, pruning=PruningConfig() if pruned else None)
         return Reranker(base.model, base.tokenizer, cfg)
 
     with open(records_path, "a", encoding="utf-8") as fh:
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
             if args.summarize_only:
                 break
             top_n, num_q = (int(x) for x in group.split(":"))
-            rankers = {v: reranker_for(VARIANTS[v][0], VARIANTS[v][2], budget) for v in args.variants}
+            rankers = {v: reranker_for(VARIANTS[v][0], VARIANTS[v][2], VARIANTS[v][3], budget) for v in args.variants}
             warm = qids[0]
             for v in args.variants:  # warm-up, discarded
                 docs = [collection.corpus[d] for d in first_stage[warm][:top_n]]
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "s_per_query": med("total_seconds"), "prefill_s": med("prefill_seconds"),
                          "decode_s": med("decode_seconds"), "constraint_s": med("constraint_seconds"),
                          "prompt_tokens": med("prompt_tokens"), "generated_tokens": med("generated_tokens"),
-                         "llm_calls": med("llm_calls"),
+                         "llm_calls": med("llm_calls"), "computed_fraction": med("computed_fraction"),
                          "fallbacks": sum(1 for r in recs if r["stats"].get("fallback"))})
     for row in rows:
         row["constraint_share_of_decode"] = row["constraint_s"] / row["decode_s"] if row["decode_s"] else 0.0
