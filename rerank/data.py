@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 
 @dataclass
@@ -24,8 +25,8 @@ class Collection:
         return any(g > 1 for judged in self.qrels.values() for g in judged.values())
 
 
-def _read_jsonl(path: Path, key: str = "_id") -> dict[str, str]:
-    out: dict[str, str] = {}
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-empty line; malformed JSON raises with file and line."""
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -34,11 +35,19 @@ def _read_jsonl(path: Path, key: str = "_id") -> dict[str, str]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            if key not in obj:
-                raise ValueError(f"{path}:{lineno}: missing field {key!r}")
-            title = obj.get("title") or ""
-            text = obj.get("text", "")
-            out[str(obj[key])] = f"{title}. {text}".strip() if title else text
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _read_jsonl(path: Path, key: str = "_id") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for lineno, obj in iter_jsonl(path):
+        if key not in obj:
+            raise ValueError(f"{path}:{lineno}: missing field {key!r}")
+        title = obj.get("title") or ""
+        text = obj.get("text", "")
+        out[str(obj[key])] = f"{title}. {text}".strip() if title else text
     return out
 
 

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
+from .data import iter_jsonl
 from .decoding import is_permutation
 from .ranking import Window, WindowRanker, WindowRanking, window_starts
 
@@ -95,21 +96,6 @@ class Candidates:
     texts: list[str]
 
 
-def _jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-empty line; malformed JSON raises with file and line."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
-
-
 def load_candidates(source: str, run: str | None = None, top_n: int | None = None,
                     qrels: str | None = None) -> tuple[list[Candidates], dict[str, dict[str, int]]]:
     """Candidates per query and judgements (if any) from a collection folder or a candidates JSONL."""
@@ -132,7 +118,7 @@ def load_candidates(source: str, run: str | None = None, top_n: int | None = Non
             items.append(Candidates(qid, coll.queries[qid], list(docids), [coll.corpus[d] for d in docids]))
         return items, judged or coll.qrels
     items = []
-    for lineno, obj in _jsonl_lines(source):
+    for lineno, obj in iter_jsonl(source):
         try:
             cands = obj["candidates"][:top_n] if top_n else obj["candidates"]
             items.append(Candidates(str(obj["qid"]), str(obj["query"]), [str(c["docid"]) for c in cands],
@@ -322,7 +308,7 @@ def read_labels(path: str | os.PathLike, corpus: str | os.PathLike | dict | None
         raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
     texts = corpus if isinstance(corpus, dict) else (_load_corpus(corpus) if corpus else {})
     records, skipped = [], 0
-    for lineno, obj in _jsonl_lines(path):
+    for lineno, obj in iter_jsonl(path):
         where = f"{path}:{lineno}"
         try:
             qid = str(obj["qid"])
