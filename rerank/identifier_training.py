@@ -46,7 +46,8 @@ def pack_batch(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.T
     Returns ``input_ids``, ``attention_mask`` (bool ``[B, 1, L, L]``), ``position_ids``, ``labels``,
     ``rank_ids`` (tree and padding ignored), ``edge_source`` / ``edge_token`` (``[B, M]``: the
     position whose logits predict each tree node, and the node's token), ``path_matrix``
-    (``[B, N, M]``: 1 where node m lies on passage k's path) and ``passage_ranks`` (``[B, N]``, 0 = pad).
+    (``[B, N, M]``: 1 where node m lies on passage k's path), ``passage_ranks`` (``[B, N]``, 0 = pad)
+    and ``num_tokens`` (``[B]``, real tokens per row, for throughput accounting).
     """
     from .losses import IGNORE_INDEX
 
@@ -88,7 +89,8 @@ def pack_batch(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.T
         passage_ranks[b, : len(f["passage_ranks"])] = torch.tensor(f["passage_ranks"])
     return {"input_ids": ids, "attention_mask": mask[:, None], "position_ids": positions, "labels": labels,
             "rank_ids": rank_ids, "edge_source": edge_source, "edge_token": edge_token,
-            "path_matrix": path_matrix, "passage_ranks": passage_ranks}
+            "path_matrix": path_matrix, "passage_ranks": passage_ranks,
+            "num_tokens": torch.tensor(lengths, dtype=torch.long)}
 
 
 def identifier_scores(logits: torch.Tensor, edge_source: torch.Tensor, edge_token: torch.Tensor,

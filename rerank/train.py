@@ -108,8 +108,9 @@ class ListwiseTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         rank_ids = inputs.pop("rank_ids")
+        num_tokens = inputs.pop("num_tokens", None)  # packed batches carry a 4-D mask: count tokens apart
         if model.training:
-            self.tokens_seen += int(inputs["attention_mask"].sum())
+            self.tokens_seen += int(num_tokens.sum()) if num_tokens is not None else int(inputs["attention_mask"].sum())
         tree = {k: inputs.pop(k) for k in ("edge_source", "edge_token", "path_matrix", "passage_ranks") if k in inputs}
         outputs = model(**inputs, use_cache=False)
         loss = self.loss_fn(outputs.logits, labels, rank_ids)

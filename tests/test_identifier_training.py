@@ -34,6 +34,7 @@ def test_tree_columns_and_ranks(packed):
     assert feats[0]["passage_ranks"][3] == 1 and feats[0]["passage_ranks"][11] == 2
     assert batch["attention_mask"].dim() == 4
     assert batch["passage_ranks"][1].tolist()[:3] == [2, 3, 1] and batch["passage_ranks"][1, 3:].sum() == 0
+    assert batch["num_tokens"].tolist() == [len(f["input_ids"]) + len(f["tree_ids"]) for f in feats]
 
 
 def test_packed_scores_equal_inference_single_pass(packed, tokenizer, tiny_model):
@@ -71,5 +72,6 @@ def test_joint_objective_trains(tmp_path, tiny_dir, label_file):  # noqa: F811
             "--ranking_loss_weight", "0.5", "--output_dir", str(tmp_path / "joint")]
     metrics = train(parse_args(args))
     assert metrics["global_step"] == 2
+    assert metrics["tokens_seen"] < 2 * 2 * 4096  # real tokens, not entries of the 4-D mask
     with pytest.raises(ValueError, match="ranking_loss"):
         parse_args(args[:-2] + ["--ranking_loss", "hinge", "--output_dir", str(tmp_path / "x")])
