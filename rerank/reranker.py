@@ -69,8 +69,8 @@ class Reranker:
                         pruning: PruningConfig | None = None, **kwargs) -> "Reranker":
         """Load a model (default: SmolLM2-135M-Instruct, offline) and build a reranker.
 
-        Extra keyword arguments are :class:`RerankerConfig` fields (``num_passes``, ``on_overflow``,
-        ``batch_size``, ``max_context``).
+        Extra keyword arguments are :class:`RerankerConfig` fields (``scoring``, ``num_passes``,
+        ``on_overflow``, ``batch_size``, ``max_context``).
         """
         from .models import load_model_and_tokenizer
 
