@@ -42,6 +42,15 @@ def _check_top_k(top_k: Any) -> int | None:
     return top_k
 
 
+def _call_costs(encs: Sequence[PromptEncoding], row: int, info, after_prefill_seconds: float) -> dict:
+    """Cost fields of one row of a batched call; wall time is shared equally among the rows."""
+    enc, share = encs[row], 1.0 / len(encs)
+    return {"prompt_tokens": len(enc.input_ids), "prefill_seconds": info.seconds * share,
+            "decode_seconds": after_prefill_seconds * share,
+            "kept_tokens": info.extra.get("kept_tokens_per_row", [None] * len(encs))[row],
+            "computed_fraction": info.computed_fraction, "truncated_passages": enc.truncated_passages}
+
+
 class Reranker:
     """Listwise LLM reranker: full ranking in one prompt, or sliding windows.
 
@@ -142,38 +151,26 @@ class Reranker:
             out = rank_prompts(self._session(), [e.input_ids for e in encs], [e.num_passages for e in encs],
                                self.table, top_k=[windows[i].top_k for i in chunk],
                                prunable=[e.prunable_mask() for e in encs])
-            share = 1.0 / len(chunk)
-            info = out.prefill
             for row, i in enumerate(chunk):
                 emitted = [k - 1 for k in out.identifiers[row]]
-                enc = encs[row]
-                kept = info.extra.get("kept_tokens_per_row", [None] * len(chunk))[row]
                 results[i] = WindowRanking(
-                    order=complete_order(emitted, enc.num_passages), ranked=len(emitted),
-                    prompt_tokens=len(enc.input_ids), generated_tokens=out.generated_tokens[row],
-                    prefill_seconds=info.seconds * share, decode_seconds=out.decode_seconds * share,
-                    constraint_seconds=out.constraint_seconds * share,
-                    kept_tokens=kept, computed_fraction=info.computed_fraction,
-                    truncated_passages=enc.truncated_passages)
+                    order=complete_order(emitted, encs[row].num_passages), ranked=len(emitted),
+                    generated_tokens=out.generated_tokens[row],
+                    constraint_seconds=out.constraint_seconds / len(chunk),
+                    **_call_costs(encs, row, out.prefill, out.decode_seconds))
         return results  # type: ignore[return-value]
 
     def _score_chunk(self, encs: list[PromptEncoding]) -> list[WindowRanking]:
         """Single-pass scoring: order by log P(first identifier), ties by first-stage order."""
         out = score_identifiers(self._session(), [e.input_ids for e in encs], [e.num_passages for e in encs],
                                 self.table, prunable=[e.prunable_mask() for e in encs])
-        share = 1.0 / len(encs)
-        info = out.prefill
         rankings = []
         for row, enc in enumerate(encs):
             scores = out.scores[row]
             order = sorted(range(enc.num_passages), key=lambda i: (-scores[i], i))
-            kept = info.extra.get("kept_tokens_per_row", [None] * len(encs))[row]
             # Every passage is scored by the model, so the whole order is the model's (top_k only cuts output).
-            rankings.append(WindowRanking(
-                order=order, ranked=enc.num_passages, scores=scores, prompt_tokens=len(enc.input_ids), generated_tokens=0,
-                prefill_seconds=info.seconds * share, decode_seconds=out.scoring_seconds * share,
-                kept_tokens=kept, computed_fraction=info.computed_fraction,
-                truncated_passages=enc.truncated_passages))
+            rankings.append(WindowRanking(order=order, ranked=enc.num_passages, scores=scores, generated_tokens=0,
+                                          **_call_costs(encs, row, out.prefill, out.scoring_seconds)))
         return rankings
 
     # ------------------------------------------------------------------ public API

@@ -68,6 +68,7 @@ class DenseSession:
         self.cache = None
         self.attention_mask: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
+        self.padded = False
         self._cache_kw = cache_kwarg(model)
 
     @property
@@ -90,8 +91,9 @@ class DenseSession:
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         self.cache = DynamicCache(config=self.model.config)
-        padded = bool((mask == 0).any())
-        out = self.model(input_ids=ids, attention_mask=mask if padded else None, position_ids=positions,
+        # Padding never changes after prefill, so decode steps reuse this instead of rescanning the mask.
+        self.padded = bool((mask == 0).any())
+        out = self.model(input_ids=ids, attention_mask=mask if self.padded else None, position_ids=positions,
                          use_cache=True, **{self._cache_kw: self.cache}, logits_to_keep=1)
         self.attention_mask = mask
         self.positions = positions[:, -1]
@@ -113,8 +115,7 @@ class DenseSession:
         positions = self.positions.view(-1, 1) + torch.arange(1, width + 1, device=self.device)
         self.positions = positions[:, -1]
         self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(tokens)], dim=1)
-        padded = bool((self.attention_mask == 0).any())
-        out = self.model(input_ids=tokens, attention_mask=self.attention_mask if padded else None,
+        out = self.model(input_ids=tokens, attention_mask=self.attention_mask if self.padded else None,
                          position_ids=positions, use_cache=True, logits_to_keep=1,
                          **{self._cache_kw: self.cache})
         return out.logits[:, -1, :].float()
