@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 from rerank import PruningConfig, Reranker, RerankerConfig
-from rerank.data import default_run_path, load_collection, read_run
+from rerank.data import default_run_path, load_collection, read_run, recover_records
 from rerank.evaluation import compute_metrics, format_table
 
 VARIANTS = {  # name: (strategy, decode top_k, scoring, pruned)
@@ -42,11 +42,21 @@ def main(argv: list[str] | None = None) -> dict:
                         help="token budget per passage for each group (top-100 needs less to fit 8k)")
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS),
                         help="'+prune' variants use the default PruningConfig()")
+    parser.add_argument("--schedules", nargs="*", default=[],
+                        help="NAME=SPEC pruning schedules (SPEC: a preset or depth:keep,...), each adding a "
+                             "'single_pass+NAME' variant after the others")
     parser.add_argument("--model", default=None)
     parser.add_argument("--output", default="eval/results/strategies_cpu.json")
     parser.add_argument("--summarize-only", action="store_true",
                         help="write the JSON from the records gathered so far, ranking nothing")
     args = parser.parse_args(argv)
+    variants = {v: VARIANTS[v] + (PruningConfig() if VARIANTS[v][3] else None,) for v in args.variants}
+    for spec in args.schedules:
+        name, _, text = spec.partition("=")
+        try:
+            variants[f"single_pass+{name}"] = ("full", None, "single_pass", True, PruningConfig.from_spec(text))
+        except ValueError as exc:
+            parser.error(f"--schedules {spec}: {exc}")
 
     collection = load_collection(args.collection)
     first_stage = read_run(default_run_path(collection))
@@ -54,19 +64,12 @@ def main(argv: list[str] | None = None) -> dict:
     base = None if args.summarize_only else Reranker.from_pretrained(args.model)
     records_path = Path(args.output).with_suffix(".records.jsonl")
     records_path.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if records_path.exists():
-        for line in records_path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done.add((r["group"], r["variant"], r["qid"]))
+    done = {(r["group"], r["variant"], r["qid"]) for r in recover_records(records_path)}
     budgets = args.max_passage_tokens + [args.max_passage_tokens[-1]] * len(args.groups)
 
-    def reranker_for(strategy: str, scoring: str, pruned: bool, budget: int) -> Reranker:
+    def reranker_for(strategy: str, scoring: str, pruning: PruningConfig | None, budget: int) -> Reranker:
         cfg = RerankerConfig(strategy=strategy, window_size=20, stride=10, max_passage_tokens=budget, batch_size=1,
-                             scoring=scoring, pruning=PruningConfig() if pruned else None)
+                             scoring=scoring, pruning=pruning)
         return Reranker(base.model, base.tokenizer, cfg)
 
     with open(records_path, "a", encoding="utf-8") as fh:
@@ -74,28 +77,28 @@ def main(argv: list[str] | None = None) -> dict:
             if args.summarize_only:
                 break
             top_n, num_q = (int(x) for x in group.split(":"))
-            rankers = {v: reranker_for(VARIANTS[v][0], VARIANTS[v][2], VARIANTS[v][3], budget) for v in args.variants}
+            rankers = {v: reranker_for(spec[0], spec[2], spec[4], budget) for v, spec in variants.items()}
             warm = qids[0]
-            for v in args.variants:  # warm-up, discarded
+            for v in variants:  # warm-up, discarded
                 docs = [collection.corpus[d] for d in first_stage[warm][:top_n]]
-                rankers[v].rerank(collection.queries[warm], docs, top_k=VARIANTS[v][1])
+                rankers[v].rerank(collection.queries[warm], docs, top_k=variants[v][1])
             for qid in qids[:num_q]:
                 cands = first_stage[qid][:top_n]
                 docs = [collection.corpus[d] for d in cands]
-                for v in args.variants:
+                for v in variants:
                     if (group, v, qid) in done:
                         continue
-                    res = rankers[v].rerank(collection.queries[qid], docs, top_k=VARIANTS[v][1])
+                    res = rankers[v].rerank(collection.queries[qid], docs, top_k=variants[v][1])
                     rec = {"group": group, "variant": v, "qid": qid, "budget": budget,
                            "ranking": [cands[i] for i in res.order], "stats": res.stats.to_dict()}
                     fh.write(json.dumps(rec) + "\n")
                     fh.flush()
                     print(f"{group} {v:<11} {qid:>8}  {res.stats.total_seconds:6.2f} s", flush=True)
 
-    records = [json.loads(line) for line in records_path.read_text().splitlines() if line.strip()]
+    records = recover_records(records_path)
     rows = []
     for group in args.groups:
-        for v in args.variants:
+        for v in variants:
             recs = [r for r in records if r["group"] == group and r["variant"] == v]
             if not recs:
                 continue
@@ -119,13 +122,16 @@ def main(argv: list[str] | None = None) -> dict:
         row["constraint_share_of_decode"] = row["constraint_s"] / row["decode_s"] if row["decode_s"] else 0.0
         full = next((r for r in rows if r["top_n"] == row["top_n"] and r["variant"] == "full"), None)
         row["seconds_vs_full"] = row["s_per_query"] / full["s_per_query"] if full else None
+        sliding = next((r for r in rows if r["top_n"] == row["top_n"] and r["variant"] == "sliding"), None)
+        row["speedup_vs_sliding"] = sliding["s_per_query"] / row["s_per_query"] if sliding else None
     out = {"machine": "2-core CPU, torch threads default", "model": args.model or "SmolLM2-135M-Instruct",
+           "schedules": {name: spec for name, _, spec in (s.partition("=") for s in args.schedules)},
            "note": "medians over queries after one warm-up query; seconds_vs_full is the ratio of medians",
            "rows": rows}
     Path(args.output).write_text(json.dumps(out, indent=2))
     print(format_table(rows, ["top_n", "variant", "queries", "ndcg@10", "bm25_ndcg@10", "s_per_query", "prefill_s",
                               "decode_s", "prompt_tokens", "generated_tokens", "llm_calls", "seconds_vs_full",
-                              "constraint_share_of_decode"]))
+                              "speedup_vs_sliding", "constraint_share_of_decode"]))
     return out
 
 

@@ -21,7 +21,10 @@ def eval_main(argv: list[str] | None = None) -> dict:
     from .evaluation import EvalConfig, evaluate, format_table
 
     parser = HfArgumentParser(EvalConfig, prog="rerank eval", description="Rerank a first-stage run and score it.")
-    (cfg,) = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        (cfg,) = parser.parse_args_into_dataclasses(args=argv)
+    except (ValueError, TypeError) as exc:  # __post_init__ validation: a usage error, not a crash
+        parser.error(str(exc))
     metrics = evaluate(cfg)
     row = {"strategy": cfg.strategy, "top_k": cfg.top_k, **{k: v for k, v in metrics.items() if k != "config"}}
     print(format_table([row], ["strategy", "top_k", "queries", "ndcg@10", "rr@10", "recall@100",

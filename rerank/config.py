@@ -59,6 +59,40 @@ class PruningConfig:
         if self.score_window < 1:
             raise ValueError(f"score_window must be >= 1, got {self.score_window}")
 
+    @classmethod
+    def from_spec(cls, spec: str) -> "PruningConfig":
+        """A schedule from a preset name (``"default"``, ``"fast"``) or ``"depth:keep,..."`` pairs.
+
+        This is the form command lines and YAML files take (``rerank eval --pruning fast``).
+
+        Example:
+            >>> PruningConfig.from_spec("0.1:0.5,0.5:0.2").keep_ratios
+            [0.5, 0.2]
+            >>> PruningConfig.from_spec("fast").layer_fractions
+            [0.04, 0.2, 0.5]
+        """
+        if not isinstance(spec, str):
+            raise TypeError(f"pruning spec must be a str, got {type(spec).__name__}")
+        if spec in PRUNING_PRESETS:
+            return cls(**PRUNING_PRESETS[spec])
+        try:
+            pairs = [tuple(float(x) for x in part.split(":")) for part in spec.split(",")]
+            fractions, keeps = zip(*pairs)
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"pruning spec must be one of {sorted(PRUNING_PRESETS)} or depth:keep pairs like "
+                             f"'0.1:0.5,0.33:0.25', got {spec!r}") from None
+        return cls(layer_fractions=list(fractions), keep_ratios=list(keeps))
+
+
+# Named schedules for command lines. "fast" trades the last bit of prefill fidelity for speed where
+# only the first identifier's distribution matters (scoring="single_pass"); see the README table.
+PRUNING_PRESETS: dict[str, dict] = {
+    "default": {},
+    "fast": {"layer_fractions": [0.04, 0.2, 0.5], "keep_ratios": [0.2, 0.08, 0.03]},
+}
+
 
 @dataclass
 class RerankerConfig:

@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .data import Collection, default_run_path, load_collection, read_run, write_run
+from .config import PruningConfig
+from .data import Collection, default_run_path, load_collection, read_run, recover_records, write_run
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class EvalConfig:
     stride: int = field(default=10, metadata={"help": "Sliding window stride."})
     max_passage_tokens: Optional[int] = field(default=100, metadata={"help": "Token budget per passage."})
     scoring: str = field(default="generate", metadata={"help": "generate (decode the permutation) | single_pass (identifier log-probs from one prefill)."})
+    pruning: Optional[str] = field(default=None, metadata={"help": "Prefill pruning: a preset ('default', 'fast') or depth:keep pairs like '0.1:0.5,0.33:0.25'; None = unpruned."})
     rank_top_k: Optional[int] = field(default=None, metadata={"help": "Decode only the best k identifiers (top_k of rerank())."})
     dtype: Optional[str] = field(default=None, metadata={"help": "Model dtype (float32, bfloat16)."})
     batch_size: int = field(default=1, metadata={"help": "Queries decoded together."})
@@ -42,6 +44,8 @@ class EvalConfig:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.limit_queries is not None and self.limit_queries < 1:
             raise ValueError(f"limit_queries must be >= 1, got {self.limit_queries}")
+        if self.pruning is not None:
+            PruningConfig.from_spec(self.pruning)  # fail before any model loads
 
 
 def compute_metrics(qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]], graded: bool) -> dict[str, float]:
@@ -58,21 +62,7 @@ def compute_metrics(qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[
 
 
 def _load_done(path: Path) -> dict[str, dict]:
-    done: dict[str, dict] = {}
-    if not path.is_file():
-        return done
-    good = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a torn last line from an interrupted run: drop it, keep the rest
-            done[rec["qid"]] = rec
-            good.append(line if line.endswith("\n") else line + "\n")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.writelines(good)
-    return done
+    return {rec["qid"]: rec for rec in recover_records(path)}
 
 
 def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = None, progress: bool = True) -> dict:
@@ -108,7 +98,8 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
         reranker = Reranker.from_pretrained(cfg.model, dtype=cfg.dtype, strategy=cfg.strategy,
                                             window_size=cfg.window_size, stride=cfg.stride,
                                             max_passage_tokens=cfg.max_passage_tokens, batch_size=cfg.batch_size,
-                                            scoring=cfg.scoring)
+                                            scoring=cfg.scoring,
+                                            pruning=None if cfg.pruning is None else PruningConfig.from_spec(cfg.pruning))
     todo = [q for q in qids if q not in done]
     bar = tqdm(total=len(qids), initial=len(qids) - len(todo), desc=f"rerank {cfg.strategy}", unit="q",
                disable=not progress)
@@ -161,6 +152,7 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
         "computed_fraction": mean("computed_fraction") if stats else 1.0,
         "fallbacks": sum(1 for s in stats if s.get("fallback")),
         "scoring": cfg.scoring if cfg.strategy != "none" else None,
+        "pruning": cfg.pruning if cfg.strategy != "none" else None,
         "config": asdict(cfg),
     })
     with open(out_dir / "metrics.json", "w", encoding="utf-8") as fh:

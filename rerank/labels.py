@@ -428,7 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = HfArgumentParser(LabelConfig, prog="rerank labels", description=__doc__.split("\n\n")[0])
-    (config,) = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
+    try:
+        (config,) = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
+    except (ValueError, TypeError) as exc:  # __post_init__ validation: a usage error, not a crash
+        parser.error(str(exc))
     summary = run_labelling(config)
     print(json.dumps(summary))
     return 0 if summary["failed"] == 0 else 1

@@ -60,6 +60,7 @@ class LazyRankTrainingArguments(TrainingArguments):
     attn_implementation: Optional[str] = field(default=None, metadata={"help": "sdpa | eager | flash_attention_2; None = flash-attn on CUDA when installed, else sdpa."})
     ranking_loss: Optional[str] = field(default=None, metadata={"help": "Add a ranking loss on single-pass identifier scores: ranknet | listnet | listmle; None = LM objective only."})
     ranking_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the ranking loss next to the (importance-aware) LM loss."})
+    max_train_minutes: Optional[float] = field(default=None, metadata={"help": "Stop after the optimizer step that crosses this wall-clock budget and save as usual (all ranks stop together); None = no limit."})
     metrics_file: Optional[str] = field(default=None, metadata={"help": "Write step time, tokens/s and peak memory here (JSON); default OUTPUT_DIR/train_metrics.json."})
     # The Trainer would drop rank_ids (not a forward() argument) otherwise.
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the loss needs the rank_ids column."})
@@ -73,6 +74,8 @@ class LazyRankTrainingArguments(TrainingArguments):
             raise ValueError(f"on_invalid_labels must be 'error' or 'skip', got {self.on_invalid_labels!r}")
         if self.importance_alpha < 0:
             raise ValueError(f"importance_alpha must be >= 0, got {self.importance_alpha}")
+        if self.max_train_minutes is not None and self.max_train_minutes <= 0:
+            raise ValueError(f"max_train_minutes must be > 0 or None, got {self.max_train_minutes}")
         if self.lora_r < 1:
             raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
         if self.max_passage_tokens is not None and self.max_passage_tokens < 1:
@@ -92,6 +95,18 @@ class LazyRankTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
+def first_scored_position(labels: torch.Tensor) -> int:
+    """The earliest position whose logits any loss reads: the one predicting the first target token
+    of any row (tree nodes and their sources come after it)."""
+    from .losses import IGNORE_INDEX
+
+    has_target = labels != IGNORE_INDEX
+    if not bool(has_target.any()):
+        return 0
+    first = torch.where(has_target.any(1), has_target.int().argmax(1), torch.full_like(labels[:, 0], labels.size(1)))
+    return max(int(first.min()) - 1, 0)
+
+
 class ListwiseTrainer(Trainer):
     """Trainer whose loss is :class:`~rerank.losses.ImportanceAwareLoss` (or plain LM) on response tokens."""
 
@@ -104,6 +119,8 @@ class ListwiseTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
         self.tokens_seen = 0
+        self._component_sums: dict[str, float] = {}
+        self._component_count = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
@@ -112,14 +129,36 @@ class ListwiseTrainer(Trainer):
         if model.training:
             self.tokens_seen += int(num_tokens.sum()) if num_tokens is not None else int(inputs["attention_mask"].sum())
         tree = {k: inputs.pop(k) for k in ("edge_source", "edge_token", "path_matrix", "passage_ranks") if k in inputs}
-        outputs = model(**inputs, use_cache=False)
-        loss = self.loss_fn(outputs.logits, labels, rank_ids)
+        # Only the response (and tree) positions need vocabulary logits: with a 2k-token prompt and
+        # a 100-token answer, projecting every position would cost 20x the lm_head work and hold a
+        # [B, L, V] fp32 tensor (GBs) for nothing. The losses then see the same tail of the labels.
+        start = first_scored_position(labels)
+        outputs = model(**inputs, use_cache=False, logits_to_keep=labels.size(1) - start)
+        loss = self.loss_fn(outputs.logits, labels[:, start:], rank_ids[:, start:])
         if self.ranking_loss is not None and tree:
             from .identifier_training import identifier_scores
 
-            scores = identifier_scores(outputs.logits, tree["edge_source"], tree["edge_token"], tree["path_matrix"])
-            loss = loss + self.ranking_loss_weight * self.ranking_loss(scores, tree["passage_ranks"])
+            sources = (tree["edge_source"] - start).clamp(min=0)  # padding nodes (source 0) have no path weight
+            scores = identifier_scores(outputs.logits, sources, tree["edge_token"], tree["path_matrix"])
+            ranking = self.ranking_loss(scores, tree["passage_ranks"])
+            if model.training:  # the two terms apart, so a stalled one is visible in the logs
+                self._add_component("lm_loss", loss)
+                self._add_component("ranking_loss", ranking)
+            loss = loss + self.ranking_loss_weight * ranking
         return (loss, outputs) if return_outputs else loss
+
+    def _add_component(self, name: str, value: torch.Tensor) -> None:
+        self._component_sums[name] = self._component_sums.get(name, 0.0) + float(value.detach())
+        if name == "lm_loss":
+            self._component_count += 1
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """Adds the mean LM and ranking terms since the last log (joint objective only)."""
+        if "loss" in logs and self._component_count:
+            for name, total in self._component_sums.items():
+                logs[name] = round(total / self._component_count, 4)
+            self._component_sums, self._component_count = {}, 0
+        super().log(logs, *args, **kwargs)
 
 
 class StepTimer(TrainerCallback):
@@ -135,6 +174,35 @@ class StepTimer(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self._last is not None:
             self.times.append(time.perf_counter() - self._last)
+
+
+class TimeLimit(TrainerCallback):
+    """Ends training after the step that crosses ``minutes`` of wall time (a fixed-budget run).
+
+    Ranks would read their clocks at slightly different moments, and one rank leaving the loop
+    while another enters the next step's collectives hangs the job, so the decision is all-reduced.
+    """
+
+    def __init__(self, minutes: float):
+        self.seconds = 60.0 * minutes
+        self.start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        over = torch.tensor(float(time.monotonic() - self.start > self.seconds))
+        if dist.is_available() and dist.is_initialized():
+            if dist.get_backend() == "nccl":
+                over = over.to(args.device)
+            dist.all_reduce(over, op=dist.ReduceOp.MAX)
+        if over.item() > 0:
+            logging.getLogger(__name__).info("max_train_minutes=%s reached at step %d: stopping",
+                                             self.seconds / 60, state.global_step)
+            control.should_training_stop = True
+            control.should_save = True
 
 
 # ---------------------------------------------------------------------------------------------- arguments
@@ -264,6 +332,8 @@ def train(args: LazyRankTrainingArguments, callbacks: Sequence[TrainerCallback] 
     with args.main_process_first(desc="encoding labels"):
         dataset = build_dataset(tokenizer, args.train_file, options, args.corpus_file, args.on_invalid_labels)
     timer = StepTimer()
+    if args.max_train_minutes is not None:
+        callbacks = [TimeLimit(args.max_train_minutes), *callbacks]
     trainer = ListwiseTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                               data_collator=ListwiseCollator(tokenizer.pad_token_id), callbacks=[timer, *callbacks],
                               loss_fn=build_loss(args.loss, args.importance_alpha, args.loss_normalize),
@@ -277,7 +347,7 @@ def train(args: LazyRankTrainingArguments, callbacks: Sequence[TrainerCallback] 
     tokens = trainer.accelerator.reduce(torch.tensor(float(trainer.tokens_seen), device=args.device), "sum").item()
     steps = timer.times[1:] or timer.times
     metrics = {"world_size": trainer.accelerator.num_processes, "distributed_type": str(trainer.accelerator.distributed_type),
-               "global_step": trainer.state.global_step, "resumed_from": checkpoint, "train_loss": result.training_loss,
+               "global_step": trainer.state.global_step, "max_steps": trainer.state.max_steps, "resumed_from": checkpoint, "train_loss": result.training_loss,
                "seconds": round(elapsed, 3), "steps_timed": len(timer.times),
                "first_step_s": round(timer.times[0], 3) if timer.times else None,
                "step_s_mean_after_first": round(sum(steps) / len(steps), 3) if steps else None,

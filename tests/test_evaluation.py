@@ -93,5 +93,35 @@ def test_write_run_round_trip(tmp_path):
 
 
 def test_eval_config_validation():
+    with pytest.raises(ValueError, match="pruning spec"):
+        EvalConfig(collection="x", pruning="quick")
+    assert EvalConfig(collection="x", pruning="0.1:0.5").pruning == "0.1:0.5"
     with pytest.raises(ValueError, match="strategy"):
         EvalConfig(collection="x", strategy="bm25")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["eval", "--collection", "x", "--pruning", "quick"], "pruning spec"),
+    (["eval", "--collection", "x", "--strategy", "bm25"], "strategy"),
+    (["labels", "--input", "x", "--output", "y", "--teacher", "qrels", "--stride", "0"], "stride"),
+])
+def test_cli_config_errors_are_usage_errors(argv, needle, capsys):
+    from rerank.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_recover_records_drops_torn_tail_so_appends_stay_whole(tmp_path):
+    from rerank.data import recover_records
+
+    log = tmp_path / "log.jsonl"
+    assert recover_records(log) == []
+    log.write_text('{"a": 1}\n{"a": 2}\n{"a": 3, "tor')
+    assert recover_records(log) == [{"a": 1}, {"a": 2}]
+    with open(log, "a", encoding="utf-8") as fh:  # what a resumed run does next
+        fh.write(json.dumps({"a": 3}) + "\n")
+    assert recover_records(log) == [{"a": 1}, {"a": 2}, {"a": 3}]

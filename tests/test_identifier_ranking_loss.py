@@ -19,6 +19,24 @@ def test_ranknet_hand_computed():
     assert float(IdentifierRankingLoss("ranknet", weighted=False)(s, r)) == pytest.approx(plain, rel=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["ranknet", "listnet", "listmle"])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_padding_changes_nothing_and_stays_finite(kind, weighted):
+    """A short list padded (rank 0) into a batch with a longer one: same loss as alone, and a finite
+    gradient (weighted RankNet once produced nan from 1/(0+0) * 0 on the padding pairs)."""
+    loss = IdentifierRankingLoss(kind, weighted=weighted)
+    long_s, long_r = torch.tensor([[0.3, -1.0, 2.0, 0.1]]), torch.tensor([[2, 4, 1, 3]])
+    short_s, short_r = torch.tensor([[1.0, 0.0]]), torch.tensor([[2, 1]])
+    s = torch.cat([long_s, torch.cat([short_s, torch.tensor([[-7.0, 5.0]])], 1)]).requires_grad_()
+    r = torch.cat([long_r, torch.cat([short_r, torch.tensor([[0, 0]])], 1)])
+    value = loss(s, r)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(s.grad).all()
+    assert float(s.grad[1, 2:].abs().sum()) == 0.0  # padding gets no gradient
+    want = (float(loss(long_s, long_r)) + float(loss(short_s, short_r))) / 2
+    assert float(value) == pytest.approx(want, rel=1e-6)
+
+
 def test_listmle_hand_computed_and_padding_ignored():
     s = torch.tensor([[0.5, 2.0, -1.0, 9.0]])
     r = torch.tensor([[2, 1, 3, 0]])  # last is padding

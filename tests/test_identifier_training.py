@@ -64,6 +64,32 @@ def test_lm_loss_is_unchanged_by_the_tree(packed, tokenizer, tiny_model):
         float(loss(plain_logits, plain["labels"], plain["rank_ids"])), abs=1e-5)
 
 
+def test_ranking_loss_overfits_one_batch(packed, tokenizer):
+    """Gradients reach the model through the packed tree: a tiny model fits two labelled lists of
+    different lengths (so with padding) within a few dozen steps."""
+    from conftest import make_tiny_llama
+
+    from rerank.losses.identifier_ranking import IdentifierRankingLoss
+
+    torch.manual_seed(0)
+    model = make_tiny_llama(len(tokenizer), layers=2).train()
+    _, batch = packed
+    loss_fn = IdentifierRankingLoss("ranknet")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    values = []
+    for _ in range(30):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"]).logits
+        loss = loss_fn(identifier_scores(logits, batch["edge_source"], batch["edge_token"], batch["path_matrix"]),
+                       batch["passage_ranks"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        values.append(float(loss))
+    assert all(map(torch.isfinite, torch.tensor(values)))
+    assert values[-1] < 0.2 * values[0]
+
+
 def test_joint_objective_trains(tmp_path, tiny_dir, label_file):  # noqa: F811
     from rerank.train import parse_args, train
 
@@ -72,6 +98,37 @@ def test_joint_objective_trains(tmp_path, tiny_dir, label_file):  # noqa: F811
             "--ranking_loss_weight", "0.5", "--output_dir", str(tmp_path / "joint")]
     metrics = train(parse_args(args))
     assert metrics["global_step"] == 2
+    logged = [h for h in metrics["log_history"] if "loss" in h]
+    # each logged step carries both terms, and they add up to the loss with the weight
+    assert all(h["lm_loss"] + 0.5 * h["ranking_loss"] == pytest.approx(h["loss"], abs=2e-3) for h in logged)
     assert metrics["tokens_seen"] < 2 * 2 * 4096  # real tokens, not entries of the 4-D mask
     with pytest.raises(ValueError, match="ranking_loss"):
         parse_args(args[:-2] + ["--ranking_loss", "hinge", "--output_dir", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_trainer_loss_with_tail_logits_equals_full_logits(tmp_path, tokenizer, tiny_model, joint):
+    """The trainer projects only the response/tree positions to the vocabulary; the loss must be the
+    one computed from every position's logits."""
+    from transformers import TrainingArguments
+
+    from rerank.losses import ImportanceAwareLoss
+    from rerank.losses.identifier_ranking import IdentifierRankingLoss
+    from rerank.train import ListwiseTrainer, first_scored_position
+
+    opts = ExampleOptions(max_passage_tokens=16, identifier_tree=joint)
+    feats = [encode_example(tokenizer, r, opts) for r in records()]
+    batch = ListwiseCollator(tokenizer.pad_token_id)(feats)
+    lm_loss, rank_loss = ImportanceAwareLoss(), IdentifierRankingLoss("ranknet")
+    trainer = ListwiseTrainer(model=tiny_model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
+                              loss_fn=lm_loss, ranking_loss=rank_loss if joint else None)
+    assert first_scored_position(batch["labels"]) > 10  # the prompt really is skipped
+    with torch.no_grad():
+        got = float(trainer.compute_loss(tiny_model, {k: v.clone() for k, v in batch.items()}))
+        model_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        logits = tiny_model(**model_inputs).logits
+        want = lm_loss(logits, batch["labels"], batch["rank_ids"])
+        if joint:
+            want = want + rank_loss(identifier_scores(logits, batch["edge_source"], batch["edge_token"], batch["path_matrix"]),
+                                    batch["passage_ranks"])
+    assert got == pytest.approx(float(want), rel=1e-5, abs=1e-6)

@@ -248,6 +248,20 @@ def test_bad_configs_raise(kwargs):
         PruningConfig(**kwargs)
 
 
+def test_from_spec_presets_and_pairs():
+    assert PruningConfig.from_spec("default") == PruningConfig()
+    fast = PruningConfig.from_spec("fast")
+    assert fast.layer_fractions == [0.04, 0.2, 0.5] and fast.keep_ratios == [0.2, 0.08, 0.03]
+    assert PruningConfig.from_spec("0.2:0.5, 0.6:0.1") == PruningConfig(layer_fractions=[0.2, 0.6], keep_ratios=[0.5, 0.1])
+    for bad in ("quick", "0.2", "0.2:0.5:0.1", "a:b", ""):
+        with pytest.raises(ValueError, match="pruning spec"):
+            PruningConfig.from_spec(bad)
+    with pytest.raises(ValueError, match="non-increasing"):  # parsed, then validated like any config
+        PruningConfig.from_spec("0.2:0.1,0.6:0.5")
+    with pytest.raises(TypeError):
+        PruningConfig.from_spec(0.5)
+
+
 @pytest.fixture(scope="module")
 def unsupported_models(tokenizer):
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -149,6 +149,20 @@ def test_train_resume_and_load(tmp_path, tiny_dir, label_file):
     assert sorted(rr.rerank("what is rope", ["a rope", "a cable", "a fish"]).order) == [0, 1, 2]
 
 
+def test_max_train_minutes_stops_and_saves(tmp_path, tiny_dir, label_file):
+    from rerank.train import parse_args, train
+
+    out = tmp_path / "budget"
+    metrics = train(parse_args(["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
+                                "--max_steps", "50", "--max_train_minutes", "1e-9", "--output_dir", str(out),
+                                "--report_to", "none", "--save_strategy", "no"]))
+    # the budget is spent before the first step ends: exactly one step, then the usual final save
+    assert (metrics["global_step"], metrics["max_steps"]) == (1, 50)
+    assert (out / "adapter_model.safetensors").is_file()
+    with pytest.raises(ValueError, match="max_train_minutes"):
+        parse_args(["--train_file", label_file, "--max_train_minutes", "0"])
+
+
 def test_full_finetune_output_loads(tmp_path, tiny_dir, label_file):
     from rerank import Reranker
     from rerank.train import parse_args, train

@@ -54,8 +54,10 @@ class IdentifierRankingLoss(nn.Module):
     def _ranknet(self, s, r, valid):
         rf = r.to(s.dtype)
         above = (r[:, :, None] < r[:, None, :]) & valid[:, :, None] & valid[:, None, :]   # i ranked above j
-        weight = 1.0 / (rf[:, :, None] + rf[:, None, :]) if self.weighted else torch.ones_like(s[:, :, None] * s[:, None, :])
-        weight = weight * above
+        # Padding has rank 0: 1/(0+0) = inf, and inf * False = nan, so the mask must select, not multiply.
+        pair_sum = (rf[:, :, None] + rf[:, None, :]).clamp(min=1.0)
+        weight = 1.0 / pair_sum if self.weighted else torch.ones_like(pair_sum)
+        weight = torch.where(above, weight, torch.zeros_like(weight))
         pair = torch.nn.functional.softplus(s[:, None, :] - s[:, :, None])                 # log(1 + e^{s_j - s_i})
         per_example = (weight * pair).sum((1, 2)) / weight.sum((1, 2)).clamp(min=1e-12)
         return per_example.mean()
