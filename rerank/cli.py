@@ -27,7 +27,7 @@ def eval_main(argv: list[str] | None = None) -> dict:
         parser.error(str(exc))
     metrics = evaluate(cfg)
     row = {"strategy": cfg.strategy, "top_k": cfg.top_k, **{k: v for k, v in metrics.items() if k != "config"}}
-    print(format_table([row], ["strategy", "top_k", "queries", "ndcg@10", "rr@10", "recall@100",
+    print(format_table([row], ["strategy", "scoring", "pruning", "top_k", "queries", "ndcg@10", "rr@10", "recall@100",
                                "seconds_per_query", "prompt_tokens_per_query", "generated_tokens_per_query",
                                "llm_calls_per_query"]))
     print(f"wrote {cfg.output_dir}/metrics.json and run.trec")

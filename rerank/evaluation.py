@@ -61,6 +61,25 @@ def compute_metrics(qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[
     return {name: float(agg[m]) for name, m in measures.items()}
 
 
+# Fields that change no ranking: a resumed run may differ in these.
+_RESUME_FREE_FIELDS = {"output_dir", "resume", "limit_queries", "batch_size"}
+
+
+def _check_same_ranking_setup(out_dir: Path, cfg: EvalConfig) -> None:
+    """Refuse to resume rankings made under another setup (model, scoring, pruning, ...): mixing
+    them would report metrics of no single system."""
+    saved_path = out_dir / "eval_config.json"
+    if not saved_path.is_file():
+        return  # a folder from before this check: nothing to compare with
+    saved = json.loads(saved_path.read_text())
+    now = asdict(cfg)
+    differ = sorted(k for k in now if k not in _RESUME_FREE_FIELDS and k in saved and saved[k] != now[k])
+    if differ:
+        changes = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in differ)
+        raise ValueError(f"{out_dir} holds rankings made with other settings ({changes}); use another "
+                         f"--output_dir, or --no_resume to start over there")
+
+
 def _load_done(path: Path) -> dict[str, dict]:
     return {rec["qid"]: rec for rec in recover_records(path)}
 
@@ -89,9 +108,12 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records_path = out_dir / "rankings.jsonl"
+    if cfg.resume and records_path.exists():
+        _check_same_ranking_setup(out_dir, cfg)
     done = _load_done(records_path) if cfg.resume else {}
     if not cfg.resume and records_path.exists():
         records_path.unlink()
+    (out_dir / "eval_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     if cfg.strategy != "none" and reranker is None:
         from .reranker import Reranker
 

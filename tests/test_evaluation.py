@@ -72,6 +72,12 @@ def test_evaluation_resumes_and_tolerates_torn_line(tmp_path, tiny_reranker):
     # the 4th candidate (beyond top_k=3) stays below the reranked head
     run = read_run(out / "run.trec")
     assert run["q1"][-1] == "d3"
+    # resuming under another ranking setup would mix two systems' rankings: refused, by name
+    with pytest.raises(ValueError, match="scoring: 'generate' -> 'single_pass'"):
+        evaluate(EvalConfig(collection=str(tmp_path / "c"), strategy="full", output_dir=str(out), top_k=3,
+                            scoring="single_pass"), reranker=tiny_reranker, progress=False)
+    evaluate(EvalConfig(collection=str(tmp_path / "c"), strategy="full", output_dir=str(out), top_k=3,
+                        batch_size=2), reranker=tiny_reranker, progress=False)  # batching changes no ranking
 
 
 def test_readers_name_file_and_line(tmp_path):
