@@ -1,7 +1,7 @@
 """Quality matrix for issue 5: models x depths x {generate, single_pass} x {dense, pruned} (+ sliding).
 
-    python eval/ablation_single_pass.py --models lm=runs/gpu/lora-lm joint=runs/gpu/lora-joint \\
-        --groups 20 50 100 --budgets 100 100 60 --device cuda --batch-size 16 \\
+    python eval/ablation_single_pass.py --models lm=runs/gpu/lm joint=runs/gpu/joint \\
+        --groups 20 50 100 --budgets 100 100 60 --device cuda --batch-size 16 --schedules fast=fast \\
         --output eval/results/single_pass_ablation_gpu.json
 
 Every variant reranks the BM25 top-N of all judged DL19 queries with ``Reranker.rerank_batch``
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--groups", type=int, nargs="+", default=[20, 100], help="Depths N (BM25 top-N).")
     ap.add_argument("--budgets", type=int, nargs="+", default=[100, 60], help="Passage token budget per depth.")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--schedules", nargs="*", default=["fast=0.05:0.3,0.25:0.1,0.5:0.04"],
+    ap.add_argument("--schedules", nargs="*", default=["fast=fast"],
                     help="NAME=SPEC pruning schedules (SPEC: a preset or depth:keep,...), each adding a 'single_pass+NAME' variant.")
     ap.add_argument("--queries", type=int, default=None, help="First K judged queries (default all).")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if len(args.budgets) != len(args.groups):
         ap.error(f"--budgets needs one value per group ({len(args.groups)}), got {len(args.budgets)}")
+    if any("=" not in m or m.startswith("=") for m in args.models):
+        ap.error(f"--models takes NAME=PATH pairs, got {args.models}")
     models = dict(m.split("=", 1) for m in args.models)
     schedules = {"default": PruningConfig()}
     extra = {}
