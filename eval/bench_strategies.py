@@ -20,15 +20,15 @@ from rerank import PruningConfig, Reranker, RerankerConfig
 from rerank.data import default_run_path, load_collection, read_run, recover_records
 from rerank.evaluation import compute_metrics, format_table
 
-VARIANTS = {  # name: (strategy, decode top_k, scoring, pruned)
-    "full": ("full", None, "generate", False),
-    "full@10": ("full", 10, "generate", False),
-    "sliding": ("sliding", None, "generate", False),
-    "sliding@10": ("sliding", 10, "generate", False),
-    "single_pass": ("full", None, "single_pass", False),
-    "full+prune": ("full", None, "generate", True),
-    "full@10+prune": ("full", 10, "generate", True),
-    "single_pass+prune": ("full", None, "single_pass", True),
+VARIANTS = {  # name: (strategy, decode top_k, scoring, pruning spec or None); --schedules adds single_pass+NAME
+    "full": ("full", None, "generate", None),
+    "full@10": ("full", 10, "generate", None),
+    "sliding": ("sliding", None, "generate", None),
+    "sliding@10": ("sliding", 10, "generate", None),
+    "single_pass": ("full", None, "single_pass", None),
+    "full+prune": ("full", None, "generate", "default"),
+    "full@10+prune": ("full", 10, "generate", "default"),
+    "single_pass+prune": ("full", None, "single_pass", "default"),
 }
 DEFAULT_VARIANTS = ["full", "full@10", "sliding", "sliding@10", "single_pass"]
 
@@ -50,13 +50,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--summarize-only", action="store_true",
                         help="write the JSON from the records gathered so far, ranking nothing")
     args = parser.parse_args(argv)
-    variants = {v: VARIANTS[v] + (PruningConfig() if VARIANTS[v][3] else None,) for v in args.variants}
+    variants = {v: VARIANTS[v] for v in args.variants}
     for spec in args.schedules:
         name, _, text = spec.partition("=")
         try:
-            variants[f"single_pass+{name}"] = ("full", None, "single_pass", True, PruningConfig.from_spec(text))
+            PruningConfig.from_spec(text)
         except ValueError as exc:
             parser.error(f"--schedules {spec}: {exc}")
+        variants[f"single_pass+{name}"] = ("full", None, "single_pass", text)
 
     collection = load_collection(args.collection)
     first_stage = read_run(default_run_path(collection))
@@ -67,9 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
     done = {(r["group"], r["variant"], r["qid"]) for r in recover_records(records_path)}
     budgets = args.max_passage_tokens + [args.max_passage_tokens[-1]] * len(args.groups)
 
-    def reranker_for(strategy: str, scoring: str, pruning: PruningConfig | None, budget: int) -> Reranker:
+    def reranker_for(strategy: str, scoring: str, pruning: str | None, budget: int) -> Reranker:
         cfg = RerankerConfig(strategy=strategy, window_size=20, stride=10, max_passage_tokens=budget, batch_size=1,
-                             scoring=scoring, pruning=pruning)
+                             scoring=scoring, pruning=None if pruning is None else PruningConfig.from_spec(pruning))
         return Reranker(base.model, base.tokenizer, cfg)
 
     with open(records_path, "a", encoding="utf-8") as fh:
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
             if args.summarize_only:
                 break
             top_n, num_q = (int(x) for x in group.split(":"))
-            rankers = {v: reranker_for(spec[0], spec[2], spec[4], budget) for v, spec in variants.items()}
+            rankers = {v: reranker_for(spec[0], spec[2], spec[3], budget) for v, spec in variants.items()}
             warm = qids[0]
             for v in variants:  # warm-up, discarded
                 docs = [collection.corpus[d] for d in first_stage[warm][:top_n]]

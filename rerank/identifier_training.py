@@ -6,7 +6,8 @@ at inference). A 4-D mask lets prompt and target attend causally as usual, and l
 see the prompt and its own ancestors only, never the target; tree nodes take positions
 ``prompt_length + depth``. So the target's LM loss is exactly the unpacked one, and the logits at
 the last prompt position and at the tree nodes give ``log P([k] | prompt)`` for every passage,
-which :class:`rerank.losses.identifier_ranking.IdentifierRankingLoss` compares with the label.
+which :class:`rerank.losses.identifier_ranking.IdentifierRankingLoss` compares with the label
+(scored by :func:`rerank.engine.identifiers.identifier_scores`, the same function inference uses).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Sequence
 import torch
 
 from .decoding import TokenTable
-from .engine.identifiers import _flatten
+from .engine.identifiers import IdentifierTree
 
 
 def tree_features(tokenizer, num_passages: int, order: Sequence[int]) -> dict:
@@ -25,19 +26,12 @@ def tree_features(tokenizer, num_passages: int, order: Sequence[int]) -> dict:
     if not table.canonical.available:
         raise ValueError("the identifier ranking loss needs a tokenizer whose identifier tokens do not "
                          "merge across pieces")
-    tokens, parents, depths, leaves = _flatten(table.canonical.tries(num_passages)[0])
-    paths = []
-    for k in range(1, num_passages + 1):
-        node, path = leaves[k], []
-        while node >= 0:
-            path.append(node)
-            node = parents[node]
-        paths.append(path)
+    tree = IdentifierTree.build(table, num_passages)
     ranks = [0] * num_passages
     for r, index in enumerate(order, start=1):
         ranks[index] = r
-    return {"tree_ids": tokens, "tree_parents": parents, "tree_depths": depths, "tree_paths": paths,
-            "passage_ranks": ranks}
+    return {"tree_ids": tree.tokens, "tree_parents": tree.parents, "tree_depths": tree.depths,
+            "tree_paths": tree.paths, "passage_ranks": ranks}
 
 
 def pack_batch(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -91,11 +85,3 @@ def pack_batch(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.T
             "rank_ids": rank_ids, "edge_source": edge_source, "edge_token": edge_token,
             "path_matrix": path_matrix, "passage_ranks": passage_ranks,
             "num_tokens": torch.tensor(lengths, dtype=torch.long)}
-
-
-def identifier_scores(logits: torch.Tensor, edge_source: torch.Tensor, edge_token: torch.Tensor,
-                      path_matrix: torch.Tensor) -> torch.Tensor:
-    """``[B, N]`` log P(first identifier = k) from packed logits (only the needed rows are normalised)."""
-    rows = logits.gather(1, edge_source[..., None].expand(-1, -1, logits.size(-1))).float()   # [B, M, V]
-    edges = torch.log_softmax(rows, dim=-1).gather(-1, edge_token[..., None]).squeeze(-1)     # [B, M]
-    return torch.einsum("bnm,bm->bn", path_matrix.to(edges.dtype), edges)

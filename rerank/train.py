@@ -136,7 +136,7 @@ class ListwiseTrainer(Trainer):
         outputs = model(**inputs, use_cache=False, logits_to_keep=labels.size(1) - start)
         loss = self.loss_fn(outputs.logits, labels[:, start:], rank_ids[:, start:])
         if self.ranking_loss is not None and tree:
-            from .identifier_training import identifier_scores
+            from .engine.identifiers import identifier_scores
 
             sources = (tree["edge_source"] - start).clamp(min=0)  # padding nodes (source 0) have no path weight
             scores = identifier_scores(outputs.logits, sources, tree["edge_token"], tree["path_matrix"])

@@ -5,8 +5,7 @@ import torch
 
 from rerank.decoding import TokenTable
 from rerank.engine import DenseSession
-from rerank.engine.identifiers import score_identifiers
-from rerank.identifier_training import identifier_scores
+from rerank.engine.identifiers import identifier_scores, score_identifiers
 from rerank.labels import LabelRecord
 from rerank.losses import LMLoss
 from rerank.prompts import encode_prompt

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from ..decoding import TokenTable, _Node
-from .session import PrefillInfo, Session, _sync
+from .session import PrefillInfo, Session
 
 
 @dataclass
@@ -27,6 +27,33 @@ class IdentifierScores:
     prefill: PrefillInfo
     scoring_seconds: float
     tree_tokens: list[int]
+
+
+@dataclass
+class IdentifierTree:
+    """The trie of first identifiers ``[1]..[N]`` as flat breadth-first nodes.
+
+    ``parents[i]`` is node i's parent (-1 below the root), ``depths[i]`` its depth, and
+    ``paths[k - 1]`` the nodes spelling identifier k (every node of a path adds one token's
+    log-probability to that identifier's score).
+    """
+
+    tokens: list[int]
+    parents: list[int]
+    depths: list[int]
+    paths: list[list[int]]
+
+    @classmethod
+    def build(cls, table: TokenTable, num_passages: int) -> "IdentifierTree":
+        tokens, parents, depths, leaves = _flatten(table.canonical.tries(num_passages)[0])
+        paths = []
+        for k in range(1, num_passages + 1):
+            node, path = leaves[k], []
+            while node >= 0:
+                path.append(node)
+                node = parents[node]
+            paths.append(path)
+        return cls(tokens, parents, depths, paths)
 
 
 def _flatten(root: _Node) -> tuple[list[int], list[int], list[int], dict[int, int]]:
@@ -48,6 +75,19 @@ def _flatten(root: _Node) -> tuple[list[int], list[int], list[int], dict[int, in
     return tokens, parents, depths, leaves
 
 
+def identifier_scores(logits: torch.Tensor, edge_source: torch.Tensor, edge_token: torch.Tensor,
+                      path_matrix: torch.Tensor) -> torch.Tensor:
+    """``[B, N]`` log P(first identifier = k) from the logits rows that predict each tree node.
+
+    ``edge_source[b, m]`` is the row of ``logits`` predicting node m, ``edge_token[b, m]`` its token,
+    ``path_matrix[b, k, m]`` 1 where node m lies on identifier k+1's path. Only the needed rows are
+    normalised. Inference and training both score through this function.
+    """
+    rows = logits.gather(1, edge_source[..., None].expand(-1, -1, logits.size(-1))).float()   # [B, M, V]
+    edges = torch.log_softmax(rows, dim=-1).gather(-1, edge_token[..., None]).squeeze(-1)     # [B, M]
+    return torch.einsum("bnm,bm->bn", path_matrix.to(edges.dtype), edges)
+
+
 def score_identifiers(session: Session, prompts: Sequence[Sequence[int]], num_passages: Sequence[int],
                       table: TokenTable, prunable: Sequence[Sequence[bool]] | None = None) -> IdentifierScores:
     """Score every identifier of every prompt with one prefill and one tree pass (consumes the session)."""
@@ -59,28 +99,31 @@ def score_identifiers(session: Session, prompts: Sequence[Sequence[int]], num_pa
                                   "use scoring='generate' or pruning=None")
     last_logits = session.prefill(prompts, prunable)
     start = time.perf_counter()
-    trees = [_flatten(table.canonical.tries(n)[0]) for n in num_passages]
-    width = max(len(t[0]) for t in trees)
-    tokens = torch.zeros((len(prompts), width), dtype=torch.long)
-    depths = torch.zeros((len(prompts), width), dtype=torch.long)
+    trees = [IdentifierTree.build(table, n) for n in num_passages]
+    batch, width = len(prompts), max(len(t.tokens) for t in trees)
+    tokens = torch.zeros((batch, width), dtype=torch.long)
+    depths = torch.zeros((batch, width), dtype=torch.long)
+    # Row 0 of the scored logits is the last prompt position (it predicts the root's children);
+    # node i's children are predicted by row i + 1. Padding nodes read row 0 and lie on no path.
+    edge_source = torch.zeros((batch, width), dtype=torch.long)
+    path_matrix = torch.zeros((batch, max(num_passages), width))
     # Padding nodes attend only to themselves so no attention row is empty.
-    tree_mask = torch.eye(width, dtype=torch.bool).repeat(len(prompts), 1, 1)
-    for row, (toks, parents, deps, _) in enumerate(trees):
-        tokens[row, : len(toks)] = torch.tensor(toks)
-        depths[row, : len(toks)] = torch.tensor(deps)
-        for i, parent in enumerate(parents):
+    tree_mask = torch.eye(width, dtype=torch.bool).repeat(batch, 1, 1)
+    for row, tree in enumerate(trees):
+        nodes = len(tree.tokens)
+        tokens[row, :nodes] = torch.tensor(tree.tokens)
+        depths[row, :nodes] = torch.tensor(tree.depths)
+        edge_source[row, :nodes] = torch.tensor(tree.parents) + 1
+        for i, parent in enumerate(tree.parents):
             if parent >= 0:
                 tree_mask[row, i] |= tree_mask[row, parent]
+        for k, path in enumerate(tree.paths):
+            path_matrix[row, k, path] = 1.0
     logits = session.score_tree(tokens, depths, tree_mask)          # [B, T, V]
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    first = torch.log_softmax(last_logits.float(), dim=-1)           # predicts the root's children
-    scores = []
-    for row, (toks, parents, _, leaves) in enumerate(trees):
-        cum = [0.0] * len(toks)
-        for i, (tok, parent) in enumerate(zip(toks, parents)):
-            source = first[row] if parent < 0 else logprobs[row, parent]
-            cum[i] = (0.0 if parent < 0 else cum[parent]) + float(source[tok])
-        scores.append([cum[leaves[k]] for k in range(1, num_passages[row] + 1)])
-    _sync(logits.device)
+    scored = torch.cat([last_logits[:, None, :].to(logits.dtype), logits], dim=1)
+    device = scored.device
+    all_scores = identifier_scores(scored, edge_source.to(device), tokens.to(device), path_matrix.to(device))
+    rows = all_scores.tolist()  # one transfer (and device sync) for the whole batch
+    scores = [rows[row][:n] for row, n in enumerate(num_passages)]
     return IdentifierScores(scores=scores, prefill=session.info, scoring_seconds=time.perf_counter() - start,
-                            tree_tokens=[len(t[0]) for t in trees])
+                            tree_tokens=[len(t.tokens) for t in trees])
