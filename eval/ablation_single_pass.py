@@ -9,7 +9,8 @@ Every variant reranks the BM25 top-N of all judged DL19 queries with ``Reranker.
 seconds per query of each batched pass only as a side note (the per-query latency benchmark is
 ``eval/bench_strategies.py``). Rankings are appended to ``<output>.records.jsonl`` as each batch
 finishes, so an interrupted run resumes; ``--deadline-minutes`` stops starting new batches after
-that long and still writes the JSON from what is done.
+that long and still writes the JSON from what is done. A rerun that points a model name at another
+path, or changes a depth's budget or a variant's schedule, is refused (``<output>.settings.json``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from rerank import PruningConfig, Reranker, RerankerConfig
 from rerank.data import default_run_path, load_collection, read_run, recover_records
 from rerank.evaluation import compute_metrics, format_table
+from rerank.resume import append_record, check_same_settings, save_settings
 
 VARIANTS = {  # name: (strategy, scoring, pruning schedule key); --schedules adds single_pass+NAME
     "generate": ("full", "generate", None),
@@ -30,6 +33,23 @@ VARIANTS = {  # name: (strategy, scoring, pruning schedule key); --schedules add
     "single_pass+prune": ("full", "single_pass", "default"),
     "sliding": ("sliding", "generate", None),
 }
+
+
+def resume_settings(args: argparse.Namespace, models: dict[str, str], variants: dict,
+                    schedules: dict[str, PruningConfig]) -> dict:
+    """What the records depend on, one key per model name, depth and variant: a rerun into the same
+    output may add models, depths or variants, but not point a name at another model path, change a
+    depth's passage budget or a variant's pruning schedule (that would mix two systems under one name).
+    Device, batch size, query count and deadline change no ranking and are left out."""
+    settings: dict = {"collection": args.collection, "dtype": args.dtype}
+    for name, path in models.items():
+        settings[f"model[{name}]"] = path
+    for top_n, budget in zip(args.groups, args.budgets):
+        settings[f"max_passage_tokens[{top_n}]"] = budget
+    for name, (strategy, scoring, sched) in variants.items():
+        settings[f"variant[{name}]"] = {"strategy": strategy, "scoring": scoring,
+                                        "pruning": None if sched is None else asdict(schedules[sched])}
+    return settings
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -77,6 +97,14 @@ def main(argv: list[str] | None = None) -> dict:
     qids = sorted(q for q in first_stage if q in coll.qrels)[: args.queries]
     records_path = Path(args.output).with_suffix(".records.jsonl")
     records_path.parent.mkdir(parents=True, exist_ok=True)
+    if not args.summarize_only:  # summarising ranks nothing, so it mixes nothing
+        # Checked before any model loads, so a refused rerun fails at once.
+        settings = resume_settings(args, models, variants, schedules)
+        settings_path = Path(args.output).with_suffix(".settings.json")
+        if records_path.is_file():
+            check_same_settings(settings_path, settings, what=str(records_path),
+                                advice="use another --output, or move the records away to start over")
+        save_settings(settings_path, settings, keep_saved=records_path.is_file())
     done = {(r["model"], r["top_n"], r["variant"], r["qid"]) for r in recover_records(records_path)}
     # Small models: load them all, and loop depth -> variant -> model, so a deadline cuts the
     # comparison evenly instead of dropping a whole model.
@@ -107,10 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                       [[coll.corpus[d] for d in c] for c in cands])
                         per_query = (time.perf_counter() - t0) / len(chunk)
                         for q, c, res in zip(chunk, cands, results):
-                            fh.write(json.dumps({"model": name, "top_n": top_n, "variant": variant, "qid": q,
-                                                 "ranking": [c[j] for j in res.order], "batch_s_per_query": per_query,
-                                                 "fallback": res.stats.fallback}) + "\n")
-                        fh.flush()
+                            append_record(fh, {"model": name, "top_n": top_n, "variant": variant, "qid": q,
+                                               "ranking": [c[j] for j in res.order], "batch_s_per_query": per_query,
+                                               "fallback": res.stats.fallback})
                         print(f"{name} top-{top_n} {variant:<18} {i + len(chunk)}/{len(todo)}  {per_query:.3f} s/q",
                               flush=True)
                     if out_of_time:

@@ -6,7 +6,9 @@
 Each group ``N:Q`` reranks the BM25 top-N of the first Q judged queries. For every query all
 variants (full, full top_k=10, sliding, sliding top_k=10, single_pass) run back to back, so machine load hits
 them alike; one warm-up query per group is discarded. Per-query records are appended to
-``<output>.records.jsonl`` and skipped on a rerun, so an interrupted benchmark resumes.
+``<output>.records.jsonl`` and skipped on a rerun, so an interrupted benchmark resumes; what they
+depend on (model, per-group passage budget, per-variant settings) goes to ``<output>.settings.json``,
+and a rerun that changes any of it under the same names is refused (new groups and variants are fine).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from dataclasses import asdict
 from pathlib import Path
 
 from rerank import PruningConfig, Reranker, RerankerConfig
 from rerank.data import default_run_path, load_collection, read_run, recover_records
 from rerank.evaluation import compute_metrics, format_table
+from rerank.resume import append_record, check_same_settings, save_settings
 
 VARIANTS = {  # name: (strategy, decode top_k, scoring, pruning spec or None); --schedules adds single_pass+NAME
     "full": ("full", None, "generate", None),
@@ -31,6 +35,21 @@ VARIANTS = {  # name: (strategy, decode top_k, scoring, pruning spec or None); -
     "single_pass+prune": ("full", None, "single_pass", "default"),
 }
 DEFAULT_VARIANTS = ["full", "full@10", "sliding", "sliding@10", "single_pass"]
+WINDOW_SIZE, STRIDE = 20, 10
+
+
+def resume_settings(args: argparse.Namespace, variants: dict, budgets: list[int]) -> dict:
+    """What the records depend on, one key per group and per variant: a rerun into the same output
+    may add groups or variants, but not change the model, a group's passage budget or a variant's
+    pruning spec (that would mix two systems under one name)."""
+    settings: dict = {"collection": args.collection, "model": args.model, "window_size": WINDOW_SIZE,
+                      "stride": STRIDE}
+    for group, budget in zip(args.groups, budgets):
+        settings[f"max_passage_tokens[{group}]"] = budget
+    for name, (strategy, top_k, scoring, pruning) in variants.items():
+        settings[f"variant[{name}]"] = {"strategy": strategy, "top_k": top_k, "scoring": scoring,
+                                        "pruning": None if pruning is None else asdict(PruningConfig.from_spec(pruning))}
+    return settings
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -62,15 +81,24 @@ def main(argv: list[str] | None = None) -> dict:
     collection = load_collection(args.collection)
     first_stage = read_run(default_run_path(collection))
     qids = sorted(q for q in first_stage if q in collection.qrels)
-    base = None if args.summarize_only else Reranker.from_pretrained(args.model)
     records_path = Path(args.output).with_suffix(".records.jsonl")
     records_path.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["group"], r["variant"], r["qid"]) for r in recover_records(records_path)}
     budgets = args.max_passage_tokens + [args.max_passage_tokens[-1]] * len(args.groups)
+    if not args.summarize_only:  # summarising ranks nothing, so it mixes nothing
+        # Checked before the model loads, so a refused rerun fails at once.
+        settings = resume_settings(args, variants, budgets)
+        settings_path = Path(args.output).with_suffix(".settings.json")
+        if records_path.is_file():
+            check_same_settings(settings_path, settings, what=str(records_path),
+                                advice="use another --output, or move the records away to start over")
+        save_settings(settings_path, settings, keep_saved=records_path.is_file())
+    done = {(r["group"], r["variant"], r["qid"]) for r in recover_records(records_path)}
+    base = None if args.summarize_only else Reranker.from_pretrained(args.model)
 
     def reranker_for(strategy: str, scoring: str, pruning: str | None, budget: int) -> Reranker:
-        cfg = RerankerConfig(strategy=strategy, window_size=20, stride=10, max_passage_tokens=budget, batch_size=1,
-                             scoring=scoring, pruning=None if pruning is None else PruningConfig.from_spec(pruning))
+        cfg = RerankerConfig(strategy=strategy, window_size=WINDOW_SIZE, stride=STRIDE, max_passage_tokens=budget,
+                             batch_size=1, scoring=scoring,
+                             pruning=None if pruning is None else PruningConfig.from_spec(pruning))
         return Reranker(base.model, base.tokenizer, cfg)
 
     with open(records_path, "a", encoding="utf-8") as fh:
@@ -92,8 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
                     res = rankers[v].rerank(collection.queries[qid], docs, top_k=variants[v][1])
                     rec = {"group": group, "variant": v, "qid": qid, "budget": budget,
                            "ranking": [cands[i] for i in res.order], "stats": res.stats.to_dict()}
-                    fh.write(json.dumps(rec) + "\n")
-                    fh.flush()
+                    append_record(fh, rec)
                     print(f"{group} {v:<11} {qid:>8}  {res.stats.total_seconds:6.2f} s", flush=True)
 
     records = recover_records(records_path)

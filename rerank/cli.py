@@ -4,6 +4,9 @@
     rerank eval --collection ../shared/data/msmarco-dl19 --top-k 20 --strategy full
     rerank labels ...                # complete listwise labels (see `rerank labels --help`)
     rerank train configs/train/default-cpu.yaml   # single process; use accelerate launch for more
+    rerank retrieve --collection DIR --depth 100 --output run.trec   # BM25 first stage (bm25s)
+    rerank generate-queries --collection DIR --output queries.jsonl  # synthetic training queries
+    rerank serve --port 8000         # Cohere/Jina/TEI-compatible rerank server (see `rerank serve --help`)
 """
 
 from __future__ import annotations
@@ -36,18 +39,22 @@ def eval_main(argv: list[str] | None = None) -> dict:
 
 def demo_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rerank demo", description="Rerank the built-in example.")
-    parser.add_argument("--model", default=None, help="model path or hub id (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--top-k", type=int, default=None, help="decode only the best k identifiers")
+    parser.add_argument("--model", default=None,
+                        help="model path or hub id (default: the shipped reranker; 'base' = raw SmolLM2-135M-Instruct)")
+    parser.add_argument("--top-k", type=int, default=None, help="return only the best k (generate: decode only k)")
+    parser.add_argument("--scoring", default=None, choices=["generate", "single_pass", "head"],
+                        help="default: what the model recommends (head for the shipped reranker)")
     args = parser.parse_args(argv)
     from .demo import run_demo
 
-    print(run_demo(args.model, args.top_k))
+    print(run_demo(args.model, args.top_k, args.scoring))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"demo": demo_main, "eval": eval_main}
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in ("demo", "eval", "labels", "train"):
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in ("demo", "eval", "labels", "train", "serve",
+                                                                      "retrieve", "generate-queries"):
         print(__doc__)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -56,6 +63,18 @@ def main(argv: list[str] | None = None) -> int:
         from .labels import main as labels_main
 
         return labels_main(rest) or 0
+    if command == "retrieve":
+        from .retrieval import main as retrieve_main
+
+        return retrieve_main(rest) or 0
+    if command == "generate-queries":
+        from .query_generation import main as generate_main
+
+        return generate_main(rest) or 0
+    if command == "serve":
+        from .serving.server import main as serve_main
+
+        return serve_main(rest) or 0
     if command == "train":
         from .train import main as train_main
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 STRATEGIES = ("full", "sliding")
-SCORINGS = ("generate", "single_pass")
+SCORINGS = ("generate", "single_pass", "head")
 OVERFLOW_POLICIES = ("sliding", "error")
 
 
@@ -98,9 +98,11 @@ PRUNING_PRESETS: dict[str, dict] = {
 class RerankerConfig:
     """How a :class:`~rerank.Reranker` ranks."""
 
-    model: Optional[str] = field(default=None, metadata={"help": "Local path or hub id of a causal LM; None = SmolLM2-135M-Instruct (offline)."})
-    device: Optional[str] = field(default=None, metadata={"help": "torch device; None = cuda if available else cpu."})
-    dtype: Optional[str] = field(default=None, metadata={"help": "float32 | bfloat16 | float16; None = bf16 on GPU, fp32 on CPU."})
+    # model, device and dtype are a record of what Reranker.from_pretrained loaded; Reranker itself
+    # ranks with the model object it is given and never reads them.
+    model: Optional[str] = field(default=None, metadata={"help": "Record only: the model from_pretrained loaded (path or hub id; None = the default). Reranker(model, tokenizer, config) ignores it."})
+    device: Optional[str] = field(default=None, metadata={"help": "Record only: the device from_pretrained was asked for (None = cuda if available else cpu). Reranker ignores it."})
+    dtype: Optional[str] = field(default=None, metadata={"help": "Record only: the dtype from_pretrained was asked for (float32 | bfloat16 | float16; None = bf16 on GPU, fp32 on CPU). Reranker ignores it."})
     strategy: str = field(default="full", metadata={"help": "'full': all passages in one prompt; 'sliding': back-to-front windows."})
     window_size: int = field(default=20, metadata={"help": "Passages per window for the sliding strategy."})
     stride: int = field(default=10, metadata={"help": "Step between sliding windows."})
@@ -110,7 +112,7 @@ class RerankerConfig:
     batch_size: int = field(default=4, metadata={"help": "Prompts decoded together by rank_batch."})
     max_context: Optional[int] = field(default=None, metadata={"help": "Override of the model's context length (tokens) used for the overflow check."})
     pruning: Optional[PruningConfig] = field(default=None, metadata={"help": "Prefill pruning schedule; None = exact unpruned prefill."})
-    scoring: str = field(default="generate", metadata={"help": "'generate': decode the permutation; 'single_pass': order by log P(first identifier = [k]) from one prefill."})
+    scoring: str = field(default="generate", metadata={"help": "'generate': decode the permutation; 'single_pass': order by log P(first identifier = [k]) from one prefill; 'head': order by the relevance each passage's end token reads out (logit yes - no), from one prefill (needs a model trained for it)."})
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -132,3 +134,7 @@ class RerankerConfig:
                 self.pruning = PruningConfig(**self.pruning)
             else:
                 raise TypeError(f"pruning must be a PruningConfig, a dict or None, got {type(self.pruning).__name__}")
+        if self.scoring == "head" and self.pruning is not None:
+            # Pruning is steered by what the LAST token attends to; head scores are read at every
+            # passage's end, whose later-layer states would lose the pruned passage bodies.
+            raise ValueError("scoring='head' reads every passage's own end state: use pruning=None")

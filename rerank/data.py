@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+# The one resume mechanism for appended JSONL logs; imported here for the callers that know it as data.recover_records.
+from .resume import append_record, recover_records  # noqa: F401
+
 
 @dataclass
 class Collection:
@@ -23,31 +26,6 @@ class Collection:
     def graded(self) -> bool:
         """True when judgements use grades above 1 (TREC DL 0..3): binary measures then use rel >= 2."""
         return any(g > 1 for judged in self.qrels.values() for g in judged.values())
-
-
-def recover_records(path: str | os.PathLike) -> list[dict]:
-    """Records of an append-only JSONL log, after an interruption.
-
-    A run killed mid-write leaves a torn last line; it is dropped and the file rewritten without
-    it, so the next append starts on a fresh line instead of gluing onto the fragment. A missing
-    file is an empty log.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records, good = [], []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # the torn tail: what follows a torn line cannot be trusted either
-            good.append(line if line.endswith("\n") else line + "\n")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.writelines(good)
-    return records
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:

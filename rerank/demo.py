@@ -22,18 +22,19 @@ DEMO_PASSAGES = [
 ]
 
 
-def run_demo(model: str | None = None, top_k: int | None = None) -> str:
+def run_demo(model: str | None = None, top_k: int | None = None, scoring: str | None = None) -> str:
     """Rerank the built-in example with full ranking and return a printable report."""
     import time
 
     from .reranker import Reranker
 
     start = time.perf_counter()
-    reranker = Reranker.from_pretrained(model)
+    reranker = Reranker.from_pretrained(model, scoring=scoring)
     load = time.perf_counter() - start
     result = reranker.rerank(DEMO_QUERY, DEMO_PASSAGES, top_k=top_k)
     s = result.stats
-    lines = [f"query: {DEMO_QUERY}", f"model: {reranker.model.config.name_or_path} (loaded in {load:.1f} s)", ""]
+    name = "default (SmolLM2-135M-Instruct + shipped weights)" if model is None else model
+    lines = [f"query: {DEMO_QUERY}", f"model: {name}, scoring={reranker.config.scoring} (loaded in {load:.1f} s)", ""]
     for rank, index in enumerate(result.order, start=1):
         text = DEMO_PASSAGES[index]
         lines.append(f"{rank:>2}. [{index + 1:>2}] score={result.scores[index]:+.3f}  {text[:90]}{'...' if len(text) > 90 else ''}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Optional
 
 from .config import PruningConfig
 from .data import Collection, default_run_path, load_collection, read_run, recover_records, write_run
+from .resume import append_record, check_same_settings, save_settings
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class EvalConfig:
     window_size: int = field(default=20, metadata={"help": "Sliding window size."})
     stride: int = field(default=10, metadata={"help": "Sliding window stride."})
     max_passage_tokens: Optional[int] = field(default=100, metadata={"help": "Token budget per passage."})
-    scoring: str = field(default="generate", metadata={"help": "generate (decode the permutation) | single_pass (identifier log-probs from one prefill)."})
+    scoring: Optional[str] = field(default=None, metadata={"help": "generate (decode the permutation) | single_pass (identifier log-probs from one prefill) | head (per-passage readout, one prefill); None = what the model recommends (head for the shipped default, else generate)."})
     pruning: Optional[str] = field(default=None, metadata={"help": "Prefill pruning: a preset ('default', 'fast') or depth:keep pairs like '0.1:0.5,0.33:0.25'; None = unpruned."})
     rank_top_k: Optional[int] = field(default=None, metadata={"help": "Decode only the best k identifiers (top_k of rerank())."})
     dtype: Optional[str] = field(default=None, metadata={"help": "Model dtype (float32, bfloat16)."})
@@ -68,16 +68,8 @@ _RESUME_FREE_FIELDS = {"output_dir", "resume", "limit_queries", "batch_size"}
 def _check_same_ranking_setup(out_dir: Path, cfg: EvalConfig) -> None:
     """Refuse to resume rankings made under another setup (model, scoring, pruning, ...): mixing
     them would report metrics of no single system."""
-    saved_path = out_dir / "eval_config.json"
-    if not saved_path.is_file():
-        return  # a folder from before this check: nothing to compare with
-    saved = json.loads(saved_path.read_text())
-    now = asdict(cfg)
-    differ = sorted(k for k in now if k not in _RESUME_FREE_FIELDS and k in saved and saved[k] != now[k])
-    if differ:
-        changes = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in differ)
-        raise ValueError(f"{out_dir} holds rankings made with other settings ({changes}); use another "
-                         f"--output_dir, or --no_resume to start over there")
+    check_same_settings(out_dir / "eval_config.json", asdict(cfg), ignore=_RESUME_FREE_FIELDS,
+                        advice="use another --output_dir, or --no_resume to start over there")
 
 
 def _load_done(path: Path) -> dict[str, dict]:
@@ -108,12 +100,18 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records_path = out_dir / "rankings.jsonl"
+    if cfg.scoring is None and cfg.strategy != "none":
+        # Record the scoring that actually runs, so the resume check compares real settings.
+        from .models import recommended_settings
+
+        given = getattr(getattr(reranker, "config", None), "scoring", None)
+        cfg.scoring = given or recommended_settings(cfg.model).get("scoring", "generate")
     if cfg.resume and records_path.exists():
         _check_same_ranking_setup(out_dir, cfg)
     done = _load_done(records_path) if cfg.resume else {}
     if not cfg.resume and records_path.exists():
         records_path.unlink()
-    (out_dir / "eval_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    save_settings(out_dir / "eval_config.json", asdict(cfg))
     if cfg.strategy != "none" and reranker is None:
         from .reranker import Reranker
 
@@ -142,9 +140,7 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
                 order = list(range(len(cand))) if res is None else res.order
                 rec = {"qid": qid, "ranking": [cand[i] for i in order],
                        "stats": res.stats.to_dict() if res is not None else None}
-                fh.write(json.dumps(rec) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+                append_record(fh, rec)
                 done[qid] = rec
                 bar.update(1)
     bar.close()
@@ -173,7 +169,8 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
         "llm_calls_per_query": mean("llm_calls"),
         "computed_fraction": mean("computed_fraction") if stats else 1.0,
         "fallbacks": sum(1 for s in stats if s.get("fallback")),
-        "scoring": cfg.scoring if cfg.strategy != "none" else None,
+        "scoring": (getattr(getattr(reranker, "config", None), "scoring", cfg.scoring)
+                    if cfg.strategy != "none" else None),
         "pruning": cfg.pruning if cfg.strategy != "none" else None,
         "config": asdict(cfg),
     })

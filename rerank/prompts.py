@@ -63,6 +63,14 @@ class PromptEncoding:
     truncated_passages: int = 0
     text: str = field(default="", repr=False)
 
+    def passage_end_positions(self) -> list[int]:
+        """Per passage, the first token after its body (the separator before the next identifier).
+
+        ``scoring="head"`` reads each passage's relevance there: the model has seen the query and
+        the whole passage, and the token is protected from pruning.
+        """
+        return [end for _, end in self.passage_spans]
+
     def prunable_mask(self) -> list[bool]:
         """True for passage-body tokens; everything else is protected from pruning."""
         mask = [False] * len(self.input_ids)
@@ -144,6 +152,18 @@ def encode_prompt(tokenizer, query: str, passages: Sequence[str], max_passage_to
         token_spans.append((first, cursor))
     return PromptEncoding(input_ids=list(ids), passage_spans=token_spans, num_passages=len(passages),
                           truncated_passages=cut, text=rendered)
+
+
+# The LM-head readout of ``scoring="head"``: score = logit(yes) - logit(no) at a passage's end.
+RELEVANCE_WORDS = (" yes", " no")
+
+
+def relevance_token_ids(tokenizer) -> tuple[int, int]:
+    """Token ids of the ``yes`` / ``no`` readout words (the first token of each, for any tokenizer)."""
+    ids = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in RELEVANCE_WORDS]
+    if not all(ids) or ids[0][0] == ids[1][0]:
+        raise ValueError(f"tokenizer cannot tell the readout words {RELEVANCE_WORDS} apart")
+    return ids[0][0], ids[1][0]
 
 
 def end_of_turn_ids(tokenizer) -> list[int]:

@@ -11,8 +11,9 @@ from .config import PruningConfig, RerankerConfig
 from .decoding import TokenTable, complete_order
 from .engine.generate import rank_prompts
 from .engine.identifiers import score_identifiers
+from .engine.passage_head import score_positions
 from .engine.session import DenseSession
-from .prompts import PromptEncoding, encode_prompt, encode_target
+from .prompts import PromptEncoding, encode_prompt, encode_target, relevance_token_ids
 from .ranking import Window, WindowRanking, sliding_orders
 from .results import RankingResult, RankingStats
 
@@ -76,17 +77,22 @@ class Reranker:
     def from_pretrained(cls, model: str | None = None, *, device=None, dtype=None, strategy: str = "full",
                         window_size: int = 20, stride: int = 10, max_passage_tokens: int | None = 100,
                         pruning: PruningConfig | None = None, **kwargs) -> "Reranker":
-        """Load a model (default: SmolLM2-135M-Instruct, offline) and build a reranker.
+        """Load a model and build a reranker.
 
-        Extra keyword arguments are :class:`RerankerConfig` fields (``scoring``, ``num_passes``,
-        ``on_overflow``, ``batch_size``, ``max_context``).
+        ``model=None`` is the shipped default reranker (SmolLM2-135M-Instruct + the packaged LoRA
+        weights, ``scoring="head"``); ``model="base"`` the raw SmolLM2-135M-Instruct; otherwise a
+        path or hub id. Extra keyword arguments are :class:`RerankerConfig` fields (``scoring``,
+        ``num_passes``, ``on_overflow``, ``batch_size``, ``max_context``); ``scoring`` left out
+        takes the model folder's recommendation (its ``lazyrank.json``), else ``"generate"``.
         """
-        from .models import load_model_and_tokenizer
+        from .models import load_model_and_tokenizer, recommended_settings
 
         known = {f.name for f in fields(RerankerConfig)}
         unknown = set(kwargs) - known
         if unknown:
             raise TypeError(f"unknown argument(s) for Reranker.from_pretrained: {sorted(unknown)}")
+        if kwargs.get("scoring") is None:
+            kwargs["scoring"] = recommended_settings(model).get("scoring", "generate")
         config = RerankerConfig(model=model, device=None if device is None else str(device),
                                 dtype=None if dtype is None else str(dtype).replace("torch.", ""),
                                 strategy=strategy, window_size=window_size, stride=stride,
@@ -106,7 +112,9 @@ class Reranker:
         """Positions the answer needs after the prompt: a complete ranking (end-of-turn included), or
         for single-pass scoring the longest identifier."""
         if num not in self._answer_budget:
-            if self.config.scoring == "single_pass":
+            if self.config.scoring == "head":
+                self._answer_budget[num] = 0  # nothing is generated or appended
+            elif self.config.scoring == "single_pass":
                 first, _ = self.table.canonical.pieces(num)
                 self._answer_budget[num] = max(len(seq) for seq in first.values())
             else:
@@ -144,8 +152,9 @@ class Reranker:
         for chunk_start in range(0, len(todo), size):
             chunk = todo[chunk_start:chunk_start + size]
             encs = [self.encode(windows[i]) for i in chunk]
-            if self.config.scoring == "single_pass":
-                for i, ranking in zip(chunk, self._score_chunk(encs)):
+            if self.config.scoring in ("single_pass", "head"):
+                scored = self._score_chunk(encs) if self.config.scoring == "single_pass" else self._head_chunk(encs)
+                for i, ranking in zip(chunk, scored):
                     results[i] = ranking
                 continue
             out = rank_prompts(self._session(), [e.input_ids for e in encs], [e.num_passages for e in encs],
@@ -171,6 +180,19 @@ class Reranker:
             # Every passage is scored by the model, so the whole order is the model's (top_k only cuts output).
             rankings.append(WindowRanking(order=order, ranked=enc.num_passages, scores=scores, generated_tokens=0,
                                           **_call_costs(encs, row, out.prefill, out.scoring_seconds)))
+        return rankings
+
+    def _head_chunk(self, encs: list[PromptEncoding]) -> list[WindowRanking]:
+        """Head scoring: order by the yes-no readout at each passage's end, ties by first-stage order."""
+        yes_id, no_id = relevance_token_ids(self.tokenizer)
+        out = score_positions(self.model, [e.input_ids for e in encs], [e.passage_end_positions() for e in encs],
+                              yes_id, no_id, self.tokenizer.pad_token_id)
+        rankings = []
+        for row, enc in enumerate(encs):
+            scores = out.scores[row]
+            order = sorted(range(enc.num_passages), key=lambda i: (-scores[i], i))
+            rankings.append(WindowRanking(order=order, ranked=enc.num_passages, scores=scores, generated_tokens=0,
+                                          **_call_costs(encs, row, out.prefill, 0.0)))
         return rankings
 
     # ------------------------------------------------------------------ public API
@@ -199,9 +221,17 @@ class Reranker:
         windows = [Window(query=q, passages=d, top_k=top_k) for q, d in zip(queries, docs)]
         sliding = []
         full = []
+        chunked = []
+        head = self.config.scoring == "head"
         for i, w in enumerate(windows):
             if len(w.passages) <= 1:
                 orders[i], ranked[i] = list(range(len(w.passages))), len(w.passages)
+            elif head and (self.config.strategy == "sliding" or not self.fits(w)):
+                # Head scores are per passage, so windows need no merging passes: score consecutive
+                # chunks of window_size and order all passages by their scores.
+                if self.config.strategy == "full":
+                    stats[i].fallback = "chunks"
+                chunked.append(i)
             elif self.config.strategy == "sliding":
                 sliding.append(i)
             elif self.fits(w):
@@ -222,6 +252,22 @@ class Reranker:
             for i, r in zip(full, self.rank_windows([windows[i] for i in full])):
                 orders[i], ranked[i], model_scores[i] = r.order, r.ranked, r.scores
                 account(i, r)
+        if chunked:
+            size = self.config.window_size
+            pieces = [(i, start) for i in chunked for start in range(0, len(windows[i].passages), size)]
+            scored = self.rank_windows([Window(query=windows[i].query, passages=windows[i].passages[s:s + size])
+                                        for i, s in pieces])
+            merged: dict[int, list[float]] = {i: [] for i in chunked}
+            for (i, start), r in zip(pieces, scored):
+                if r.scores is None:  # rank_windows skips one-passage windows: score it on its own
+                    alone = Window(query=windows[i].query, passages=windows[i].passages[start:start + 1])
+                    r = self._head_chunk([self.encode(alone)])[0]
+                merged[i] += r.scores
+                account(i, r)
+            for i in chunked:
+                scores = merged[i]
+                orders[i] = sorted(range(len(scores)), key=lambda k: (-scores[k], k))
+                ranked[i], model_scores[i] = len(scores), scores
         if sliding:
             got = sliding_orders(self, [windows[i] for i in sliding], self.config.window_size, self.config.stride,
                                  self.config.num_passes, on_call=lambda j, r: account(sliding[j], r),
@@ -235,7 +281,8 @@ class Reranker:
         for i in range(len(queries)):
             stats[i].total_seconds = elapsed
             if model_scores[i] is not None:
-                results.append(RankingResult.from_scores(orders[i], model_scores[i], ranked[i], stats[i]))
+                kind = "head_logit" if self.config.scoring == "head" else "log_prob"
+                results.append(RankingResult.from_scores(orders[i], model_scores[i], ranked[i], stats[i], kind))
             else:
                 results.append(RankingResult.from_order(orders[i], ranked[i], stats[i]))
         return results
@@ -271,3 +318,39 @@ class Reranker:
         """:meth:`rank` for several queries, LLM calls batched across them."""
         results = self.rerank_batch(queries, documents, top_k=top_k)
         return [self._as_rank_output(r, d, top_k, return_documents) for r, d in zip(results, documents)]
+
+    # ------------------------------------------------------------------ async API
+    # The model runs on one worker thread behind a queue (rerank.serving.batcher); concurrent callers
+    # that arrive within a few milliseconds share one batched rerank_batch call. Results equal the
+    # synchronous methods'. Arguments are checked here, in the caller, so a bad call never reaches
+    # the shared worker.
+    async def arerank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> RankingResult:
+        """Async :meth:`rerank` that never blocks the event loop; safe under many concurrent callers."""
+        from .serving.batcher import batcher_for
+
+        query, documents, top_k = _check_query(query), _check_documents(documents), _check_top_k(top_k)
+        return await batcher_for(self).arerank(query, documents, top_k)
+
+    async def arank(self, query: str, documents: Sequence[str], top_k: int | None = None,
+                    return_documents: bool = False) -> list[dict]:
+        """Async :meth:`rank` (``[{"corpus_id", "score", ("text")}]`` best first)."""
+        documents = _check_documents(documents)
+        result = await self.arerank(query, documents, top_k=top_k)
+        return self._as_rank_output(result, documents, top_k, return_documents)
+
+    async def arank_batch(self, queries: Sequence[str], documents: Sequence[Sequence[str]],
+                          top_k: int | None = None, return_documents: bool = False) -> list[list[dict]]:
+        """Async :meth:`rank_batch`: the queries are submitted together and batched with other callers'."""
+        import asyncio
+
+        if isinstance(queries, str) or not isinstance(queries, Sequence):
+            raise TypeError(f"queries must be a list of str, got {type(queries).__name__}")
+        if isinstance(documents, str) or not isinstance(documents, Sequence):
+            raise TypeError(f"documents must be a list of lists of str, got {type(documents).__name__}")
+        if len(queries) != len(documents):
+            raise ValueError(f"queries ({len(queries)}) and documents ({len(documents)}) must have the same length")
+        queries = [_check_query(q, f"queries[{i}]") for i, q in enumerate(queries)]
+        docs = [_check_documents(d, f"documents[{i}]") for i, d in enumerate(documents)]
+        top_k = _check_top_k(top_k)
+        results = await asyncio.gather(*(self.arerank(q, d, top_k=top_k) for q, d in zip(queries, docs)))
+        return [self._as_rank_output(r, d, top_k, return_documents) for r, d in zip(results, docs)]

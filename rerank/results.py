@@ -56,21 +56,27 @@ class RankingResult:
             a document the model placed at 0-based rank ``r`` of ``N`` gets ``1 - r / N`` (in
             ``(0, 1]``); documents left in first-stage order after a ``top_k`` cut get ``-(r - k + 1) / N``
             (``<= 0``), so a score above zero means "ranked by the model". They are not calibrated
-            relevance probabilities.
+            relevance probabilities. With ``scoring="head"`` they are the readout
+            ``logit(yes) - logit(no)`` at each passage's end, whatever the strategy (long lists are
+            scored in chunks, each passage once): comparable across queries too.
         ranked_by_model: how many leading entries of ``order`` the model decided.
         stats: cost accounting.
+        score_kind: what ``scores`` hold: ``"rank"`` (rank-derived), ``"log_prob"`` (single-pass
+            identifier log-probabilities) or ``"head_logit"`` (the head readout).
     """
 
     order: list[int]
     scores: list[float]
     ranked_by_model: int
     stats: RankingStats = field(default_factory=RankingStats)
+    score_kind: str = "rank"
 
     @classmethod
     def from_scores(cls, order: list[int], scores: list[float], ranked_by_model: int,
-                    stats: RankingStats) -> "RankingResult":
-        """A result whose scores are the model's own (single-pass identifier log-probabilities)."""
-        return cls(order=list(order), scores=list(scores), ranked_by_model=ranked_by_model, stats=stats)
+                    stats: RankingStats, kind: str = "log_prob") -> "RankingResult":
+        """A result whose scores are the model's own (``kind``: "log_prob" or "head_logit")."""
+        return cls(order=list(order), scores=list(scores), ranked_by_model=ranked_by_model, stats=stats,
+                   score_kind=kind)
 
     @classmethod
     def from_order(cls, order: list[int], ranked_by_model: int, stats: RankingStats) -> "RankingResult":

@@ -18,6 +18,7 @@ too few identifiers); the label builder retries and then records the query as fa
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import json
 import os
 import re
@@ -27,6 +28,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping, Sequence
+from urllib.parse import urlparse
 
 from .decoding import parse_ranking
 from .prompts import build_messages, sanitize
@@ -119,6 +121,39 @@ class EmbeddingTeacher:
         return out
 
 
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url``'s host is this machine (``localhost``, 127.0.0.0/8 or ``::1``): plain http
+    to it never crosses a network."""
+    host = (urlparse(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+def check_key_transport(url: str, api_key_env: str, allow_insecure_key: bool = False) -> None:
+    """Refuse to send the key in ``$api_key_env`` to ``url`` unless over https or to a loopback host.
+
+    Plain http carries the bearer token readable to anyone on the path. ``allow_insecure_key=True``
+    is the explicit opt-out (e.g. a trusted private network). No key set means nothing to leak.
+    """
+    if not os.environ.get(api_key_env) or allow_insecure_key:
+        return
+    if urlparse(url).scheme != "https" and not is_loopback_url(url):
+        raise ValueError(f"refusing to send ${api_key_env} over plain {urlparse(url).scheme or '?'}:// to {url}: "
+                         "use https, a loopback address, or allow_insecure_key=True")
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect would resend the Authorization header to wherever it points (http included):
+    fail with the 3xx instead."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
 class OpenAITeacher:
     """An OpenAI-compatible ``/chat/completions`` endpoint (the paper used GPT-4o), via urllib.
 
@@ -126,19 +161,22 @@ class OpenAITeacher:
     ``max_passage_words`` words (no local tokenizer of the remote model). Free text is parsed with
     the tolerant parser; an answer naming fewer than ``min_coverage`` of the window's identifiers
     raises :class:`TeacherError` instead of being padded into a wrong label. The key is read from
-    the environment variable ``api_key_env`` (never from the command line).
+    the environment variable ``api_key_env`` (never from the command line), and sent only over
+    https or to a loopback host unless ``allow_insecure_key=True``; redirects are refused.
     """
 
     name = "openai"
 
     def __init__(self, model: str, base_url: str = "https://api.openai.com/v1", api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 120.0, max_passage_words: int | None = 100, temperature: float = 0.0,
-                 min_coverage: float = 0.5, concurrency: int = 4):
+                 min_coverage: float = 0.5, concurrency: int = 4, allow_insecure_key: bool = False):
         if not 0.0 <= min_coverage <= 1.0:
             raise ValueError(f"min_coverage must lie in [0, 1], got {min_coverage}")
         self.model = model
         self.url = base_url.rstrip("/") + "/chat/completions"
+        check_key_transport(self.url, api_key_env, allow_insecure_key)
         self.api_key = os.environ.get(api_key_env, "")
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
         if not self.api_key and "api.openai.com" in self.url:
             raise ValueError(f"set the API key in the environment variable {api_key_env}")
         self.timeout = timeout
@@ -159,7 +197,7 @@ class OpenAITeacher:
                                          headers={"Content-Type": "application/json",
                                                   **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+            with self._opener.open(request, timeout=self.timeout) as resp:
                 return json.loads(resp.read().decode("utf-8"))
         except urllib.error.HTTPError as exc:
             body = exc.read().decode("utf-8", "replace")[:300]
@@ -203,7 +241,8 @@ def llm_teacher(model: str | None = None, **reranker_kwargs):
 def build_teacher(spec: str, *, qrels: Mapping[str, Mapping[str, int]] | None = None,
                   first_stage: Mapping[str, Mapping[str, int]] | None = None, base_url: str | None = None,
                   api_key_env: str = "OPENAI_API_KEY", device: str | None = None, dtype: str | None = None,
-                  max_passage_tokens: int | None = 100, timeout: float = 120.0, batch_size: int = 4):
+                  max_passage_tokens: int | None = 100, timeout: float = 120.0, batch_size: int = 4,
+                  allow_insecure_key: bool = False):
     """Build a teacher from its command-line spelling (see the module docstring)."""
     if spec == "qrels":
         if not qrels:
@@ -216,6 +255,6 @@ def build_teacher(spec: str, *, qrels: Mapping[str, Mapping[str, int]] | None = 
         if not model:
             raise ValueError("--teacher openai:MODEL needs a model name, e.g. openai:gpt-4o-2024-08-06")
         return OpenAITeacher(model, base_url=base_url or "https://api.openai.com/v1", api_key_env=api_key_env,
-                             timeout=timeout)
+                             timeout=timeout, allow_insecure_key=allow_insecure_key)
     model = None if spec in ("llm", "default") else spec.removeprefix("llm:")
     return llm_teacher(model, device=device, dtype=dtype, max_passage_tokens=max_passage_tokens, batch_size=batch_size)

@@ -49,7 +49,7 @@ class LazyRankTrainingArguments(TrainingArguments):
     passages_per_example: Optional[int] = field(default=None, metadata={"help": "Keep the first-stage top-k candidates of each label; None = all."})
     shuffle_initial_order: bool = field(default=False, metadata={"help": "Present candidates in a random (seeded, per-example) order: initial-order augmentation."})
     max_seq_length: Optional[int] = field(default=None, metadata={"help": "Drop examples longer than this many tokens (counted in the log); None = keep all."})
-    loss: str = field(default="importance", metadata={"help": "'importance' (rank-weighted) or 'lm' (plain response NLL, ablation)."})
+    loss: str = field(default="importance", metadata={"help": "'importance' (rank-weighted), 'lm' (plain response NLL, ablation), or 'none' (no response tokens: a head-only objective)."})
     importance_alpha: float = field(default=1.0, metadata={"help": "Weight of separator and end tokens in the importance-aware loss."})
     loss_normalize: str = field(default="tokens", metadata={"help": "Divide the weighted sum by the number of response 'tokens' or by the sum of 'weights'."})
     use_lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (peft); false = full fine-tuning."})
@@ -57,17 +57,38 @@ class LazyRankTrainingArguments(TrainingArguments):
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS), metadata={"help": "Module names LoRA adapts."})
+    lora_layers_from: float = field(default=0.0, metadata={"help": "Adapt only the layers from this fraction of the depth on (0.5 = the top half): backward then stops there, so steps are cheaper; 0 = every layer."})
     attn_implementation: Optional[str] = field(default=None, metadata={"help": "sdpa | eager | flash_attention_2; None = flash-attn on CUDA when installed, else sdpa."})
     ranking_loss: Optional[str] = field(default=None, metadata={"help": "Add a ranking loss on single-pass identifier scores: ranknet | listnet | listmle; None = LM objective only."})
     ranking_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the ranking loss next to the (importance-aware) LM loss."})
+    head_loss: Optional[str] = field(default=None, metadata={"help": "Train scoring='head' (yes-no readout at every passage's end): ranknet | listnet | listmle on the label ranks, plus the teacher KL; None = off."})
+    head_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the head loss next to the LM loss (if any)."})
+    head_teacher_weight: float = field(default=1.0, metadata={"help": "Weight lambda of KL(softmax(teacher/T) || softmax(head scores)) for labels carrying teacher_scores; 0 = ranks only."})
+    head_teacher_temperature: float = field(default=0.05, metadata={"help": "Temperature T of the teacher distribution (all-MiniLM cosines span about 0..0.8)."})
+    eval_fraction: float = field(default=0.0, metadata={"help": "Hold out this fraction of the labels (seeded) and report the loss on them every eval_steps; 0 = no held-out set."})
     max_train_minutes: Optional[float] = field(default=None, metadata={"help": "Stop after the optimizer step that crosses this wall-clock budget and save as usual (all ranks stop together); None = no limit."})
     metrics_file: Optional[str] = field(default=None, metadata={"help": "Write step time, tokens/s and peak memory here (JSON); default OUTPUT_DIR/train_metrics.json."})
     # The Trainer would drop rank_ids (not a forward() argument) otherwise.
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the loss needs the rank_ids column."})
 
     def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.loss not in (*LOSSES, "none"):
+            raise ValueError(f"loss must be one of {(*LOSSES, 'none')}, got {self.loss!r}")
+        if self.head_loss is not None:
+            from .losses.identifier_ranking import RANKING_LOSSES as _HEAD_RANKS
+
+            if self.head_loss not in _HEAD_RANKS:
+                raise ValueError(f"head_loss must be one of {_HEAD_RANKS} or None, got {self.head_loss!r}")
+            if self.ranking_loss is not None:
+                raise ValueError("head_loss and ranking_loss need different batch layouts: choose one")
+            if self.head_loss_weight <= 0:
+                raise ValueError(f"head_loss_weight must be > 0, got {self.head_loss_weight}")
+        if self.loss == "none" and self.head_loss is None:
+            raise ValueError("loss='none' leaves nothing to train: set head_loss")
+        if self.loss == "none" and self.ranking_loss is not None:
+            raise ValueError("ranking_loss scores a tree packed after the target: it needs loss 'importance' or 'lm'")
+        if not 0.0 <= self.eval_fraction < 0.5:
+            raise ValueError(f"eval_fraction must lie in [0, 0.5), got {self.eval_fraction}")
         if self.loss_normalize not in ("tokens", "weights"):
             raise ValueError(f"loss_normalize must be 'tokens' or 'weights', got {self.loss_normalize!r}")
         if self.on_invalid_labels not in ("error", "skip"):
@@ -76,6 +97,8 @@ class LazyRankTrainingArguments(TrainingArguments):
             raise ValueError(f"importance_alpha must be >= 0, got {self.importance_alpha}")
         if self.max_train_minutes is not None and self.max_train_minutes <= 0:
             raise ValueError(f"max_train_minutes must be > 0 or None, got {self.max_train_minutes}")
+        if not 0.0 <= self.lora_layers_from < 1.0:
+            raise ValueError(f"lora_layers_from must lie in [0, 1), got {self.lora_layers_from}")
         if self.lora_r < 1:
             raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
         if self.max_passage_tokens is not None and self.max_passage_tokens < 1:
@@ -110,11 +133,13 @@ def first_scored_position(labels: torch.Tensor) -> int:
 class ListwiseTrainer(Trainer):
     """Trainer whose loss is :class:`~rerank.losses.ImportanceAwareLoss` (or plain LM) on response tokens."""
 
-    def __init__(self, *args, loss_fn: torch.nn.Module, ranking_loss: torch.nn.Module | None = None,
-                 ranking_loss_weight: float = 1.0, **kwargs):
+    def __init__(self, *args, loss_fn: torch.nn.Module | None, ranking_loss: torch.nn.Module | None = None,
+                 ranking_loss_weight: float = 1.0, head_loss: torch.nn.Module | None = None,
+                 head_loss_weight: float = 1.0, relevance_ids: tuple[int, int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_fn = loss_fn
         self.ranking_loss, self.ranking_loss_weight = ranking_loss, ranking_loss_weight
+        self.head_loss, self.head_loss_weight, self.relevance_ids = head_loss, head_loss_weight, relevance_ids
         # Our loss is a per-micro-batch mean: let the Trainer divide it by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
@@ -128,6 +153,8 @@ class ListwiseTrainer(Trainer):
         num_tokens = inputs.pop("num_tokens", None)  # packed batches carry a 4-D mask: count tokens apart
         if model.training:
             self.tokens_seen += int(num_tokens.sum()) if num_tokens is not None else int(inputs["attention_mask"].sum())
+        if "head_positions" in inputs:
+            return self._head_compute_loss(model, inputs, labels, rank_ids, return_outputs)
         tree = {k: inputs.pop(k) for k in ("edge_source", "edge_token", "path_matrix", "passage_ranks") if k in inputs}
         # Only the response (and tree) positions need vocabulary logits: with a 2k-token prompt and
         # a 100-token answer, projecting every position would cost 20x the lm_head work and hold a
@@ -145,6 +172,41 @@ class ListwiseTrainer(Trainer):
                 self._add_component("lm_loss", loss)
                 self._add_component("ranking_loss", ranking)
             loss = loss + self.ranking_loss_weight * ranking
+        return (loss, outputs) if return_outputs else loss
+
+    def _head_compute_loss(self, model, inputs, labels, rank_ids, return_outputs):
+        """Head objective: scores at every passage's end (+ the LM loss on the response, if any).
+
+        Only the passage-end positions and the response tail are projected to the vocabulary: one
+        ``logits_to_keep`` index tensor, so the forward stays one call through the (DDP / DeepSpeed
+        / peft) wrapper.
+        """
+        from .engine.passage_head import relevance_from_logits
+
+        positions, ranks = inputs.pop("head_positions"), inputs.pop("passage_ranks")
+        teacher = inputs.pop("teacher_scores")
+        length = inputs["input_ids"].size(1)
+        heads = positions[ranks > 0].unique()                      # sorted, shared by the batch rows
+        start = first_scored_position(labels) if self.loss_fn is not None else length
+        keep = torch.cat([heads, torch.arange(start, length, device=heads.device)])
+        outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+        head_logits = outputs.logits[:, : heads.numel()]
+        index = torch.searchsorted(heads, positions.clamp(min=0))
+        index = index.clamp(max=heads.numel() - 1)
+        picked = head_logits.gather(1, index[..., None].expand(-1, -1, head_logits.size(-1)))
+        scores = relevance_from_logits(picked, *self.relevance_ids)
+        head = self.head_loss(scores, ranks, teacher)
+        loss = self.head_loss_weight * head
+        if model.training:
+            for name, value in self.head_loss.last_terms.items():
+                self._add_component(name, torch.tensor(value))
+        if self.loss_fn is not None:
+            lm = self.loss_fn(outputs.logits[:, heads.numel():], labels[:, start:], rank_ids[:, start:])
+            if model.training:
+                self._add_component("lm_loss", lm)
+            loss = loss + lm
+        if model.training and self.loss_fn is None:
+            self._component_count += 1
         return (loss, outputs) if return_outputs else loss
 
     def _add_component(self, name: str, value: torch.Tensor) -> None:
@@ -284,10 +346,23 @@ def load_model(args: LazyRankTrainingArguments):
 
         if args.gradient_checkpointing:
             model.enable_input_require_grads()  # checkpointed blocks need a grad path through frozen embeddings
+        layers = None
+        if args.lora_layers_from > 0:
+            depth = model.config.num_hidden_layers
+            layers = list(range(int(round(args.lora_layers_from * depth)), depth))
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=args.lora_r, lora_alpha=args.lora_alpha,
                                                  lora_dropout=args.lora_dropout,
-                                                 target_modules=list(args.lora_target_modules)))
+                                                 target_modules=list(args.lora_target_modules),
+                                                 layers_to_transform=layers))
     return model, tokenizer
+
+
+def split_heldout(dataset, fraction: float, seed: int):
+    """(train, held-out) with a seeded ``fraction`` held out; (dataset, None) when fraction is 0."""
+    if fraction <= 0:
+        return dataset, None
+    parts = dataset.train_test_split(test_size=fraction, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]
 
 
 def _peak_memory_mb() -> float:
@@ -317,6 +392,19 @@ def shutdown_distributed(barrier: bool = True) -> None:
     dist.destroy_process_group()
 
 
+def write_recommended_settings(args: LazyRankTrainingArguments) -> None:
+    """``lazyrank.json`` in the output folder: how ``Reranker.from_pretrained(output_dir)`` should rank
+    by default (a head-trained model is read at the passage ends, not decoded)."""
+    from .models import RECOMMENDED_SETTINGS_FILE
+
+    scoring = "head" if args.head_loss else ("single_pass" if args.ranking_loss else "generate")
+    settings = {"reranker": {"scoring": scoring}, "max_passage_tokens": args.max_passage_tokens,
+                "trained_with": {"loss": args.loss, "head_loss": args.head_loss, "ranking_loss": args.ranking_loss,
+                                 "train_file": args.train_file, "seed": args.seed}}
+    path = Path(args.output_dir) / RECOMMENDED_SETTINGS_FILE
+    path.write_text(json.dumps(settings, indent=1), encoding="utf-8")
+
+
 def train(args: LazyRankTrainingArguments, callbacks: Sequence[TrainerCallback] = ()) -> dict:
     """Build data, model and trainer from ``args``, train (resuming if asked), save; returns metrics."""
     from transformers import set_seed
@@ -328,22 +416,36 @@ def train(args: LazyRankTrainingArguments, callbacks: Sequence[TrainerCallback] 
     model, tokenizer = load_model(args)
     options = ExampleOptions(max_passage_tokens=args.max_passage_tokens, passages_per_example=args.passages_per_example,
                              shuffle_initial_order=args.shuffle_initial_order, max_seq_length=args.max_seq_length,
-                             seed=args.seed, identifier_tree=args.ranking_loss is not None)
+                             seed=args.seed, identifier_tree=args.ranking_loss is not None,
+                             passage_head=args.head_loss is not None, include_target=args.loss != "none")
     with args.main_process_first(desc="encoding labels"):
         dataset = build_dataset(tokenizer, args.train_file, options, args.corpus_file, args.on_invalid_labels)
+    dataset, heldout = split_heldout(dataset, args.eval_fraction, args.seed)
+    head_loss = relevance_ids = None
+    if args.head_loss is not None:
+        from .losses.passage_head import PassageHeadLoss
+        from .prompts import relevance_token_ids
+
+        head_loss = PassageHeadLoss(args.head_loss, args.head_teacher_weight, args.head_teacher_temperature)
+        relevance_ids = relevance_token_ids(tokenizer)
     timer = StepTimer()
     if args.max_train_minutes is not None:
         callbacks = [TimeLimit(args.max_train_minutes), *callbacks]
-    trainer = ListwiseTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+    trainer = ListwiseTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=heldout,
+                              processing_class=tokenizer,
                               data_collator=ListwiseCollator(tokenizer.pad_token_id), callbacks=[timer, *callbacks],
-                              loss_fn=build_loss(args.loss, args.importance_alpha, args.loss_normalize),
+                              loss_fn=None if args.loss == "none" else build_loss(args.loss, args.importance_alpha,
+                                                                                  args.loss_normalize),
                               ranking_loss=None if args.ranking_loss is None else IdentifierRankingLoss(args.ranking_loss),
-                              ranking_loss_weight=args.ranking_loss_weight)
+                              ranking_loss_weight=args.ranking_loss_weight, head_loss=head_loss,
+                              head_loss_weight=args.head_loss_weight, relevance_ids=relevance_ids)
     checkpoint = resolve_checkpoint(args)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     elapsed = time.perf_counter() - start
     trainer.save_model(args.output_dir)  # adapter or full model, plus the tokenizer
+    if trainer.is_world_process_zero():
+        write_recommended_settings(args)
     tokens = trainer.accelerator.reduce(torch.tensor(float(trainer.tokens_seen), device=args.device), "sum").item()
     steps = timer.times[1:] or timer.times
     metrics = {"world_size": trainer.accelerator.num_processes, "distributed_type": str(trainer.accelerator.distributed_type),

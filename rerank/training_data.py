@@ -38,10 +38,15 @@ class ExampleOptions:
     max_seq_length: int | None = None
     seed: int = 0
     identifier_tree: bool = False  # add the first-identifier tree for the single-pass ranking loss
+    passage_head: bool = False  # add passage-end positions, label ranks and teacher scores (scoring="head")
+    include_target: bool = True  # False: prompt only (a head-only objective reads no response token)
 
     def __post_init__(self):
         if self.passages_per_example is not None and self.passages_per_example < 2:
             raise ValueError(f"passages_per_example must be >= 2 or None, got {self.passages_per_example}")
+        if self.identifier_tree and (self.passage_head or not self.include_target):
+            raise ValueError("identifier_tree packs the tree after the target: it needs include_target and "
+                             "cannot be combined with passage_head")
         if self.max_seq_length is not None and self.max_seq_length < 16:
             raise ValueError(f"max_seq_length must be >= 16 or None, got {self.max_seq_length}")
 
@@ -56,15 +61,25 @@ def encode_example(tokenizer, record: LabelRecord, options: ExampleOptions, inde
     position = {d: i for i, d in enumerate(initial)}
     order = [position[d] for d in record.final_list if d in position]
     prompt = encode_prompt(tokenizer, record.query, [record.passages[d] for d in initial], options.max_passage_tokens)
-    target, ranks = target_with_ranks(tokenizer, order)
+    target, ranks = target_with_ranks(tokenizer, order) if options.include_target else ([], [])
     input_ids = prompt.input_ids + target
+    extra = {}
+    if options.identifier_tree:
+        extra = tree_features(tokenizer, len(initial), order)
+    if options.passage_head:
+        passage_ranks = [0] * len(initial)
+        for r, index in enumerate(order, start=1):
+            passage_ranks[index] = r
+        teacher = record.teacher_scores or {}
+        extra = {"head_positions": prompt.passage_end_positions(), "passage_ranks": passage_ranks,
+                 "teacher_scores": [teacher.get(d, float("nan")) for d in initial]}
     return {"input_ids": input_ids,
             "labels": [IGNORE_INDEX] * len(prompt.input_ids) + target,
             "rank_ids": [0] * len(prompt.input_ids) + ranks,
             "num_passages": len(initial),
             "truncated_passages": prompt.truncated_passages,
             "length": len(input_ids),
-            **(tree_features(tokenizer, len(initial), order) if options.identifier_tree else {})}
+            **extra}
 
 
 def build_dataset(tokenizer, train_file: str, options: ExampleOptions, corpus_file: str | None = None,
@@ -80,12 +95,14 @@ def build_dataset(tokenizer, train_file: str, options: ExampleOptions, corpus_fi
     if not records:
         raise ValueError(f"{train_file}: no usable labels")
     rows = [{"qid": r.qid, "query": r.query, "initial_list": r.initial_list, "final_list": r.final_list,
-             "passages": [r.passages[d] for d in r.initial_list]} for r in records]
+             "passages": [r.passages[d] for d in r.initial_list],
+             "teacher": [(r.teacher_scores or {}).get(d, float("nan")) for d in r.initial_list]} for r in records]
     raw = datasets.Dataset.from_list(rows)
 
     def encode(row, index):
+        teacher = {d: t for d, t in zip(row["initial_list"], row["teacher"]) if t == t}  # NaN = no score
         rec = LabelRecord(row["qid"], row["query"], row["initial_list"], row["final_list"],
-                          dict(zip(row["initial_list"], row["passages"])))
+                          dict(zip(row["initial_list"], row["passages"])), teacher or None)
         return encode_example(tokenizer, rec, options, index)
 
     ds = raw.map(encode, with_indices=True, remove_columns=raw.column_names, desc="encoding labels")
@@ -123,5 +140,15 @@ class ListwiseCollator:
         ids = pad("input_ids", self.pad_token_id)
         mask = torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features],
                             dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": mask, "labels": pad("labels", IGNORE_INDEX),
-                "rank_ids": pad("rank_ids", 0)}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": pad("labels", IGNORE_INDEX),
+                 "rank_ids": pad("rank_ids", 0)}
+        if "head_positions" in features[0]:
+            passages = max(len(f["head_positions"]) for f in features)
+
+            def pad_list(key: str, value, dtype) -> torch.Tensor:
+                return torch.tensor([list(f[key]) + [value] * (passages - len(f[key])) for f in features], dtype=dtype)
+
+            batch.update(head_positions=pad_list("head_positions", 0, torch.long),
+                         passage_ranks=pad_list("passage_ranks", 0, torch.long),
+                         teacher_scores=pad_list("teacher_scores", float("nan"), torch.float32))
+        return batch

@@ -56,10 +56,13 @@ def test_keep_everything_decodes_like_dense_batched(tiny_model, tokenizer, enc, 
     pruned, dense = PrunedSession(tiny_model, tokenizer.pad_token_id, KEEP_ALL), DenseSession(tiny_model, tokenizer.pad_token_id)
     a, b = pruned.prefill(prompts, masks), dense.prefill(prompts, masks)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
-    for _ in range(4):
+    # One Session convention: ``positions`` is each row's last filled position, in both engines.
+    assert pruned.positions.tolist() == dense.positions.tolist() == [len(p) - 1 for p in prompts]
+    for step in range(1, 5):
         tokens = b.argmax(-1)
         a, b = pruned.step(tokens), dense.step(tokens)
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+        assert pruned.positions.tolist() == dense.positions.tolist() == [len(p) - 1 + step for p in prompts]
 
 
 def test_keep_everything_gives_identical_permutation(tiny_model, tokenizer):
@@ -287,6 +290,7 @@ def test_unsupported_model_raises_unless_fallback_asked(unsupported_models, toke
     logits = session.prefill([enc_short.input_ids], [enc_short.prunable_mask()])
     torch.testing.assert_close(logits, _forward_logits(model, enc_short.input_ids), atol=1e-4, rtol=0)
     assert session.info.computed_fraction == 1.0 and session.info.extra["fallback"] == "unpruned"
+    assert session.positions.tolist() == [len(enc_short.input_ids) - 1]  # the same convention when unpruned
     rr = Reranker(model, tokenizer, RerankerConfig(pruning=fallback, max_passage_tokens=12))
     assert sorted(rr.rerank("rope", DOCS[:4]).order) == [0, 1, 2, 3]
 
@@ -301,16 +305,47 @@ def test_reranker_stats_with_default_pruning(tiny_model, tokenizer):
     assert s.prefill_seconds > 0
 
 
+def _log_probs_before_and_after_bracket(session, enc, bracket: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token log-probabilities over the whole vocabulary: after the prompt (the answer's first
+    token, nearly always ``[``) and after feeding ``[`` (the first identifier's digit, which decides
+    the ranking)."""
+    first = session.prefill([enc.input_ids], [enc.prunable_mask()]).log_softmax(-1)
+    digit = session.step(torch.tensor([bracket])).log_softmax(-1)
+    return first, digit
+
+
+def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> float:
+    """KL(p || q) in nats, from log-probabilities."""
+    return float((p_log.exp() * (p_log - q_log)).sum())
+
+
+@pytest.fixture(scope="module")
+def base_reranker(default_model_dir):
+    """The raw SmolLM2-135M-Instruct the default schedule was tuned on (not whatever the default reranker
+    becomes), so the bounds below keep their meaning."""
+    return Reranker.from_pretrained(str(default_model_dir))
+
+
 @pytest.mark.model
-def test_real_model_default_pruning_keeps_first_token(real_reranker):
+def test_real_model_pruning_keeps_the_next_token_distribution_close(base_reranker):
+    """Keep-everything pruning reproduces the dense distribution over the WHOLE vocabulary; the default
+    schedule changes it (it really prunes) but stays within KL < 0.1 nats, at the first answer token
+    and at the identifier digit after ``[`` (measured on this prompt: ~0.03 and ~0.02; the 'fast'
+    preset gives ~0.06 and ~0.08). Comparing only the arg-max of the first token checks nothing:
+    it is ``[`` whatever the passages say."""
     from rerank.ranking import Window
 
+    rr = base_reranker
     docs = [f"{t} is a topic discussed in passage {i}, which says little else of note." for i, t in
             enumerate(["rope", "llamas", "rivers", "engines", "the moon", "bread", "chess", "volcanoes"] * 3)]
-    enc = real_reranker.encode(Window(query="how are volcanoes formed", passages=docs))
-    dense = DenseSession(real_reranker.model, real_reranker.tokenizer.pad_token_id)
-    pruned = PrunedSession(real_reranker.model, real_reranker.tokenizer.pad_token_id, PruningConfig())
-    a = dense.prefill([enc.input_ids])
-    b = pruned.prefill([enc.input_ids], [enc.prunable_mask()])
-    assert a.argmax() == b.argmax()
-    assert pruned.info.computed_fraction < 0.7
+    enc = rr.encode(Window(query="how are volcanoes formed", passages=docs))
+    bracket = rr.tokenizer.convert_tokens_to_ids("[")
+    pad = rr.tokenizer.pad_token_id
+    dense = _log_probs_before_and_after_bracket(DenseSession(rr.model, pad), enc, bracket)
+    kept = _log_probs_before_and_after_bracket(PrunedSession(rr.model, pad, KEEP_ALL), enc, bracket)
+    pruned_session = PrunedSession(rr.model, pad, PruningConfig())
+    pruned = _log_probs_before_and_after_bracket(pruned_session, enc, bracket)
+    assert pruned_session.info.computed_fraction < 0.7
+    for want, same, close in zip(dense, kept, pruned):
+        assert float((want - same).abs().max()) < 1e-4
+        assert 1e-4 < _kl(want, close) < 0.1

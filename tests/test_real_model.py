@@ -1,16 +1,62 @@
 """End to end on the real default model (SmolLM2-135M-Instruct, offline). Marked `model`."""
 
-import pytest
+import copy
+import math
 
-from rerank.decoding import is_permutation
+import pytest
+import torch
+
+from rerank import Reranker, RerankerConfig
 from rerank.demo import DEMO_PASSAGES, DEMO_QUERY
+from rerank.engine.identifiers import IdentifierTree
+from rerank.engine.session import cache_kwarg
+from rerank.ranking import Window
 
 pytestmark = pytest.mark.model
 
 
-def test_default_model_full_ranking_is_a_permutation(real_reranker):
-    res = real_reranker.rerank(DEMO_QUERY, DEMO_PASSAGES)
-    assert is_permutation(res.order, len(DEMO_PASSAGES))
+def _forced_log_probs(model, prompt: list[int], continuations: list[list[int]]) -> list[float]:
+    """log P(continuation | prompt) of each continuation by an ordinary causal forward over a copy of
+    the prompt's KV cache: the slow, plainly right computation the one-pass tree must reproduce."""
+    from transformers import DynamicCache
+
+    device, kw = next(model.parameters()).device, cache_kwarg(model)
+    out = []
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        first = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, **{kw: cache})
+        after_prompt = first.logits[0, -1].float().log_softmax(-1)
+        for tokens in continuations:
+            ids = torch.tensor([tokens], device=device)
+            positions = torch.arange(len(prompt), len(prompt) + len(tokens), device=device)[None]
+            step = model(input_ids=ids, position_ids=positions, use_cache=True, **{kw: copy.deepcopy(cache)})
+            rows = torch.cat([after_prompt[None], step.logits[0, :-1].float().log_softmax(-1)])
+            out.append(float(rows.gather(1, ids[0][:, None]).sum()))
+    return out
+
+
+def test_single_pass_scores_are_the_models_identifier_log_probs(real_reranker):
+    """What constrained decoding cannot guarantee: the scores are log P(first identifier = [k]) of
+    the real model, equal to one plain forward per identifier (one- and two-digit ids alike), and,
+    identifiers being disjoint answers, their probabilities sum to at most 1."""
+    rr = Reranker(real_reranker.model, real_reranker.tokenizer, RerankerConfig(scoring="single_pass"))
+    res = rr.rerank(DEMO_QUERY, DEMO_PASSAGES)
+    assert res.score_kind == "log_prob" and res.stats.llm_calls == 1
+    assert all(math.isfinite(s) and s < 0 for s in res.scores)
+    assert math.fsum(math.exp(s) for s in res.scores) <= 1.0
+    tree = IdentifierTree.build(rr.table, len(DEMO_PASSAGES))
+    spellings = [[tree.tokens[node] for node in reversed(path)] for path in tree.paths]
+    assert [len(t) for t in spellings] == [3] * 9 + [4] * 3  # "[", digits, "]"
+    enc = rr.encode(Window(query=DEMO_QUERY, passages=DEMO_PASSAGES))
+    want = _forced_log_probs(rr.model, enc.input_ids, spellings)
+    tolerance = 1e-3 if next(rr.model.parameters()).dtype == torch.float32 else 5e-2
+    assert max(abs(a - b) for a, b in zip(res.scores, want)) < tolerance
+    assert res.order == sorted(range(len(want)), key=lambda i: (-want[i], i))
+
+
+def test_default_model_generates_the_canonical_answer(real_reranker):
+    rr = Reranker(real_reranker.model, real_reranker.tokenizer, RerankerConfig(scoring="generate"))
+    res = rr.rerank(DEMO_QUERY, DEMO_PASSAGES)
     assert res.stats.llm_calls == 1
     # Canonical tokens: "[", digits, "]" for the first id; then " >", " [", digits, "]" for each of the
     # other 11; 9 one-digit and 3 two-digit ids give 15 digit tokens.

@@ -89,10 +89,23 @@ def test_batch_equals_single(tiny_reranker):
         assert tiny_reranker.rerank(q, d).order == b.order
 
 
-def test_sliding_with_window_covering_all_equals_full(tiny_model, tokenizer):
+def test_sliding_is_the_models_own_window_rankings_back_to_front(tiny_model, tokenizer):
+    """Windows smaller than the list (12 passages, window 4, stride 2: 5 calls). The model is
+    deterministic, so the sliding result must equal ranking each window's passages, back to front,
+    as a full ranking of just those passages and writing that order back into the list."""
     full = Reranker(tiny_model, tokenizer, RerankerConfig(strategy="full"))
-    sliding = Reranker(tiny_model, tokenizer, RerankerConfig(strategy="sliding", window_size=20, stride=10))
-    assert sliding.rerank("topic 1", DOCS).order == full.rerank("topic 1", DOCS).order
+    sliding = Reranker(tiny_model, tokenizer, RerankerConfig(strategy="sliding", window_size=4, stride=2))
+    res = sliding.rerank("topic 1", DOCS)
+    order, starts = list(range(len(DOCS))), window_starts(len(DOCS), 4, 2)
+    for start in starts:
+        ids = order[start:start + 4]
+        window_order = full.rerank("topic 1", [DOCS[i] for i in ids]).order
+        order[start:start + 4] = [ids[k] for k in window_order]
+    assert res.order == order and res.stats.llm_calls == len(starts) == 5
+    assert order != list(range(len(DOCS)))  # the windows did reorder: the comparison is not vacuous
+    # A window as large as the list is the one-call case: exactly the full ranking.
+    whole = Reranker(tiny_model, tokenizer, RerankerConfig(strategy="sliding", window_size=12, stride=6))
+    assert whole.rerank("topic 1", DOCS).order == full.rerank("topic 1", DOCS).order
 
 
 def test_sliding_window_schedule_and_calls(tiny_model, tokenizer):

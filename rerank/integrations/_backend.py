@@ -1,0 +1,54 @@
+"""What the framework adapters rank with: an in-process Reranker or a rerank server URL."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from ..serving.scores import model_top_k, relevance_scores
+
+__all__ = ["RankingBackend"]
+
+
+class RankingBackend:
+    """Ranks ``texts`` for a query as ``[(index, relevance_score)]`` best first, cut to ``top_n``.
+
+    ``target`` is a :class:`~rerank.Reranker` (ranked in this process; async calls go through its
+    batching worker thread) or the URL of a rerank server (``rerank serve`` or any Cohere-compatible
+    one). Either way ``relevance_score`` is the server's: in [0, 1], monotone in rank.
+    """
+
+    def __init__(self, target: Any, *, api_key: Optional[str] = None, model: Optional[str] = None,
+                 timeout: float = 120.0):
+        if isinstance(target, str):
+            from .http_client import RerankHTTPClient
+
+            self.client: Any = RerankHTTPClient(target, api_key=api_key, model=model, timeout=timeout)
+            self.reranker = None
+        elif hasattr(target, "rerank") and hasattr(target, "arerank") and hasattr(target, "config"):
+            self.client = None
+            self.reranker = target
+        else:
+            raise TypeError(f"expected a rerank.Reranker or a server URL, got {type(target).__name__}")
+
+    def _cut(self, result: Any, top_n: int | None) -> list[tuple[int, float]]:
+        relevance = relevance_scores(result)
+        order = result.order if top_n is None else result.order[:top_n]
+        return [(i, relevance[i]) for i in order]
+
+    def _top_k(self, top_n: int | None, n: int) -> int | None:
+        top_n = None if top_n is None else min(top_n, n)
+        return model_top_k(getattr(self.reranker.config, "scoring", "generate"), top_n)
+
+    def rank(self, query: str, texts: Sequence[str], top_n: int | None) -> list[tuple[int, float]]:
+        if not texts:
+            return []
+        if self.client is not None:
+            return self.client.rerank(query, texts, top_n)
+        return self._cut(self.reranker.rerank(query, list(texts), top_k=self._top_k(top_n, len(texts))), top_n)
+
+    async def arank(self, query: str, texts: Sequence[str], top_n: int | None) -> list[tuple[int, float]]:
+        if not texts:
+            return []
+        if self.client is not None:
+            return await self.client.arerank(query, texts, top_n)
+        return self._cut(await self.reranker.arerank(query, list(texts), top_k=self._top_k(top_n, len(texts))), top_n)

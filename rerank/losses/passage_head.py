@@ -1,0 +1,66 @@
+"""Training loss for ``scoring="head"``: relevance read at every passage's end in one forward pass.
+
+Inputs per list: ``scores[b, k]`` (the model's ``logit(yes) - logit(no)`` at passage k's end),
+``ranks[b, k]`` (the label's 1-based rank of passage k; 0 = padding) and optionally
+``teacher[b, k]`` (a teacher's relevance score, e.g. all-MiniLM-L6-v2 cosine; NaN = none)::
+
+    L = L_rank(s, r) + lambda * KL( softmax(t / T) || softmax(s) )
+
+``L_rank`` is one of the identifier ranking losses (weighted RankNet by default:
+``sum_{r_i < r_j} w_ij log(1 + exp(s_j - s_i)) / sum w_ij`` with ``w_ij = 1/(r_i + r_j)``), so the
+complete label's order (judged-relevant passages first) is learned pairwise; the KL term distils the
+teacher's graded scores, which say HOW much better one passage is than another, information a
+permutation throws away. Lists without teacher scores contribute the rank term only. Padding is
+masked everywhere; each term is a mean over the lists it applies to.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .identifier_ranking import IdentifierRankingLoss
+
+
+class PassageHeadLoss(nn.Module):
+    """Rank loss on per-passage scores plus an optional teacher-distribution KL (see module docstring).
+
+    Example:
+        >>> loss = PassageHeadLoss("ranknet", teacher_weight=0.0)
+        >>> round(float(loss(torch.tensor([[0.0, 0.0]]), torch.tensor([[1, 2]]))), 4)  # tied scores: log 2
+        0.6931
+    """
+
+    def __init__(self, rank_loss: str = "ranknet", teacher_weight: float = 1.0, teacher_temperature: float = 0.05):
+        super().__init__()
+        if teacher_weight < 0:
+            raise ValueError(f"teacher_weight must be >= 0, got {teacher_weight}")
+        if teacher_temperature <= 0:
+            raise ValueError(f"teacher_temperature must be > 0, got {teacher_temperature}")
+        self.rank = IdentifierRankingLoss(rank_loss)
+        self.teacher_weight, self.teacher_temperature = teacher_weight, teacher_temperature
+        self.last_terms: dict[str, float] = {}
+
+    def teacher_kl(self, scores: torch.Tensor, ranks: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Mean KL(teacher || model) over lists with teacher scores (0 when there are none)."""
+        scores = scores.float()
+        valid = (ranks > 0) & ~torch.isnan(teacher)
+        rows = valid.any(-1)
+        if not bool(rows.any()):
+            return scores.sum() * 0.0
+        neg = torch.finfo(scores.dtype).min
+        target = torch.log_softmax((teacher.float() / self.teacher_temperature).masked_fill(~valid, neg), -1)
+        model = torch.log_softmax(scores.masked_fill(~valid, neg), -1)
+        kl = (target.exp() * (target - model)).masked_fill(~valid, 0.0).sum(-1)
+        return kl[rows].mean()
+
+    def forward(self, scores: torch.Tensor, ranks: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
+        loss = self.rank(scores, ranks)
+        self.last_terms = {"rank_loss": float(loss.detach())}
+        if teacher is not None and self.teacher_weight > 0:
+            if teacher.shape != scores.shape:
+                raise ValueError(f"teacher must be [batch, passages] like scores, got {tuple(teacher.shape)}")
+            kl = self.teacher_kl(scores, ranks, teacher)
+            self.last_terms["teacher_kl"] = float(kl.detach())
+            loss = loss + self.teacher_weight * kl
+        return loss

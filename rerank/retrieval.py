@@ -1,0 +1,159 @@
+"""A first stage for any corpus: BM25 with ``bm25s`` (+ PyStemmer), saved and reloaded.
+
+It builds candidate lists where a collection ships no run (SciFact train claims, synthetic queries,
+a user's own corpus). The defaults are the settings of the shipped SciFact run (Snowball English
+stemming, English stop words, k1 = 0.9, b = 0.4, title + text), so ``rerank retrieve`` on
+``beir-scifact`` reproduces ``run.bm25.trec``::
+
+    rerank retrieve --collection ../shared/data/beir-scifact --depth 100 --output runs/scifact.bm25.trec
+
+Example:
+    >>> index = BM25Index.build({"d1": "bees shiver to keep warm", "d2": "paris is in france"})  # doctest: +SKIP
+    >>> index.search(["how do bees keep warm"], depth=1)                                         # doctest: +SKIP
+    [[('d1', 1.2...)]]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+_INDEX_META = "lazyrank_index.json"
+
+
+def _require_bm25s():
+    try:
+        import bm25s
+        import Stemmer
+    except ImportError as exc:  # pragma: no cover - both are core dependencies
+        raise ImportError("BM25 retrieval needs bm25s and PyStemmer: pip install bm25s PyStemmer") from exc
+    return bm25s, Stemmer
+
+
+@dataclass
+class BM25Config:
+    """BM25 settings (the shipped SciFact run's by default)."""
+
+    k1: float = field(default=0.9, metadata={"help": "BM25 term-frequency saturation."})
+    b: float = field(default=0.4, metadata={"help": "BM25 length normalisation."})
+    method: str = field(default="lucene", metadata={"help": "bm25s scoring variant: lucene | robertson | atire | bm25l | bm25+."})
+    stemmer: str | None = field(default="english", metadata={"help": "PyStemmer (Snowball) language; None = no stemming."})
+    stopwords: str | None = field(default="en", metadata={"help": "bm25s stop-word list; None = keep every token."})
+
+    def __post_init__(self):
+        if self.k1 < 0 or not 0.0 <= self.b <= 1.0:
+            raise ValueError(f"need k1 >= 0 and 0 <= b <= 1, got k1={self.k1}, b={self.b}")
+        if self.method not in ("lucene", "robertson", "atire", "bm25l", "bm25+"):
+            raise ValueError(f"method must be one of lucene, robertson, atire, bm25l, bm25+; got {self.method!r}")
+
+
+class BM25Index:
+    """A bm25s index over a ``{docid: text}`` corpus, with its docids, saved to / loaded from a folder."""
+
+    def __init__(self, retriever, docids: list[str], config: BM25Config):
+        self.retriever, self.docids, self.config = retriever, docids, config
+
+    def _stemmer(self):
+        _, Stemmer = _require_bm25s()
+        return Stemmer.Stemmer(self.config.stemmer) if self.config.stemmer else None
+
+    @classmethod
+    def build(cls, corpus: dict[str, str], config: BM25Config | None = None, show_progress: bool = True) -> "BM25Index":
+        """Tokenise and index every passage of ``corpus``."""
+        bm25s, _ = _require_bm25s()
+        config = config or BM25Config()
+        if not corpus:
+            raise ValueError("cannot index an empty corpus")
+        docids = list(corpus)
+        index = cls(None, docids, config)
+        tokens = bm25s.tokenize([corpus[d] for d in docids], stopwords=config.stopwords, stemmer=index._stemmer(),
+                                show_progress=show_progress)
+        index.retriever = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
+        index.retriever.index(tokens, show_progress=show_progress)
+        return index
+
+    def save(self, folder: str | os.PathLike) -> None:
+        folder = Path(folder)
+        self.retriever.save(str(folder))
+        meta = {"docids": self.docids, "config": self.config.__dict__}
+        (folder / _INDEX_META).write_text(json.dumps(meta), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "BM25Index":
+        bm25s, _ = _require_bm25s()
+        folder = Path(folder)
+        meta_path = folder / _INDEX_META
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{folder} is not a LazyRank BM25 index (no {_INDEX_META})")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        return cls(bm25s.BM25.load(str(folder)), list(meta["docids"]), BM25Config(**meta["config"]))
+
+    def search(self, queries: Sequence[str], depth: int = 100, show_progress: bool = True) -> list[list[tuple[str, float]]]:
+        """Top ``depth`` ``(docid, score)`` per query, best first (fewer when the corpus is smaller)."""
+        bm25s, _ = _require_bm25s()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        depth = min(depth, len(self.docids))
+        tokens = bm25s.tokenize(list(queries), stopwords=self.config.stopwords, stemmer=self._stemmer(),
+                                show_progress=False)
+        results, scores = self.retriever.retrieve(tokens, k=depth, show_progress=show_progress)
+        out = []
+        for row_ids, row_scores in zip(results, scores):
+            # A query with no indexed term scores 0 everywhere: such hits carry no evidence, drop them.
+            out.append([(self.docids[int(i)], float(s)) for i, s in zip(row_ids, row_scores) if s > 0])
+        return out
+
+
+def retrieve_collection(collection_dir: str, depth: int = 100, queries: dict[str, str] | None = None,
+                        index_dir: str | None = None, config: BM25Config | None = None) -> dict[str, list[tuple[str, float]]]:
+    """BM25 run ``{qid: [(docid, score), ...]}`` over a collection folder (shared or BEIR layout).
+
+    ``queries`` defaults to the collection's own; ``index_dir`` caches the index (built once, then
+    reloaded).
+    """
+    from .data import load_collection
+
+    coll = load_collection(collection_dir)
+    if index_dir and (Path(index_dir) / _INDEX_META).is_file():
+        index = BM25Index.load(index_dir)
+    else:
+        index = BM25Index.build(coll.corpus, config)
+        if index_dir:
+            index.save(index_dir)
+    queries = coll.queries if queries is None else queries
+    if not queries:
+        raise ValueError(f"{collection_dir}: no queries to retrieve for")
+    qids = list(queries)
+    hits = index.search([queries[q] for q in qids], depth)
+    return dict(zip(qids, hits))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``rerank retrieve --collection DIR [--queries FILE] [--depth 100] --output run.trec``."""
+    import argparse
+
+    from .data import _read_jsonl, write_run
+
+    ap = argparse.ArgumentParser(prog="rerank retrieve", description="BM25 first stage (bm25s) for a collection.")
+    ap.add_argument("--collection", required=True, help="Folder with corpus.jsonl (shared or BEIR layout).")
+    ap.add_argument("--queries", default=None, help="A queries.jsonl to use instead of the collection's own.")
+    ap.add_argument("--depth", "--top-k", "--top_k", dest="depth", type=int, default=100,
+                    help="Candidates per query (alias: --top-k).")
+    ap.add_argument("--output", required=True, help="TREC run file to write.")
+    ap.add_argument("--index-dir", default=None, help="Save the index here (or load it if present).")
+    ap.add_argument("--k1", type=float, default=0.9)
+    ap.add_argument("--b", type=float, default=0.4)
+    args = ap.parse_args(argv)
+    if args.depth < 1:
+        ap.error("--depth must be >= 1")
+    queries = None
+    if args.queries:
+        queries = _read_jsonl(Path(args.queries))
+    run = retrieve_collection(args.collection, args.depth, queries, args.index_dir, BM25Config(k1=args.k1, b=args.b))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    write_run(args.output, run, tag="bm25s")
+    print(f"wrote {args.output}: {len(run)} queries, {sum(len(v) for v in run.values())} hits")
+    return 0

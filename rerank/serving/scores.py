@@ -1,0 +1,77 @@
+"""Relevance scores in [0, 1] for HTTP clients and RAG adapters.
+
+Cohere, Jina and the frameworks built on them expect ``relevance_score`` in ``[0, 1]``, higher is
+better, results best first. A :class:`~rerank.RankingResult` carries either rank-derived scores
+(``1 - r/N`` and ``<= 0`` after a ``top_k`` cut) or the model's own scores (single-pass scoring:
+log P(the answer starts with ``[k]``)). :func:`relevance_scores` maps both to ``[0, 1]``:
+
+* rank-derived scores -> ``1 - r/N`` for every 0-based rank ``r`` of ``N`` (in ``(0, 1]``);
+* model scores (log-probabilities, logits, any real number) -> a softmax over the request's
+  documents. For single-pass scoring this is P(first identifier = ``[k]``) renormalised over the N
+  identifiers, so the values sum to 1 over the request.
+
+Either way a running minimum along the order is taken last, so the values never increase with
+rank even where floating point rounding or an order that is not sorted by score (sliding windows)
+would say otherwise; tied scores give tied relevance.
+
+Which of the two applies is read off the scores themselves (a result whose scores are exactly the
+rank-derived pattern is rank-derived), so a new scoring kind needs no change here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from ..results import RankingResult
+
+__all__ = ["relevance_scores", "is_rank_derived", "model_top_k"]
+
+
+def is_rank_derived(result: RankingResult) -> bool:
+    """Whether ``result.scores`` are exactly :meth:`RankingResult.from_order`'s rank-derived scores."""
+    expected = RankingResult.from_order(result.order, result.ranked_by_model, result.stats).scores
+    return all(math.isclose(a, b, rel_tol=0.0, abs_tol=1e-12) for a, b in zip(result.scores, expected))
+
+
+def _softmax(values: Sequence[float]) -> list[float]:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:  # every score -inf (or nan): nothing to tell apart
+        return [1.0 / len(values)] * len(values)
+    top = max(finite)
+    # -inf -> 0 probability; nan is treated the same (it cannot be ranked above anything).
+    weights = [math.exp(v - top) if math.isfinite(v) else 0.0 for v in values]
+    total = math.fsum(weights)
+    return [w / total for w in weights]
+
+
+def relevance_scores(result: RankingResult) -> list[float]:
+    """One relevance score in ``[0, 1]`` per INPUT document, non-increasing along ``result.order``.
+
+    See the module docstring for how they are derived.
+    """
+    n = len(result.order)
+    if n == 0:
+        return []
+    along = [float(result.scores[i]) for i in result.order]
+    if is_rank_derived(result):
+        raw = [1.0 - r / n for r in range(n)]
+    else:
+        raw = _softmax(along)
+    out = [0.0] * n
+    running = 1.0
+    for rank, index in enumerate(result.order):
+        running = min(running, max(0.0, raw[rank]))
+        out[index] = running
+    return out
+
+
+def model_top_k(scoring: str, top_n: int | None) -> int | None:
+    """The ``top_k`` to hand the model for a request that returns ``top_n`` results.
+
+    With ``scoring="generate"`` decoding only the best ``top_n`` identifiers is most of the saving a
+    RAG caller can get, so ``top_n`` is passed on. Other scorings score every passage anyway (their
+    order does not depend on ``top_k``), so ``None`` is passed: requests with different ``top_n``
+    then share one batched model call.
+    """
+    return top_n if scoring == "generate" else None

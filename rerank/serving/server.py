@@ -1,0 +1,108 @@
+"""``rerank serve``: a Cohere/Jina/TEI-compatible rerank server on uvicorn.
+
+    rerank serve                                   # default model, 127.0.0.1:8000
+    rerank serve --model runs/gpu/lm --scoring single_pass --pruning fast --port 8080 --api-key KEY
+
+Stopping it (Ctrl-C / SIGTERM) is graceful: uvicorn stops accepting connections, lets in-flight
+requests finish (up to ``--graceful-timeout`` seconds), then the batcher finishes what is queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from .app import ServerConfig, _require, create_app
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["build_parser", "build_reranker", "main"]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``rerank serve``."""
+    from ..config import SCORINGS, STRATEGIES
+
+    defaults = ServerConfig()
+    p = argparse.ArgumentParser(prog="rerank serve", description="Serve a LazyRank reranker over HTTP "
+                                "(Cohere /v1/rerank and /v2/rerank, Jina, TEI /rerank).")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default=None, help="model path or hub id (default: the shipped reranker; 'base' = raw SmolLM2-135M-Instruct)")
+    m.add_argument("--model-name", default=None, help="name reported in answers and /info (default: --model or 'lazyrank')")
+    m.add_argument("--scoring", default=None, choices=SCORINGS,
+                   help="default: what the model recommends (head for the shipped reranker, one forward pass per "
+                        "request), else single_pass; generate decodes the permutation")
+    m.add_argument("--strategy", default="full", choices=STRATEGIES, help="full ranking or sliding windows")
+    m.add_argument("--pruning", default=None, help="prefill pruning preset ('default', 'fast') or 'depth:keep,...' pairs")
+    m.add_argument("--max-passage-tokens", type=_positive_int, default=100, help="token budget per passage")
+    m.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per forward pass")
+    m.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    m.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16")
+    s = p.add_argument_group("server")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (health and metrics stay public)")
+    s.add_argument("--max-request-bytes", type=_positive_int, default=defaults.max_request_bytes, help="largest body (413 above)")
+    s.add_argument("--max-documents", type=_positive_int, default=defaults.max_documents, help="most documents per request (422 above)")
+    s.add_argument("--max-concurrent", type=_positive_int, default=defaults.max_concurrent, help="most requests outstanding (429 above)")
+    s.add_argument("--max-batch-size", type=_positive_int, default=None,
+                   help="most requests per batched model call (default: --batch-size; 1 = no dynamic batching)")
+    s.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms, help="how long a request waits for batch mates")
+    s.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds in-flight requests get on shutdown")
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return p
+
+
+def build_reranker(args: argparse.Namespace) -> Any:
+    """The :class:`~rerank.Reranker` the command line asks for."""
+    from ..config import PruningConfig
+    from ..reranker import Reranker
+
+    from ..models import recommended_settings
+
+    pruning = PruningConfig.from_spec(args.pruning) if args.pruning else None
+    # A service wants one prefill per request: the model's own recommendation, else single-pass.
+    scoring = args.scoring or recommended_settings(args.model).get("scoring", "single_pass")
+    return Reranker.from_pretrained(args.model, device=args.device, dtype=args.dtype, strategy=args.strategy,
+                                    max_passage_tokens=args.max_passage_tokens, pruning=pruning,
+                                    scoring=scoring, batch_size=args.batch_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``rerank serve`` (also ``python -m rerank.serving.server``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    uvicorn = _require("uvicorn")
+    _require("starlette")
+    _require("prometheus_client")
+    try:
+        config = ServerConfig(model_name=args.model_name or args.model or "lazyrank", api_key=args.api_key,
+                              max_request_bytes=args.max_request_bytes, max_documents=args.max_documents,
+                              max_concurrent=args.max_concurrent, max_batch_size=args.max_batch_size,
+                              max_wait_ms=args.max_wait_ms)
+        reranker = build_reranker(args)
+    except (ValueError, TypeError) as exc:  # bad option values: a usage error, not a crash
+        parser.error(str(exc))
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(getattr(logging, args.log_level.upper()))  # `rerank` may have configured it
+    app = create_app(reranker, config, info={"model_path": args.model})
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("binding %s: the server is reachable from other machines%s", args.host,
+                       "" if args.api_key else " and has no --api-key")
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           timeout_graceful_shutdown=args.graceful_timeout, access_log=False))
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""BM25 first stage (bm25s): ranking, save/load, the CLI, and the shipped SciFact run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import shared_data
+from rerank.retrieval import BM25Config, BM25Index, main
+
+CORPUS = {"d1": "Bees shiver to keep the hive warm in winter.", "d2": "Paris is the capital of France.",
+          "d3": "Honey bees cluster around the queen.", "d4": "Ropes are made of twisted fibres."}
+
+
+def test_ranks_by_term_overlap_and_drops_zero_scores():
+    index = BM25Index.build(CORPUS, show_progress=False)
+    (hits,) = index.search(["bees keep warm"], depth=4, show_progress=False)
+    assert [d for d, _ in hits][:2] == ["d1", "d3"]           # d1 matches bee, keep, warm; d3 only bee
+    assert all(s > 0 for _, s in hits) and {d for d, _ in hits} == {"d1", "d3"}
+    assert hits[0][1] > hits[1][1]
+
+
+def test_save_load_roundtrip(tmp_path):
+    index = BM25Index.build(CORPUS, BM25Config(k1=1.2, b=0.75), show_progress=False)
+    index.save(tmp_path / "idx")
+    again = BM25Index.load(tmp_path / "idx")
+    assert again.config.k1 == 1.2 and again.docids == index.docids
+    q = ["capital of france", "twisted rope"]
+    assert again.search(q, 2, show_progress=False) == index.search(q, 2, show_progress=False)
+    with pytest.raises(FileNotFoundError, match="not a LazyRank BM25 index"):
+        BM25Index.load(tmp_path)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="empty corpus"):
+        BM25Index.build({}, show_progress=False)
+    with pytest.raises(ValueError, match="k1"):
+        BM25Config(b=2.0)
+    with pytest.raises(ValueError, match="depth"):
+        BM25Index.build(CORPUS, show_progress=False).search(["x"], 0)
+
+
+def test_cli_writes_a_run(tmp_path):
+    coll = tmp_path / "coll"
+    coll.mkdir()
+    (coll / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in CORPUS.items()))
+    (coll / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "bees warm"}) + "\n")
+    out = tmp_path / "run.trec"
+    assert main(["--collection", str(coll), "--depth", "2", "--output", str(out), "--index-dir", str(tmp_path / "i")]) == 0
+    lines = out.read_text().split("\n")
+    assert lines[0].split()[:4] == ["q1", "Q0", "d1", "1"]
+    assert (tmp_path / "i" / "lazyrank_index.json").is_file()
+
+
+def test_reproduces_the_shipped_scifact_run():
+    from rerank.data import load_collection, read_run
+    from rerank.evaluation import compute_metrics
+    from rerank.retrieval import retrieve_collection
+
+    folder = shared_data("beir-scifact")
+    coll = load_collection(folder)
+    run = retrieve_collection(folder, depth=100, queries={q: coll.queries[q] for q in coll.qrels})
+    ours = compute_metrics(coll.qrels, run, coll.graded)["ndcg@10"]
+    shipped = read_run(f"{folder}/run.bm25.trec")
+    theirs = compute_metrics(coll.qrels, {q: [(d, -i) for i, d in enumerate(v)] for q, v in shipped.items()},
+                             coll.graded)["ndcg@10"]
+    assert theirs == pytest.approx(0.6762, abs=1e-4)
+    assert ours == pytest.approx(theirs, abs=0.005)
