@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> Path:
             "MS MARCO train triples; labels = judged-relevant first, then all-MiniLM-L6-v2 order; teacher cosines as soft targets. "
             "Never msmarco-dl19 nor the SciFact test claims.",
             f"* Trained with: {json.dumps(settings.get('trained_with', {}))}; {metrics.get('global_step', '?')} steps, "
-            f"{metrics.get('seconds', 0) / 60:.0f} min on {metrics.get('distributed_type', '?')}.",
+            f"{metrics.get('seconds', 0) / 60:.0f} min on {metrics.get('distributed_type', '?')}"
+            + (f" (the last segment, resumed from {Path(metrics['resumed_from']).name})" if metrics.get("resumed_from") else "")
+            + f", 2-core CPU, seed {settings.get('trained_with', {}).get('seed', '?')}.",
             "* Rebuild: `bash scripts/build_default_model.sh` (CPU, background, `MAX_TRAIN_MINUTES`), see docs/training.md.",
             ""]
     if history:

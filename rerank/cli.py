@@ -1,11 +1,15 @@
-"""The ``rerank`` command: ``demo``, ``eval``, ``labels``, ``train``.
+"""The ``rerank`` command: ``demo``, ``eval``, ``labels``, ``train``, ``retrieve``, ``generate-queries``,
+``rank-llm``, ``serve``.
 
     rerank demo                      # rerank the built-in example with the default model
     rerank eval --collection ../shared/data/msmarco-dl19 --top-k 20 --strategy full
+    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m rerank.cli eval ...  # data-parallel
     rerank labels ...                # complete listwise labels (see `rerank labels --help`)
     rerank train configs/train/default-cpu.yaml   # single process; use accelerate launch for more
     rerank retrieve --collection DIR --depth 100 --output run.trec   # BM25 first stage (bm25s)
     rerank generate-queries --collection DIR --output queries.jsonl  # synthetic training queries
+    rerank retrieve ... --rank-llm-output requests.jsonl  # the same candidates as rank_llm requests
+    rerank rank-llm --input requests.jsonl --output results.jsonl [--prompt rank_zephyr]  # rank_llm files
     rerank serve --port 8000         # Cohere/Jina/TEI-compatible rerank server (see `rerank serve --help`)
 """
 
@@ -29,6 +33,12 @@ def eval_main(argv: list[str] | None = None) -> dict:
     except (ValueError, TypeError) as exc:  # __post_init__ validation: a usage error, not a crash
         parser.error(str(exc))
     metrics = evaluate(cfg)
+    from .distributed import detect, shutdown
+
+    dp = detect()  # the context evaluate used: under `accelerate launch` only the main process reports
+    shutdown(dp)
+    if not dp.is_main:
+        return metrics
     row = {"strategy": cfg.strategy, "top_k": cfg.top_k, **{k: v for k, v in metrics.items() if k != "config"}}
     print(format_table([row], ["strategy", "scoring", "pruning", "top_k", "queries", "ndcg@10", "rr@10", "recall@100",
                                "seconds_per_query", "prompt_tokens_per_query", "generated_tokens_per_query",
@@ -54,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"demo": demo_main, "eval": eval_main}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in ("demo", "eval", "labels", "train", "serve",
-                                                                      "retrieve", "generate-queries"):
+                                                                      "retrieve", "generate-queries", "rank-llm"):
         print(__doc__)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -71,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         from .query_generation import main as generate_main
 
         return generate_main(rest) or 0
+    if command == "rank-llm":
+        from .interchange import main as rank_llm_main
+
+        return rank_llm_main(rest) or 0
     if command == "serve":
         from .serving.server import main as serve_main
 

@@ -12,7 +12,7 @@ OVERFLOW_POLICIES = ("sliding", "error")
 
 @dataclass
 class PruningConfig:
-    """LazyLLM-style prefill pruning schedule (see DESIGN.md section 5 and ``rerank.engine.pruning``).
+    """LazyLLM-style prefill pruning schedule (see docs/design.md section 5 and ``rerank.engine.pruning``).
 
     Before layer ``round(layer_fractions[i] * num_layers)`` (0.1 of 30 layers = layer 3) the
     surviving prunable tokens (passage bodies) are scored by the attention the last ``score_window``
@@ -113,6 +113,8 @@ class RerankerConfig:
     max_context: Optional[int] = field(default=None, metadata={"help": "Override of the model's context length (tokens) used for the overflow check."})
     pruning: Optional[PruningConfig] = field(default=None, metadata={"help": "Prefill pruning schedule; None = exact unpruned prefill."})
     scoring: str = field(default="generate", metadata={"help": "'generate': decode the permutation; 'single_pass': order by log P(first identifier = [k]) from one prefill; 'head': order by the relevance each passage's end token reads out (logit yes - no), from one prefill (needs a model trained for it)."})
+    first_stage_weight: float = field(default=0.0, metadata={"help": "Fuse the model's ranking with the input (first-stage) order by weighted reciprocal-rank fusion (rerank.fusion): 0 = the model alone, 1 = the input order. Scores become the fused values (score_kind 'fused')."})
+    prompt: str = field(default="lazyrank", metadata={"help": "Prompt preset (rerank.presets.PRESETS): 'lazyrank' (default, LazyRank models) or the exact prompt of a published checkpoint: 'rank_zephyr', 'rank_vicuna', 'rank_llm_v2', 'first' and 'first_mistral' (letters, at most 26 passages per window), 'rank_mistral100', 'rank_gpt'. Word-budget presets ignore max_passage_tokens."})
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -134,7 +136,19 @@ class RerankerConfig:
                 self.pruning = PruningConfig(**self.pruning)
             else:
                 raise TypeError(f"pruning must be a PruningConfig, a dict or None, got {type(self.pruning).__name__}")
+        from .presets import get_preset  # late: presets imports decoding, which config must not need
+
+        preset = get_preset(self.prompt) if isinstance(self.prompt, str) else None
+        if preset is None:
+            raise TypeError(f"prompt must be a preset name (str), got {type(self.prompt).__name__}")
+        limit = preset.ids.max_count
+        if limit is not None and self.window_size > limit:
+            raise ValueError(f"prompt={self.prompt!r} uses {preset.identifiers} identifiers (at most {limit} "
+                             f"passages per window), got window_size={self.window_size}")
         if self.scoring == "head" and self.pruning is not None:
             # Pruning is steered by what the LAST token attends to; head scores are read at every
             # passage's end, whose later-layer states would lose the pruned passage bodies.
             raise ValueError("scoring='head' reads every passage's own end state: use pruning=None")
+        from .fusion import check_weight
+
+        self.first_stage_weight = check_weight(self.first_stage_weight)

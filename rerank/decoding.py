@@ -19,14 +19,96 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from functools import cached_property
+from typing import Iterable, Literal, Sequence
 
-_ALPHABET = set("[]0123456789 >")
 SEPARATOR = " > "
 
 
-def _token_texts(tokenizer) -> dict[int, str]:
+@dataclass(frozen=True)
+class IdentifierFormat:
+    """How passage identifiers are spelled inside ``[...]``: numbers ``[1]..[N]`` or letters ``[A]..[Z]``.
+
+    One object parametrises every identifier-aware piece (ranking text, parser, constrained decoding,
+    canonical pieces, the single-pass identifier tree) instead of a copy of each per format. Letters
+    (FIRST) stop at ``[Z]``: rank_llm and FIRST spell identifier k as ``chr(64 + k)``, which past 26
+    leaves the alphabet (``[[]``), so more than 26 passages are refused with a clear error.
+
+    Example:
+        >>> LETTERS.label(2), LETTERS.index("B"), NUMBERS.label(12)
+        ('B', 2, '12')
+    """
+
+    kind: Literal["number", "letter"]
+
+    def __post_init__(self):
+        if self.kind not in ("number", "letter"):
+            raise ValueError(f"identifier kind must be 'number' or 'letter', got {self.kind!r}")
+
+    @property
+    def max_count(self) -> int | None:
+        """Most identifiers this format can spell (None = unbounded)."""
+        return 26 if self.kind == "letter" else None
+
+    @cached_property  # read per character by the constraint: built once
+    def characters(self) -> frozenset[str]:
+        """Characters that may appear inside the brackets."""
+        return frozenset("0123456789" if self.kind == "number" else "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+    @cached_property
+    def pattern(self) -> re.Pattern:
+        """Regex of one bracketed identifier, the label in group 1."""
+        return re.compile(r"\[(\d+)\]" if self.kind == "number" else r"\[([A-Z])\]")
+
+    def check_count(self, num: int) -> None:
+        """Raise ValueError when ``num`` passages cannot all get an identifier."""
+        if self.max_count is not None and num > self.max_count:
+            raise ValueError(f"{self.kind} identifiers [A]..[Z] allow at most {self.max_count} passages per prompt, "
+                             f"got {num}; use a window_size of at most {self.max_count}")
+
+    def label(self, k: int) -> str:
+        """Text inside the brackets for 1-based identifier ``k``."""
+        if k < 1:
+            raise ValueError(f"identifiers are 1-based, got {k}")
+        if self.kind == "number":
+            return str(k)
+        self.check_count(k)
+        return chr(ord("A") + k - 1)
+
+    def index(self, label: str) -> int | None:
+        """1-based identifier of a label, or None when it is not one (``"0"``, ``"007"``, ``"AB"``)."""
+        if self.kind == "number":
+            return int(label) if label.isdigit() and label[0] != "0" else None
+        return ord(label) - ord("A") + 1 if len(label) == 1 and "A" <= label <= "Z" else None
+
+    def bracket(self, k: int) -> str:
+        """``[k]`` spelled in this format."""
+        return f"[{self.label(k)}]"
+
+
+NUMBERS = IdentifierFormat("number")
+LETTERS = IdentifierFormat("letter")
+
+
+def identifier_format(kind: "str | IdentifierFormat") -> IdentifierFormat:
+    """The format for ``"number"``/``"letter"`` (or an :class:`IdentifierFormat`, returned as is)."""
+    if isinstance(kind, IdentifierFormat):
+        return kind
+    if kind == "number":
+        return NUMBERS
+    if kind == "letter":
+        return LETTERS
+    raise ValueError(f"identifier kind must be 'number' or 'letter', got {kind!r}")
+
+
+def format_ranking(order: Sequence[int], ids: IdentifierFormat = NUMBERS) -> str:
+    """Ranking text for 0-based passage indices, best first: ``[3] > [1] > [2]`` (or ``[C] > [A] > [B]``)."""
+    return SEPARATOR.join(ids.bracket(i + 1) for i in order)
+
+
+def _token_texts(tokenizer, ids: IdentifierFormat = NUMBERS) -> dict[int, str]:
     """Text each vocabulary token adds after a neutral anchor, for tokens drawn from the grammar's alphabet."""
+    alphabet = set("[] >") | ids.characters
     anchor_ids = tokenizer("a", add_special_tokens=False)["input_ids"][-1:]
     anchor = tokenizer.decode(anchor_ids)
     special = set(tokenizer.all_special_ids)
@@ -38,7 +120,7 @@ def _token_texts(tokenizer) -> dict[int, str]:
         if tok_id in special or not text.startswith(anchor):
             continue
         piece = text[len(anchor):]
-        if piece and set(piece) <= _ALPHABET:
+        if piece and set(piece) <= alphabet:
             texts[tok_id] = piece
     return texts
 
@@ -47,30 +129,35 @@ class TokenTable:
     """The grammar-relevant tokens of one tokenizer (computed once, reused by every query).
 
     ``items`` are (token id, text) pairs usable by the text-level constraint; ``canonical`` holds the
-    canonical identifier pieces when the tokenizer allows them.
+    canonical identifier pieces when the tokenizer allows them. ``ids`` is the identifier format
+    (numbers by default, letters for FIRST).
     """
 
-    def __init__(self, tokenizer):
-        self.items: list[tuple[int, str]] = sorted(_token_texts(tokenizer).items())
+    def __init__(self, tokenizer, ids: IdentifierFormat = NUMBERS):
+        self.ids = ids
+        self.items: list[tuple[int, str]] = sorted(_token_texts(tokenizer, ids).items())
         if not self.items:
-            raise ValueError("tokenizer has no tokens for '[', digits and ']'; cannot constrain rankings")
+            raise ValueError(f"tokenizer has no tokens for '[', {ids.kind} characters and ']'; cannot constrain rankings")
         self.texts = dict(self.items)
-        self.canonical = CanonicalPieces(tokenizer)
+        self.canonical = CanonicalPieces(tokenizer, ids)
 
     @classmethod
-    def for_tokenizer(cls, tokenizer) -> "TokenTable":
-        # Stored on the tokenizer itself so it lives and dies with it.
-        table = getattr(tokenizer, "_lazyrank_token_table", None)
-        if table is None:
-            table = cls(tokenizer)
-            tokenizer._lazyrank_token_table = table
-        return table
+    def for_tokenizer(cls, tokenizer, ids: IdentifierFormat = NUMBERS) -> "TokenTable":
+        # Stored on the tokenizer itself so it lives and dies with it (one table per identifier format).
+        tables = getattr(tokenizer, "_lazyrank_token_tables", None)
+        if tables is None:
+            tables = {}
+            tokenizer._lazyrank_token_tables = tables
+        if ids.kind not in tables:
+            tables[ids.kind] = cls(tokenizer, ids)
+        return tables[ids.kind]
 
     def constraint(self, num: int, stop_after: int | None = None, canonical: bool = True):
         """A fresh constraint for ``num`` identifiers: canonical tokens when possible, else text-level."""
+        self.ids.check_count(num)
         if canonical and self.canonical.available:
             return CanonicalConstraint(self.canonical, num, stop_after)
-        return TextConstraint(num, stop_after, table=self)
+        return TextConstraint(num, stop_after, ids=self.ids, table=self)
 
 
 # Grammar states
@@ -83,6 +170,7 @@ class PermutationConstraint:
 
     ``stop_after`` ends the answer after that many identifiers (top-k decoding); by default all
     ``num`` identifiers must appear. ``done`` turns True exactly when the last one is closed.
+    ``ids`` spells the identifiers (numbers by default, letters ``[A]..`` for FIRST).
 
     Example:
         >>> c = PermutationConstraint(3)
@@ -94,21 +182,27 @@ class PermutationConstraint:
 
     num: int
     stop_after: int | None = None
+    ids: IdentifierFormat = NUMBERS
     emitted: list[int] = field(default_factory=list)
     state: int = _OPEN
     digits: str = ""
     sep_pos: int = 0
     _prefixes: Counter = field(default_factory=Counter, repr=False)
+    _labels: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if self.num < 1:
             raise ValueError(f"num must be >= 1, got {self.num}")
+        self.ids.check_count(self.num)
         if self.stop_after is None:
             self.stop_after = self.num
         if not 1 <= self.stop_after <= self.num:
             raise ValueError(f"stop_after must be in [1, {self.num}], got {self.stop_after}")
+        # Prefix counts of the labels still available: a character is legal only while some
+        # remaining label starts with what is inside the open bracket.
         for k in range(1, self.num + 1):
-            s = str(k)
+            s = self.ids.label(k)
+            self._labels[s] = k
             for j in range(1, len(s) + 1):
                 self._prefixes[s[:j]] += 1
 
@@ -128,12 +222,13 @@ class PermutationConstraint:
                     return False
                 state, digits = _DIGITS, ""
             elif state == _DIGITS:
-                if ch.isdigit():
+                if ch in self.ids.characters:
                     digits += ch
-                    if digits[0] == "0" or self._prefixes[digits] == 0:
+                    if self._prefixes[digits] == 0:
                         return False
                 elif ch == "]":
-                    if not digits or int(digits) > self.num or int(digits) in self.emitted or self._prefixes[digits] == 0:
+                    k = self._labels.get(digits)
+                    if k is None or k in self.emitted:
                         return False
                     count += 1
                     state, sep_pos = _SEP, 0
@@ -156,9 +251,9 @@ class PermutationConstraint:
                 self.state, self.digits = _DIGITS, ""
             elif self.state == _DIGITS:
                 if ch == "]":
-                    k = int(self.digits)
+                    k = self._labels[self.digits]
                     self.emitted.append(k)
-                    s = str(k)
+                    s = self.digits
                     for j in range(1, len(s) + 1):
                         self._prefixes[s[:j]] -= 1
                     self.state, self.sep_pos = _SEP, 0
@@ -191,18 +286,24 @@ class TextConstraint(PermutationConstraint):
         return text is not None and self.feed(text)
 
 
-def parse_ranking(text: str, num: int) -> list[int]:
+def parse_ranking(text: str, num: int, ids: IdentifierFormat = NUMBERS) -> list[int]:
     """Tolerantly parse model or API output into a full 0-based permutation of ``range(num)``.
 
     Unknown and repeated identifiers are dropped; missing ones are appended in first-stage order.
+    ``ids=LETTERS`` reads ``[B] > [A]`` (FIRST).
 
     Example:
         >>> parse_ranking("[3] > [1] > [3] > [9]", 4)
         [2, 0, 1, 3]
+        >>> parse_ranking("[B] > [A]", 3, LETTERS)
+        [1, 0, 2]
     """
     seen: list[int] = []
-    for match in re.finditer(r"\[(\d+)\]", text):
-        k = int(match.group(1)) - 1
+    for match in ids.pattern.finditer(text):
+        k = ids.index(match.group(1))
+        if k is None:
+            continue
+        k -= 1
         if 0 <= k < num and k not in seen:
             seen.append(k)
     return complete_order(seen, num)
@@ -255,11 +356,12 @@ class CanonicalPieces:
     """Token sequences of ``[k]`` (answer start) and `` > [k]`` (after an identifier) for one tokenizer.
 
     ``available`` is False when the tokenizer merges across piece boundaries; callers then use the
-    text-level :class:`PermutationConstraint`.
+    text-level :class:`PermutationConstraint`. ``ids`` spells ``k`` (numbers, or letters for FIRST).
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, ids: IdentifierFormat = NUMBERS):
         self.tokenizer = tokenizer
+        self.ids = ids
         self._first: dict[int, tuple[int, ...]] = {}
         self._after: dict[int, tuple[int, ...]] = {}
         self._tries: dict[int, tuple[_Node, _Node, dict, dict]] = {}
@@ -273,13 +375,15 @@ class CanonicalPieces:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def pieces(self, num: int) -> tuple[dict[int, tuple[int, ...]], dict[int, tuple[int, ...]]]:
+        self.ids.check_count(num)
         for k in range(1, num + 1):
             if k in self._first:
                 continue
-            first = self._encode(f"[{k}]")
+            b = self.ids.bracket
+            first = self._encode(b(k))
             other = 2 if k == 1 else 1
-            head = self._encode(f"[{other}]")
-            pair = self._encode(f"[{other}] > [{k}]")
+            head = self._encode(b(other))
+            pair = self._encode(f"{b(other)}{SEPARATOR}{b(k)}")
             if pair[: len(head)] != head or len(pair) == len(head):
                 raise ValueError(f"tokenizer merges across the boundary before identifier {k}")
             self._first[k], self._after[k] = tuple(first), tuple(pair[len(head):])

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Optional
 
 from .config import PruningConfig
-from .data import Collection, default_run_path, load_collection, read_run, recover_records, write_run
+from .data import Collection, default_run_path, load_collection, read_run, write_run
+from .distributed import DataParallel, detect, existing_shards, load_union, merge_shards, own_log, remove_logs
 from .resume import append_record, check_same_settings, save_settings
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ class EvalConfig:
     stride: int = field(default=10, metadata={"help": "Sliding window stride."})
     max_passage_tokens: Optional[int] = field(default=100, metadata={"help": "Token budget per passage."})
     scoring: Optional[str] = field(default=None, metadata={"help": "generate (decode the permutation) | single_pass (identifier log-probs from one prefill) | head (per-passage readout, one prefill); None = what the model recommends (head for the shipped default, else generate)."})
+    prompt: str = field(default="lazyrank", metadata={"help": "Prompt preset (rerank.presets.PRESETS), e.g. rank_zephyr for RankZephyr checkpoints."})
+    first_stage_weight: Optional[float] = field(default=None, metadata={"help": "Fusion of the model's ranking with the first-stage order (rerank.fusion; 0 = model alone, 1 = first stage); None = what the model recommends, else 0."})
     pruning: Optional[str] = field(default=None, metadata={"help": "Prefill pruning: a preset ('default', 'fast') or depth:keep pairs like '0.1:0.5,0.33:0.25'; None = unpruned."})
     rank_top_k: Optional[int] = field(default=None, metadata={"help": "Decode only the best k identifiers (top_k of rerank())."})
     dtype: Optional[str] = field(default=None, metadata={"help": "Model dtype (float32, bfloat16)."})
@@ -46,6 +49,13 @@ class EvalConfig:
             raise ValueError(f"limit_queries must be >= 1, got {self.limit_queries}")
         if self.pruning is not None:
             PruningConfig.from_spec(self.pruning)  # fail before any model loads
+        from .presets import get_preset
+
+        get_preset(self.prompt)  # an unknown preset fails before any model loads
+        if self.first_stage_weight is not None:
+            from .fusion import check_weight
+
+            self.first_stage_weight = check_weight(self.first_stage_weight)
 
 
 def compute_metrics(qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]], graded: bool) -> dict[str, float]:
@@ -73,14 +83,31 @@ def _check_same_ranking_setup(out_dir: Path, cfg: EvalConfig) -> None:
 
 
 def _load_done(path: Path) -> dict[str, dict]:
-    return {rec["qid"]: rec for rec in recover_records(path)}
+    """Finished queries by qid: rankings.jsonl plus the shard logs of an unfinished data-parallel run."""
+    return load_union(path, key=_qid)
+
+
+def _qid(record: dict) -> str:
+    return str(record["qid"])
+
+
+def _merge_rankings(records_path: Path, qids: list[str], dp: DataParallel) -> dict[str, dict]:
+    """Wait for every process, let the main one append the shard records to rankings.jsonl in query
+    order (the order one process writes), and return the merged records on every process."""
+    dp.wait()
+    if dp.is_main:
+        merge_shards(records_path, qids, key=_qid)
+    dp.wait()  # no process reads rankings.jsonl while the main one appends to it
+    return _load_done(records_path)
 
 
 def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = None, progress: bool = True) -> dict:
     """Rerank the first-stage run of ``cfg.collection`` and score it; returns the metrics dict.
 
     Writes ``rankings.jsonl`` (one record per query, appended as it goes: an interrupted run
-    resumes), ``run.trec`` and ``metrics.json`` into ``cfg.output_dir``.
+    resumes), ``run.trec`` and ``metrics.json`` into ``cfg.output_dir``. Under ``accelerate launch``
+    with N processes each ranks its share of the queries into a shard log and the main process merges
+    them into the same files (see :mod:`rerank.distributed`); ``metrics["processes"]`` is N.
     """
     from tqdm.auto import tqdm
 
@@ -100,30 +127,53 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records_path = out_dir / "rankings.jsonl"
+    # Several processes under `accelerate launch`: each ranks every N-th remaining query into its own
+    # shard log; one process (the usual case) writes rankings.jsonl directly, as always.
+    dp = detect()
     if cfg.scoring is None and cfg.strategy != "none":
         # Record the scoring that actually runs, so the resume check compares real settings.
         from .models import recommended_settings
 
         given = getattr(getattr(reranker, "config", None), "scoring", None)
         cfg.scoring = given or recommended_settings(cfg.model).get("scoring", "generate")
-    if cfg.resume and records_path.exists():
-        _check_same_ranking_setup(out_dir, cfg)
-    done = _load_done(records_path) if cfg.resume else {}
-    if not cfg.resume and records_path.exists():
-        records_path.unlink()
-    save_settings(out_dir / "eval_config.json", asdict(cfg))
+    if cfg.first_stage_weight is None and cfg.strategy != "none":
+        from .models import recommended_settings
+
+        given = getattr(getattr(reranker, "config", None), "first_stage_weight", None)
+        cfg.first_stage_weight = float(given if given is not None
+                                       else recommended_settings(cfg.model).get("first_stage_weight", 0.0))
+    shards_present = bool(existing_shards(records_path))
+    if cfg.resume and (records_path.exists() or shards_present):
+        _check_same_ranking_setup(out_dir, cfg)  # every process checks: all fail alike, none waits forever
+    done: dict[str, dict] = {}
+    if dp.is_main:
+        if not cfg.resume:
+            remove_logs([records_path])
+            shards_present = False
+        # Only the main process reads (and repairs) the logs, before anyone appends; the others get the ids.
+        done = _load_done(records_path) if cfg.resume else {}
+        save_settings(out_dir / "eval_config.json", asdict(cfg))
+    done_ids = dp.broadcast(sorted(done) if dp.is_main else None)
+    shards_present = dp.broadcast(shards_present)
     if cfg.strategy != "none" and reranker is None:
         from .reranker import Reranker
 
-        reranker = Reranker.from_pretrained(cfg.model, dtype=cfg.dtype, strategy=cfg.strategy,
+        reranker = Reranker.from_pretrained(cfg.model, device=dp.device, dtype=cfg.dtype, strategy=cfg.strategy,
                                             window_size=cfg.window_size, stride=cfg.stride,
                                             max_passage_tokens=cfg.max_passage_tokens, batch_size=cfg.batch_size,
-                                            scoring=cfg.scoring,
+                                            scoring=cfg.scoring, first_stage_weight=cfg.first_stage_weight, prompt=cfg.prompt,
                                             pruning=None if cfg.pruning is None else PruningConfig.from_spec(cfg.pruning))
-    todo = [q for q in qids if q not in done]
-    bar = tqdm(total=len(qids), initial=len(qids) - len(todo), desc=f"rerank {cfg.strategy}", unit="q",
-               disable=not progress)
-    with open(records_path, "a", encoding="utf-8") as fh:
+    finished = set(done_ids)
+    todo = dp.share([q for q in qids if q not in finished])
+    log_path = own_log(records_path, dp, shards_present)
+    if dp.distributed:
+        logger.info("process %d of %d: %d of the %d remaining queries", dp.rank, dp.world, len(todo),
+                    len(qids) - len(finished & set(qids)))
+    bar = tqdm(total=len(qids) if not dp.distributed else len(todo),
+               initial=len(qids) - len(todo) if not dp.distributed else 0,
+               desc=f"rerank {cfg.strategy}" + (f" [{dp.rank}/{dp.world}]" if dp.distributed else ""), unit="q",
+               disable=not progress or not dp.is_main)
+    with open(log_path, "a", encoding="utf-8") as fh:
         for start in range(0, len(todo), max(1, cfg.batch_size)):
             batch = todo[start:start + max(1, cfg.batch_size)]
             cands = [[d for d in first_stage[q][: cfg.top_k] if d in collection.corpus] for q in batch]
@@ -141,9 +191,16 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
                 rec = {"qid": qid, "ranking": [cand[i] for i in order],
                        "stats": res.stats.to_dict() if res is not None else None}
                 append_record(fh, rec)
-                done[qid] = rec
+                if log_path == records_path:
+                    done[qid] = rec
                 bar.update(1)
     bar.close()
+    if log_path != records_path:
+        done = _merge_rankings(records_path, qids, dp)
+    missing_qids = [q for q in qids if q not in done]
+    if missing_qids:
+        raise RuntimeError(f"{records_path} lacks {len(missing_qids)} queries after the run (e.g. {missing_qids[0]!r}): "
+                           "a process stopped early; run the same command again to resume")
     run: dict[str, list[tuple[str, float]]] = {}
     for qid in qids:
         ranked = list(done[qid]["ranking"])
@@ -152,7 +209,8 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
         ranked += [d for d in first_stage[qid] if d not in seen]
         total = len(ranked)
         run[qid] = [(d, float(total - r)) for r, d in enumerate(ranked)]
-    write_run(out_dir / "run.trec", run, tag=f"lazyrank-{cfg.strategy}")
+    if dp.is_main:
+        write_run(out_dir / "run.trec", run, tag=f"lazyrank-{cfg.strategy}")
     metrics = compute_metrics(collection.qrels, run, collection.graded)
     stats = [done[q]["stats"] for q in qids if done[q].get("stats")]
 
@@ -174,8 +232,10 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
         "pruning": cfg.pruning if cfg.strategy != "none" else None,
         "config": asdict(cfg),
     })
-    with open(out_dir / "metrics.json", "w", encoding="utf-8") as fh:
-        json.dump(metrics, fh, indent=2)
+    metrics["processes"] = dp.world
+    if dp.is_main:
+        with open(out_dir / "metrics.json", "w", encoding="utf-8") as fh:
+            json.dump(metrics, fh, indent=2)
     return metrics
 
 

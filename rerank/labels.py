@@ -1,4 +1,4 @@
-"""Complete listwise labels: multi-pass sliding windows over a teacher (DESIGN.md section 3).
+"""Complete listwise labels: multi-pass sliding windows over a teacher (docs/design.md section 3).
 
 Pass 1 runs back-to-front sliding windows (``window_size`` w, ``stride`` s) over all N candidates
 and freezes ranks 1..s; pass 2 runs over the remaining N - s and freezes s+1..2s; ... until the
@@ -9,6 +9,9 @@ The job behind ``rerank labels`` appends one JSON line per finished query (flush
 so an interrupted run resumes by skipping the qids already in the output; a truncated last line is
 cut off. Teacher failures are retried ``max_retries`` times, then written to an errors file and the
 query stays unlabelled (a later run retries it) -- never padded into a wrong label.
+
+Under ``accelerate launch`` several processes share the queries (each appends to its own shard,
+the main process merges them into the file one process writes; :mod:`rerank.distributed`).
 
 Output line (compatible with the paper's released labels, plus texts and costs)::
 
@@ -33,6 +36,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 from .data import iter_jsonl
 from .decoding import is_permutation
+from .distributed import detect, existing_shards, merge_appended, merge_shards, own_log, shutdown, union_ids
 from .ranking import Window, WindowRanker, WindowRanking, window_starts
 from .resume import append_record, recover_records
 
@@ -351,29 +355,71 @@ def label_record(outcome: LabelOutcome, teacher_name: str, texts: str = "inline"
     return rec
 
 
+class _KeepOrderTeacher:
+    """Answers every window with its own order: cheap stand-in to replay a run's window schedule."""
+
+    def rank_windows(self, windows: Sequence[Window]) -> list[WindowRanking]:
+        return [WindowRanking(order=list(range(len(w.passages))), ranked=len(w.passages)) for w in windows]
+
+
+def label_order(items: Sequence[Candidates], config: LabelConfig) -> list[str]:
+    """Qids in the order one process appends their labels when it labels all ``items``.
+
+    Queries of a batch finish (and are written) after different numbers of teacher rounds, so the
+    file is not in input order. That order depends only on list lengths and the window schedule,
+    never on the teacher's answers, so replaying the schedule with a stand-in teacher gives it; a
+    data-parallel merge uses it to write the file one process would.
+    """
+    outcomes = iter_complete_labels(_KeepOrderTeacher(), items, config.window_size, config.stride, config.max_passes,
+                                    config.batch_size, max_retries=0, retry_wait=0.0)
+    return [outcome.item.qid for outcome in outcomes]
+
+
+def _label_qid(record: dict) -> str:
+    return str(record["qid"])
+
+
+_SUMMED = ("labelled", "failed", "calls", "prompt_tokens", "generated_tokens")
+
+
 def run_labelling(config: LabelConfig, teacher: WindowRanker | None = None) -> dict:
-    """Label every query of ``config.input`` not yet in ``config.output``; returns a summary."""
+    """Label every query of ``config.input`` not yet in ``config.output``; returns a summary.
+
+    Under ``accelerate launch`` with N processes each labels every N-th remaining query into its own
+    shard of the output, and the main process merges the shards into ``config.output`` in the order
+    one process writes (see :mod:`rerank.distributed`); the summary covers all processes and records
+    ``processes`` (N).
+    """
     items, qrels = load_candidates(config.input, config.run, config.top_n, config.qrels)
     if config.max_queries is not None:
         items = items[: config.max_queries]
+    dp = detect()
     if teacher is None:
         from .teachers import build_teacher
 
         first_stage = {it.qid: {d: r for r, d in enumerate(it.docids)} for it in items}
+        # Each GPU process puts a local teacher on its own GPU unless --device says otherwise.
         teacher = build_teacher(config.teacher, qrels=qrels, first_stage=first_stage, base_url=config.base_url,
-                                api_key_env=config.api_key_env, device=config.device, dtype=config.dtype,
+                                api_key_env=config.api_key_env, device=config.device or dp.device, dtype=config.dtype,
                                 max_passage_tokens=config.max_passage_tokens, timeout=config.timeout)
     Path(config.output).parent.mkdir(parents=True, exist_ok=True)
-    done = scan_done(config.output)
-    todo = [it for it in items if it.qid not in done]
-    logger.info("%d queries, %d already labelled, %d to do", len(items), len(items) - len(todo), len(todo))
-    summary = {"queries": len(items), "skipped_done": len(items) - len(todo), "labelled": 0, "failed": 0,
+    # Only the main process reads (and repairs) the logs, before anyone appends; the others get the ids.
+    shards_present = dp.broadcast(bool(existing_shards(config.output)) if dp.is_main else None)
+    done = set(dp.broadcast(sorted(union_ids(config.output, key=_label_qid)) if dp.is_main else None))
+    remaining = [it for it in items if it.qid not in done]
+    todo = dp.share(remaining)
+    out_path = own_log(config.output, dp, shards_present)
+    err_path = own_log(config.errors_file, dp, shards_present)
+    if dp.is_main:
+        logger.info("%d queries, %d already labelled, %d to do", len(items), len(items) - len(remaining),
+                    len(remaining))
+    summary = {"queries": len(items), "skipped_done": len(items) - len(remaining), "labelled": 0, "failed": 0,
                "calls": 0, "prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    with open(config.output, "a", encoding="utf-8") as out, open(config.errors_file, "a", encoding="utf-8") as err, \
-            tqdm(total=len(todo), desc="labels", disable=not config.progress, unit="q") as bar:
+    with open(out_path, "a", encoding="utf-8") as out, open(err_path, "a", encoding="utf-8") as err, \
+            tqdm(total=len(todo), desc="labels", disable=not config.progress or not dp.is_main, unit="q") as bar:
         for outcome in iter_complete_labels(teacher, todo, config.window_size, config.stride, config.max_passes,
                                             config.batch_size, config.max_retries, config.retry_wait):
             for key in ("calls", "prompt_tokens", "generated_tokens"):
@@ -387,7 +433,17 @@ def run_labelling(config: LabelConfig, teacher: WindowRanker | None = None) -> d
                 summary["labelled"] += 1
                 append_record(out, label_record(outcome, config.teacher, config.texts), ensure_ascii=False)
             bar.update(1)
-    summary["seconds"] = round(time.perf_counter() - start, 3)
+    if out_path != Path(config.output):
+        dp.wait()  # every shard is complete
+        if dp.is_main:
+            merge_shards(config.output, label_order(items, config), key=_label_qid, ensure_ascii=False)
+            position = {it.qid: i for i, it in enumerate(items)}
+            merge_appended(config.errors_file, lambda rec: position.get(str(rec.get("qid")), len(items)),
+                           ensure_ascii=False)
+    parts = dp.gather({key: summary[key] for key in _SUMMED} | {"seconds": time.perf_counter() - start})
+    summary.update({key: sum(part[key] for part in parts) for key in _SUMMED})
+    summary["seconds"] = round(max(part["seconds"] for part in parts), 3)  # wall time of the slowest process
+    summary["processes"] = dp.world
     return summary
 
 
@@ -402,7 +458,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:  # __post_init__ validation: a usage error, not a crash
         parser.error(str(exc))
     summary = run_labelling(config)
-    print(json.dumps(summary))
+    dp = detect()  # the context run_labelling used (accelerate's state is a singleton)
+    shutdown(dp)
+    if dp.is_main:
+        print(json.dumps(summary))
     return 0 if summary["failed"] == 0 else 1
 
 

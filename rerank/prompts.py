@@ -4,13 +4,24 @@
 ids together with the structure the engine needs (which tokens are passage bodies and which are
 protected: template, instruction, query, identifiers). ``encode_target`` gives the response tokens
 for a ranking, so training sees exactly the prompt inference sees.
+
+Which prompt is rendered is a :class:`~rerank.presets.PromptPreset` (``preset=...``): LazyRank's own
+(the default, unchanged) or the exact prompt of a published reranker (RankZephyr, RankVicuna, rank_llm
+0.25.7, FIRST, RankMistral100, RankGPT). Every preset goes through the same code below, so passage
+spans (pruning, head scoring) hold for all of them, ``ftfy`` included.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Sequence
+
+from .decoding import LETTERS, NUMBERS, IdentifierFormat, format_ranking
+from .presets import PromptPreset, get_preset
+
+logger = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = (
     "You are RankLLM, an intelligent assistant that ranks passages by their relevance to a search query."
@@ -25,9 +36,8 @@ def sanitize(text: str) -> str:
     return _WHITESPACE.sub(" ", _IDENTIFIER_IN_TEXT.sub(r"(\1)", text)).strip()
 
 
-def format_ranking(order: Sequence[int]) -> str:
-    """Ranking text for 0-based passage indices, best first: ``[3] > [1] > [2]``."""
-    return " > ".join(f"[{i + 1}]" for i in order)
+__all__ = ["PromptEncoding", "encode_prompt", "encode_target", "format_ranking", "sanitize", "truncate_passages",
+           "build_messages", "render_chat", "end_of_turn_ids", "relevance_token_ids", "fix_text_keeping_spans"]
 
 
 def _head(num: int, query: str) -> str:
@@ -121,37 +131,258 @@ def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool) ->
     return text + ("assistant: " if add_generation_prompt else "")
 
 
-def encode_prompt(tokenizer, query: str, passages: Sequence[str], max_passage_tokens: int | None = None) -> PromptEncoding:
+def encode_prompt(tokenizer, query: str, passages: Sequence[str], max_passage_tokens: int | None = None,
+                  preset: "str | PromptPreset | None" = None, *, max_tokens: int | None = None,
+                  answer_tokens: int | None = None) -> PromptEncoding:
     """Tokenise the listwise prompt for ``query`` and ``passages`` (first-stage order).
+
+    Args:
+        tokenizer: a fast Hugging Face tokenizer (offsets are needed for the passage spans).
+        query, passages: the texts; passages are cleaned and cut as the preset says.
+        max_passage_tokens: token budget per passage for token-budget presets (``"lazyrank"``);
+            word-budget presets (the published ones) use their own word budget and ignore it.
+        preset: a preset name from :data:`rerank.presets.PRESETS` or a :class:`PromptPreset`
+            (None = ``"lazyrank"``, the default prompt, byte-identical to before presets existed).
+        max_tokens: the context, for presets with rank_llm's shrink rule: while prompt tokens plus
+            the answer length exceed it, the word budget drops by ``max(1, overflow // (n * 4))``
+            and the prompt is rebuilt (never below one word).
+        answer_tokens: the answer length the caller must reserve when more than rank_llm's
+            (``len(encode("[1] > ... > [n]")) - 1``); the reranker passes its own answer budget
+            (end-of-turn included) so a shrunk prompt always passes its fit check.
+
+    Raises:
+        ValueError: letter identifiers with more than 26 passages; a chat template that alters the
+            messages so passages cannot be located.
 
     Example:
         >>> enc = encode_prompt(tok, "what is rope", ["Rope is ...", "A cable ..."], 100)  # doctest: +SKIP
         >>> enc.num_passages
         2
+        >>> encode_prompt(tok, "q", docs, preset="rank_zephyr", max_tokens=4096)  # doctest: +SKIP
     """
-    texts, cut = truncate_passages(tokenizer, passages, max_passage_tokens)
-    messages, char_spans = build_messages(query, texts)
-    rendered = render_chat(tokenizer, messages, add_generation_prompt=True)
-    user_start = rendered.find(messages[1]["content"])
-    if user_start < 0:
-        raise ValueError("the chat template altered the user message; cannot locate passage spans")
-    enc = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
+    preset = get_preset(preset)
+    preset.ids.check_count(len(passages))
+    if preset.budget == "tokens":
+        return _encode_once(tokenizer, preset, query, passages, max_passage_tokens, None)
+    words = preset.word_budget(len(passages))
+    enc = _encode_once(tokenizer, preset, query, passages, None, words)
+    if preset.shrink_to_fit and max_tokens is not None and passages:
+        answer = max(_rank_llm_answer_tokens(tokenizer, len(passages), preset.ids), answer_tokens or 0)
+        while len(enc.input_ids) > max_tokens - answer and words > 1:
+            overflow = len(enc.input_ids) - max_tokens + answer
+            words = max(1, words - max(1, overflow // (len(passages) * 4)))
+            enc = _encode_once(tokenizer, preset, query, passages, None, words)
+    return enc
+
+
+def _rank_llm_answer_tokens(tokenizer, num: int, ids: IdentifierFormat) -> int:
+    # rank_llm's num_output_tokens: len(tokenizer.encode("[1] > ... > [w]")) - 1 (encode adds BOS).
+    return len(tokenizer(format_ranking(range(num), ids))["input_ids"]) - 1
+
+
+def _rewrite_pattern(kind: str | None) -> re.Pattern | None:
+    if kind is None:
+        return None
+    return NUMBERS.pattern if kind == "numbers" else LETTERS.pattern
+
+
+def prepare_query(preset: PromptPreset, query: str) -> str:
+    """The query as the preset writes it (LazyRank: sanitised; rank_llm 0.25.7: ``[n]`` rewritten)."""
+    if preset.collapse_whitespace:
+        return sanitize(query)
+    if preset.strip_query:
+        query = query.strip()
+    if preset.rewrite_query and preset.rewrite is not None:
+        query = _rewrite_pattern(preset.rewrite).sub(r"(\1)", query)
+    return query
+
+
+def prepare_passages(tokenizer, preset: PromptPreset, passages: Sequence[str], max_passage_tokens: int | None,
+                     words: int | None) -> tuple[list[str], int]:
+    """Clean and cut passages as ``preset`` does; returns the texts and how many were cut.
+
+    Word presets follow rank_llm: drop an empty ``"Title: Content: "`` header, strip, (0.25.7:
+    ``fix_text``), keep the first ``words`` whitespace-separated words, then rewrite identifiers.
+    """
+    if preset.budget == "tokens":
+        return truncate_passages(tokenizer, passages, max_passage_tokens)
+    pattern = _rewrite_pattern(preset.rewrite)
+    out, cut = [], 0
+    for text in passages:
+        if preset.drop_empty_title:
+            text = text.replace("Title: Content: ", "")
+        text = text.strip()
+        if preset.fix_passages:
+            text = _fix_text(text)
+        split = text.split()
+        if words is not None and len(split) > words:
+            cut += 1
+        text = " ".join(split[:words])
+        if pattern is not None:
+            text = pattern.sub(r"(\1)", text)
+        out.append(text)
+    return out, cut
+
+
+def _fix_text(text: str, **kwargs) -> str:
+    try:
+        from ftfy import fix_text
+    except ImportError as err:  # pragma: no cover - ftfy is a dependency, but keep the message clear
+        raise ImportError("the published-reranker prompt presets need ftfy: pip install ftfy") from err
+    return fix_text(text, **kwargs)
+
+
+def _preset_messages(preset: PromptPreset, query: str, passages: Sequence[str], system_in_user: bool
+                     ) -> tuple[list[dict], list[tuple[int, int, int]]]:
+    """Chat messages and, per passage, ``(message index, start, end)`` of its body in that message."""
+    ids, num = preset.ids, len(passages)
+    fmt = {"num": num, "query": query, "example": preset.example}
+    messages: list[dict] = []
+    if preset.system and not system_in_user:
+        messages.append({"role": "system", "content": preset.system})
+    spans: list[tuple[int, int, int]] = []
+    if preset.multi_turn:
+        messages.append({"role": "user", "content": preset.prefix.format(**fmt)})
+        messages.append({"role": "assistant", "content": preset.prefix_reply})
+        for i, text in enumerate(passages, start=1):
+            head, _, tail = preset.passage.partition("{text}")
+            label = head.format(id=ids.label(i))
+            messages.append({"role": "user", "content": label + text + tail.format(id=ids.label(i))})
+            spans.append((len(messages) - 1, len(label), len(label) + len(text)))
+            messages.append({"role": "assistant", "content": preset.passage_reply.format(id=ids.label(i))})
+        messages.append({"role": "user", "content": preset.post.format(**fmt)})
+        return messages, spans
+    parts = [preset.system + preset.prepend_separator] if (preset.system and system_in_user) else []
+    parts.append(preset.prefix.format(**fmt))
+    offset = sum(len(p) for p in parts)
+    head, _, tail = preset.passage.partition("{text}")
+    for i, text in enumerate(passages, start=1):
+        label = head.format(id=ids.label(i))
+        line = label + text + tail.format(id=ids.label(i))
+        spans.append((len(messages), offset + len(label), offset + len(label) + len(text)))
+        parts.append(line)
+        offset += len(line)
+    parts.append(preset.post.format(**fmt))
+    messages.append({"role": "user", "content": "".join(parts)})
+    return messages, spans
+
+
+def _uses_format(tokenizer, preset: PromptPreset) -> bool:
+    return preset.chat_format is not None and (preset.chat_format_always or not getattr(tokenizer, "chat_template", None))
+
+
+def _system_in_user(tokenizer, preset: PromptPreset) -> bool:
+    """Whether the system message goes inside the user turn (``prepend``; FIRST's ``auto`` without "system")."""
+    if preset.system is None or _uses_format(tokenizer, preset):
+        return False
+    if preset.system_mode == "prepend":
+        return True
+    if preset.system_mode == "auto":
+        return "system" not in (getattr(tokenizer, "chat_template", None) or "")
+    return False
+
+
+def _render(tokenizer, preset: PromptPreset, messages: list[dict]) -> str:
+    if _uses_format(tokenizer, preset):
+        if preset.multi_turn:
+            raise ValueError(f"preset {preset.name!r}: a chat_format string cannot render a multi-turn prompt")
+        user = messages[-1]["content"]
+        # Format strings are filled with replace, not str.format, so braces in passages stay text.
+        return preset.chat_format.replace("{system}", preset.system or "").replace("{user}", user)
+    return render_chat(tokenizer, messages, add_generation_prompt=True)
+
+
+def _locate(rendered: str, messages: list[dict]) -> list[int]:
+    """Start of each message's content in the rendered text, searched in order."""
+    starts, cursor = [], 0
+    for m in messages:
+        at = rendered.find(m["content"], cursor)
+        if at < 0:
+            raise ValueError("the chat template altered a message; cannot locate passage spans")
+        starts.append(at)
+        cursor = at + len(m["content"])
+    return starts
+
+
+def fix_text_keeping_spans(text: str, spans: Sequence[tuple[int, int]]) -> tuple[str, list[tuple[int, int]]]:
+    """``ftfy.fix_text(text)`` and the character spans moved to the fixed text.
+
+    ``fix_text`` changes lengths (ligatures expand, ``\r\n`` shrinks), so spans cannot be reused.
+    ftfy fixes each line on its own, HTML unescaping switched off from the first line holding a
+    ``<``; the text is cut at every line end and span boundary, each piece is fixed with its line's
+    setting, and the pieces' new lengths move the spans. The joined pieces are checked against
+    ``fix_text`` of the whole text, which is what is returned in any case; should a fix ever cross a
+    cut (not seen with whitespace-delimited passages), spans are mapped around the changed region.
+    """
+    fixed_whole = _fix_text(text)
+    cuts = {0, len(text)}
+    cuts.update(p for span in spans for p in span)
+    cuts.update(m.end() for m in re.finditer("\n", text))
+    cuts = sorted(cuts)
+    first_lt = text.find("<")
+    new_at = {0: 0}
+    pieces = []
+    for a, b in zip(cuts, cuts[1:]):
+        line_end = text.find("\n", a)
+        line_end = len(text) if line_end < 0 else line_end + 1
+        unescape = "auto" if first_lt < 0 or first_lt >= line_end else False
+        piece = _fix_text(text[a:b], unescape_html=unescape)
+        pieces.append(piece)
+        new_at[b] = new_at[a] + len(piece)
+    if "".join(pieces) == fixed_whole:
+        return fixed_whole, [(new_at[s], new_at[e]) for s, e in spans]
+    logger.debug("ftfy fixed across a piece boundary; mapping passage spans around the changed region")
+    head = 0
+    while head < min(len(text), len(fixed_whole)) and text[head] == fixed_whole[head]:
+        head += 1
+    tail = 0
+    while (tail < min(len(text), len(fixed_whole)) - head
+           and text[len(text) - 1 - tail] == fixed_whole[len(fixed_whole) - 1 - tail]):
+        tail += 1
+
+    def move(p: int) -> int:
+        if p <= head:
+            return p
+        if p >= len(text) - tail:
+            return p - len(text) + len(fixed_whole)
+        return min(p, len(fixed_whole) - tail)
+
+    return fixed_whole, [(move(s), max(move(s), move(e))) for s, e in spans]
+
+
+def _encode_once(tokenizer, preset: PromptPreset, query: str, passages: Sequence[str],
+                 max_passage_tokens: int | None, words: int | None) -> PromptEncoding:
+    texts, cut = prepare_passages(tokenizer, preset, passages, max_passage_tokens, words)
+    messages, spans = _preset_messages(preset, prepare_query(preset, query), texts, _system_in_user(tokenizer, preset))
+    rendered = _render(tokenizer, preset, messages)
+    starts = _locate(rendered, messages)
+    char_spans = [(starts[m] + s, starts[m] + e) for m, s, e in spans]
+    if preset.ftfy:
+        rendered, char_spans = fix_text_keeping_spans(rendered, char_spans)
+    bos = getattr(tokenizer, "bos_token", None)
+    # rank_llm's runs tokenise the rendered text with special tokens (BOS); a template that already
+    # writes BOS is not given a second one.
+    add_special = preset.add_bos and not (bos and rendered.startswith(bos))
+    enc = tokenizer(rendered, add_special_tokens=add_special, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    return PromptEncoding(input_ids=list(ids), passage_spans=_token_spans(offsets, char_spans),
+                          num_passages=len(passages), truncated_passages=cut, text=rendered)
+
+
+def _token_spans(offsets: Sequence[tuple[int, int]], char_spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Token ranges of character spans (sorted, non-overlapping) from a fast tokenizer's offsets."""
     token_spans = []
     cursor = 0
     for start_c, end_c in char_spans:
-        start_c += user_start
-        end_c += user_start
         # A body's first token usually carries the separating space, so it may start one char early.
         # Skip tokens that end before the body (a lone separating space ends exactly at its start).
-        while cursor < len(ids) and (offsets[cursor][0] < start_c - 1 or offsets[cursor][1] <= start_c):
+        while cursor < len(offsets) and (offsets[cursor][0] < start_c - 1 or offsets[cursor][1] <= start_c):
             cursor += 1
         first = cursor
-        while cursor < len(ids) and offsets[cursor][1] <= end_c and offsets[cursor][0] < end_c:
+        while cursor < len(offsets) and offsets[cursor][1] <= end_c and offsets[cursor][0] < end_c:
             cursor += 1
         token_spans.append((first, cursor))
-    return PromptEncoding(input_ids=list(ids), passage_spans=token_spans, num_passages=len(passages),
-                          truncated_passages=cut, text=rendered)
+    return token_spans
 
 
 # The LM-head readout of ``scoring="head"``: score = logit(yes) - logit(no) at a passage's end.
@@ -166,9 +397,12 @@ def relevance_token_ids(tokenizer) -> tuple[int, int]:
     return ids[0][0], ids[1][0]
 
 
-def end_of_turn_ids(tokenizer) -> list[int]:
-    """Token ids the chat template puts after an assistant message (e.g. ``<|im_end|>``)."""
-    if getattr(tokenizer, "chat_template", None):
+def end_of_turn_ids(tokenizer, preset: "str | PromptPreset | None" = None) -> list[int]:
+    """Token ids the chat template puts after an assistant message (e.g. ``<|im_end|>``).
+
+    A preset rendered with its own chat format string (RankVicuna, RankMistral100) ends with EOS.
+    """
+    if getattr(tokenizer, "chat_template", None) and not _uses_format(tokenizer, get_preset(preset)):
         marker = "XQZRANKING"
         rendered = tokenizer.apply_chat_template(
             [{"role": "user", "content": "u"}, {"role": "assistant", "content": marker}], tokenize=False)
@@ -183,6 +417,11 @@ def end_of_turn_ids(tokenizer) -> list[int]:
     return [tokenizer.eos_token_id]
 
 
-def encode_target(tokenizer, order: Sequence[int]) -> list[int]:
-    """Response token ids for a ranking (0-based indices, best first), end-of-turn included."""
-    return tokenizer(format_ranking(order), add_special_tokens=False)["input_ids"] + end_of_turn_ids(tokenizer)
+def encode_target(tokenizer, order: Sequence[int], preset: "str | PromptPreset | None" = None) -> list[int]:
+    """Response token ids for a ranking (0-based indices, best first), end-of-turn included.
+
+    ``preset`` picks the identifier spelling (letters for FIRST) and the end-of-turn tokens.
+    """
+    preset = get_preset(preset)
+    text = format_ranking(order, preset.ids)
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + end_of_turn_ids(tokenizer, preset)

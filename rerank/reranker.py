@@ -13,6 +13,8 @@ from .engine.generate import rank_prompts
 from .engine.identifiers import score_identifiers
 from .engine.passage_head import score_positions
 from .engine.session import DenseSession
+from .fusion import fuse_with_first_stage
+from .presets import get_preset
 from .prompts import PromptEncoding, encode_prompt, encode_target, relevance_token_ids
 from .ranking import Window, WindowRanking, sliding_orders
 from .results import RankingResult, RankingStats
@@ -33,6 +35,18 @@ def _check_documents(documents: Any, name: str = "documents") -> list[str]:
         if not isinstance(doc, str):
             raise TypeError(f"{name}[{i}] must be a str, got {type(doc).__name__}")
     return list(documents)
+
+
+def _check_batch(queries: Any, documents: Any) -> tuple[list[str], list[list[str]]]:
+    """Validate parallel lists of queries and document lists (batch entry points)."""
+    if isinstance(queries, str) or not isinstance(queries, Sequence):
+        raise TypeError(f"queries must be a list of str, got {type(queries).__name__}")
+    if isinstance(documents, str) or not isinstance(documents, Sequence):
+        raise TypeError(f"documents must be a list of lists of str, got {type(documents).__name__}")
+    if len(queries) != len(documents):
+        raise ValueError(f"queries ({len(queries)}) and documents ({len(documents)}) must have the same length")
+    return ([_check_query(q, f"queries[{i}]") for i, q in enumerate(queries)],
+            [_check_documents(d, f"documents[{i}]") for i, d in enumerate(documents)])
 
 
 def _check_top_k(top_k: Any) -> int | None:
@@ -65,7 +79,8 @@ class Reranker:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or RerankerConfig()
-        self.table = TokenTable.for_tokenizer(tokenizer)
+        self.preset = get_preset(self.config.prompt)
+        self.table = TokenTable.for_tokenizer(tokenizer, self.preset.ids)
         self.max_context = self.config.max_context or getattr(model.config, "max_position_embeddings", None) or 4096
         self._answer_budget: dict[int, int] = {}
         if self.config.pruning is not None:
@@ -82,8 +97,11 @@ class Reranker:
         ``model=None`` is the shipped default reranker (SmolLM2-135M-Instruct + the packaged LoRA
         weights, ``scoring="head"``); ``model="base"`` the raw SmolLM2-135M-Instruct; otherwise a
         path or hub id. Extra keyword arguments are :class:`RerankerConfig` fields (``scoring``,
-        ``num_passes``, ``on_overflow``, ``batch_size``, ``max_context``); ``scoring`` left out
-        takes the model folder's recommendation (its ``lazyrank.json``), else ``"generate"``.
+        ``num_passes``, ``on_overflow``, ``batch_size``, ``max_context``, ``prompt``: the prompt
+        preset, e.g. ``prompt="rank_zephyr"`` for RankZephyr, see :mod:`rerank.presets`;
+        ``first_stage_weight``: fusion with the input order, see :mod:`rerank.fusion`). Fields left
+        out take the model folder's recommendation (its ``lazyrank.json``, e.g. ``scoring``), else
+        the defaults (``scoring="generate"``).
         """
         from .models import load_model_and_tokenizer, recommended_settings
 
@@ -91,8 +109,13 @@ class Reranker:
         unknown = set(kwargs) - known
         if unknown:
             raise TypeError(f"unknown argument(s) for Reranker.from_pretrained: {sorted(unknown)}")
+        # Settings the model folder recommends (lazyrank.json) fill what the caller left out.
+        recommended = {k: v for k, v in recommended_settings(model).items() if k in known and k != "pruning"}
+        for name, value in recommended.items():
+            if kwargs.get(name) is None:
+                kwargs[name] = value
         if kwargs.get("scoring") is None:
-            kwargs["scoring"] = recommended_settings(model).get("scoring", "generate")
+            kwargs["scoring"] = "generate"
         config = RerankerConfig(model=model, device=None if device is None else str(device),
                                 dtype=None if dtype is None else str(dtype).replace("torch.", ""),
                                 strategy=strategy, window_size=window_size, stride=stride,
@@ -104,8 +127,13 @@ class Reranker:
     def encode(self, window: Window) -> PromptEncoding:
         """The prompt for a window (memoised on the window)."""
         if "encoding" not in window.cache:
+            # rank_llm's shrink-to-fit is a window rule: a full-list prompt over the context falls
+            # back to sliding windows (on_overflow) rather than being squeezed to a few words each.
+            shrink = self.preset.shrink_to_fit and len(window.passages) <= self.config.window_size
             window.cache["encoding"] = encode_prompt(self.tokenizer, window.query, window.passages,
-                                                     self.config.max_passage_tokens)
+                                                     self.config.max_passage_tokens, self.preset,
+                                                     max_tokens=self.max_context if shrink else None,
+                                                     answer_tokens=self.answer_budget(len(window.passages)) if shrink else None)
         return window.cache["encoding"]
 
     def answer_budget(self, num: int) -> int:
@@ -118,12 +146,22 @@ class Reranker:
                 first, _ = self.table.canonical.pieces(num)
                 self._answer_budget[num] = max(len(seq) for seq in first.values())
             else:
-                self._answer_budget[num] = len(encode_target(self.tokenizer, list(range(num))))
+                self._answer_budget[num] = len(encode_target(self.tokenizer, list(range(num)), self.preset))
         return self._answer_budget[num]
 
     def fits(self, window: Window) -> bool:
-        """Whether the prompt plus a complete answer fit the model's context."""
+        """Whether the prompt plus a complete answer fit the model's context (and the identifier format)."""
+        limit = self.preset.ids.max_count
+        if limit is not None and len(window.passages) > limit:
+            return False  # letters stop at [Z]: too many passages for one prompt
         return len(self.encode(window).input_ids) + self.answer_budget(len(window.passages)) <= self.max_context
+
+    def _prompt_size(self, window: Window) -> str:
+        """Prompt size for messages; a window over the identifier limit (letters) has no prompt."""
+        limit = self.preset.ids.max_count
+        if limit is not None and len(window.passages) > limit:
+            return f"over the {limit} {self.preset.identifiers} identifiers"
+        return f"{len(self.encode(window).input_ids)} prompt tokens"
 
     def _session(self):
         if self.config.pruning is None:
@@ -199,14 +237,7 @@ class Reranker:
     def rerank_batch(self, queries: Sequence[str], documents: Sequence[Sequence[str]],
                      top_k: int | None = None) -> list[RankingResult]:
         """Rerank several queries, batching LLM calls across them."""
-        if isinstance(queries, str) or not isinstance(queries, Sequence):
-            raise TypeError(f"queries must be a list of str, got {type(queries).__name__}")
-        if isinstance(documents, str) or not isinstance(documents, Sequence):
-            raise TypeError(f"documents must be a list of lists of str, got {type(documents).__name__}")
-        if len(queries) != len(documents):
-            raise ValueError(f"queries ({len(queries)}) and documents ({len(documents)}) must have the same length")
-        queries = [_check_query(q, f"queries[{i}]") for i, q in enumerate(queries)]
-        docs = [_check_documents(d, f"documents[{i}]") for i, d in enumerate(documents)]
+        queries, docs = _check_batch(queries, documents)
         top_k = _check_top_k(top_k)
         start = time.perf_counter()
         stats = [RankingStats(strategy=self.config.strategy) for _ in queries]
@@ -237,9 +268,9 @@ class Reranker:
             elif self.fits(w):
                 full.append(i)
             elif self.config.on_overflow == "sliding":
-                logger.warning("query %d: %d passages (%d prompt tokens) exceed the %d-token context; "
-                               "falling back to sliding windows", i, len(w.passages),
-                               len(self.encode(w).input_ids), self.max_context)
+                logger.warning("query %d: %d passages (%s) exceed the %d-token context or the identifiers; "
+                               "falling back to sliding windows", i, len(w.passages), self._prompt_size(w),
+                               self.max_context)
                 stats[i].fallback = "sliding"
                 sliding.append(i)
             else:
@@ -280,7 +311,10 @@ class Reranker:
         results = []
         for i in range(len(queries)):
             stats[i].total_seconds = elapsed
-            if model_scores[i] is not None:
+            if self.config.first_stage_weight > 0.0 and len(orders[i]) > 1:
+                order, fused = fuse_with_first_stage(orders[i], self.config.first_stage_weight)
+                results.append(RankingResult.from_scores(order, fused, len(order), stats[i], "fused"))
+            elif model_scores[i] is not None:
                 kind = "head_logit" if self.config.scoring == "head" else "log_prob"
                 results.append(RankingResult.from_scores(orders[i], model_scores[i], ranked[i], stats[i], kind))
             else:
@@ -343,14 +377,7 @@ class Reranker:
         """Async :meth:`rank_batch`: the queries are submitted together and batched with other callers'."""
         import asyncio
 
-        if isinstance(queries, str) or not isinstance(queries, Sequence):
-            raise TypeError(f"queries must be a list of str, got {type(queries).__name__}")
-        if isinstance(documents, str) or not isinstance(documents, Sequence):
-            raise TypeError(f"documents must be a list of lists of str, got {type(documents).__name__}")
-        if len(queries) != len(documents):
-            raise ValueError(f"queries ({len(queries)}) and documents ({len(documents)}) must have the same length")
-        queries = [_check_query(q, f"queries[{i}]") for i, q in enumerate(queries)]
-        docs = [_check_documents(d, f"documents[{i}]") for i, d in enumerate(documents)]
+        queries, docs = _check_batch(queries, documents)
         top_k = _check_top_k(top_k)
         results = await asyncio.gather(*(self.arerank(q, d, top_k=top_k) for q, d in zip(queries, docs)))
         return [self._as_rank_output(r, d, top_k, return_documents) for r, d in zip(results, docs)]

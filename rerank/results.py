@@ -62,7 +62,8 @@ class RankingResult:
         ranked_by_model: how many leading entries of ``order`` the model decided.
         stats: cost accounting.
         score_kind: what ``scores`` hold: ``"rank"`` (rank-derived), ``"log_prob"`` (single-pass
-            identifier log-probabilities) or ``"head_logit"`` (the head readout).
+            identifier log-probabilities), ``"head_logit"`` (the head readout) or ``"fused"``
+            (``first_stage_weight > 0``: weighted reciprocal-rank fusion values, see ``rerank.fusion``).
     """
 
     order: list[int]
@@ -74,7 +75,7 @@ class RankingResult:
     @classmethod
     def from_scores(cls, order: list[int], scores: list[float], ranked_by_model: int,
                     stats: RankingStats, kind: str = "log_prob") -> "RankingResult":
-        """A result whose scores are the model's own (``kind``: "log_prob" or "head_logit")."""
+        """A result whose scores are the model's own (``kind``: "log_prob", "head_logit" or "fused")."""
         return cls(order=list(order), scores=list(scores), ranked_by_model=ranked_by_model, stats=stats,
                    score_kind=kind)
 

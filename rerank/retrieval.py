@@ -131,6 +131,22 @@ def retrieve_collection(collection_dir: str, depth: int = 100, queries: dict[str
     return dict(zip(qids, hits))
 
 
+def write_rank_llm_requests(path: str, collection_dir: str, run: dict[str, list[tuple[str, float]]],
+                            queries: dict[str, str] | None = None) -> None:
+    """Write a BM25 run as rank_llm requests (query, candidates with score and ``doc.contents``)."""
+    from .data import load_collection
+    from .interchange import Candidate, RankLLMRequest, write_rank_llm_results
+
+    coll = load_collection(collection_dir)
+    queries = coll.queries if queries is None else queries
+    requests = [RankLLMRequest(qid=qid, query=queries[qid],
+                               candidates=[Candidate(docid=d, score=float(sc), doc={"contents": coll.corpus[d]})
+                                           for d, sc in hits])
+                for qid, hits in run.items()]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_rank_llm_results(path, requests)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``rerank retrieve --collection DIR [--queries FILE] [--depth 100] --output run.trec``."""
     import argparse
@@ -144,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="Candidates per query (alias: --top-k).")
     ap.add_argument("--output", required=True, help="TREC run file to write.")
     ap.add_argument("--index-dir", default=None, help="Save the index here (or load it if present).")
+    ap.add_argument("--rank-llm-output", "--rank_llm_output", dest="rank_llm_output", default=None,
+                    help="Also write the candidates as rank_llm requests (JSONL or a JSON list) for `rerank rank-llm`.")
     ap.add_argument("--k1", type=float, default=0.9)
     ap.add_argument("--b", type=float, default=0.4)
     args = ap.parse_args(argv)
@@ -156,4 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     write_run(args.output, run, tag="bm25s")
     print(f"wrote {args.output}: {len(run)} queries, {sum(len(v) for v in run.values())} hits")
+    if args.rank_llm_output:
+        write_rank_llm_requests(args.rank_llm_output, args.collection, run, queries)
+        print(f"wrote {args.rank_llm_output}: rank_llm requests")
     return 0

@@ -17,5 +17,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==${TORCH_VERSION}"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[${EXTRAS}]"
+# rank_llm 0.25.7 is the reference renderer of tests/test_presets.py. It hard-depends on vllm, so it is
+# installed without dependencies: its prompt code needs only ftfy and pyyaml (installed above) and dacite.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "rank-llm==0.25.7" "dacite>=1.8"
 .venv/bin/python -m rerank.models >/dev/null
 echo "LazyRank installed in .venv (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"

@@ -76,3 +76,33 @@ def test_cli_demo_runs(capsys):
     assert main(["demo", "--top-k", "2"]) == 0
     text = capsys.readouterr().out
     assert "prefill" in text and "strategy=full" in text
+
+
+# Passages of the demo that answer "how do honey bees keep their hive warm in winter" (0-based):
+# clustering and shivering, insulation, the rotating cluster, honey as fuel, condensation.
+HIVE_WARMTH = {0, 3, 4, 7, 10}
+
+
+def test_shipped_default_ranks_by_relevance(real_reranker):
+    """The shipped weights must move relevant passages up, not return the input order."""
+    assert real_reranker.config.scoring == "head"
+    res = real_reranker.rerank(DEMO_QUERY, DEMO_PASSAGES)
+    assert res.score_kind == "head_logit" and res.stats.llm_calls == 1
+    assert res.order != list(range(len(DEMO_PASSAGES)))
+    rank = {index: r for r, index in enumerate(res.order)}
+    assert set(res.order[:3]) <= HIVE_WARMTH
+    relevant = sum(rank[i] for i in HIVE_WARMTH) / len(HIVE_WARMTH)
+    others = sum(r for i, r in rank.items() if i not in HIVE_WARMTH) / (len(DEMO_PASSAGES) - len(HIVE_WARMTH))
+    assert relevant < others - 2  # mean rank 4 positions apart here; 0 for a random order on average
+    # Scores order the passages: best first, non-increasing.
+    assert all(res.scores[a] >= res.scores[b] for a, b in zip(res.order, res.order[1:]))
+
+
+def test_raw_base_model_stays_reachable_by_name(real_reranker):
+    base = Reranker.from_pretrained("base")
+    assert base.config.scoring == "generate"
+    # The shipped adapter is merged into the default's later layers (15..29) only.
+    def weight(rr, layer):
+        return rr.model.model.layers[layer].mlp.down_proj.weight
+    assert torch.equal(weight(base, 0), weight(real_reranker, 0))
+    assert not torch.equal(weight(base, 29), weight(real_reranker, 29))

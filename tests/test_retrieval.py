@@ -67,3 +67,31 @@ def test_reproduces_the_shipped_scifact_run():
                              coll.graded)["ndcg@10"]
     assert theirs == pytest.approx(0.6762, abs=1e-4)
     assert ours == pytest.approx(theirs, abs=0.005)
+
+
+def test_cli_rank_llm_round_trip(tmp_path, tokenizer):
+    """retrieve --rank-llm-output writes rank_llm requests that `rerank rank-llm` reranks into results
+    holding the same candidates (a permutation), scores and texts kept."""
+    from conftest import make_tiny_llama
+    from rerank.cli import main as cli_main
+    from rerank.interchange import read_rank_llm_requests
+
+    coll = tmp_path / "coll"
+    coll.mkdir()
+    (coll / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in CORPUS.items()))
+    (coll / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "bees warm"}) + "\n")
+    requests = tmp_path / "requests.jsonl"
+    assert main(["--collection", str(coll), "--depth", "3", "--output", str(tmp_path / "run.trec"),
+                 "--rank-llm-output", str(requests)]) == 0
+    (req,) = read_rank_llm_requests(requests)
+    assert req.query == "bees warm" and req.candidates[0].docid == "d1"
+    assert [c.doc["contents"] for c in req.candidates] == [CORPUS[c.docid] for c in req.candidates]
+    model = tmp_path / "tiny"
+    make_tiny_llama(len(tokenizer), layers=2).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    results = tmp_path / "results.json"
+    assert cli_main(["rank-llm", "--input", str(requests), "--output", str(results), "--model", str(model),
+                     "--prompt", "rank_zephyr", "--scoring", "single_pass"]) == 0
+    (res,) = read_rank_llm_requests(results)
+    assert sorted(c.docid for c in res.candidates) == sorted(c.docid for c in req.candidates)
+    assert {c.docid: c.score for c in res.candidates} == {c.docid: c.score for c in req.candidates}

@@ -547,4 +547,7 @@ def test_serve_parser_defaults_bind_loopback():
 
     args = build_parser().parse_args([])
     assert args.host == "127.0.0.1" and args.max_request_bytes == 2_000_000 and args.max_documents == 1000
-    assert args.scoring == "single_pass"
+    from rerank.serving.server import serve_scoring
+
+    assert args.scoring is None and serve_scoring(args) == "head"  # the shipped default's recommendation
+    assert serve_scoring(build_parser().parse_args(["--model", "base"])) == "single_pass"

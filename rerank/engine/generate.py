@@ -34,10 +34,13 @@ def rank_prompts(session: Session, prompts: Sequence[Sequence[int]], num_passage
     tokens the constraint accepts are ever chosen. Decoding ends when every row's ranking is
     complete, so no end-of-turn token is generated.
 
-    With one prompt, a canonical constraint and a session that takes several tokens per step,
-    tokens that are the only legal choice are not decided by the model: they are queued and fed
-    together with the next decided token's forward pass (jump-forward). The result equals
-    token-by-token greedy decoding; only the number of forward passes drops.
+    Jump-forward: under a canonical constraint, tokens that are the only legal choice are not decided
+    by the model; each row queues them and feeds them together with its next decided token in one
+    forward pass. Rows queue different numbers of tokens, so a batch needs a session with
+    ``ragged_step`` (right-padded steps with per-row lengths); one prompt needs only
+    ``multi_token_step``. Otherwise (or with ``jump_forward=False``) every row feeds one token per
+    pass. Either way the result equals token-by-token greedy decoding; only the number of forward
+    passes drops.
     """
     if len(prompts) != len(num_passages):
         raise ValueError("prompts and num_passages must have the same length")
@@ -45,58 +48,125 @@ def rank_prompts(session: Session, prompts: Sequence[Sequence[int]], num_passage
     constraints = [table.constraint(n, None if k is None else max(1, min(k, n)))
                    for n, k in zip(num_passages, top_k)]
     logits = session.prefill(prompts, prunable)
-    generated = [0] * len(prompts)
-    constraint_seconds = 0.0
+    tally = _Tally(generated=[0] * len(prompts))
     start = time.perf_counter()
-    jump = (jump_forward and len(prompts) == 1 and getattr(session, "multi_token_step", False)
-            and isinstance(constraints[0], CanonicalConstraint))
-    forward_passes = 0
-    if jump:
-        constraint, pending = constraints[0], []
-        while not constraint.done:
-            tick = time.perf_counter()
-            allowed = constraint.allowed()
-            constraint_seconds += time.perf_counter() - tick
-            if len(allowed) == 1:
-                best = allowed[0]
-            else:
-                if pending:
-                    logits = session.step(torch.tensor([pending], dtype=torch.long))
-                    forward_passes += 1
-                    pending = []
-                best = _pick(logits[0], allowed)
-            tick = time.perf_counter()
-            constraint.advance(best)
-            constraint_seconds += time.perf_counter() - tick
-            pending.append(best)
-            generated[0] += 1
+    if can_jump_forward(session, constraints, jump_forward):
+        logits = _decode_jump_forward(session, logits, constraints, tally)
     else:
-        while True:
-            next_tokens = torch.zeros(len(prompts), dtype=torch.long)
-            active = False
-            for row, constraint in enumerate(constraints):
-                if constraint.done:
-                    continue
-                tick = time.perf_counter()
-                allowed = constraint.allowed()
-                constraint_seconds += time.perf_counter() - tick
-                if not allowed:  # unreachable for a sane tokenizer: single-character tokens always exist
-                    raise RuntimeError(f"no token can continue the ranking in row {row}")
-                best = _pick(logits[row], allowed)
-                tick = time.perf_counter()
-                constraint.advance(best)
-                constraint_seconds += time.perf_counter() - tick
-                next_tokens[row] = best
-                generated[row] += 1
-                active = True
-            if not active or all(c.done for c in constraints):
-                break
-            logits = session.step(next_tokens)
-            forward_passes += 1
+        logits = _decode_token_by_token(session, logits, constraints, tally)
     _sync(logits.device)
-    return DecodeOutput(identifiers=[c.emitted for c in constraints], generated_tokens=generated,
+    return DecodeOutput(identifiers=[c.emitted for c in constraints], generated_tokens=tally.generated,
                         prefill=session.info, decode_seconds=time.perf_counter() - start,
-                        constraint_seconds=constraint_seconds, forward_passes=forward_passes)
+                        constraint_seconds=tally.constraint_seconds, forward_passes=tally.forward_passes)
+
+
+@dataclass
+class _Tally:
+    """Decode counters shared by both loops."""
+
+    generated: list[int]
+    constraint_seconds: float = 0.0
+    forward_passes: int = 0
+
+
+def can_jump_forward(session: Session, constraints: Sequence[object], requested: bool = True) -> bool:
+    """Whether jump-forward decoding applies: asked for, canonical constraints (their forced tokens
+    are known in advance), and a session that can feed what the rows queue: several tokens for one
+    row, or per-row counts (``ragged_step``) for a batch."""
+    if not requested or not constraints or not all(isinstance(c, CanonicalConstraint) for c in constraints):
+        return False
+    if not getattr(session, "multi_token_step", False):
+        return False
+    return len(constraints) == 1 or bool(getattr(session, "ragged_step", False))
+
+
+def _allowed(constraint, tally: _Tally, row: int) -> list[int]:
+    tick = time.perf_counter()
+    allowed = constraint.allowed()
+    tally.constraint_seconds += time.perf_counter() - tick
+    if not allowed:  # unreachable for a sane tokenizer: single-character tokens always exist
+        raise RuntimeError(f"no token can continue the ranking in row {row}")
+    return allowed
+
+
+def _advance(constraint, token: int, tally: _Tally, row: int) -> None:
+    tick = time.perf_counter()
+    constraint.advance(token)
+    tally.constraint_seconds += time.perf_counter() - tick
+    tally.generated[row] += 1
+
+
+def _decode_token_by_token(session: Session, logits: torch.Tensor, constraints: list, tally: _Tally) -> torch.Tensor:
+    """Every unfinished row decides and feeds one token per forward pass; finished rows feed a filler."""
+    while True:
+        next_tokens = torch.zeros(len(constraints), dtype=torch.long)
+        for row, constraint in enumerate(constraints):
+            if constraint.done:
+                continue
+            best = _pick(logits[row], _allowed(constraint, tally, row))
+            _advance(constraint, best, tally, row)
+            next_tokens[row] = best
+        if all(c.done for c in constraints):
+            return logits
+        logits = session.step(next_tokens)
+        tally.forward_passes += 1
+
+
+def _decode_jump_forward(session: Session, logits: torch.Tensor, constraints: list, tally: _Tally) -> torch.Tensor:
+    """Each pass feeds every unfinished row the tokens it queued since its last pass.
+
+    A row queues forced tokens freely but can decide a token only from logits that have seen its
+    whole queue, i.e. once per pass (right after it). So between passes each row decides at most
+    once, then queues the forced tokens after that decision, and waits at its next real choice.
+    """
+    pending: list[list[int]] = [[] for _ in constraints]
+    waiting: list[list[int] | None] = [None] * len(constraints)  # allowed tokens a row stopped at
+    while True:
+        for row, constraint in enumerate(constraints):
+            waiting[row] = _queue_row(constraint, pending[row], logits[row], waiting[row], tally, row)
+        if all(c.done for c in constraints):
+            # Tokens queued after a row's last decision need no logits: they are never fed.
+            return logits
+        # A finished row feeds nothing (length 0); its logits are no longer read.
+        lengths = [0 if c.done else len(q) for c, q in zip(constraints, pending)]
+        logits = _feed(session, pending, lengths)
+        tally.forward_passes += 1
+        for queue in pending:
+            queue.clear()
+
+
+def _queue_row(constraint, pending: list[int], row_logits: torch.Tensor, allowed: list[int] | None,
+               tally: _Tally, row: int) -> list[int] | None:
+    """Advance one row as far as its logits allow; returns the choice it waits at (None when done).
+
+    ``allowed`` is the choice the row stopped at before the last pass (saves recomputing it).
+    ``pending`` is empty exactly when ``row_logits`` follow the row's last token, the one state in
+    which the model may decide.
+    """
+    while not constraint.done:
+        if allowed is None:
+            allowed = _allowed(constraint, tally, row)
+        if len(allowed) > 1:
+            if pending:
+                return allowed
+            best = _pick(row_logits, allowed)
+        else:
+            best = allowed[0]
+        _advance(constraint, best, tally, row)
+        pending.append(best)
+        allowed = None
+    return None
+
+
+def _feed(session: Session, pending: list[list[int]], lengths: list[int]) -> torch.Tensor:
+    """One forward pass over each row's first ``lengths[row]`` queued tokens, right-padded to one width."""
+    width = max(lengths)
+    # The pad id is arbitrary: the session masks padding, and an unpadded step sends no lengths.
+    rows = [queue[:n] + [0] * (width - n) for queue, n in zip(pending, lengths)]
+    tokens = torch.tensor(rows, dtype=torch.long)
+    if all(n == width for n in lengths):
+        return session.step(tokens)  # no padding: sessions without ragged_step take this too
+    return session.step(tokens, lengths)
 
 
 def _pick(row_logits: torch.Tensor, allowed: list[int]) -> int:

@@ -5,6 +5,11 @@ sequences form a trie (``[`` then digits then ``]``); all trie nodes are fed in 
 pass over the prompt's KV cache with a tree attention mask (each node sees the prompt and its own
 ancestors), so every identifier's full log-probability, multi-token or not, comes out of one prefill
 plus one small pass, never N separate forwards.
+
+The identifier spelling comes from the :class:`~rerank.decoding.TokenTable` (its ``ids`` format):
+a table built with ``LETTERS`` gives the tree of ``[A]..[Z]`` (FIRST), so scoring reads letters
+with no separate code path. FIRST itself reads only the letter token after ``[``; here the closing
+``]`` adds its (near-zero for a trained model) log-probability too, the same for every passage shape.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ class IdentifierTree:
 
     ``parents[i]`` is node i's parent (-1 below the root), ``depths[i]`` its depth, and
     ``paths[k - 1]`` the nodes spelling identifier k (every node of a path adds one token's
-    log-probability to that identifier's score).
+    log-probability to that identifier's score). Identifiers are spelled by ``table.ids``.
     """
 
     tokens: list[int]

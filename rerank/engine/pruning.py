@@ -1,4 +1,4 @@
-"""LazyLLM-style dynamic token pruning of the prefill (DESIGN.md section 5).
+"""LazyLLM-style dynamic token pruning of the prefill (docs/design.md section 5).
 
 :class:`PrunedSession` runs the model's own decoder layers in a loop, keeping a shrinking set of
 surviving prompt positions. Before each scheduled layer it scores the survivors by the attention the
@@ -10,7 +10,9 @@ mask is right), and the final norm and ``lm_head`` run on the last position only
 
 Each layer's KV cache holds that layer's survivors. Decoding continues at the next original
 position; a single-token query attends to every cached key of its layer, which is exactly the
-pruned model's causal attention.
+pruned model's causal attention. Ragged steps (per-row token counts, for batched jump-forward
+decoding) right-pad the new tokens and add the padding to the per-layer masks as blocked keys, so
+it stays in the caches but no later query sees it.
 
 Batches: prompts are prefilled one at a time (survivor sets differ per row, and a padded pruned
 batch would need per-layer ``T x T`` masks). For decoding the rows' caches are merged, left-padded
@@ -31,7 +33,7 @@ import torch
 from ..config import PruningConfig
 from ..models import SUPPORTED_MODEL_TYPES
 from .scoring import last_rows_attention, passage_groups, select_survivors
-from .session import DenseSession, PrefillInfo, _sync
+from .session import DenseSession, PrefillInfo, _sync, ragged_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -294,13 +296,22 @@ class PrunedSession:
         """Several tokens per step (jump-forward decoding) need explicit masks: sdpa only."""
         return self._dense is not None or self._masked_batches
 
+    @property
+    def ragged_step(self) -> bool:
+        """Per-row token counts in one step: padding is hidden by the per-layer masks, so sdpa only
+        (per-row flash caches take one token per step)."""
+        return self._dense is not None or self._masked_batches
+
     def _decode(self, cache, masks: list[torch.Tensor | None], tokens: torch.Tensor, positions: torch.Tensor,
-                new_mask: torch.Tensor | None = None, all_logits: bool = False):
+                new_mask: torch.Tensor | None = None, all_logits: bool = False,
+                lengths: Sequence[int] | None = None):
         """Run ``[B, L]`` new tokens over per-layer survivor caches.
 
         ``masks`` are the persistent per-layer padding masks (``[B, 1, 1, keys]`` additive, or None).
         ``new_mask[b, i, j]`` says new token i may see new token j (default: causal); every new token
-        sees all cached survivors of its row.
+        sees all cached survivors of its row. ``lengths`` (ragged steps) marks ``tokens[b, lengths[b]:]``
+        as padding: no token sees it, the grown masks block it for later steps, and the logits are
+        taken after each row's last real token.
         """
         inner = self.lm.model
         batch, width = tokens.shape
@@ -309,42 +320,68 @@ class PrunedSession:
         if new_mask is None and width > 1:
             new_mask = torch.ones(width, width, dtype=torch.bool, device=self.device).tril().expand(batch, -1, -1)
         blocked = torch.finfo(hidden.dtype).min
+        real = None if lengths is None else \
+            torch.arange(width, device=self.device) < torch.tensor(lengths, device=self.device).view(-1, 1)
+        # Additive mask of the new keys, kept in the grown masks so padding stays blocked for good.
+        new_keys = None if real is None else torch.where(real, 0.0, blocked).to(hidden.dtype)[:, None, None, :]
+        if real is not None and new_mask is not None:
+            # Combined as booleans: adding two blocked values would overflow to -inf.
+            new_mask = new_mask & real[:, None, :]
         grown = []
         for index, (layer, mask) in enumerate(zip(self.layers, masks)):
-            attn_mask = None if mask is None else torch.cat([mask, mask.new_zeros((batch, 1, 1, width))], dim=-1)
+            cached = cache.layers[index].keys.shape[2]
+            if mask is None and new_keys is None:
+                attn_mask = None
+            else:
+                prefix = mask if mask is not None else hidden.new_zeros((batch, 1, 1, cached))
+                added = new_keys if new_keys is not None else hidden.new_zeros((batch, 1, 1, width))
+                attn_mask = torch.cat([prefix, added], dim=-1)
             grown.append(attn_mask)
             if new_mask is not None:
-                cached = cache.layers[index].keys.shape[2]
                 prefix = (mask if mask is not None else hidden.new_zeros((batch, 1, 1, cached)))
                 block = torch.where(new_mask, 0.0, blocked).to(hidden.dtype)[:, None]
                 attn_mask = torch.cat([prefix.expand(batch, 1, width, cached), block], dim=-1)
             hidden = layer(hidden, attention_mask=attn_mask, position_embeddings=(cos, sin), cache=cache,
                            use_cache=True)
-        head_in = hidden if all_logits else hidden[:, -1:]
+        if all_logits:
+            head_in = hidden
+        elif lengths is None:
+            head_in = hidden[:, -1:]
+        else:
+            # Each row's last real token (column 0 for an empty row, whose logits nobody reads).
+            last = (torch.tensor(lengths, device=self.device) - 1).clamp(min=0)
+            head_in = hidden[torch.arange(batch, device=self.device), last][:, None]
         logits = self.lm.lm_head(inner.norm(head_in)).float()
         return (logits if all_logits else logits[:, -1]), grown
 
     @torch.inference_mode()
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed ``[B]`` tokens (or ``[B, L]`` under sdpa) at the next original positions; ``[B, vocab]`` logits."""
+    def step(self, tokens: torch.Tensor, lengths: Sequence[int] | None = None) -> torch.Tensor:
+        """Feed ``[B]`` tokens (or ``[B, L]`` under sdpa) at the next original positions; ``[B, vocab]`` logits.
+
+        ``lengths`` (sdpa only) gives each row's real token count, as in ``DenseSession.step``.
+        """
         if self._dense is not None:
-            return self._dense.step(tokens)
+            return self._dense.step(tokens, lengths)
         if self._last_positions is None:
             raise RuntimeError("step() called before prefill()")
         tokens = tokens.to(self.device)
         if tokens.dim() == 1:
             tokens = tokens.view(-1, 1)
-        width = tokens.shape[1]
+        batch, width = tokens.shape
+        ragged = ragged_lengths(lengths, batch, width)
         positions = self._last_positions.view(-1, 1) + torch.arange(1, width + 1, device=self.device)
         if self._row_caches is not None:
-            if width > 1:
-                raise ValueError("several tokens per step need sdpa attention in pruned mode")
+            if width > 1 or ragged is not None:
+                raise ValueError("several or ragged tokens per step need sdpa attention in pruned mode")
             out = [self._decode(c, [None] * len(self.layers), tokens[b:b + 1], positions[b:b + 1])[0]
                    for b, c in enumerate(self._row_caches)]
             logits = torch.cat(out, dim=0)
         else:
-            logits, self._masks = self._decode(self.cache, self._masks, tokens, positions)
-        self._last_positions = positions[:, -1]
+            logits, self._masks = self._decode(self.cache, self._masks, tokens, positions, lengths=ragged)
+        if ragged is None:
+            self._last_positions = positions[:, -1]
+        else:
+            self._last_positions = self._last_positions + torch.tensor(ragged, device=self.device)
         return logits
 
     @torch.inference_mode()

@@ -4,6 +4,11 @@ A session owns the KV cache of one batch of prompts. ``prefill`` consumes the pr
 the next-token logits of each row; ``step`` feeds one token per row and returns the next logits.
 The unpruned ``DenseSession`` is the reference; the pruned engine implements the same protocol so
 decoding never needs to know which one it talks to.
+
+Sessions with ``multi_token_step`` take ``[B, L]`` tokens per step; those with ``ragged_step`` also
+take per-row ``lengths`` (row b's real tokens are ``tokens[b, :lengths[b]]``, the rest is right
+padding). Padding is appended to the cache but masked for good, so no later query ever sees it:
+batched jump-forward decoding feeds each row only its own queued tokens this way.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ class Session(Protocol):
     """One batch of prompts' model state.
 
     ``positions`` holds, per row, the original position of the LAST token fed so far (after
-    ``prefill``: the last prompt token; each ``step`` of L tokens adds L); the next token goes to
-    ``positions + 1``. None before ``prefill``, and once ``score_tree`` has consumed the session.
+    ``prefill``: the last prompt token; each ``step`` of L tokens adds L, or ``lengths[b]`` for row b
+    of a ragged step, padding excluded); the next token goes to ``positions + 1``. None before
+    ``prefill``, and once ``score_tree`` has consumed the session.
     """
 
     positions: torch.Tensor | None
@@ -40,8 +46,12 @@ class Session(Protocol):
     def prefill(self, prompts: Sequence[Sequence[int]], prunable: Sequence[Sequence[bool]] | None = None) -> torch.Tensor:
         """Run the prompts; return ``[B, vocab]`` logits for the token after each prompt."""
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed ``[B]`` token ids (one per row); return ``[B, vocab]`` next-token logits."""
+    def step(self, tokens: torch.Tensor, lengths: Sequence[int] | None = None) -> torch.Tensor:
+        """Feed ``[B]`` token ids (one per row); return ``[B, vocab]`` next-token logits.
+
+        ``[B, L]`` tokens need ``multi_token_step``; ``lengths`` (real tokens per row, right padded)
+        need ``ragged_step``. Rows of length 0 advance nothing and get meaningless logits.
+        """
 
     @property
     def info(self) -> PrefillInfo: ...
@@ -57,10 +67,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def ragged_lengths(lengths: Sequence[int] | None, batch: int, width: int) -> list[int] | None:
+    """Check per-row step lengths; None when there are none or every row fills the step.
+
+    Returning None for full rows lets sessions keep their cheaper unpadded path (no mask, last-column
+    logits) whenever a ragged step happens to need no padding.
+    """
+    if lengths is None:
+        return None
+    lengths = [int(n) for n in lengths]
+    if len(lengths) != batch or any(not 0 <= n <= width for n in lengths):
+        raise ValueError(f"lengths must give 0..{width} real tokens for each of {batch} rows, got {lengths}")
+    return None if all(n == width for n in lengths) else lengths
+
+
 class DenseSession:
     """The model's own forward with a ``DynamicCache``; rows are left-padded to one length.
 
-    ``step`` accepts several tokens per row (``multi_token_step``), which jump-forward decoding uses.
+    ``step`` accepts several tokens per row (``multi_token_step``), which jump-forward decoding uses,
+    and a different number per row (``ragged_step``): padding goes into the cache with a 0 in
+    ``attention_mask``, which every later step passes on, so it stays invisible.
 
     Example:
         >>> s = DenseSession(model, pad_token_id=tok.pad_token_id)   # doctest: +SKIP
@@ -68,6 +94,7 @@ class DenseSession:
     """
 
     multi_token_step = True
+    ragged_step = True
 
     def __init__(self, model, pad_token_id: int):
         self.model = model
@@ -113,19 +140,36 @@ class DenseSession:
         return logits
 
     @torch.inference_mode()
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed ``[B]`` tokens, or ``[B, L]`` (L tokens per row, for jump-forward decoding)."""
+    def step(self, tokens: torch.Tensor, lengths: Sequence[int] | None = None) -> torch.Tensor:
+        """Feed ``[B]`` tokens, or ``[B, L]`` (L tokens per row, for jump-forward decoding).
+
+        With ``lengths``, row b's real tokens are ``tokens[b, :lengths[b]]``; the padding after them
+        is masked now and in every later step, and the logits are those after row b's last real
+        token (meaningless for a row of length 0).
+        """
         if self.cache is None:
             raise RuntimeError("step() called before prefill()")
         tokens = tokens.to(self.device)
         if tokens.dim() == 1:
             tokens = tokens.view(-1, 1)
-        width = tokens.shape[1]
-        positions = self.positions.view(-1, 1) + torch.arange(1, width + 1, device=self.device)
-        self.positions = positions[:, -1]
-        self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(tokens)], dim=1)
+        batch, width = tokens.shape
+        ragged = ragged_lengths(lengths, batch, width)
+        offsets = torch.arange(1, width + 1, device=self.device)
+        # Padding gets positions too (it must have some); they are never seen, so any value works.
+        positions = self.positions.view(-1, 1) + offsets
+        if ragged is None:
+            new_mask, keep = torch.ones_like(tokens), 1
+            self.positions = positions[:, -1]
+        else:
+            count = torch.tensor(ragged, dtype=torch.long, device=self.device)
+            new_mask = (offsets <= count.view(-1, 1)).long()
+            keep = (count - 1).clamp(min=0).view(-1, 1)  # per row: the column of its last real token
+            self.positions = self.positions + count
+            # From now on the cache holds padding in the middle: every step must pass the mask.
+            self.padded = True
+        self.attention_mask = torch.cat([self.attention_mask, new_mask], dim=1)
         out = self.model(input_ids=tokens, attention_mask=self.attention_mask if self.padded else None,
-                         position_ids=positions, use_cache=True, logits_to_keep=1,
+                         position_ids=positions, use_cache=True, logits_to_keep=keep,
                          **{self._cache_kw: self.cache})
         return out.logits[:, -1, :].float()
 

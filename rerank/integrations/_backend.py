@@ -6,7 +6,21 @@ from typing import Any, Optional, Sequence
 
 from ..serving.scores import model_top_k, relevance_scores
 
-__all__ = ["RankingBackend"]
+__all__ = ["RankingBackend", "adapter_kwargs", "check_top_n"]
+
+
+def adapter_kwargs(reranker: Any, kwargs: dict) -> dict:
+    """Both adapters take the reranker (or server URL) positionally as well as by keyword."""
+    if reranker is not None:
+        kwargs["reranker"] = reranker
+    return kwargs
+
+
+def check_top_n(value: Optional[int]) -> Optional[int]:
+    """The adapters' ``top_n``: a positive integer, or None for all documents."""
+    if value is not None and value < 1:
+        raise ValueError(f"top_n must be a positive integer or None, got {value}")
+    return value
 
 
 class RankingBackend:
@@ -29,6 +43,11 @@ class RankingBackend:
             self.reranker = target
         else:
             raise TypeError(f"expected a rerank.Reranker or a server URL, got {type(target).__name__}")
+
+    @classmethod
+    def for_adapter(cls, adapter: Any) -> "RankingBackend":
+        """The backend of a LangChain / LlamaIndex adapter, from its validated fields."""
+        return cls(adapter.reranker, api_key=adapter.api_key, model=adapter.model, timeout=adapter.timeout)
 
     def _cut(self, result: Any, top_n: int | None) -> list[tuple[int, float]]:
         relevance = relevance_scores(result)

@@ -24,7 +24,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("the LlamaIndex adapter needs llama-index-core: pip install 'lazyrank[llamaindex]'") from exc
 
-from ._backend import RankingBackend
+from ._backend import RankingBackend, adapter_kwargs, check_top_n
 
 __all__ = ["LazyRankPostprocessor"]
 
@@ -49,17 +49,13 @@ class LazyRankPostprocessor(BaseNodePostprocessor):
     _backend: RankingBackend = PrivateAttr()
 
     def __init__(self, reranker: Any = None, /, **kwargs: Any):
-        if reranker is not None:
-            kwargs["reranker"] = reranker
-        super().__init__(**kwargs)
-        self._backend = RankingBackend(self.reranker, api_key=self.api_key, model=self.model, timeout=self.timeout)
+        super().__init__(**adapter_kwargs(reranker, kwargs))
+        self._backend = RankingBackend.for_adapter(self)
 
     @field_validator("top_n")
     @classmethod
     def _check_top_n(cls, value: Optional[int]) -> Optional[int]:
-        if value is not None and value < 1:
-            raise ValueError(f"top_n must be a positive integer or None, got {value}")
-        return value
+        return check_top_n(value)
 
     @classmethod
     def class_name(cls) -> str:

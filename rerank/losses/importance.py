@@ -1,4 +1,4 @@
-"""The importance-aware listwise loss (DESIGN.md section 4).
+"""The importance-aware listwise loss (docs/design.md section 4).
 
 For a response ``[a] > [b] > ... <end>`` the causal-LM negative log-likelihood of every response
 token is weighted by how much its position in the ranking matters::

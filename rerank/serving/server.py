@@ -67,14 +67,20 @@ def build_reranker(args: argparse.Namespace) -> Any:
     from ..config import PruningConfig
     from ..reranker import Reranker
 
-    from ..models import recommended_settings
-
     pruning = PruningConfig.from_spec(args.pruning) if args.pruning else None
     # A service wants one prefill per request: the model's own recommendation, else single-pass.
-    scoring = args.scoring or recommended_settings(args.model).get("scoring", "single_pass")
+    scoring = serve_scoring(args)
     return Reranker.from_pretrained(args.model, device=args.device, dtype=args.dtype, strategy=args.strategy,
                                     max_passage_tokens=args.max_passage_tokens, pruning=pruning,
                                     scoring=scoring, batch_size=args.batch_size)
+
+
+def serve_scoring(args: argparse.Namespace) -> str:
+    """``--scoring``, else the model's recommendation (``head`` for the shipped default), else
+    ``single_pass``: a service wants one prefill per request, never a decoded permutation by default."""
+    from ..models import recommended_settings
+
+    return args.scoring or recommended_settings(args.model).get("scoring", "single_pass")
 
 
 def main(argv: list[str] | None = None) -> int:
