@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--run", required=True, help="Output folder of `rerank train` (a LoRA adapter).")
     ap.add_argument("--name", default=SHIPPED_WEIGHTS)
     ap.add_argument("--quality", default=None, help="eval/quality_table.py JSON for the card's scores.")
+    ap.add_argument("--fusion", default=None,
+                    help="eval/fusion_dev.py JSON: ship its chosen first_stage_weight (picked on a dev collection).")
     ap.add_argument("--dtype", default="float32", choices=["bfloat16", "float32"])
     ap.add_argument("--max-mb", type=float, default=25.0)
     args = ap.parse_args(argv)
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"adapter is {size_mb:.1f} MB, over --max-mb {args.max_mb}")
     settings = json.loads((run / "lazyrank.json").read_text()) if (run / "lazyrank.json").is_file() else {}
     settings.setdefault("reranker", {"scoring": "head"})
+    fusion = json.loads(Path(args.fusion).read_text()) if args.fusion else None
+    if fusion is not None:
+        settings["reranker"]["first_stage_weight"] = fusion["chosen_weight"]
     (tmp / "lazyrank.json").write_text(json.dumps(settings, indent=1))
     metrics = json.loads((run / "train_metrics.json").read_text()) if (run / "train_metrics.json").is_file() else {}
     history = [h for h in metrics.get("log_history", []) if "eval_loss" in h]
@@ -70,6 +75,10 @@ def main(argv: list[str] | None = None) -> Path:
             f"on {', '.join(sorted(config.get('target_modules') or []))} of layers "
             f"{min(config.get('layers_to_transform') or [0])}..{max(config.get('layers_to_transform') or [0])}.",
             f"* Scoring: `{settings['reranker']['scoring']}` (logit(yes) - logit(no) at each passage's end, one forward pass).",
+            *([f"* Fusion: `first_stage_weight={fusion['chosen_weight']}` by default (reciprocal-rank fusion with the "
+               f"input order, `rerank.fusion`), chosen on {Path(fusion['dev']['collection']).name} "
+               f"({fusion['dev']['queries']} queries, neither training nor evaluation data) by `eval/fusion_dev.py`; "
+               "`first_stage_weight=0.0` gives the model alone."] if fusion else []),
             "* Data: `eval/build_training_lists.py` over ../shared/data: SelQA, WikiQA, SciFact TRAIN claims (BM25 top-10), "
             "MS MARCO train triples; labels = judged-relevant first, then all-MiniLM-L6-v2 order; teacher cosines as soft targets. "
             "Never msmarco-dl19 nor the SciFact test claims.",

@@ -131,3 +131,24 @@ def test_recover_records_drops_torn_tail_so_appends_stay_whole(tmp_path):
     with open(log, "a", encoding="utf-8") as fh:  # what a resumed run does next
         fh.write(json.dumps({"a": 3}) + "\n")
     assert recover_records(log) == [{"a": 1}, {"a": 2}, {"a": 3}]
+
+
+def test_first_stage_weight_one_returns_the_first_stage_and_is_recorded(tmp_path, tokenizer):
+    from conftest import make_tiny_llama
+
+    write_collection(tmp_path / "c")
+    (tmp_path / "c" / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "doc 2"}) + "\n")
+    (tmp_path / "c" / "qrels.txt").write_text("q1 0 d2 1\n")
+    (tmp_path / "c" / "run.bm25.trec").write_text("".join(f"q1 Q0 d{i} {i + 1} {10 - i} bm25\n" for i in range(4)))
+    model = tmp_path / "tiny"
+    make_tiny_llama(len(tokenizer), layers=2).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    out = tmp_path / "out"
+    evaluate(EvalConfig(collection=str(tmp_path / "c"), model=str(model), scoring="single_pass", top_k=4,
+                        first_stage_weight=1.0, output_dir=str(out)), progress=False)
+    assert read_run(out / "run.trec")["q1"] == ["d0", "d1", "d2", "d3"]
+    assert json.loads((out / "eval_config.json").read_text())["first_stage_weight"] == 1.0
+    with pytest.raises(ValueError, match="first_stage_weight"):
+        EvalConfig(collection=str(tmp_path / "c"), first_stage_weight=2.0)
+    with pytest.raises(ValueError, match="prompt"):
+        EvalConfig(collection=str(tmp_path / "c"), prompt="rank_nonsense")

@@ -74,3 +74,36 @@ def test_reranker_single_pass_with_pruning(tiny_model, tokenizer):
     res = rr.rerank("subject 3", DOCS)
     assert sorted(res.order) == list(range(12))
     assert res.stats.computed_fraction < 1.0 and res.stats.generated_tokens == 0
+
+
+def test_pruned_batched_jump_forward_equals_token_by_token(tiny_model, tokenizer, encs):
+    """Two prompts of different lengths and passage counts: rows queue different numbers of forced
+    tokens, so jump-forward needs ragged steps over the merged, left-padded pruned caches."""
+    from rerank.decoding import TokenTable
+
+    table = TokenTable.for_tokenizer(tokenizer)
+    ids, nums, masks = [e.input_ids for e in encs], [e.num_passages for e in encs], [e.prunable_mask() for e in encs]
+    runs = [rank_prompts(PrunedSession(tiny_model, tokenizer.pad_token_id, PRUNE), ids, nums, table,
+                         top_k=[None, 4], prunable=masks, jump_forward=jump) for jump in (True, False)]
+    assert runs[0].identifiers == runs[1].identifiers
+    assert [len(r) for r in runs[0].identifiers] == [12, 4]
+    assert runs[0].forward_passes < runs[1].forward_passes
+
+
+def test_unpruned_fallback_session_jumps_in_batches(tokenizer, encs):
+    """On a model the pruned prefill cannot run (eager attention), the fallback dense session still
+    takes ragged steps, so batched jump-forward stays on and exact."""
+    from conftest import make_tiny_llama
+    from rerank.decoding import TokenTable
+    from rerank.engine.generate import can_jump_forward
+
+    model = make_tiny_llama(len(tokenizer), layers=2, seed=3)
+    model.set_attn_implementation("eager")
+    config = PruningConfig(allow_unsupported_fallback=True)
+    table = TokenTable.for_tokenizer(tokenizer)
+    ids, nums = [e.input_ids for e in encs], [e.num_passages for e in encs]
+    session = PrunedSession(model, tokenizer.pad_token_id, config)
+    assert session._dense is not None and can_jump_forward(session, [table.constraint(n) for n in nums])
+    jump = rank_prompts(session, ids, nums, table)
+    plain = rank_prompts(DenseSession(model, tokenizer.pad_token_id), ids, nums, table, jump_forward=False)
+    assert jump.identifiers == plain.identifiers and jump.forward_passes < plain.forward_passes

@@ -86,7 +86,10 @@ HIVE_WARMTH = {0, 3, 4, 7, 10}
 def test_shipped_default_ranks_by_relevance(real_reranker):
     """The shipped weights must move relevant passages up, not return the input order."""
     assert real_reranker.config.scoring == "head"
-    res = real_reranker.rerank(DEMO_QUERY, DEMO_PASSAGES)
+    assert real_reranker.config.first_stage_weight > 0  # the shipped recommendation (lazyrank.json)
+    alone = Reranker(real_reranker.model, real_reranker.tokenizer,
+                     RerankerConfig(scoring="head", first_stage_weight=0.0))
+    res = alone.rerank(DEMO_QUERY, DEMO_PASSAGES)
     assert res.score_kind == "head_logit" and res.stats.llm_calls == 1
     assert res.order != list(range(len(DEMO_PASSAGES)))
     rank = {index: r for r, index in enumerate(res.order)}
@@ -96,6 +99,8 @@ def test_shipped_default_ranks_by_relevance(real_reranker):
     assert relevant < others - 2  # mean rank 4 positions apart here; 0 for a random order on average
     # Scores order the passages: best first, non-increasing.
     assert all(res.scores[a] >= res.scores[b] for a, b in zip(res.order, res.order[1:]))
+    fused = real_reranker.rerank(DEMO_QUERY, DEMO_PASSAGES)
+    assert fused.score_kind == "fused" and fused.order[0] == 0  # first in both lists
 
 
 def test_raw_base_model_stays_reachable_by_name(real_reranker):

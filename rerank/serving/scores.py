@@ -5,7 +5,8 @@ better, results best first. A :class:`~rerank.RankingResult` carries either rank
 (``1 - r/N`` and ``<= 0`` after a ``top_k`` cut) or the model's own scores (single-pass scoring:
 log P(the answer starts with ``[k]``)). :func:`relevance_scores` maps both to ``[0, 1]``:
 
-* rank-derived scores -> ``1 - r/N`` for every 0-based rank ``r`` of ``N`` (in ``(0, 1]``);
+* rank-derived scores, and fused rankings (``first_stage_weight > 0``) -> ``1 - r/N`` for every
+  0-based rank ``r`` of ``N`` (in ``(0, 1]``);
 * model scores (log-probabilities, logits, any real number) -> a softmax over the request's
   documents. For single-pass scoring this is P(first identifier = ``[k]``) renormalised over the N
   identifiers, so the values sum to 1 over the request.
@@ -54,7 +55,9 @@ def relevance_scores(result: RankingResult) -> list[float]:
     if n == 0:
         return []
     along = [float(result.scores[i]) for i in result.order]
-    if is_rank_derived(result):
+    if is_rank_derived(result) or result.score_kind == "fused":
+        # Fused reciprocal-rank values differ by ~1e-4: a softmax over them would be flat, so a
+        # fused ranking is reported by rank like a decoded one.
         raw = [1.0 - r / n for r in range(n)]
     else:
         raw = _softmax(along)
