@@ -68,12 +68,16 @@ class LabelConfig:
     base_url: Optional[str] = field(default=None, metadata={"help": "OpenAI-compatible endpoint for openai:MODEL."})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the API key."})
     timeout: float = field(default=120.0, metadata={"help": "Seconds per API request."})
+    prompt: str = field(default="lazyrank", metadata={"help": "Prompt preset of a local LLM teacher (rerank.presets.PRESETS), e.g. rank_zephyr for a RankZephyr checkpoint."})
     device: Optional[str] = field(default=None, metadata={"help": "Device of a local teacher model."})
     dtype: Optional[str] = field(default=None, metadata={"help": "dtype of a local teacher LLM."})
     max_passage_tokens: Optional[int] = field(default=100, metadata={"help": "Per-passage token budget of a local LLM teacher."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
     def __post_init__(self):
+        from .presets import get_preset
+
+        get_preset(self.prompt)  # an unknown preset fails before any teacher loads
         for name in ("top_n", "window_size", "stride", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -401,7 +405,8 @@ def run_labelling(config: LabelConfig, teacher: WindowRanker | None = None) -> d
         # Each GPU process puts a local teacher on its own GPU unless --device says otherwise.
         teacher = build_teacher(config.teacher, qrels=qrels, first_stage=first_stage, base_url=config.base_url,
                                 api_key_env=config.api_key_env, device=config.device or dp.device, dtype=config.dtype,
-                                max_passage_tokens=config.max_passage_tokens, timeout=config.timeout)
+                                max_passage_tokens=config.max_passage_tokens, timeout=config.timeout,
+                                prompt=config.prompt)
     Path(config.output).parent.mkdir(parents=True, exist_ok=True)
     # Only the main process reads (and repairs) the logs, before anyone appends; the others get the ids.
     shards_present = dp.broadcast(bool(existing_shards(config.output)) if dp.is_main else None)

@@ -37,6 +37,19 @@ def _check_documents(documents: Any, name: str = "documents") -> list[str]:
     return list(documents)
 
 
+def _scored_rankings(encs: Sequence[PromptEncoding], scores: Sequence[Sequence[float]], prefill,
+                     after_prefill_seconds: float) -> list[WindowRanking]:
+    """Window rankings ordered by per-passage scores (ties: first-stage order). Every passage is scored
+    by the model, so the whole order is the model's (``top_k`` only cuts the output)."""
+    rankings = []
+    for row, enc in enumerate(encs):
+        row_scores = scores[row]
+        order = sorted(range(enc.num_passages), key=lambda i: (-row_scores[i], i))
+        rankings.append(WindowRanking(order=order, ranked=enc.num_passages, scores=row_scores, generated_tokens=0,
+                                      **_call_costs(encs, row, prefill, after_prefill_seconds)))
+    return rankings
+
+
 def _check_batch(queries: Any, documents: Any) -> tuple[list[str], list[list[str]]]:
     """Validate parallel lists of queries and document lists (batch entry points)."""
     if isinstance(queries, str) or not isinstance(queries, Sequence):
@@ -211,27 +224,14 @@ class Reranker:
         """Single-pass scoring: order by log P(first identifier), ties by first-stage order."""
         out = score_identifiers(self._session(), [e.input_ids for e in encs], [e.num_passages for e in encs],
                                 self.table, prunable=[e.prunable_mask() for e in encs])
-        rankings = []
-        for row, enc in enumerate(encs):
-            scores = out.scores[row]
-            order = sorted(range(enc.num_passages), key=lambda i: (-scores[i], i))
-            # Every passage is scored by the model, so the whole order is the model's (top_k only cuts output).
-            rankings.append(WindowRanking(order=order, ranked=enc.num_passages, scores=scores, generated_tokens=0,
-                                          **_call_costs(encs, row, out.prefill, out.scoring_seconds)))
-        return rankings
+        return _scored_rankings(encs, out.scores, out.prefill, out.scoring_seconds)
 
     def _head_chunk(self, encs: list[PromptEncoding]) -> list[WindowRanking]:
         """Head scoring: order by the yes-no readout at each passage's end, ties by first-stage order."""
         yes_id, no_id = relevance_token_ids(self.tokenizer)
         out = score_positions(self.model, [e.input_ids for e in encs], [e.passage_end_positions() for e in encs],
                               yes_id, no_id, self.tokenizer.pad_token_id)
-        rankings = []
-        for row, enc in enumerate(encs):
-            scores = out.scores[row]
-            order = sorted(range(enc.num_passages), key=lambda i: (-scores[i], i))
-            rankings.append(WindowRanking(order=order, ranked=enc.num_passages, scores=scores, generated_tokens=0,
-                                          **_call_costs(encs, row, out.prefill, 0.0)))
-        return rankings
+        return _scored_rankings(encs, out.scores, out.prefill, 0.0)
 
     # ------------------------------------------------------------------ public API
     def rerank_batch(self, queries: Sequence[str], documents: Sequence[Sequence[str]],

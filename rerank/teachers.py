@@ -242,7 +242,7 @@ def build_teacher(spec: str, *, qrels: Mapping[str, Mapping[str, int]] | None = 
                   first_stage: Mapping[str, Mapping[str, int]] | None = None, base_url: str | None = None,
                   api_key_env: str = "OPENAI_API_KEY", device: str | None = None, dtype: str | None = None,
                   max_passage_tokens: int | None = 100, timeout: float = 120.0, batch_size: int = 4,
-                  allow_insecure_key: bool = False):
+                  allow_insecure_key: bool = False, prompt: str = "lazyrank"):
     """Build a teacher from its command-line spelling (see the module docstring)."""
     if spec == "qrels":
         if not qrels:
@@ -257,4 +257,5 @@ def build_teacher(spec: str, *, qrels: Mapping[str, Mapping[str, int]] | None = 
         return OpenAITeacher(model, base_url=base_url or "https://api.openai.com/v1", api_key_env=api_key_env,
                              timeout=timeout, allow_insecure_key=allow_insecure_key)
     model = None if spec in ("llm", "default") else spec.removeprefix("llm:")
-    return llm_teacher(model, device=device, dtype=dtype, max_passage_tokens=max_passage_tokens, batch_size=batch_size)
+    return llm_teacher(model, device=device, dtype=dtype, max_passage_tokens=max_passage_tokens, batch_size=batch_size,
+                       prompt=prompt)

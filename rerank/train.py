@@ -46,6 +46,7 @@ class LazyRankTrainingArguments(TrainingArguments):
     corpus_file: Optional[str] = field(default=None, metadata={"help": "Collection folder or corpus.jsonl for labels stored as ids only."})
     on_invalid_labels: str = field(default="error", metadata={"help": "A final_list that is not a permutation of initial_list: 'error' or 'skip' (counted)."})
     max_passage_tokens: Optional[int] = field(default=100, metadata={"help": "Per-passage token budget; must match inference (Reranker's max_passage_tokens)."})
+    prompt: str = field(default="lazyrank", metadata={"help": "Prompt preset (rerank.presets.PRESETS) to train on, e.g. rank_mistral100 to continue a RankMistral100-style checkpoint; numeric identifiers only. Recorded in lazyrank.json so inference uses the same prompt."})
     passages_per_example: Optional[int] = field(default=None, metadata={"help": "Keep the first-stage top-k candidates of each label; None = all."})
     shuffle_initial_order: bool = field(default=False, metadata={"help": "Present candidates in a random (seeded, per-example) order: initial-order augmentation."})
     max_seq_length: Optional[int] = field(default=None, metadata={"help": "Drop examples longer than this many tokens (counted in the log); None = keep all."})
@@ -398,7 +399,8 @@ def write_recommended_settings(args: LazyRankTrainingArguments) -> None:
     from .models import RECOMMENDED_SETTINGS_FILE
 
     scoring = "head" if args.head_loss else ("single_pass" if args.ranking_loss else "generate")
-    settings = {"reranker": {"scoring": scoring}, "max_passage_tokens": args.max_passage_tokens,
+    reranker = {"scoring": scoring} if args.prompt == "lazyrank" else {"scoring": scoring, "prompt": args.prompt}
+    settings = {"reranker": reranker, "max_passage_tokens": args.max_passage_tokens,
                 "trained_with": {"loss": args.loss, "head_loss": args.head_loss, "ranking_loss": args.ranking_loss,
                                  "train_file": args.train_file, "seed": args.seed}}
     path = Path(args.output_dir) / RECOMMENDED_SETTINGS_FILE
@@ -417,7 +419,8 @@ def train(args: LazyRankTrainingArguments, callbacks: Sequence[TrainerCallback] 
     options = ExampleOptions(max_passage_tokens=args.max_passage_tokens, passages_per_example=args.passages_per_example,
                              shuffle_initial_order=args.shuffle_initial_order, max_seq_length=args.max_seq_length,
                              seed=args.seed, identifier_tree=args.ranking_loss is not None,
-                             passage_head=args.head_loss is not None, include_target=args.loss != "none")
+                             passage_head=args.head_loss is not None, include_target=args.loss != "none",
+                             prompt=args.prompt)
     with args.main_process_first(desc="encoding labels"):
         dataset = build_dataset(tokenizer, args.train_file, options, args.corpus_file, args.on_invalid_labels)
     dataset, heldout = split_heldout(dataset, args.eval_fraction, args.seed)

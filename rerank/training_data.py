@@ -23,7 +23,7 @@ import torch
 from .identifier_training import pack_batch, tree_features
 from .labels import LabelRecord, read_labels
 from .losses import IGNORE_INDEX, target_with_ranks
-from .prompts import encode_prompt
+from .prompts import encode_prompt, encode_target, end_of_turn_ids
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class ExampleOptions:
     identifier_tree: bool = False  # add the first-identifier tree for the single-pass ranking loss
     passage_head: bool = False  # add passage-end positions, label ranks and teacher scores (scoring="head")
     include_target: bool = True  # False: prompt only (a head-only objective reads no response token)
+    prompt: str = "lazyrank"  # prompt preset (rerank.presets): fine-tune a checkpoint on its own prompt
 
     def __post_init__(self):
         if self.passages_per_example is not None and self.passages_per_example < 2:
@@ -47,6 +48,11 @@ class ExampleOptions:
         if self.identifier_tree and (self.passage_head or not self.include_target):
             raise ValueError("identifier_tree packs the tree after the target: it needs include_target and "
                              "cannot be combined with passage_head")
+        from .presets import get_preset
+
+        if get_preset(self.prompt).identifiers != "number":
+            # The importance weights are derived from numeric identifiers' text layout.
+            raise ValueError(f"prompt={self.prompt!r} uses letter identifiers: training supports numeric presets only")
         if self.max_seq_length is not None and self.max_seq_length < 16:
             raise ValueError(f"max_seq_length must be >= 16 or None, got {self.max_seq_length}")
 
@@ -60,8 +66,16 @@ def encode_example(tokenizer, record: LabelRecord, options: ExampleOptions, inde
         random.Random(f"{options.seed}:{index}:{record.qid}").shuffle(initial)
     position = {d: i for i, d in enumerate(initial)}
     order = [position[d] for d in record.final_list if d in position]
-    prompt = encode_prompt(tokenizer, record.query, [record.passages[d] for d in initial], options.max_passage_tokens)
+    prompt = encode_prompt(tokenizer, record.query, [record.passages[d] for d in initial], options.max_passage_tokens,
+                           preset=options.prompt)
     target, ranks = target_with_ranks(tokenizer, order) if options.include_target else ([], [])
+    if target and options.prompt != "lazyrank":
+        # Same ranking tokens; what ends the answer is the preset's end of turn.
+        preset_target = encode_target(tokenizer, order, options.prompt)
+        spelled = len(target) - len(end_of_turn_ids(tokenizer))
+        if preset_target[:spelled] != target[:spelled]:
+            raise AssertionError("preset answer spelling differs from the numeric target layout")
+        target, ranks = preset_target, ranks[:spelled] + [0] * (len(preset_target) - spelled)
     input_ids = prompt.input_ids + target
     extra = {}
     if options.identifier_tree:

@@ -418,3 +418,30 @@ def test_reranker_shrinks_windows_to_the_context(tiny_model, tokenizer):
     assert is_permutation(res.order, 8)
     enc = rr.encode(Window(query="query", passages=docs[:5]))
     assert len(enc.input_ids) + rr.answer_budget(5) <= 700 and enc.truncated_passages == 5
+
+
+def test_training_examples_use_the_preset_prompt_and_its_answer(tokenizer):
+    """A numeric preset trains on exactly the prompt inference renders for it, and on its answer."""
+    from rerank.labels import LabelRecord
+    from rerank.prompts import encode_prompt, encode_target
+    from rerank.training_data import ExampleOptions, encode_example
+
+    rec = LabelRecord(qid="q", query="bees warm", initial_list=["a", "b", "c"], final_list=["c", "a", "b"],
+                      passages={"a": "paris", "b": "rope", "c": "bees keep warm"})
+    plain = encode_example(tokenizer, rec, ExampleOptions())
+    ex = encode_example(tokenizer, rec, ExampleOptions(prompt="rank_mistral100"))
+    prompt = encode_prompt(tokenizer, "bees warm", ["paris", "rope", "bees keep warm"], 100, preset="rank_mistral100")
+    assert ex["input_ids"][:len(prompt.input_ids)] == prompt.input_ids != plain["input_ids"][:len(prompt.input_ids)]
+    target = ex["input_ids"][len(prompt.input_ids):]
+    assert target == encode_target(tokenizer, [2, 0, 1], "rank_mistral100")
+    assert ex["labels"][len(prompt.input_ids):] == target and set(ex["labels"][:len(prompt.input_ids)]) == {-100}
+    assert ex["rank_ids"][-len(target):] == plain["rank_ids"][-len(target):]  # [3] first: rank 1, ...
+    with pytest.raises(ValueError, match="letter identifiers"):
+        ExampleOptions(prompt="first")
+
+
+def test_label_config_refuses_an_unknown_preset(tmp_path):
+    from rerank.labels import LabelConfig
+
+    with pytest.raises(ValueError, match="rank_nonsense"):
+        LabelConfig(input=str(tmp_path), output=str(tmp_path / "x.jsonl"), teacher="qrels", prompt="rank_nonsense")
