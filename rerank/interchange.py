@@ -104,16 +104,9 @@ def read_rank_llm_requests(path: str | os.PathLike) -> list[RankLLMRequest]:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: invalid JSON: {err}") from None
         return [_parse_record(obj, f"{path}[{i}]") for i, obj in enumerate(records)]
-    out = []
-    for number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: invalid JSON line: {err}") from None
-        out.append(_parse_record(obj, f"{path}:{number}"))
-    return out
+    from .data import iter_jsonl
+
+    return [_parse_record(obj, f"{path}:{number}") for number, obj in iter_jsonl(path)]
 
 
 def reranked(request: RankLLMRequest, order: Sequence[int], scores: Sequence[float] | None = None) -> RankLLMRequest:

@@ -285,13 +285,13 @@ class Reranker:
                 account(i, r)
         if chunked:
             size = self.config.window_size
-            pieces = [(i, start) for i in chunked for start in range(0, len(windows[i].passages), size)]
-            scored = self.rank_windows([Window(query=windows[i].query, passages=windows[i].passages[s:s + size])
-                                        for i, s in pieces])
+            pieces = [(i, offset) for i in chunked for offset in range(0, len(windows[i].passages), size)]
+            scored = self.rank_windows([Window(query=windows[i].query, passages=windows[i].passages[o:o + size])
+                                        for i, o in pieces])
             merged: dict[int, list[float]] = {i: [] for i in chunked}
-            for (i, start), r in zip(pieces, scored):
+            for (i, offset), r in zip(pieces, scored):
                 if r.scores is None:  # rank_windows skips one-passage windows: score it on its own
-                    alone = Window(query=windows[i].query, passages=windows[i].passages[start:start + 1])
+                    alone = Window(query=windows[i].query, passages=windows[i].passages[offset:offset + 1])
                     r = self._head_chunk([self.encode(alone)])[0]
                 merged[i] += r.scores
                 account(i, r)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 
 import pytest
 import torch
@@ -54,8 +55,13 @@ def test_head_reranker_orders_by_score_and_chunks_long_lists(tiny_model, tokeniz
     # A context too short for the whole list: scored in chunks of window_size, same kind of score.
     small = Reranker(tiny_model, tokenizer, RerankerConfig(scoring="head", window_size=3, stride=1,
                                                            max_context=len(encode_prompt(tokenizer, "how do bees keep warm", DOCS, 100).input_ids) - 1))
+    tick = time.perf_counter()
     chunked = small.rerank("how do bees keep warm", DOCS)
+    wall = time.perf_counter() - tick
     assert chunked.stats.fallback == "chunks" and chunked.stats.llm_calls == 2
+    # Accounting: the call's time covers its prefills and no more than the call itself took
+    # (a chunk offset once leaked into the start time and gave hours per query).
+    assert chunked.stats.prefill_seconds <= chunked.stats.total_seconds <= wall
     first = Reranker(tiny_model, tokenizer, RerankerConfig(scoring="head")).rerank("how do bees keep warm", DOCS[:3])
     assert chunked.scores[:3] == pytest.approx(first.scores, abs=1e-4)  # chunk 1 is exactly the 3-passage prompt
 
