@@ -67,14 +67,9 @@ def run_setup(name: str, cmd: list[str], threads: int, output_dir: Path, log_dir
             "ndcg@10": metrics["ndcg@10"], "seconds_per_query_in_process": metrics["seconds_per_query"]}
 
 
-def without_timings(line: str) -> dict:
-    record = json.loads(line)
-    if record.get("stats"):
-        record["stats"] = {k: v for k, v in record["stats"].items() if not k.endswith("seconds")}
-    return record
-
-
 def same_output(a: Path, b: Path) -> dict:
+    from rerank.distributed import without_timings
+
     lines_a = (a / "rankings.jsonl").read_text().splitlines()
     lines_b = (b / "rankings.jsonl").read_text().splitlines()
     return {"run_trec_bytes_equal": (a / "run.trec").read_bytes() == (b / "run.trec").read_bytes(),

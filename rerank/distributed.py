@@ -274,6 +274,15 @@ def merge_appended(path: str | os.PathLike, order_of: Callable[[dict], Any], *, 
     return len(records)
 
 
+def without_timings(line: str) -> dict:
+    """A rankings/labels record with its wall-clock ``stats.*seconds`` fields dropped: what "the same
+    output as one process" compares (timings differ between any two runs)."""
+    record = json.loads(line)
+    if record.get("stats"):
+        record["stats"] = {k: v for k, v in record["stats"].items() if not k.endswith("seconds")}
+    return record
+
+
 def remove_logs(paths: Iterable[str | os.PathLike]) -> None:
     """Delete merged logs and all their shards (a run that must not resume)."""
     for path in paths:

@@ -101,6 +101,23 @@ def _merge_rankings(records_path: Path, qids: list[str], dp: DataParallel) -> di
     return _load_done(records_path)
 
 
+def _resolve_model_settings(cfg: EvalConfig, reranker) -> None:
+    """Fill the settings left as None with what actually runs (the given reranker's, else the model
+    folder's lazyrank.json, else the defaults), so the resume check compares real settings."""
+    from .models import recommended_settings
+
+    defaults = {"scoring": "generate", "first_stage_weight": 0.0}
+    recommended = None
+    for name, default in defaults.items():
+        if getattr(cfg, name) is not None:
+            continue
+        given = getattr(getattr(reranker, "config", None), name, None)
+        if given is None:
+            recommended = recommended_settings(cfg.model) if recommended is None else recommended
+            given = recommended.get(name, default)
+        setattr(cfg, name, given)
+
+
 def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = None, progress: bool = True) -> dict:
     """Rerank the first-stage run of ``cfg.collection`` and score it; returns the metrics dict.
 
@@ -130,18 +147,8 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
     # Several processes under `accelerate launch`: each ranks every N-th remaining query into its own
     # shard log; one process (the usual case) writes rankings.jsonl directly, as always.
     dp = detect()
-    if cfg.scoring is None and cfg.strategy != "none":
-        # Record the scoring that actually runs, so the resume check compares real settings.
-        from .models import recommended_settings
-
-        given = getattr(getattr(reranker, "config", None), "scoring", None)
-        cfg.scoring = given or recommended_settings(cfg.model).get("scoring", "generate")
-    if cfg.first_stage_weight is None and cfg.strategy != "none":
-        from .models import recommended_settings
-
-        given = getattr(getattr(reranker, "config", None), "first_stage_weight", None)
-        cfg.first_stage_weight = float(given if given is not None
-                                       else recommended_settings(cfg.model).get("first_stage_weight", 0.0))
+    if cfg.strategy != "none":
+        _resolve_model_settings(cfg, reranker)
     shards_present = bool(existing_shards(records_path))
     if cfg.resume and (records_path.exists() or shards_present):
         _check_same_ranking_setup(out_dir, cfg)  # every process checks: all fail alike, none waits forever

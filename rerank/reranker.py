@@ -164,16 +164,18 @@ class Reranker:
 
     def fits(self, window: Window) -> bool:
         """Whether the prompt plus a complete answer fit the model's context (and the identifier format)."""
-        limit = self.preset.ids.max_count
-        if limit is not None and len(window.passages) > limit:
+        if self._over_identifier_limit(window):
             return False  # letters stop at [Z]: too many passages for one prompt
         return len(self.encode(window).input_ids) + self.answer_budget(len(window.passages)) <= self.max_context
 
+    def _over_identifier_limit(self, window: Window) -> bool:
+        limit = self.preset.ids.max_count
+        return limit is not None and len(window.passages) > limit
+
     def _prompt_size(self, window: Window) -> str:
         """Prompt size for messages; a window over the identifier limit (letters) has no prompt."""
-        limit = self.preset.ids.max_count
-        if limit is not None and len(window.passages) > limit:
-            return f"over the {limit} {self.preset.identifiers} identifiers"
+        if self._over_identifier_limit(window):
+            return f"over the {self.preset.ids.max_count} {self.preset.identifiers} identifiers"
         return f"{len(self.encode(window).input_ids)} prompt tokens"
 
     def _session(self):

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_tiny_llama
-from rerank.distributed import (DataParallel, detect, existing_shards, merge_shards, own_log, shard_path)
+from rerank.distributed import (DataParallel, detect, existing_shards, merge_shards, own_log, shard_path,
+                                without_timings)
 from rerank.evaluation import EvalConfig, evaluate
 from rerank.labels import Candidates, LabelConfig, iter_complete_labels, label_order, run_labelling
 from rerank.ranking import WindowRanking
@@ -125,14 +126,6 @@ def launch(args: list[str], tmp_path: Path, *, crash_rank: int | None = None, cr
 
 def log_tail(proc: subprocess.CompletedProcess) -> str:
     return "\n".join(l for l in (proc.stdout + proc.stderr).splitlines() if "Warning" not in l)[-3000:]
-
-
-def without_timings(line: str) -> dict:
-    """A rankings/labels record with its wall-clock fields dropped (they differ between any two runs)."""
-    record = json.loads(line)
-    if record.get("stats"):
-        record["stats"] = {k: v for k, v in record["stats"].items() if not k.endswith("seconds")}
-    return record
 
 
 def same_records(a: Path, b: Path) -> None:
