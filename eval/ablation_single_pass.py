@@ -1,14 +1,14 @@
 """Quality matrix for issue 5: models x depths x {generate, single_pass} x {dense, pruned} (+ sliding).
 
     python eval/ablation_single_pass.py --models lm=runs/gpu/lm joint=runs/gpu/joint \\
-        --groups 20 50 100 --budgets 100 100 60 --device cuda --batch-size 16 --schedules fast=fast \\
+        --groups 20 50 100 --budgets 100 100 60 --device cuda --batch_size 16 --schedules fast=fast \\
         --output eval/results/single_pass_ablation_gpu.json
 
 Every variant reranks the BM25 top-N of all judged DL19 queries with ``Reranker.rerank_batch``
 (queries batched), and nDCG@10 comes from ir-measures. This script is about quality: it reports
 seconds per query of each batched pass only as a side note (the per-query latency benchmark is
 ``eval/bench_strategies.py``). Rankings are appended to ``<output>.records.jsonl`` as each batch
-finishes, so an interrupted run resumes; ``--deadline-minutes`` stops starting new batches after
+finishes, so an interrupted run resumes; ``--deadline_minutes`` stops starting new batches after
 that long and still writes the JSON from what is done. A rerun that points a model name at another
 path, or changes a depth's budget or a variant's schedule, is refused (``<output>.settings.json``).
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 from rerank import PruningConfig, Reranker, RerankerConfig
 from rerank.data import default_run_path, load_collection, read_run, recover_records
 from rerank.evaluation import compute_metrics, format_table
+from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
 from rerank.resume import append_record, check_same_settings, save_settings
 
 VARIANTS = {  # name: (strategy, scoring, pruning schedule key); --schedules adds single_pass+NAME
@@ -44,16 +46,20 @@ def resume_settings(args: argparse.Namespace, models: dict[str, str], variants: 
     settings: dict = {"collection": args.collection, "dtype": args.dtype}
     for name, path in models.items():
         settings[f"model[{name}]"] = path
-    for top_n, budget in zip(args.groups, args.budgets):
-        settings[f"max_passage_tokens[{top_n}]"] = budget
+    for depth, budget in zip(args.groups, args.budgets):
+        settings[f"max_passage_tokens[{depth}]"] = budget
     for name, (strategy, scoring, sched) in variants.items():
         settings[f"variant[{name}]"] = {"strategy": strategy, "scoring": scoring,
                                         "pruning": None if sched is None else asdict(schedules[sched])}
     return settings
 
 
+def _depth(record: dict) -> int:
+    return record["depth"] if "depth" in record else record["top_n"]  # top_n: logs written before the rename
+
+
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = FlagParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", required=True, help="NAME=PATH pairs (PATH 'default' = the base model).")
     ap.add_argument("--collection", default="../shared/data/msmarco-dl19")
     ap.add_argument("--groups", type=int, nargs="+", default=[20, 100], help="Depths N (BM25 top-N).")
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--output", default="eval/results/single_pass_ablation.json")
     ap.add_argument("--summarize-only", action="store_true",
                     help="Write the JSON from the records gathered so far (e.g. merged from several runs), ranking nothing.")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(upgrade_argv(sys.argv[1:] if argv is None else argv, DEPTH_ALIASES, __file__))
     if len(args.budgets) != len(args.groups):
         ap.error(f"--budgets needs one value per group ({len(args.groups)}), got {len(args.budgets)}")
     if any("=" not in m or m.startswith("=") for m in args.models):
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
             check_same_settings(settings_path, settings, what=str(records_path),
                                 advice="use another --output, or move the records away to start over")
         save_settings(settings_path, settings, keep_saved=records_path.is_file())
-    done = {(r["model"], r["top_n"], r["variant"], r["qid"]) for r in recover_records(records_path)}
+    done = {(r["model"], _depth(r), r["variant"], r["qid"]) for r in recover_records(records_path)}
     # Small models: load them all, and loop depth -> variant -> model, so a deadline cuts the
     # comparison evenly instead of dropping a whole model.
     bases = {} if args.summarize_only else {
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, path in models.items()}
     out_of_time = False
     with open(records_path, "a", encoding="utf-8") as fh:
-        for top_n, budget in zip(args.groups, args.budgets):
+        for depth, budget in zip(args.groups, args.budgets):
             if out_of_time or args.summarize_only:
                 break
             for variant, (strategy, scoring, sched) in variants.items():
@@ -123,22 +129,22 @@ def main(argv: list[str] | None = None) -> dict:
                     cfg = RerankerConfig(strategy=strategy, scoring=scoring, max_passage_tokens=budget,
                                          batch_size=args.batch_size, pruning=schedules.get(sched))
                     ranker = Reranker(base.model, base.tokenizer, cfg)
-                    todo = [q for q in qids if (name, top_n, variant, q) not in done]
+                    todo = [q for q in qids if (name, depth, variant, q) not in done]
                     for i in range(0, len(todo), args.batch_size):
                         if args.deadline_minutes and time.monotonic() - start > 60 * args.deadline_minutes:
                             out_of_time = True
                             break
                         chunk = todo[i: i + args.batch_size]
-                        cands = [first_stage[q][:top_n] for q in chunk]
+                        cands = [first_stage[q][:depth] for q in chunk]
                         t0 = time.perf_counter()
                         results = ranker.rerank_batch([coll.queries[q] for q in chunk],
                                                       [[coll.corpus[d] for d in c] for c in cands])
                         per_query = (time.perf_counter() - t0) / len(chunk)
                         for q, c, res in zip(chunk, cands, results):
-                            append_record(fh, {"model": name, "top_n": top_n, "variant": variant, "qid": q,
+                            append_record(fh, {"model": name, "depth": depth, "variant": variant, "qid": q,
                                                "ranking": [c[j] for j in res.order], "batch_s_per_query": per_query,
                                                "fallback": res.stats.fallback})
-                        print(f"{name} top-{top_n} {variant:<18} {i + len(chunk)}/{len(todo)}  {per_query:.3f} s/q",
+                        print(f"{name} top-{depth} {variant:<18} {i + len(chunk)}/{len(todo)}  {per_query:.3f} s/q",
                               flush=True)
                     if out_of_time:
                         break
@@ -146,14 +152,14 @@ def main(argv: list[str] | None = None) -> dict:
     records = recover_records(records_path)
     rows = []
     for name in models:
-        for top_n in args.groups:
+        for depth in args.groups:
             for variant in variants:
-                recs = [r for r in records if (r["model"], r["top_n"], r["variant"]) == (name, top_n, variant)]
+                recs = [r for r in records if (r["model"], _depth(r), r["variant"]) == (name, depth, variant)]
                 if not recs:
                     continue
                 run = {r["qid"]: [(d, float(len(r["ranking"]) - i)) for i, d in enumerate(r["ranking"])] for r in recs}
-                bm25 = {q: [(d, float(-i)) for i, d in enumerate(first_stage[q][:top_n])] for q in run}
-                rows.append({"model": name, "top_n": top_n, "variant": variant, "queries": len(recs),
+                bm25 = {q: [(d, float(-i)) for i, d in enumerate(first_stage[q][:depth])] for q in run}
+                rows.append({"model": name, "depth": depth, "variant": variant, "queries": len(recs),
                              "ndcg@10": compute_metrics(coll.qrels, run, coll.graded)["ndcg@10"],
                              "bm25_ndcg@10": compute_metrics(coll.qrels, bm25, coll.graded)["ndcg@10"],
                              "batch_s_per_query": sum(r["batch_s_per_query"] for r in recs) / len(recs),
@@ -165,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
            "complete": all(r["queries"] == len(qids) for r in rows) and len(rows) == len(models) * len(args.groups) * len(variants),
            "rows": rows}
     Path(args.output).write_text(json.dumps(out, indent=2))
-    print(format_table(rows, ["model", "top_n", "variant", "queries", "ndcg@10", "bm25_ndcg@10", "batch_s_per_query"]))
+    print(format_table(rows, ["model", "depth", "variant", "queries", "ndcg@10", "bm25_ndcg@10", "batch_s_per_query"]))
     return out
 
 

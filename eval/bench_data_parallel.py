@@ -1,6 +1,6 @@
 """Data-parallel `rerank eval` on CPU: 2 processes x 1 thread against 1 process x 2 threads.
 
-    .venv/bin/python eval/bench_data_parallel.py --collection ../shared/data/msmarco-dl19 --top-k 20 \
+    .venv/bin/python eval/bench_data_parallel.py --collection ../shared/data/msmarco-dl19 --depth 20 \
         --queries 20 --model base --output eval/results/data_parallel_cpu.json
 
 Runs the same `rerank eval` command twice as fresh subprocesses, on the same 2 cores:
@@ -33,7 +33,7 @@ CPU_CONFIG = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
 
 
 def eval_args(args: argparse.Namespace, output_dir: Path) -> list[str]:
-    cmd = ["eval", "--collection", args.collection, "--top_k", str(args.top_k), "--limit_queries", str(args.queries),
+    cmd = ["eval", "--collection", args.collection, "--depth", str(args.depth), "--limit_queries", str(args.queries),
            "--model", args.model, "--output_dir", str(output_dir)]
     if args.scoring:
         cmd += ["--scoring", args.scoring]
@@ -77,15 +77,15 @@ def same_output(a: Path, b: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = FlagParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collection", default="../shared/data/msmarco-dl19")
-    parser.add_argument("--top-k", type=int, default=20, help="first-stage candidates reranked per query")
+    parser.add_argument("--depth", type=int, default=20, help="first-stage candidates reranked per query (old spelling: --top-k)")
     parser.add_argument("--queries", type=int, default=20, help="the first N judged queries (sorted by qid)")
     parser.add_argument("--model", default="base", help="'base' = raw SmolLM2-135M-Instruct; a path or hub id")
     parser.add_argument("--scoring", default=None, help="generate | single_pass | head (default: the model's)")
     parser.add_argument("--work-dir", default="runs/bench_data_parallel", help="output folders and logs of both runs")
     parser.add_argument("--output", default="eval/results/data_parallel_cpu.json")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(upgrade_argv(sys.argv[1:] if argv is None else argv, DEPTH_ALIASES, __file__))
     args.collection = str(Path(args.collection).resolve())
 
     work = (REPO / args.work_dir).resolve()
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
                                       *eval_args(args, two_dir)], 1, two_dir, work)
     result = {
         "benchmark": "data-parallel rerank eval on CPU: 2 processes x 1 thread vs 1 process x 2 threads",
-        "collection": args.collection, "top_k": args.top_k, "queries": args.queries, "model": args.model,
+        "collection": args.collection, "depth": args.depth, "queries": args.queries, "model": args.model,
         "scoring": args.scoring, "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],

@@ -1,22 +1,22 @@
 """Cost of constrained permutation decoding: jump-forward vs token-by-token, and the constraint's share.
 
-    python eval/bench_decoding.py --collection ../shared/data/msmarco-dl19 --top-n 20 --queries 10 \
-        --batch-size 4 --batch-groups 5 --output eval/results/decoding_cpu.json
+    python eval/bench_decoding.py --collection ../shared/data/msmarco-dl19 --depth 20 --queries 10 \
+        --batch_size 4 --batch_groups 5 --output eval/results/decoding_cpu.json
 
 For each query the two modes run back to back on the same prompt (machine load hits both alike),
 after one warm-up query. Also runs an unconstrained greedy decode of the same number of tokens, so
 the constraint's overhead per step is measured against plain decoding.
 
-The batched case (``--batch-size``, default 4 as in ``RerankerConfig``) does the same for groups of
+The batched case (``--batch_size``, default 4 as in ``RerankerConfig``) does the same for groups of
 consecutive queries decoded together: jump-forward with ragged per-row steps vs token by token,
-same prompts, one warm-up group, medians over ``--batch-groups`` groups (0 skips it).
+same prompts, one warm-up group, medians over ``--batch_groups`` groups (0 skips it).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import torch
 from rerank import Reranker
 from rerank.data import default_run_path, load_collection, read_run
 from rerank.engine import DenseSession, rank_prompts
+from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
 from rerank.prompts import encode_prompt
 
 
@@ -81,16 +82,16 @@ def batched_summary(rows: list[dict], batch_size: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = FlagParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collection", default="../shared/data/msmarco-dl19")
-    parser.add_argument("--top-n", type=int, default=20)
+    parser.add_argument("--depth", type=int, default=20, help="BM25 candidates per prompt (old spelling: --top-n)")
     parser.add_argument("--queries", type=int, default=10)
     parser.add_argument("--max-passage-tokens", type=int, default=100)
     parser.add_argument("--model", default=None)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--batch-groups", type=int, default=5, help="timed batches after one warm-up (0: skip)")
     parser.add_argument("--output", default="eval/results/decoding_cpu.json")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(upgrade_argv(sys.argv[1:] if argv is None else argv, DEPTH_ALIASES, __file__))
 
     collection = load_collection(args.collection)
     run = read_run(default_run_path(collection))
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     rr = Reranker.from_pretrained(args.model)
     rows, encs = [], []
     for i, qid in enumerate([qids[0]] + qids[: args.queries]):
-        docs = [collection.corpus[d] for d in run[qid][: args.top_n]]
+        docs = [collection.corpus[d] for d in run[qid][: args.depth]]
         enc = encode_prompt(rr.tokenizer, collection.queries[qid], docs, args.max_passage_tokens)
         if i > 0:
             encs.append(enc)
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         return statistics.median(f(r) for r in rows)
 
     summary = {
-        "queries": len(rows), "top_n": args.top_n, "torch_threads": torch.get_num_threads(),
+        "queries": len(rows), "depth": args.depth, "torch_threads": torch.get_num_threads(),
         "same_ranking_all_queries": all(r["jump"]["order"] == r["token_by_token"]["order"] for r in rows),
         "generated_tokens": med(lambda r: r["jump"]["generated_tokens"]),
         "forward_passes_jump": med(lambda r: r["jump"]["forward_passes"]),

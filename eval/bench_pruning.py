@@ -7,24 +7,24 @@ shared, hence the optional time budget on the fidelity loop):
 
 What produced eval/results/pruning_cpu.json on the shared development machine:
 
-    .venv/bin/python eval/bench_pruning.py --curve-queries 6 --timing-queries 1 --repeats 2 \
-        --e2e-queries 1 --max-fidelity-minutes 40
+    .venv/bin/python eval/bench_pruning.py --curve_queries 6 --timing_queries 1 --repeats 2 \
+        --e2e_queries 1 --max_fidelity_minutes 40
 
 Quick smoke run (a few minutes):
 
-    .venv/bin/python eval/bench_pruning.py --limit-queries 2 --curve-queries 1 --timing-queries 1 \
-        --repeats 1 --e2e-queries 1 --no-max-context --output /tmp/pruning_quick.json --plot ''
+    .venv/bin/python eval/bench_pruning.py --limit_queries 2 --curve_queries 1 --timing_queries 1 \
+        --repeats 1 --e2e_queries 1 --no_max_context --output /tmp/pruning_quick.json --plot ''
 
 Sections of the JSON (default ``eval/results/pruning_cpu.json``):
 
-* ``fidelity``: every query at N = ``--top-n`` passages (BM25 order), ranked top-10 by constrained
+* ``fidelity``: every query at N = ``--depth`` passages (BM25 order), ranked top-10 by constrained
   decoding after an unpruned prefill and after each pruned schedule. Per schedule: the median of the
   per-query prefill speedups (dense and pruned prefill of the same prompt run back to back, so CPU
   contention hits both alike), ``computed_fraction``, top-10 overlap, Kendall tau over the union of
   both top-10s, top-1 agreement, KL(unpruned || pruned) of the first answer token, nDCG@10 of both.
-  The default schedule runs on all queries, the other curve points on the first ``--curve-queries``.
+  The default schedule runs on all queries, the other curve points on the first ``--curve_queries``.
 * ``timing``: prefill only, interleaved dense / pruned, ``--repeats`` rounds after a warm-up, at
-  N = ``--top-n`` and at the most passages that fit the context (``--no-max-context`` skips it).
+  N = ``--depth`` and at the most passages that fit the context (``--no_max_context`` skips it).
 * ``end_to_end``: ``Reranker.rerank`` (what a user calls) with ``pruning=None`` vs the default
   ``PruningConfig()``, full permutation and ``top_k=10``: prefill, decode and total seconds.
 
@@ -33,7 +33,6 @@ Speed numbers are ratios measured in the same process run, not absolute times.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -53,6 +52,7 @@ from rerank.decoding import complete_order  # noqa: E402
 from rerank.engine.generate import rank_prompts  # noqa: E402
 from rerank.engine.pruning import PrunedSession  # noqa: E402
 from rerank.engine.session import DenseSession  # noqa: E402
+from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
 from rerank.ranking import Window  # noqa: E402
 
 # Curve points: the default plus gentler / harsher variants and the two other knobs.
@@ -194,7 +194,7 @@ def run_fidelity(rr, coll, run, qids, args, names) -> dict:
             print(f"  fidelity: time budget of {args.max_fidelity_minutes} min spent after {qi} queries", flush=True)
             break
         done += 1
-        docids = run[qid][:args.top_n]
+        docids = run[qid][:args.depth]
         window = Window(query=coll.queries[qid], passages=[coll.corpus[d] for d in docids])
         dense = ranked(rr, DenseSession(rr.model, rr.tokenizer.pad_token_id), window, args.decode_top_k)
         dense_orders[qid] = [docids[i] for i in dense["order"]]
@@ -217,16 +217,16 @@ def run_fidelity(rr, coll, run, qids, args, names) -> dict:
         print(f"  [{qi + 1}/{len(qids)}] {qid} tokens={d['prompt_tokens']} dense {d['dense_prefill_s']:.1f}s "
               f"default {d['prefill_s']:.1f}s ({d['speedup']:.2f}x wall, {d['cpu_speedup']:.2f}x cpu) overlap {d['overlap10']:.1f} kl {d['kl']:.3f}",
               flush=True)
-    out = {"top_n": args.top_n, "decode_top_k": args.decode_top_k, "queries_done": done,
+    out = {"depth": args.depth, "decode_top_k": args.decode_top_k, "queries_done": done,
            "queries_planned": len(qids), "schedules": {}}
     for name in names:
         summary = summarise(rows[name])
         subset = list(pruned_orders[name])
         scores = ndcg10(coll.qrels, {"unpruned": {q: dense_orders[q] for q in subset},
                                      "pruned": pruned_orders[name],
-                                     "bm25": {q: run[q][:args.top_n] for q in subset}})
+                                     "bm25": {q: run[q][:args.depth] for q in subset}})
         summary.update({"ndcg10_unpruned": scores["unpruned"], "ndcg10_pruned": scores["pruned"],
-                        "ndcg10_bm25_top_n": scores["bm25"],
+                        "ndcg10_bm25": scores["bm25"],
                         "ndcg10_delta_points": 100 * (scores["pruned"] - scores["unpruned"]),
                         "config": asdict(PRESETS[name]), "per_query": rows[name]})
         out["schedules"][name] = summary
@@ -241,7 +241,7 @@ def run_timing(rr, coll, run, qids, args, names, max_context: bool) -> dict:
         enc = rr.encode(Window(query=coll.queries[qid], passages=docs[:n]))
         return n, enc
 
-    sizes = [("top_n", args.top_n)] + ([("max_context", None)] if max_context else [])
+    sizes = [("depth", args.depth)] + ([("max_context", None)] if max_context else [])
     out = {}
     for label, n in sizes:
         times: dict[str, list[float]] = {"unpruned": [], **{k: [] for k in names}}
@@ -290,7 +290,7 @@ def run_end_to_end(rr, coll, run, qids, args) -> dict:
     for top_k in (None, 10):
         acc = {name: {"prefill_s": [], "decode_s": [], "total_s": [], "cpu_s": []} for name in rankers}
         for qid in qids:
-            docs = [coll.corpus[d] for d in run[qid][:args.top_n]]
+            docs = [coll.corpus[d] for d in run[qid][:args.depth]]
             for name, ranker in rankers.items():
                 tick = time.process_time()
                 res = ranker.rerank(coll.queries[qid], docs, top_k=top_k)
@@ -321,14 +321,14 @@ def print_table(fidelity: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = FlagParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "msmarco-dl19"),
                         help="collection folder (corpus.jsonl, queries.jsonl, qrels.txt, run.bm25.trec)")
     parser.add_argument("--model", default=None, help="model path; default SmolLM2-135M-Instruct")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 keeps CPU-time ratios meaningful on a shared machine")
-    parser.add_argument("--top-n", type=int, default=50, help="passages per prompt (BM25 order)")
+    parser.add_argument("--depth", type=int, default=50, help="passages per prompt, BM25 order (old spelling: --top-n)")
     parser.add_argument("--max-passage-tokens", type=int, default=100)
     parser.add_argument("--limit-queries", type=int, default=None, help="fidelity queries (default all 43)")
     parser.add_argument("--curve-queries", type=int, default=12, help="queries for the non-default curve points")
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=str(ROOT / "eval" / "results" / "pruning_cpu.json"))
     parser.add_argument("--plot", default=str(ROOT / "eval" / "results" / "pruning_cpu.png"),
                         help="PNG of the speed/fidelity curve ('' to skip)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(upgrade_argv(sys.argv[1:] if argv is None else argv, DEPTH_ALIASES, __file__))
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     names = ["default"] + [n for n in args.curve if n != "default"]
     print(f"default PruningConfig: {asdict(PruningConfig())}", flush=True)
     # Warm-up: the first forwards of a process are much slower.
-    warm = Window(query=coll.queries[qids[0]], passages=[coll.corpus[d] for d in run[qids[0]][:args.top_n]])
+    warm = Window(query=coll.queries[qids[0]], passages=[coll.corpus[d] for d in run[qids[0]][:args.depth]])
     ranked(rr, DenseSession(rr.model, rr.tokenizer.pad_token_id), warm, 1)
     ranked(rr, PrunedSession(rr.model, rr.tokenizer.pad_token_id, PruningConfig()), warm, 1)
 
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
                                       not args.no_max_context)
     if args.e2e_queries:
         result["end_to_end"] = run_end_to_end(rr, coll, run, qids[:args.e2e_queries], args)
-    print(f"fidelity: {len(qids)} queries, N={args.top_n}, curve {names[1:]} on {args.curve_queries}", flush=True)
+    print(f"fidelity: {len(qids)} queries, N={args.depth}, curve {names[1:]} on {args.curve_queries}", flush=True)
     result["fidelity"] = run_fidelity(rr, coll, run, qids, args, names)
     result["wall_seconds"] = time.perf_counter() - start
     result["load_average_at_end"] = os.getloadavg()

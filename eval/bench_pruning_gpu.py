@@ -12,13 +12,12 @@ median TTFT (prefill, logits of the last position only) unpruned vs the default 
 the speedup, ``computed_fraction``, and the achieved TFLOP/s of the unpruned prefill (matmul FLOPs
 of the layers with the causal half of the attention, over the measured time).
 
-Prompts imitate the listwise layout: a protected head, then passages of ``--passage-tokens`` body
+Prompts imitate the listwise layout: a protected head, then passages of ``--passage_tokens`` body
 tokens each behind a protected identifier, then a protected closing instruction.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -27,6 +26,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+
+from rerank.flags import FlagParser
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -89,7 +90,7 @@ def sync(device: torch.device) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = FlagParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="llama3-8b", choices=sorted(ARCHS))
     parser.add_argument("--tokens", type=int, nargs="+", default=[8192, 16384, 32768])
     parser.add_argument("--repeats", type=int, default=3)

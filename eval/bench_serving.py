@@ -30,6 +30,8 @@ from pathlib import Path
 
 import httpx
 
+from rerank.flags import FlagParser
+
 BATCHING_OFF = {"max_batch_size": 1, "max_wait_ms": 0.0}  # every request its own model call, no waiting
 
 
@@ -41,7 +43,7 @@ def load_requests(collection: str, queries: int, passages: int) -> list[tuple[st
     run_path = default_run_path(coll)
     if run_path is None:
         raise SystemExit(f"{collection} has no first-stage run (run.bm25.trec)")
-    run = read_run(run_path, top_k=passages)
+    run = read_run(run_path, depth=passages)
     qids = [q for q in coll.queries if q in coll.qrels and len(run.get(q, [])) >= passages][:queries]
     return [(coll.queries[q], [coll.corpus[d] for d in run[q]]) for q in qids]
 
@@ -69,9 +71,9 @@ def free_port() -> int:
 def start_server(args: argparse.Namespace, batching: dict) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "rerank.serving.server", "--port", str(port), "--scoring", args.scoring,
-           "--max-passage-tokens", str(args.max_passage_tokens), "--batch-size", str(args.batch_size),
-           "--max-batch-size", str(batching["max_batch_size"]), "--max-wait-ms", str(batching["max_wait_ms"]),
-           "--max-concurrent", "4096", "--log-level", "warning"]
+           "--max_passage_tokens", str(args.max_passage_tokens), "--batch_size", str(args.batch_size),
+           "--max_batch_size", str(batching["max_batch_size"]), "--max_wait_ms", str(batching["max_wait_ms"]),
+           "--max_concurrent", "4096", "--log_level", "warning"]
     if args.model:
         cmd += ["--model", args.model]
     if args.device:
@@ -172,7 +174,7 @@ def requests_for(args: argparse.Namespace, concurrency: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = FlagParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collection", default="../shared/data/msmarco-dl19")
     parser.add_argument("--model", default=None, help="model path or hub id (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--device", default=None)

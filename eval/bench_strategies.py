@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from rerank import PruningConfig, Reranker, RerankerConfig
 from rerank.data import default_run_path, load_collection, read_run, recover_records
 from rerank.evaluation import compute_metrics, format_table
+from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
 from rerank.resume import append_record, check_same_settings, save_settings
 
 VARIANTS = {  # name: (strategy, decode top_k, scoring, pruning spec or None); --schedules adds single_pass+NAME
@@ -53,7 +55,7 @@ def resume_settings(args: argparse.Namespace, variants: dict, budgets: list[int]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = FlagParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collection", default="../shared/data/msmarco-dl19")
     parser.add_argument("--groups", nargs="+", default=["20:43", "50:10", "100:5"],
                         help="N:Q pairs: rerank the top N of the first Q judged queries")
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", default="eval/results/strategies_cpu.json")
     parser.add_argument("--summarize-only", action="store_true",
                         help="write the JSON from the records gathered so far, ranking nothing")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(upgrade_argv(sys.argv[1:] if argv is None else argv, DEPTH_ALIASES, __file__))
     variants = {v: VARIANTS[v] for v in args.variants}
     for spec in args.schedules:
         name, _, text = spec.partition("=")
@@ -105,14 +107,14 @@ def main(argv: list[str] | None = None) -> dict:
         for group, budget in zip(args.groups, budgets):
             if args.summarize_only:
                 break
-            top_n, num_q = (int(x) for x in group.split(":"))
+            depth, num_q = (int(x) for x in group.split(":"))
             rankers = {v: reranker_for(spec[0], spec[2], spec[3], budget) for v, spec in variants.items()}
             warm = qids[0]
             for v in variants:  # warm-up, discarded
-                docs = [collection.corpus[d] for d in first_stage[warm][:top_n]]
+                docs = [collection.corpus[d] for d in first_stage[warm][:depth]]
                 rankers[v].rerank(collection.queries[warm], docs, top_k=variants[v][1])
             for qid in qids[:num_q]:
-                cands = first_stage[qid][:top_n]
+                cands = first_stage[qid][:depth]
                 docs = [collection.corpus[d] for d in cands]
                 for v in variants:
                     if (group, v, qid) in done:
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
             def med(key: str) -> float:
                 return statistics.median(r["stats"][key] for r in recs)
 
-            rows.append({"top_n": int(group.split(":")[0]), "variant": v, "queries": len(recs),
+            rows.append({"depth": int(group.split(":")[0]), "variant": v, "queries": len(recs),
                          "passage_tokens": recs[0]["budget"], "ndcg@10": metrics["ndcg@10"],
                          "bm25_ndcg@10": bm25["ndcg@10"],
                          "s_per_query": med("total_seconds"), "prefill_s": med("prefill_seconds"),
@@ -148,16 +150,16 @@ def main(argv: list[str] | None = None) -> dict:
                          "fallbacks": sum(1 for r in recs if r["stats"].get("fallback"))})
     for row in rows:
         row["constraint_share_of_decode"] = row["constraint_s"] / row["decode_s"] if row["decode_s"] else 0.0
-        full = next((r for r in rows if r["top_n"] == row["top_n"] and r["variant"] == "full"), None)
+        full = next((r for r in rows if r["depth"] == row["depth"] and r["variant"] == "full"), None)
         row["seconds_vs_full"] = row["s_per_query"] / full["s_per_query"] if full else None
-        sliding = next((r for r in rows if r["top_n"] == row["top_n"] and r["variant"] == "sliding"), None)
+        sliding = next((r for r in rows if r["depth"] == row["depth"] and r["variant"] == "sliding"), None)
         row["speedup_vs_sliding"] = sliding["s_per_query"] / row["s_per_query"] if sliding else None
     out = {"machine": "2-core CPU, torch threads default", "model": args.model or "SmolLM2-135M-Instruct",
            "schedules": {name: spec for name, _, spec in (s.partition("=") for s in args.schedules)},
            "note": "medians over queries after one warm-up query; seconds_vs_full is the ratio of medians",
            "rows": rows}
     Path(args.output).write_text(json.dumps(out, indent=2))
-    print(format_table(rows, ["top_n", "variant", "queries", "ndcg@10", "bm25_ndcg@10", "s_per_query", "prefill_s",
+    print(format_table(rows, ["depth", "variant", "queries", "ndcg@10", "bm25_ndcg@10", "s_per_query", "prefill_s",
                               "decode_s", "prompt_tokens", "generated_tokens", "llm_calls", "seconds_vs_full",
                               "speedup_vs_sliding", "constraint_share_of_decode"]))
     return out

@@ -5,9 +5,9 @@
 Sources (never ``msmarco-dl19`` nor the SciFact TEST claims: those are evaluation sets):
 * ``selqa`` and ``wikiqa``: each question's own candidate sentences (same section / page, so the
   negatives are hard), in the given order;
-* ``beir-scifact`` TRAIN claims (``qrels/train.tsv``): BM25 (bm25s) top ``--scifact-depth`` over the
+* ``beir-scifact`` TRAIN claims (``qrels/train.tsv``): BM25 (bm25s) top ``--scifact_depth`` over the
   corpus, the first stage seen at inference;
-* ``msmarco-train-triples``: positive + negative, filled up to ``--list-size`` with other triples'
+* ``msmarco-train-triples``: positive + negative, filled up to ``--list_size`` with other triples'
   passages, shuffled (no first-stage order exists).
 Each list gets graded teacher scores (all-MiniLM-L6-v2 cosine, offline) and a complete label:
 judged-relevant passages first (by grade), the rest in the teacher's order. ``--report`` prints the
@@ -16,7 +16,6 @@ label quality of teacher-only vs teacher + judgements vs BM25 order against the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from rerank.data import iter_jsonl, load_collection, read_qrels, read_run
 from rerank.prompts import sanitize
+from rerank.flags import FlagParser
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -90,7 +90,7 @@ def ndcg10(order: list[str], grades: dict[str, int]) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = FlagParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/head/train.jsonl", help="Label JSONL to write.")
     ap.add_argument("--list-size", type=int, default=20, help="Candidates per SelQA/WikiQA/MS MARCO list (cap).")
     ap.add_argument("--scifact-depth", type=int, default=10, help="BM25 candidates per SciFact train claim.")
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=13)
     args = ap.parse_args(argv)
     if args.list_size < 2:
-        ap.error("--list-size must be at least 2")
+        ap.error("--list_size must be at least 2")
     from rerank.teachers import EmbeddingTeacher
 
     rng = random.Random(args.seed)

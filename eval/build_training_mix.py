@@ -4,10 +4,10 @@
 
 WikiQA-train gives about 10 candidates per query, and the 100 MS MARCO training triples give one
 positive and one negative: too short for the lists we rerank at inference (20 to 100 passages). Each
-query's own candidates are kept and the list is filled up to ``--list-size`` with passages drawn
+query's own candidates are kept and the list is filled up to ``--list_size`` with passages drawn
 from other queries of the same source (a fixed seed, so the set is reproducible). Every list is then
 labelled with the offline embedding teacher through ``rerank.labels`` (sliding windows, resumable).
-``--promote-relevant`` moves the judged-relevant passages to the top of the teacher's permutation,
+``--promote_relevant`` moves the judged-relevant passages to the top of the teacher's permutation,
 keeping the teacher's order inside both groups: the teacher orders everything, the judgements
 correct its worst mistakes.
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rerank.data import iter_jsonl, load_collection, read_run
 from rerank.labels import LabelConfig, run_labelling
+from rerank.flags import FlagParser
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -79,7 +80,7 @@ def promote(labels: Path, relevant: dict[str, set[str]], out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = FlagParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/mix/mix.embed.jsonl", help="Label JSONL (a .candidates.jsonl goes beside it).")
     ap.add_argument("--list-size", type=int, default=20, help="Candidates per training list.")
     ap.add_argument("--teacher", default="embed", help="Any rerank.labels teacher.")
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=13)
     args = ap.parse_args(argv)
     if args.list_size < 2:
-        ap.error("--list-size must be at least 2")
+        ap.error("--list_size must be at least 2")
 
     rng = random.Random(args.seed)
     wiki, rel_w = wikiqa_lists(args.list_size, rng)
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
             fh.write(json.dumps(item) + "\n")
     teacher_out = out.with_name(out.stem + ".teacher.jsonl")
     summary = run_labelling(LabelConfig(input=str(cand_path), output=str(teacher_out), teacher=args.teacher,
-                                        top_n=args.list_size, window_size=args.list_size,
+                                        depth=args.list_size, window_size=args.list_size,
                                         stride=max(1, args.list_size // 2)))
     moved = promote(teacher_out, rel_w | rel_m if args.promote_relevant else {}, out)
     result = {"wikiqa_lists": len(wiki), "msmarco_lists": len(marco), "list_size": args.list_size,

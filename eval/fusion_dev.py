@@ -16,10 +16,11 @@ curve is written for every collection too, marked as not used for the choice.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
+
+from rerank.flags import FlagParser
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -36,7 +37,7 @@ def load_cell(cell_dir: Path) -> tuple[dict, dict[str, list[str]], dict[str, lis
         raise FileNotFoundError(f"{cell_dir} holds no eval_config.json: not an evaluation folder")
     collection = load_collection(cfg["collection"])
     run_path = cfg.get("run") or default_run_path(collection)
-    candidates = read_run(run_path, cfg["top_k"])
+    candidates = read_run(run_path, cfg.get("depth", cfg.get("top_k")))  # top_k: metrics.json before the rename
     rankings = dict(recover_records(cell_dir / "rankings.jsonl", lambda r: (r["qid"], r["ranking"])))
     return collection.qrels, candidates, rankings
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rerank.evaluation import EvalConfig, evaluate
     from rerank.retrieval import retrieve_collection
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = FlagParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="runs/head/model", help="Model to fuse (path; 'default' = the shipped one).")
     ap.add_argument("--scoring", default="head")
     ap.add_argument("--depth", type=int, default=20)
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         write_run(run_path, retrieve_collection(args.dev_collection, depth=100), tag="bm25")
     dev_dir = work / f"dev-{args.depth}"
     model = None if args.model == "default" else args.model
-    evaluate(EvalConfig(collection=args.dev_collection, run=str(run_path), top_k=args.depth, model=model,
+    evaluate(EvalConfig(collection=args.dev_collection, run=str(run_path), depth=args.depth, model=model,
                         scoring=args.scoring, output_dir=str(dev_dir)))
     dev = curve(dev_dir)
     best = max(WEIGHTS, key=lambda w: (dev["ndcg@10"][str(w)], -w))  # ties: the smaller weight

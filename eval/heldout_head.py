@@ -11,12 +11,13 @@ accuracy against the label order, and the teacher KL term, each a mean over the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
 import torch
+
+from rerank.flags import FlagParser
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rerank.train import parse_args, split_heldout
     from rerank.training_data import ExampleOptions, build_dataset
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = FlagParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", required=True, help="NAME=PATH ('base' = raw SmolLM2-135M-Instruct).")
     ap.add_argument("--config", default="configs/train/head-cpu.yaml", help="The training YAML (data, split, loss).")
     ap.add_argument("--limit", type=int, default=None, help="Only the first N held-out lists.")

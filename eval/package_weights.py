@@ -6,15 +6,16 @@ Writes ``rerank/weights/<name>/``: ``adapter_config.json`` and ``adapter_model.s
 evaluated weights; ``--dtype bfloat16`` halves the size),
 ``lazyrank.json`` (the settings ``Reranker.from_pretrained()`` uses by default) and ``README.md``
 (the model card: base model, data, command, seed, training log and measured scores). Refuses
-adapters over ``--max-mb`` (25 MB).
+adapters over ``--max_mb`` (25 MB).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
+
+from rerank.flags import FlagParser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     from rerank.models import DEFAULT_MODEL_NAME, SHIPPED_WEIGHTS
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = FlagParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="Output folder of `rerank train` (a LoRA adapter).")
     ap.add_argument("--name", default=SHIPPED_WEIGHTS)
     ap.add_argument("--quality", default=None, help="eval/quality_table.py JSON for the card's scores.")
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> Path:
     size_mb = (tmp / "adapter_model.safetensors").stat().st_size / 2**20
     if size_mb > args.max_mb:
         shutil.rmtree(tmp)
-        raise SystemExit(f"adapter is {size_mb:.1f} MB, over --max-mb {args.max_mb}")
+        raise SystemExit(f"adapter is {size_mb:.1f} MB, over --max_mb {args.max_mb}")
     settings = json.loads((run / "lazyrank.json").read_text()) if (run / "lazyrank.json").is_file() else {}
     settings.setdefault("reranker", {"scoring": "head"})
     fusion = json.loads(Path(args.fusion).read_text()) if args.fusion else None

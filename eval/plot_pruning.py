@@ -52,7 +52,7 @@ def plot(json_path: str, png_path: str) -> None:
     lines = right.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
     right.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="lower left")
-    n = data["fidelity"]["top_n"]
+    n = data["fidelity"].get("depth", data["fidelity"].get("top_n"))  # top_n: files before the rename
     fig.suptitle(f"Pruned prefill, {data['model']} {data['dtype']}, {data['data']} N={n}")
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)

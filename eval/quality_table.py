@@ -13,18 +13,19 @@ collection, and seconds per query on this machine). A system is
   default, ``base`` for the raw SmolLM2-135M-Instruct, or a path), e.g. ``base:single_pass`` is
   short for ``base:single_pass=base:single_pass``.
 
-Every cell is an ``rerank.evaluation.evaluate`` run in ``--work-dir/<system>/<collection>-<depth>``
+Every cell is an ``rerank.evaluation.evaluate`` run in ``--work_dir/<system>/<collection>-<depth>``
 (appended per query: an interrupted table resumes; a cell made with other settings is refused).
-``--deadline-minutes`` stops starting new cells after that long and writes what is done.
+``--deadline_minutes`` stops starting new cells after that long and writes what is done.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 from pathlib import Path
+
+from rerank.flags import FlagParser
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -81,7 +82,7 @@ def build_reranker(system: dict, depth: int):
 def main(argv: list[str] | None = None) -> dict:
     from rerank.evaluation import EvalConfig, evaluate, format_table
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = FlagParser(description=__doc__.splitlines()[0])
     ap.add_argument("--system", action="append", required=True, help="bm25 | minilm | NAME=MODEL:SCORING[:PRUNING]")
     ap.add_argument("--collections", default="dl19,scifact", help=f"Comma-separated, from {sorted(COLLECTIONS)}.")
     ap.add_argument("--depths", default="20,100", help="First-stage depths to rerank.")
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
                     print(f"deadline reached: skipping {system['name']} {coll}@{depth}")
                     continue
                 kind = system["kind"]
-                cfg = EvalConfig(collection=str(DATA / COLLECTIONS[coll]), top_k=depth,
+                cfg = EvalConfig(collection=str(DATA / COLLECTIONS[coll]), depth=depth,
                                  strategy="none" if kind == "bm25" else "full",
                                  model={"minilm": "all-MiniLM-L6-v2"}.get(kind, system.get("model")),
                                  scoring={"minilm": "embed"}.get(kind, system.get("scoring", "generate")),

@@ -58,7 +58,7 @@ def strict_permutation(text: str, num: int) -> bool:
     return sorted(ids) == list(range(1, num + 1))
 
 
-def evaluate(model_path: str | None, queries: list[str], free_queries: int, top_n: int) -> dict:
+def evaluate(model_path: str | None, queries: list[str], free_queries: int, depth: int) -> dict:
     import ir_measures
     import torch
     from ir_measures import nDCG
@@ -68,7 +68,7 @@ def evaluate(model_path: str | None, queries: list[str], free_queries: int, top_
     from rerank.prompts import encode_prompt
 
     coll = load_collection(DATA / "msmarco-dl19")
-    run = read_run(DATA / "msmarco-dl19" / "run.bm25.trec", top_k=top_n)
+    run = read_run(DATA / "msmarco-dl19" / "run.bm25.trec", depth=depth)
     rr = Reranker.from_pretrained(model_path, max_passage_tokens=100)
     ranked, bm25, valid, first_ids, seconds = {}, {}, [], [], []
     for k, qid in enumerate(queries):
@@ -96,7 +96,7 @@ def evaluate(model_path: str | None, queries: list[str], free_queries: int, top_
         runs = [ir_measures.ScoredDoc(q, d, s) for q, ds in scores.items() for d, s in ds.items()]
         return round(ir_measures.calc_aggregate([nDCG @ 10], qrels, runs)[nDCG @ 10], 4)
 
-    return {"model": model_path or "SmolLM2-135M-Instruct (zero-shot)", "queries": len(queries), "top_n": top_n,
+    return {"model": model_path or "SmolLM2-135M-Instruct (zero-shot)", "queries": len(queries), "depth": depth,
             "ndcg@10": ndcg(ranked), "bm25_ndcg@10_same_queries": ndcg(bm25),
             "free_generation_valid": f"{sum(valid)}/{len(valid)}",
             "distinct_first_ids": len(set(first_ids)), "first_id_is_1_or_2": sum(i in (1, 2) for i in first_ids),
@@ -104,7 +104,7 @@ def evaluate(model_path: str | None, queries: list[str], free_queries: int, top_
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = FlagParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="runs/train_and_eval", help="Cache folder for labels, adapters, partial results.")
     ap.add_argument("--out", default="eval/results/train_and_eval.json")
     ap.add_argument("--teacher", default="embed")
@@ -112,10 +112,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=120, help="Optimizer steps per training run (batch 1 x accum 4).")
     ap.add_argument("--eval_queries", type=int, default=43, help="DL19 queries evaluated (first K, sorted by qid).")
     ap.add_argument("--free_queries", type=int, default=10, help="Of those, how many also get an unconstrained answer.")
-    ap.add_argument("--top_n", type=int, default=20)
+    ap.add_argument("--depth", type=int, default=20, help="BM25 candidates per DL19 query (old spelling: --top_n)")
     ap.add_argument("--losses", nargs="+", default=["importance", "lm"])
     ap.add_argument("--train_args", nargs=argparse.REMAINDER, default=[], help="Extra rerank.train overrides.")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(upgrade_argv(sys.argv[1:] if argv is None else argv, DEPTH_ALIASES, __file__))
     work = REPO / args.work
     work.mkdir(parents=True, exist_ok=True)
     out = REPO / args.out
@@ -132,14 +132,14 @@ def main(argv=None) -> int:
         out.write_text(json.dumps(results, indent=1))
 
     if "before" not in results.get("eval", {}):
-        results.setdefault("eval", {})["before"] = evaluate(None, queries, args.free_queries, args.top_n)
+        results.setdefault("eval", {})["before"] = evaluate(None, queries, args.free_queries, args.depth)
         save()
     for loss in args.losses:
         path, metrics = train(work, labels, loss, args.steps, args.train_args)
         results.setdefault("train", {})[loss] = metrics
         save()
         if loss not in results["eval"]:
-            results["eval"][loss] = evaluate(str(path), queries, args.free_queries, args.top_n)
+            results["eval"][loss] = evaluate(str(path), queries, args.free_queries, args.depth)
             save()
     print(json.dumps(results["eval"], indent=1))
     return 0

@@ -2,20 +2,19 @@
 ``rank-llm``, ``serve``.
 
     rerank demo                      # rerank the built-in example with the default model
-    rerank eval --collection ../shared/data/msmarco-dl19 --top-k 20 --strategy full
+    rerank eval --collection ../shared/data/msmarco-dl19 --depth 20 --strategy full
     accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m rerank.cli eval ...  # data-parallel
     rerank labels ...                # complete listwise labels (see `rerank labels --help`)
     rerank train configs/train/default-cpu.yaml   # single process; use accelerate launch for more
     rerank retrieve --collection DIR --depth 100 --output run.trec   # BM25 first stage (bm25s)
     rerank generate-queries --collection DIR --output queries.jsonl  # synthetic training queries
-    rerank retrieve ... --rank-llm-output requests.jsonl  # the same candidates as rank_llm requests
+    rerank retrieve ... --rank_llm_output requests.jsonl  # the same candidates as rank_llm requests
     rerank rank-llm --input requests.jsonl --output results.jsonl [--prompt rank_zephyr]  # rank_llm files
     rerank serve --port 8000         # Cohere/Jina/TEI-compatible rerank server (see `rerank serve --help`)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -27,9 +26,11 @@ def eval_main(argv: list[str] | None = None) -> dict:
 
     from .evaluation import EvalConfig, evaluate, format_table
 
+    from .flags import DEPTH_ALIASES, upgrade_argv
+
     parser = HfArgumentParser(EvalConfig, prog="rerank eval", description="Rerank a first-stage run and score it.")
     try:
-        (cfg,) = parser.parse_args_into_dataclasses(args=argv)
+        (cfg,) = parser.parse_args_into_dataclasses(args=upgrade_argv(sys.argv[2:] if argv is None else argv, DEPTH_ALIASES, "rerank eval"))
     except (ValueError, TypeError) as exc:  # __post_init__ validation: a usage error, not a crash
         parser.error(str(exc))
     metrics = evaluate(cfg)
@@ -39,8 +40,8 @@ def eval_main(argv: list[str] | None = None) -> dict:
     shutdown(dp)
     if not dp.is_main:
         return metrics
-    row = {"strategy": cfg.strategy, "top_k": cfg.top_k, **{k: v for k, v in metrics.items() if k != "config"}}
-    print(format_table([row], ["strategy", "scoring", "pruning", "top_k", "queries", "ndcg@10", "rr@10", "recall@100",
+    row = {"strategy": cfg.strategy, "depth": cfg.depth, **{k: v for k, v in metrics.items() if k != "config"}}
+    print(format_table([row], ["strategy", "scoring", "pruning", "depth", "queries", "ndcg@10", "rr@10", "recall@100",
                                "seconds_per_query", "prompt_tokens_per_query", "generated_tokens_per_query",
                                "llm_calls_per_query"]))
     print(f"wrote {cfg.output_dir}/metrics.json and run.trec")
@@ -48,10 +49,12 @@ def eval_main(argv: list[str] | None = None) -> dict:
 
 
 def demo_main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="rerank demo", description="Rerank the built-in example.")
+    from .flags import FlagParser
+
+    parser = FlagParser(prog="rerank demo", description="Rerank the built-in example.")
     parser.add_argument("--model", default=None,
                         help="model path or hub id (default: the shipped reranker; 'base' = raw SmolLM2-135M-Instruct)")
-    parser.add_argument("--top-k", type=int, default=None, help="return only the best k (generate: decode only k)")
+    parser.add_argument("--top_k", type=int, default=None, help="return only the best k (generate: decode only k)")
     parser.add_argument("--scoring", default=None, choices=["generate", "single_pass", "head"],
                         help="default: what the model recommends (head for the shipped reranker)")
     args = parser.parse_args(argv)

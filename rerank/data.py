@@ -78,7 +78,7 @@ def read_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def read_run(path: str | os.PathLike, top_k: int | None = None) -> dict[str, list[str]]:
+def read_run(path: str | os.PathLike, depth: int | None = None) -> dict[str, list[str]]:
     """TREC run (``qid Q0 docid rank score tag``) -> per query, docids best first (by rank, then score)."""
     rows: dict[str, list[tuple[int, float, str]]] = {}
     with open(path, encoding="utf-8") as fh:
@@ -96,7 +96,7 @@ def read_run(path: str | os.PathLike, top_k: int | None = None) -> dict[str, lis
     run = {}
     for qid, items in rows.items():
         docs = list(dict.fromkeys(d for _, _, d in sorted(items)))
-        run[qid] = docs[:top_k] if top_k else docs
+        run[qid] = docs[:depth] if depth else docs
     return run
 
 

@@ -12,6 +12,7 @@ from typing import Optional
 from .config import PruningConfig
 from .data import Collection, default_run_path, load_collection, read_run, write_run
 from .distributed import DataParallel, detect, existing_shards, load_union, merge_shards, own_log, remove_logs
+from .flags import RENAMED_SETTINGS
 from .resume import append_record, check_same_settings, save_settings
 
 logger = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ class EvalConfig:
 
     collection: str = field(metadata={"help": "Collection folder (shared-data or BEIR layout) or an ir_datasets id."})
     run: Optional[str] = field(default=None, metadata={"help": "First-stage TREC run; default: the folder's run.bm25.trec / run.given.trec."})
-    top_k: int = field(default=100, metadata={"help": "How many first-stage candidates to rerank per query."})
+    depth: int = field(default=100, metadata={"help": "First-stage candidates reranked per query (old spelling: --top-k)."})
     strategy: str = field(default="full", metadata={"help": "full | sliding | none (none = score the first-stage run as is)."})
     model: Optional[str] = field(default=None, metadata={"help": "Model path or hub id; None = the default SmolLM2 model."})
     limit_queries: Optional[int] = field(default=None, metadata={"help": "Evaluate only the first N judged queries (sorted by qid)."})
@@ -35,7 +36,7 @@ class EvalConfig:
     prompt: str = field(default="lazyrank", metadata={"help": "Prompt preset (rerank.presets.PRESETS), e.g. rank_zephyr for RankZephyr checkpoints."})
     first_stage_weight: Optional[float] = field(default=None, metadata={"help": "Fusion of the model's ranking with the first-stage order (rerank.fusion; 0 = model alone, 1 = first stage); None = what the model recommends, else 0."})
     pruning: Optional[str] = field(default=None, metadata={"help": "Prefill pruning: a preset ('default', 'fast') or depth:keep pairs like '0.1:0.5,0.33:0.25'; None = unpruned."})
-    rank_top_k: Optional[int] = field(default=None, metadata={"help": "Decode only the best k identifiers (top_k of rerank())."})
+    rank_top_k: Optional[int] = field(default=None, metadata={"help": "The top_k passed to Reranker.rerank(): decide only the best k (generate decodes only k identifiers); the rest keep the model's remaining order. None = all."})
     dtype: Optional[str] = field(default=None, metadata={"help": "Model dtype (float32, bfloat16)."})
     batch_size: int = field(default=1, metadata={"help": "Queries decoded together."})
     resume: bool = field(default=True, metadata={"help": "Skip queries already in output_dir/rankings.jsonl."})
@@ -43,8 +44,10 @@ class EvalConfig:
     def __post_init__(self):
         if self.strategy not in ("full", "sliding", "none"):
             raise ValueError(f"strategy must be full, sliding or none, got {self.strategy!r}")
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.depth < 1:
+            raise ValueError(f"depth must be >= 1, got {self.depth}")
+        if self.rank_top_k is not None and self.rank_top_k < 1:
+            raise ValueError(f"rank_top_k must be >= 1 or None, got {self.rank_top_k}")
         if self.limit_queries is not None and self.limit_queries < 1:
             raise ValueError(f"limit_queries must be >= 1, got {self.limit_queries}")
         if self.pruning is not None:
@@ -78,7 +81,7 @@ _RESUME_FREE_FIELDS = {"output_dir", "resume", "limit_queries", "batch_size"}
 def _check_same_ranking_setup(out_dir: Path, cfg: EvalConfig) -> None:
     """Refuse to resume rankings made under another setup (model, scoring, pruning, ...): mixing
     them would report metrics of no single system."""
-    check_same_settings(out_dir / "eval_config.json", asdict(cfg), ignore=_RESUME_FREE_FIELDS,
+    check_same_settings(out_dir / "eval_config.json", asdict(cfg), ignore=_RESUME_FREE_FIELDS, renamed=RENAMED_SETTINGS,
                         advice="use another --output_dir, or --no_resume to start over there")
 
 
@@ -183,8 +186,8 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
     with open(log_path, "a", encoding="utf-8") as fh:
         for start in range(0, len(todo), max(1, cfg.batch_size)):
             batch = todo[start:start + max(1, cfg.batch_size)]
-            cands = [[d for d in first_stage[q][: cfg.top_k] if d in collection.corpus] for q in batch]
-            missing = [len(first_stage[q][: cfg.top_k]) - len(c) for q, c in zip(batch, cands)]
+            cands = [[d for d in first_stage[q][: cfg.depth] if d in collection.corpus] for q in batch]
+            missing = [len(first_stage[q][: cfg.depth]) - len(c) for q, c in zip(batch, cands)]
             if any(missing):
                 logger.warning("%d candidate ids are missing from the corpus and were skipped", sum(missing))
             if cfg.strategy == "none":
@@ -211,7 +214,7 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
     run: dict[str, list[tuple[str, float]]] = {}
     for qid in qids:
         ranked = list(done[qid]["ranking"])
-        # Candidates beyond top_k keep their first-stage order below the reranked head.
+        # Candidates beyond depth keep their first-stage order below the reranked head.
         seen = set(ranked)
         ranked += [d for d in first_stage[qid] if d not in seen]
         total = len(ranked)

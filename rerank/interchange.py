@@ -166,21 +166,20 @@ def rerank_rank_llm_file(reranker, in_path: str | os.PathLike, out_path: str | o
 def main(argv: Sequence[str] | None = None) -> int:
     """``rerank rank-llm --input requests.jsonl --output results.jsonl [--model ...] [--prompt ...]``.
 
-    Reranks a rank_llm requests file (e.g. from ``rerank retrieve --rank-llm-output`` or rank_llm's
+    Reranks a rank_llm requests file (e.g. from ``rerank retrieve --rank_llm_output`` or rank_llm's
     own retrieval) and writes rank_llm results, so runs move between the two toolkits.
     """
-    import argparse
-
     from .config import SCORINGS
+    from .flags import FlagParser
     from .presets import PRESETS
 
-    ap = argparse.ArgumentParser(prog="rerank rank-llm", description="Rerank a rank_llm Request file into a Result file.")
+    ap = FlagParser(prog="rerank rank-llm", description="Rerank a rank_llm Request file into a Result file.")
     ap.add_argument("--input", required=True, help="rank_llm requests: a JSON list or JSONL.")
     ap.add_argument("--output", required=True, help="rank_llm results to write (.jsonl = JSONL, else a JSON list).")
     ap.add_argument("--model", default=None, help="Model path or hub id; default: the shipped reranker; 'base' = raw base.")
     ap.add_argument("--prompt", default=None, choices=sorted(PRESETS), help="Prompt preset (default: the model's).")
     ap.add_argument("--scoring", default=None, choices=list(SCORINGS), help="Default: what the model recommends.")
-    ap.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=None, help="Decode only the best k (generate).")
+    ap.add_argument("--top_k", type=int, default=None, help="Decide only the best k (generate decodes only k identifiers).")
     args = ap.parse_args(argv)
     from .reranker import Reranker
 

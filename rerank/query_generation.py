@@ -1,7 +1,7 @@
 """Synthetic training queries for a corpus without judgements (the InPars / Promptagator recipe).
 
     rerank generate-queries --collection ../shared/data/beir-scifact --output runs/sq/queries.jsonl \\
-        --max-passages 500 [--model base | PATH | openai:MODEL --base-url URL] [--per-passage 1]
+        --max_passages 500 [--model base | PATH | openai:MODEL --base_url URL] [--per_passage 1]
 
 1. **Generate**: for sampled passages, a few-shot prompt (three hand-written passage -> query pairs,
    then the passage) is completed by an LLM: the local default model, any local causal LM, or an
@@ -10,7 +10,7 @@
    answers of fewer than 2 or more than 40 words, and copies of the passage's opening are dropped
    and counted by reason: bad model output never stops the run.
 3. **Filter**: round trip (keep a query only if BM25 over the whole corpus puts its source passage
-   in the top ``--round-trip-depth``) and log-probability (keep the best ``--keep-fraction``).
+   in the top ``--round_trip_depth``) and log-probability (keep the best ``--keep_fraction``).
 
 Outputs, ready for ``rerank labels`` (``--input CANDIDATES --qrels QRELS``) and training:
 ``queries.jsonl`` (``_id``, ``text``, ``source``, ``logprob``, ``source_rank``), ``<stem>.qrels.txt``

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -149,22 +150,20 @@ def write_rank_llm_requests(path: str, collection_dir: str, run: dict[str, list[
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``rerank retrieve --collection DIR [--queries FILE] [--depth 100] --output run.trec``."""
-    import argparse
-
     from .data import _read_jsonl, write_run
+    from .flags import DEPTH_ALIASES, FlagParser, upgrade_argv
 
-    ap = argparse.ArgumentParser(prog="rerank retrieve", description="BM25 first stage (bm25s) for a collection.")
+    ap = FlagParser(prog="rerank retrieve", description="BM25 first stage (bm25s) for a collection.")
     ap.add_argument("--collection", required=True, help="Folder with corpus.jsonl (shared or BEIR layout).")
     ap.add_argument("--queries", default=None, help="A queries.jsonl to use instead of the collection's own.")
-    ap.add_argument("--depth", "--top-k", "--top_k", dest="depth", type=int, default=100,
-                    help="Candidates per query (alias: --top-k).")
+    ap.add_argument("--depth", type=int, default=100, help="Candidates per query (old spelling: --top-k).")
     ap.add_argument("--output", required=True, help="TREC run file to write.")
-    ap.add_argument("--index-dir", default=None, help="Save the index here (or load it if present).")
-    ap.add_argument("--rank-llm-output", "--rank_llm_output", dest="rank_llm_output", default=None,
+    ap.add_argument("--index_dir", default=None, help="Save the index here (or load it if present).")
+    ap.add_argument("--rank_llm_output", default=None,
                     help="Also write the candidates as rank_llm requests (JSONL or a JSON list) for `rerank rank-llm`.")
     ap.add_argument("--k1", type=float, default=0.9)
     ap.add_argument("--b", type=float, default=0.4)
-    args = ap.parse_args(argv)
+    args = ap.parse_args(upgrade_argv(list(sys.argv[1:] if argv is None else argv), DEPTH_ALIASES, "rerank retrieve"))
     if args.depth < 1:
         ap.error("--depth must be >= 1")
     queries = None

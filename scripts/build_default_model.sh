@@ -21,11 +21,11 @@ RESUME_ARGS=()
 $PY -m rerank.train configs/train/head-cpu.yaml --train_file "$OUT/train.jsonl" --output_dir "$OUT/model" \
     --max_train_minutes "$MAX_TRAIN_MINUTES" "${RESUME_ARGS[@]}"
 # The first-stage fusion weight is chosen on Vaswani (neither training nor evaluation data).
-$PY eval/fusion_dev.py --model "$OUT/model" --work-dir "$OUT/fusion" --out "$OUT/fusion.json"
+$PY eval/fusion_dev.py --model "$OUT/model" --work_dir "$OUT/fusion" --out "$OUT/fusion.json"
 PACKAGE_ARGS=(--fusion "$OUT/fusion.json")
 if [ "$QUALITY" = "1" ]; then
   PACKAGE_ARGS+=(--quality "$OUT/quality.json")
-  $PY eval/quality_table.py --out "$OUT/quality.json" --work-dir "$OUT/quality" --depths 20 \
+  $PY eval/quality_table.py --out "$OUT/quality.json" --work_dir "$OUT/quality" --depths 20 \
       --system bm25 --system minilm --system "trained=$OUT/model:head"
 fi
 $PY eval/package_weights.py --run "$OUT/model" "${PACKAGE_ARGS[@]}"

@@ -67,18 +67,18 @@ def eval_args(collection: str, model: str, out: Path) -> list[str]:
 
 
 def eval_config(collection: str, model: str, out: Path) -> EvalConfig:
-    return EvalConfig(collection=collection, model=model, top_k=8, scoring="single_pass", max_passage_tokens=16,
+    return EvalConfig(collection=collection, model=model, depth=8, scoring="single_pass", max_passage_tokens=16,
                       output_dir=str(out))
 
 
 def label_config(collection: str, teacher: str, out: Path) -> LabelConfig:
     # window 4 / stride 2 / batch 3: several passes, and queries of a batch finish in another order
-    return LabelConfig(input=collection, teacher=teacher, output=str(out), top_n=8, window_size=4, stride=2,
+    return LabelConfig(input=collection, teacher=teacher, output=str(out), depth=8, window_size=4, stride=2,
                        batch_size=3, max_passage_tokens=16, progress=False)
 
 
 def label_args(cfg: LabelConfig) -> list[str]:
-    return ["labels", "--input", cfg.input, "--teacher", cfg.teacher, "--output", cfg.output, "--top_n", str(cfg.top_n),
+    return ["labels", "--input", cfg.input, "--teacher", cfg.teacher, "--output", cfg.output, "--depth", str(cfg.depth),
             "--window_size", str(cfg.window_size), "--stride", str(cfg.stride), "--batch_size", str(cfg.batch_size),
             "--max_passage_tokens", str(cfg.max_passage_tokens), "--progress", "false"]
 
@@ -87,7 +87,7 @@ def label_args(cfg: LabelConfig) -> list[str]:
 # appended k records, so "killed midway" is deterministic, not a race against a timer.
 CRASH_WRAPPER = textwrap.dedent("""
     import os, sys
-    import rerank.evaluation, rerank.labels
+    import rerank.evaluation, rerank.labels.job
     from rerank.cli import main
 
     def crashing(module):
@@ -100,7 +100,7 @@ CRASH_WRAPPER = textwrap.dedent("""
         module.append_record = wrapped
 
     crashing(rerank.evaluation)
-    crashing(rerank.labels)
+    crashing(rerank.labels.job)
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -214,7 +214,7 @@ def test_one_process_resumes_shards_of_another_process_count(tmp_path):
     # resuming the shards under another ranking setup is refused like resuming rankings.jsonl
     shard_path(out / "rankings.jsonl", 0, 2).write_text(lines[0])
     with pytest.raises(ValueError, match="top_k: 100 -> 5"):
-        evaluate(EvalConfig(collection=coll, strategy="none", output_dir=str(out), top_k=5), progress=False)
+        evaluate(EvalConfig(collection=coll, strategy="none", output_dir=str(out), depth=5), progress=False)
 
 
 def test_plain_process_needs_no_launcher(monkeypatch, caplog):

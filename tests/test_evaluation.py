@@ -59,7 +59,7 @@ def test_evaluation_resumes_and_tolerates_torn_line(tmp_path, tiny_reranker):
     (tmp_path / "c" / "run.bm25.trec").write_text("".join(
         f"{q} Q0 d{i} {i + 1} {10 - i} bm25\n" for q in ("q1", "q2") for i in range(4)))
     out = tmp_path / "out"
-    cfg = EvalConfig(collection=str(tmp_path / "c"), strategy="full", output_dir=str(out), top_k=3)
+    cfg = EvalConfig(collection=str(tmp_path / "c"), strategy="full", output_dir=str(out), depth=3)
     m1 = evaluate(cfg, reranker=tiny_reranker, progress=False)
     records = (out / "rankings.jsonl").read_text().splitlines()
     assert len(records) == 2
@@ -69,14 +69,14 @@ def test_evaluation_resumes_and_tolerates_torn_line(tmp_path, tiny_reranker):
     again = (out / "rankings.jsonl").read_text().splitlines()
     assert len(again) == 2 and again[0] == records[0]
     assert m2["ndcg@10"] == pytest.approx(m1["ndcg@10"])
-    # the 4th candidate (beyond top_k=3) stays below the reranked head
+    # the 4th candidate (beyond depth=3) stays below the reranked head
     run = read_run(out / "run.trec")
     assert run["q1"][-1] == "d3"
     # resuming under another ranking setup would mix two systems' rankings: refused, by name
     with pytest.raises(ValueError, match="scoring: 'generate' -> 'single_pass'"):
-        evaluate(EvalConfig(collection=str(tmp_path / "c"), strategy="full", output_dir=str(out), top_k=3,
+        evaluate(EvalConfig(collection=str(tmp_path / "c"), strategy="full", output_dir=str(out), depth=3,
                             scoring="single_pass"), reranker=tiny_reranker, progress=False)
-    evaluate(EvalConfig(collection=str(tmp_path / "c"), strategy="full", output_dir=str(out), top_k=3,
+    evaluate(EvalConfig(collection=str(tmp_path / "c"), strategy="full", output_dir=str(out), depth=3,
                         batch_size=2), reranker=tiny_reranker, progress=False)  # batching changes no ranking
 
 
@@ -144,7 +144,7 @@ def test_first_stage_weight_one_returns_the_first_stage_and_is_recorded(tmp_path
     make_tiny_llama(len(tokenizer), layers=2).save_pretrained(model)
     tokenizer.save_pretrained(model)
     out = tmp_path / "out"
-    evaluate(EvalConfig(collection=str(tmp_path / "c"), model=str(model), scoring="single_pass", top_k=4,
+    evaluate(EvalConfig(collection=str(tmp_path / "c"), model=str(model), scoring="single_pass", depth=4,
                         first_stage_weight=1.0, output_dir=str(out)), progress=False)
     assert read_run(out / "run.trec")["q1"] == ["d0", "d1", "d2", "d3"]
     assert json.loads((out / "eval_config.json").read_text())["first_stage_weight"] == 1.0

@@ -70,7 +70,7 @@ def test_batched_queries_match_one_by_one():
 def test_qrels_teacher_sorts_dl19_by_grade_ties_by_first_stage(tmp_path):
     folder = shared_data("msmarco-dl19")
     out = tmp_path / "dl19.qrels.jsonl"
-    summary = run_labelling(LabelConfig(input=folder, output=str(out), teacher="qrels", top_n=100, progress=False))
+    summary = run_labelling(LabelConfig(input=folder, output=str(out), teacher="qrels", depth=100, progress=False))
     assert summary["labelled"] == 43 and summary["failed"] == 0
     from rerank.data import read_qrels
 

@@ -235,5 +235,16 @@ def test_eval_refuses_through_the_shared_check(tmp_path, monkeypatch):
         evaluation._check_same_ranking_setup(tmp_path, EvalConfig(collection="c", model="b"))
 
 
+def test_eval_settings_saved_before_the_depth_rename_still_guard_resume(tmp_path):
+    """eval_config.json files written when the depth was called top_k: a depth change is still refused."""
+    from rerank import evaluation
+    from rerank.evaluation import EvalConfig
+
+    save_settings(tmp_path / "eval_config.json", {"model": "a", "top_k": 20, "rank_top_k": None})
+    evaluation._check_same_ranking_setup(tmp_path, EvalConfig(collection="c", model="a", depth=20))
+    with pytest.raises(ValueError, match=r"depth: 20 -> 100"):
+        evaluation._check_same_ranking_setup(tmp_path, EvalConfig(collection="c", model="a"))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))

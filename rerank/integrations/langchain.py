@@ -44,7 +44,7 @@ class LazyRankCompressor(BaseDocumentCompressor):
     top_n: Optional[int] = 3
     """How many documents to return; None = all of them, reranked."""
     api_key: Optional[str] = None
-    """Bearer token for a server started with ``--api-key``."""
+    """Bearer token for a server started with ``--api_key``."""
     model: Optional[str] = None
     """``model`` field sent to a server (informational)."""
     timeout: float = 120.0

@@ -42,7 +42,7 @@ class LazyRankPostprocessor(BaseNodePostprocessor):
     reranker: Any = Field(exclude=True, description="A rerank.Reranker, or the URL of a rerank server.")
     top_n: Optional[int] = Field(default=3, description="Nodes to return; None = all, reranked.")
     keep_retrieval_score: bool = Field(default=False, description="Keep the incoming score in metadata['retrieval_score'].")
-    api_key: Optional[str] = Field(default=None, exclude=True, description="Bearer token for a server with --api-key.")
+    api_key: Optional[str] = Field(default=None, exclude=True, description="Bearer token for a server with --api_key.")
     model: Optional[str] = Field(default=None, description="'model' field sent to a server (informational).")
     timeout: float = Field(default=120.0, description="Seconds per server request.")
 

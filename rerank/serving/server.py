@@ -1,10 +1,10 @@
 """``rerank serve``: a Cohere/Jina/TEI-compatible rerank server on uvicorn.
 
     rerank serve                                   # default model, 127.0.0.1:8000
-    rerank serve --model runs/gpu/lm --scoring single_pass --pruning fast --port 8080 --api-key KEY
+    rerank serve --model runs/gpu/lm --scoring single_pass --pruning fast --port 8080 --api_key KEY
 
 Stopping it (Ctrl-C / SIGTERM) is graceful: uvicorn stops accepting connections, lets in-flight
-requests finish (up to ``--graceful-timeout`` seconds), then the batcher finishes what is queued.
+requests finish (up to ``--graceful_timeout`` seconds), then the batcher finishes what is queued.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 import sys
 from typing import Any
 
+from ..flags import FlagParser
 from .app import ServerConfig, _require, create_app
 
 logger = logging.getLogger(__name__)
@@ -33,32 +34,32 @@ def build_parser() -> argparse.ArgumentParser:
     from ..config import SCORINGS, STRATEGIES
 
     defaults = ServerConfig()
-    p = argparse.ArgumentParser(prog="rerank serve", description="Serve a LazyRank reranker over HTTP "
+    p = FlagParser(prog="rerank serve", description="Serve a LazyRank reranker over HTTP "
                                 "(Cohere /v1/rerank and /v2/rerank, Jina, TEI /rerank).")
     m = p.add_argument_group("model")
     m.add_argument("--model", default=None, help="model path or hub id (default: the shipped reranker; 'base' = raw SmolLM2-135M-Instruct)")
-    m.add_argument("--model-name", default=None, help="name reported in answers and /info (default: --model or 'lazyrank')")
+    m.add_argument("--model_name", default=None, help="name reported in answers and /info (default: --model or 'lazyrank')")
     m.add_argument("--scoring", default=None, choices=SCORINGS,
                    help="default: what the model recommends (head for the shipped reranker, one forward pass per "
                         "request), else single_pass; generate decodes the permutation")
     m.add_argument("--strategy", default="full", choices=STRATEGIES, help="full ranking or sliding windows")
     m.add_argument("--pruning", default=None, help="prefill pruning preset ('default', 'fast') or 'depth:keep,...' pairs")
-    m.add_argument("--max-passage-tokens", type=_positive_int, default=100, help="token budget per passage")
-    m.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per forward pass")
+    m.add_argument("--max_passage_tokens", type=_positive_int, default=100, help="token budget per passage")
+    m.add_argument("--batch_size", type=_positive_int, default=8, help="prompts per forward pass")
     m.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     m.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16")
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
-    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (health and metrics stay public)")
-    s.add_argument("--max-request-bytes", type=_positive_int, default=defaults.max_request_bytes, help="largest body (413 above)")
-    s.add_argument("--max-documents", type=_positive_int, default=defaults.max_documents, help="most documents per request (422 above)")
-    s.add_argument("--max-concurrent", type=_positive_int, default=defaults.max_concurrent, help="most requests outstanding (429 above)")
-    s.add_argument("--max-batch-size", type=_positive_int, default=None,
-                   help="most requests per batched model call (default: --batch-size; 1 = no dynamic batching)")
-    s.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms, help="how long a request waits for batch mates")
-    s.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds in-flight requests get on shutdown")
-    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' (health and metrics stay public)")
+    s.add_argument("--max_request_bytes", type=_positive_int, default=defaults.max_request_bytes, help="largest body (413 above)")
+    s.add_argument("--max_documents", type=_positive_int, default=defaults.max_documents, help="most documents per request (422 above)")
+    s.add_argument("--max_concurrent", type=_positive_int, default=defaults.max_concurrent, help="most requests outstanding (429 above)")
+    s.add_argument("--max_batch_size", type=_positive_int, default=None,
+                   help="most requests per batched model call (default: --batch_size; 1 = no dynamic batching)")
+    s.add_argument("--max_wait_ms", type=float, default=defaults.max_wait_ms, help="how long a request waits for batch mates")
+    s.add_argument("--graceful_timeout", type=float, default=30.0, help="seconds in-flight requests get on shutdown")
+    s.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(reranker, config, info={"model_path": args.model})
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: the server is reachable from other machines%s", args.host,
-                       "" if args.api_key else " and has no --api-key")
+                       "" if args.api_key else " and has no --api_key")
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                            timeout_graceful_shutdown=args.graceful_timeout, access_log=False))
     server.run()
