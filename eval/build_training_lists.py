@@ -8,7 +8,10 @@ Sources (never ``msmarco-dl19`` nor the SciFact TEST claims: those are evaluatio
 * ``beir-scifact`` TRAIN claims (``qrels/train.tsv``): BM25 (bm25s) top ``--scifact_depth`` over the
   corpus, the first stage seen at inference;
 * ``msmarco-train-triples``: positive + negative, filled up to ``--list_size`` with other triples'
-  passages, shuffled (no first-stage order exists).
+  passages, shuffled (no first-stage order exists);
+* ``synthetic``: the queries ``rerank generate-queries`` wrote for a corpus (``--synthetic
+  QUERIES.jsonl``; its source passage is the one judged relevant, the BM25 candidates beside it are
+  the list): domain adaptation without any qrels of that corpus.
 Each list gets graded teacher scores (all-MiniLM-L6-v2 cosine, offline) and a complete label:
 judged-relevant passages first (by grade), the rest in the teacher's order. ``--report`` prints the
 label quality of teacher-only vs teacher + judgements vs BM25 order against the qrels (nDCG@10).
@@ -65,6 +68,24 @@ def scifact_train_lists(depth: int) -> list[dict]:
     return out
 
 
+def synthetic_lists(queries_file: str, list_size: int) -> list[dict]:
+    """Lists of ``rerank generate-queries`` output: its candidates file (BM25 order) and qrels."""
+    from rerank.labels import load_candidates
+
+    stem = Path(queries_file)
+    base = stem.with_suffix("")
+    items, qrels = load_candidates(str(base.with_name(base.name + ".candidates.jsonl")), depth=list_size,
+                                   qrels=str(base.with_name(base.name + ".qrels.txt")))
+    out = []
+    for it in items:
+        judged = qrels.get(it.qid, {})
+        if len(it.docids) < 2 or not any(judged.get(d, 0) > 0 for d in it.docids):
+            continue  # the source passage fell out of the list: nothing to learn
+        out.append({"qid": f"synthetic-{it.qid}", "query": it.query, "initial_list": list(it.docids),
+                    "passages": dict(zip(it.docids, it.texts)), "grades": {d: judged.get(d, 0) for d in it.docids}})
+    return out
+
+
 def msmarco_lists(list_size: int, rng: random.Random) -> list[dict]:
     rows = [obj for _, obj in iter_jsonl(DATA / "msmarco-train-triples" / "triples.jsonl")]
     texts = {}
@@ -95,6 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--list-size", type=int, default=20, help="Candidates per SelQA/WikiQA/MS MARCO list (cap).")
     ap.add_argument("--scifact-depth", type=int, default=10, help="BM25 candidates per SciFact train claim.")
     ap.add_argument("--sources", default="selqa,wikiqa,scifact,msmarco", help="Comma-separated subset.")
+    ap.add_argument("--synthetic", default=None,
+                    help="queries.jsonl of `rerank generate-queries` for the 'synthetic' source (its .candidates.jsonl "
+                         "and .qrels.txt are read beside it).")
     ap.add_argument("--seed", type=int, default=13)
     args = ap.parse_args(argv)
     if args.list_size < 2:
@@ -111,6 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
             lists += scifact_train_lists(args.scifact_depth)
         elif src == "msmarco":
             lists += msmarco_lists(args.list_size, rng)
+        elif src == "synthetic":
+            if not args.synthetic:
+                ap.error("the 'synthetic' source needs --synthetic QUERIES.jsonl")
+            lists += synthetic_lists(args.synthetic, args.list_size)
         else:
             ap.error(f"unknown source {src!r}")
     teacher = EmbeddingTeacher()

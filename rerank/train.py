@@ -54,6 +54,7 @@ class LazyRankTrainingArguments(TrainingArguments):
     importance_alpha: float = field(default=1.0, metadata={"help": "Weight of separator and end tokens in the importance-aware loss."})
     loss_normalize: str = field(default="tokens", metadata={"help": "Divide the weighted sum by the number of response 'tokens' or by the sum of 'weights'."})
     use_lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (peft); false = full fine-tuning."})
+    init_adapter: Optional[str] = field(default=None, metadata={"help": "Start from this LoRA adapter folder instead of a fresh LoRA ('default' = the shipped reranker's): continue or domain-adapt a trained reranker. Its rank, targets and layers win over the lora_* options."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
@@ -102,6 +103,10 @@ class LazyRankTrainingArguments(TrainingArguments):
             raise ValueError(f"lora_layers_from must lie in [0, 1), got {self.lora_layers_from}")
         if self.lora_r < 1:
             raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+        if self.init_adapter is not None:
+            if not self.use_lora:
+                raise ValueError("init_adapter continues a LoRA adapter: it needs use_lora true")
+            self.init_adapter = str(resolve_adapter(self.init_adapter))
         if self.max_passage_tokens is not None and self.max_passage_tokens < 1:
             raise ValueError(f"max_passage_tokens must be >= 1 or None, got {self.max_passage_tokens}")
         if self.ranking_loss is not None:
@@ -328,6 +333,19 @@ def resolve_checkpoint(args: LazyRankTrainingArguments) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- model
+def resolve_adapter(name: str) -> Path:
+    """An adapter folder from a path or ``'default'`` (the shipped reranker's); a clear error otherwise."""
+    if name == "default":
+        from .models import shipped_weights_dir
+
+        folder = Path(shipped_weights_dir())
+    else:
+        folder = Path(name)
+    if not (folder / "adapter_config.json").is_file():
+        raise ValueError(f"init_adapter={name!r}: {folder} holds no adapter_config.json (not a LoRA adapter folder)")
+    return folder
+
+
 def load_model(args: LazyRankTrainingArguments):
     """Base model (+ LoRA) and tokenizer; built after the arguments so ZeRO-3 partitions at load time."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -347,6 +365,10 @@ def load_model(args: LazyRankTrainingArguments):
 
         if args.gradient_checkpointing:
             model.enable_input_require_grads()  # checkpointed blocks need a grad path through frozen embeddings
+        if args.init_adapter:
+            from peft import PeftModel
+
+            return PeftModel.from_pretrained(model, args.init_adapter, is_trainable=True), tokenizer
         layers = None
         if args.lora_layers_from > 0:
             depth = model.config.num_hidden_layers

@@ -213,7 +213,7 @@ def test_one_process_resumes_shards_of_another_process_count(tmp_path):
     assert metrics["processes"] == 1 and existing_shards(out / "rankings.jsonl") == []
     # resuming the shards under another ranking setup is refused like resuming rankings.jsonl
     shard_path(out / "rankings.jsonl", 0, 2).write_text(lines[0])
-    with pytest.raises(ValueError, match="top_k: 100 -> 5"):
+    with pytest.raises(ValueError, match="depth: 100 -> 5"):
         evaluate(EvalConfig(collection=coll, strategy="none", output_dir=str(out), depth=5), progress=False)
 
 

@@ -174,6 +174,33 @@ def test_max_train_minutes_stops_and_saves(tmp_path, tiny_dir, label_file):
         parse_args(["--train_file", label_file, "--max_train_minutes", "0"])
 
 
+def test_init_adapter_continues_a_trained_lora(tmp_path, tiny_dir, label_file):
+    """Domain adaptation starts from a trained adapter: its weights, not a fresh LoRA (whose B is zero)."""
+    from safetensors.torch import load_file
+
+    from rerank.train import load_model, parse_args, train
+
+    common = ["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
+              "--report_to", "none", "--save_strategy", "no", "--learning_rate", "5e-3", "--lora_r", "4"]
+    first = tmp_path / "first"
+    train(parse_args(common + ["--max_steps", "2", "--output_dir", str(first)]))
+    saved = load_file(first / "adapter_model.safetensors")
+    model, _ = load_model(parse_args(common + ["--output_dir", str(tmp_path / "x"), "--init_adapter", str(first),
+                                               "--lora_r", "8"]))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    state = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    assert trainable and all("lora_" in n for n in trainable)
+    for key, value in saved.items():  # peft stores "...lora_A.weight", the live module "...lora_A.default.weight"
+        live = key.replace("lora_A.weight", "lora_A.default.weight").replace("lora_B.weight", "lora_B.default.weight")
+        assert torch.equal(state[live], value), key
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in saved.items())
+    assert next(v for k, v in saved.items() if "lora_A" in k).shape[0] == 4  # the adapter's rank wins over --lora_r 8
+    with pytest.raises(ValueError, match="holds no adapter_config.json"):
+        parse_args(common + ["--output_dir", str(tmp_path / "y"), "--init_adapter", str(tmp_path)])
+    with pytest.raises(ValueError, match="needs use_lora"):
+        parse_args(common + ["--output_dir", str(tmp_path / "y"), "--init_adapter", str(first), "--use_lora", "false"])
+
+
 def test_full_finetune_output_loads(tmp_path, tiny_dir, label_file):
     from rerank import Reranker
     from rerank.train import parse_args, train
