@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--quality", default=None, help="eval/quality_table.py JSON for the card's scores.")
     ap.add_argument("--fusion", default=None,
                     help="eval/fusion_dev.py JSON: ship its chosen first_stage_weight (picked on a dev collection).")
+    ap.add_argument("--history", action="append", default=[],
+                    help="A line for the card's training history (repeatable), e.g. each resumed or adapted segment.")
     ap.add_argument("--dtype", default="float32", choices=["bfloat16", "float32"])
     ap.add_argument("--max-mb", type=float, default=25.0)
     args = ap.parse_args(argv)
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> Path:
             + f", 2-core CPU, seed {settings.get('trained_with', {}).get('seed', '?')}.",
             "* Rebuild: `bash scripts/build_default_model.sh` (CPU, background, `MAX_TRAIN_MINUTES`), see docs/training.md.",
             ""]
+    if args.history:
+        card += ["## Training history", "", *[f"{i}. {line}" for i, line in enumerate(args.history, 1)], ""]
     if history:
         card += ["Held-out loss (3% of the lists): " + ", ".join(f"step {h['step']}: {h['eval_loss']:.3f}" for h in history), ""]
     if args.quality and Path(args.quality).is_file():

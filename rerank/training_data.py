@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 from .identifier_training import pack_batch, tree_features
-from .labels import LabelRecord, read_labels
+from .labels.records import LabelRecord, read_labels
 from .losses import IGNORE_INDEX, target_with_ranks
 from .prompts import encode_prompt, encode_target, end_of_turn_ids
 
