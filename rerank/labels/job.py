@@ -10,8 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-from ..flags import DEPTH_ALIASES, upgrade_argv
 from ..distributed import detect, existing_shards, merge_appended, merge_shards, own_log, shutdown, union_ids
+from ..flags import DEPTH_ALIASES, upgrade_argv
 from ..ranking import WindowRanker
 from ..resume import append_record
 from .candidates import load_candidates

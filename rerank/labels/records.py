@@ -91,6 +91,7 @@ def scan_done(path: str | os.PathLike) -> set[str]:
 
 
 def label_record(outcome: LabelOutcome, teacher_name: str, texts: str = "inline") -> dict:
+    """The JSON line of a finished query (``texts="none"``: ids only, train with ``--corpus_file``)."""
     item = outcome.item
     rec = {"qid": item.qid, "query": item.query, "initial_list": item.docids,
            "final_list": [item.docids[k] for k in outcome.order]}  # type: ignore[union-attr]
