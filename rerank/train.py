@@ -69,6 +69,7 @@ class LazyRankTrainingArguments(TrainingArguments):
     head_teacher_temperature: float = field(default=0.05, metadata={"help": "Temperature T of the teacher distribution (all-MiniLM cosines span about 0..0.8)."})
     eval_fraction: float = field(default=0.0, metadata={"help": "Hold out this fraction of the labels (seeded) and report the loss on them every eval_steps; 0 = no held-out set."})
     max_train_minutes: Optional[float] = field(default=None, metadata={"help": "Stop after the optimizer step that crosses this wall-clock budget and save as usual (all ranks stop together); None = no limit."})
+    stop_at_step: Optional[int] = field(default=None, metadata={"help": "Stop and save at this global step while the LR schedule still runs to max_steps (replays a run that was cut short, e.g. the shipped weights' segments); None = run to max_steps."})
     metrics_file: Optional[str] = field(default=None, metadata={"help": "Write step time, tokens/s and peak memory here (JSON); default OUTPUT_DIR/train_metrics.json."})
     # The Trainer would drop rank_ids (not a forward() argument) otherwise.
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: the loss needs the rank_ids column."})
@@ -99,6 +100,8 @@ class LazyRankTrainingArguments(TrainingArguments):
             raise ValueError(f"importance_alpha must be >= 0, got {self.importance_alpha}")
         if self.max_train_minutes is not None and self.max_train_minutes <= 0:
             raise ValueError(f"max_train_minutes must be > 0 or None, got {self.max_train_minutes}")
+        if self.stop_at_step is not None and self.stop_at_step < 1:
+            raise ValueError(f"stop_at_step must be >= 1 or None, got {self.stop_at_step}")
         if not 0.0 <= self.lora_layers_from < 1.0:
             raise ValueError(f"lora_layers_from must lie in [0, 1), got {self.lora_layers_from}")
         if self.lora_r < 1:
@@ -269,6 +272,19 @@ class TimeLimit(TrainerCallback):
         if over.item() > 0:
             logging.getLogger(__name__).info("max_train_minutes=%s reached at step %d: stopping",
                                              self.seconds / 60, state.global_step)
+            control.should_training_stop = True
+            control.should_save = True
+
+
+class StopAtStep(TrainerCallback):
+    """Stop (and save) at a fixed global step, leaving the LR schedule defined by ``max_steps``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            logging.getLogger(__name__).info("stop_at_step=%d reached: stopping", self.step)
             control.should_training_stop = True
             control.should_save = True
 
@@ -456,6 +472,8 @@ def train(args: LazyRankTrainingArguments, callbacks: Sequence[TrainerCallback] 
     timer = StepTimer()
     if args.max_train_minutes is not None:
         callbacks = [TimeLimit(args.max_train_minutes), *callbacks]
+    if args.stop_at_step is not None:
+        callbacks = [StopAtStep(args.stop_at_step), *callbacks]
     trainer = ListwiseTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=heldout,
                               processing_class=tokenizer,
                               data_collator=ListwiseCollator(tokenizer.pad_token_id), callbacks=[timer, *callbacks],

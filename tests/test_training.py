@@ -201,6 +201,23 @@ def test_init_adapter_continues_a_trained_lora(tmp_path, tiny_dir, label_file):
         parse_args(common + ["--output_dir", str(tmp_path / "y"), "--init_adapter", str(first), "--use_lora", "false"])
 
 
+def test_stop_at_step_keeps_the_schedule_of_max_steps(tmp_path, tiny_dir, label_file):
+    """A segment cut at step k of an n-step run: same LR as the n-step schedule there, saved, resumable."""
+    from rerank.train import parse_args, train
+
+    out = tmp_path / "cut"
+    common = ["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
+              "--max_steps", "8", "--learning_rate", "1e-3", "--lr_scheduler_type", "linear", "--logging_steps", "1",
+              "--output_dir", str(out), "--report_to", "none", "--save_strategy", "no"]
+    metrics = train(parse_args(common + ["--stop_at_step", "3"]))
+    assert (metrics["global_step"], metrics["max_steps"]) == (3, 8)
+    lrs = [h["learning_rate"] for h in metrics["log_history"] if "learning_rate" in h]
+    assert lrs == pytest.approx([1e-3 * (8 - k) / 8 for k in range(3)])  # linear over 8 steps, logged before each step
+    assert (out / "adapter_model.safetensors").is_file()
+    with pytest.raises(ValueError, match="stop_at_step"):
+        parse_args(common + ["--stop_at_step", "0"])
+
+
 def test_full_finetune_output_loads(tmp_path, tiny_dir, label_file):
     from rerank import Reranker
     from rerank.train import parse_args, train
