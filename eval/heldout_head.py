@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rerank.training_data import ExampleOptions, build_dataset
 
     ap = FlagParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", required=True, help="NAME=PATH ('base' = raw SmolLM2-135M-Instruct).")
+    ap.add_argument("--models", nargs="+", required=True, help="NAME=PATH ('base' = raw SmolLM2-135M-Instruct, 'default' = base + the shipped weights).")
     ap.add_argument("--config", default="configs/train/head-cpu.yaml", help="The training YAML (data, split, loss).")
     ap.add_argument("--limit", type=int, default=None, help="Only the first N held-out lists.")
     ap.add_argument("--out", default="eval/results/heldout_head_cpu.json")
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
                "chance_rank_loss": round(math.log(2), 4), "models": {}}
     for spec in args.models:
         name, _, path = spec.partition("=")
-        model, tok = load_model_and_tokenizer(path or name)
+        model, tok = load_model_and_tokenizer(None if (path or name) == "default" else path or name)
         options = ExampleOptions(max_passage_tokens=targs.max_passage_tokens, passage_head=True, include_target=False,
                                  seed=targs.seed, max_seq_length=targs.max_seq_length)
         dataset = build_dataset(tok, targs.train_file, options)

