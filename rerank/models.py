@@ -8,6 +8,7 @@ The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the Py
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -224,13 +225,19 @@ def load_model_and_tokenizer(model: str | os.PathLike | None = None, *, device=N
         path = str(default_model_path())
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn)
     elif (Path(str(model)) / "adapter_config.json").is_file():
-        path = str(model)
         try:
-            from peft import AutoPeftModelForCausalLM
+            from peft import PeftModel
         except ImportError as exc:  # pragma: no cover - peft is a core dependency
             raise ImportError("Loading a LoRA adapter needs peft: pip install peft") from exc
-        lm = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn)
-        lm = lm.merge_and_unload()
+        adapter = str(model)
+        # Adapters trained on the default model (the shipped one, or one continued from it with
+        # --init_adapter) name it "SmolLM2-135M-Instruct": that is our converted file, not a hub id.
+        base_name = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        base_path = str(default_model_path()) if base_name in (None, *BASE_MODEL_ALIASES) else base_name
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype, attn_implementation=attn)
+        lm = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+        # The tokenizer travels with a training run's output; a packaged adapter uses the base's.
+        path = adapter if (Path(adapter) / "tokenizer_config.json").is_file() else base_path
     else:
         path = str(model)
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn)

@@ -201,6 +201,34 @@ def test_init_adapter_continues_a_trained_lora(tmp_path, tiny_dir, label_file):
         parse_args(common + ["--output_dir", str(tmp_path / "y"), "--init_adapter", str(first), "--use_lora", "false"])
 
 
+
+def test_an_adapter_naming_the_default_model_loads_on_the_converted_file(tmp_path, tiny_dir, label_file, monkeypatch):
+    """The shipped adapter (and one continued from it) names "SmolLM2-135M-Instruct": our converted
+    folder, not a hub id. Loading such a folder offline must use that file, with the adapter applied."""
+    import rerank.models as models
+    from rerank.train import parse_args, train
+
+    trained = tmp_path / "trained"
+    train(parse_args(["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
+                      "--report_to", "none", "--save_strategy", "no", "--learning_rate", "5e-2", "--lora_r", "4",
+                      "--max_steps", "2", "--output_dir", str(trained)]))
+    packaged = tmp_path / "packaged"  # like rerank/weights/: adapter files only, no tokenizer
+    packaged.mkdir()
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (packaged / name).write_bytes((trained / name).read_bytes())
+    config = json.loads((packaged / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = models.DEFAULT_MODEL_NAME
+    (packaged / "adapter_config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(models, "default_model_path", lambda: Path(tiny_dir))
+
+    merged, tok = models.load_model_and_tokenizer(str(packaged), device="cpu", dtype="float32")
+    plain, _ = models.load_model_and_tokenizer(tiny_dir, device="cpu", dtype="float32")
+    direct, _ = models.load_model_and_tokenizer(str(trained), device="cpu", dtype="float32")
+    ids = torch.tensor([tok("a rope and a cable").input_ids])
+    with torch.no_grad():
+        out, base, ref = (m(ids).logits for m in (merged, plain, direct))
+    assert torch.allclose(out, ref, atol=1e-5)  # the same adapter, whichever way its base is named
+    assert not torch.allclose(out, base, atol=1e-4)  # and it was applied
 def test_stop_at_step_keeps_the_schedule_of_max_steps(tmp_path, tiny_dir, label_file):
     """A segment cut at step k of an n-step run: same LR as the n-step schedule there, saved, resumable."""
     from rerank.train import parse_args, train
