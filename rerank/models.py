@@ -216,12 +216,8 @@ def load_model_and_tokenizer(model: str | os.PathLike | None = None, *, device=N
     attn = attn_implementation or choose_attn_implementation(dev)
     shipped = shipped_weights_dir()
     if model is None and (shipped / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        path = str(default_model_path())
-        base = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn)
-        lm = PeftModel.from_pretrained(base, str(shipped)).merge_and_unload()
-    elif model is None or str(model) in BASE_MODEL_ALIASES:
+        model = shipped  # an adapter folder like any other: base = the converted default model
+    if model is None or str(model) in BASE_MODEL_ALIASES:
         path = str(default_model_path())
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn)
     elif (Path(str(model)) / "adapter_config.json").is_file():

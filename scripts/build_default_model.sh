@@ -7,9 +7,9 @@
 # 2. head training in the two segments the shipped weights went through (configs/train/head-cpu.yaml):
 #    steps 1-301 on a 450-step linear schedule (runs/head/model), then a second run of 200 steps that
 #    starts from that adapter (--init_adapter, fresh optimizer) with LR 2.7e-4 decaying over 600 steps
-#    and a new data order (runs/head/model2). --stop_at_step ends each segment where the shipped run ended. Every call
-#    resumes from the newest checkpoint; with MAX_TRAIN_MINUTES a segment may stop early: run the
-#    script again.
+#    and a new data order (runs/head/model2). --stop_at_step ends each segment where the shipped run
+#    ended. Every call resumes from the newest checkpoint; with MAX_TRAIN_MINUTES a segment may stop
+#    early: run the script again.
 # 3. the fusion weight on Vaswani, 4. the quality table on DL19 / SciFact (skip with QUALITY=0),
 # 5. packaging + model card (lazyrank.json: scoring head, the fusion weight).
 # On a GPU the same segments take minutes (add --bf16 true through EXTRA_TRAIN_ARGS).

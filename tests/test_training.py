@@ -201,7 +201,6 @@ def test_init_adapter_continues_a_trained_lora(tmp_path, tiny_dir, label_file):
         parse_args(common + ["--output_dir", str(tmp_path / "y"), "--init_adapter", str(first), "--use_lora", "false"])
 
 
-
 def test_an_adapter_naming_the_default_model_loads_on_the_converted_file(tmp_path, tiny_dir, label_file, monkeypatch):
     """The shipped adapter (and one continued from it) names "SmolLM2-135M-Instruct": our converted
     folder, not a hub id. Loading such a folder offline must use that file, with the adapter applied."""
@@ -229,6 +228,8 @@ def test_an_adapter_naming_the_default_model_loads_on_the_converted_file(tmp_pat
         out, base, ref = (m(ids).logits for m in (merged, plain, direct))
     assert torch.allclose(out, ref, atol=1e-5)  # the same adapter, whichever way its base is named
     assert not torch.allclose(out, base, atol=1e-4)  # and it was applied
+
+
 def test_stop_at_step_keeps_the_schedule_of_max_steps(tmp_path, tiny_dir, label_file):
     """A segment cut at step k of an n-step run: same LR as the n-step schedule there, saved, resumable."""
     from rerank.train import parse_args, train
