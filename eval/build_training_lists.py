@@ -12,9 +12,13 @@ Sources (never ``msmarco-dl19`` nor the SciFact TEST claims: those are evaluatio
 * ``synthetic``: the queries ``rerank generate-queries`` wrote for a corpus (``--synthetic
   QUERIES.jsonl``; its source passage is the one judged relevant, the BM25 candidates beside it are
   the list): domain adaptation without any qrels of that corpus.
-Each list gets graded teacher scores (all-MiniLM-L6-v2 cosine, offline) and a complete label:
-judged-relevant passages first (by grade), the rest in the teacher's order. ``--report`` prints the
-label quality of teacher-only vs teacher + judgements vs BM25 order against the qrels (nDCG@10).
+Each list gets graded teacher scores and a complete label: judged-relevant passages first (by
+grade), the rest in the teacher's order. The teacher (``--teacher``) is all-MiniLM-L6-v2 cosine
+(``minilm``) or an ensemble of that cosine and the passage's BM25 score for the query over its own
+collection (``ensemble``: the mean of the two per-list z-scores, mapped back onto the list's cosine
+scale so the KL temperature keeps its meaning). ``--judged_boost`` lifts judged-relevant passages
+above every other soft score, so the KL term agrees with the rank term. The summary reports, per
+source, the nDCG@10 against the qrels of the input order, BM25, MiniLM, the ensemble and the label.
 """
 
 from __future__ import annotations
@@ -110,11 +114,76 @@ def ndcg10(order: list[str], grades: dict[str, int]) -> float:
     return dcg / idcg if idcg else 0.0
 
 
+def zscores(values: list[float]) -> list[float] | None:
+    """Per-list standard scores; None when the list has no spread."""
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / len(values)
+    if var <= 1e-12:
+        return None
+    return [(v - mean) / math.sqrt(var) for v in values]
+
+
+def ensemble_scores(cosines: list[float], bm25: list[float], bm25_weight: float) -> list[float]:
+    """(1-w) z(cosine) + w z(BM25), mapped back onto the cosines' mean and spread.
+
+    >>> [round(x, 3) for x in ensemble_scores([0.2, 0.4], [1.0, 0.0], 0.5)]
+    [0.3, 0.3]
+    """
+    zc, zb = zscores(cosines), zscores(bm25)
+    if zc is None:
+        return list(cosines)
+    if zb is None:
+        zb = [0.0] * len(bm25)
+    mean = sum(cosines) / len(cosines)
+    std = math.sqrt(sum((c - mean) ** 2 for c in cosines) / len(cosines))
+    return [mean + std * ((1 - bm25_weight) * a + bm25_weight * b) for a, b in zip(zc, zb)]
+
+
+def boost_judged(scores: dict[str, float], grades: dict[str, int], boost: float) -> dict[str, float]:
+    """Lift every judged-relevant passage above the best unjudged one: top + boost * grade.
+
+    >>> boost_judged({"a": 0.1, "b": 0.5}, {"a": 1}, 0.1)
+    {'a': 0.6, 'b': 0.5}
+    """
+    if boost <= 0 or not any(g > 0 for g in grades.values()):
+        return dict(scores)
+    top = max(scores.values())
+    return {d: (round(top + boost * grades[d], 6) if grades.get(d, 0) > 0 else s) for d, s in scores.items()}
+
+
+class ListBM25:
+    """BM25 scores of a list's passages for its query, each source scored over its own collection.
+
+    Sources with a collection folder (SelQA, WikiQA, SciFact) use its corpus; the others (MS MARCO
+    triples, synthetic lists) use ``pools[source]``, the passages of all their lists.
+    """
+
+    FOLDERS = {"selqa": "selqa", "wikiqa": "wikiqa", "scifact": "beir-scifact"}
+
+    def __init__(self, pools: dict[str, dict[str, str]]):
+        self.pools, self.indexes = pools, {}
+
+    def __call__(self, item: dict) -> list[float]:
+        from rerank.retrieval import BM25Index
+
+        source = item["qid"].split("-", 1)[0]
+        if source not in self.indexes:
+            folder = self.FOLDERS.get(source)
+            corpus = load_collection(str(DATA / folder)).corpus if folder else self.pools[source]
+            self.indexes[source] = BM25Index.build(corpus, show_progress=False)
+        return self.indexes[source].score(item["query"], item["initial_list"])
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = FlagParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/head/train.jsonl", help="Label JSONL to write.")
     ap.add_argument("--list-size", type=int, default=20, help="Candidates per SelQA/WikiQA/MS MARCO list (cap).")
     ap.add_argument("--scifact-depth", type=int, default=10, help="BM25 candidates per SciFact train claim.")
+    ap.add_argument("--teacher", choices=("minilm", "ensemble"), default="minilm",
+                    help="Soft scores and the order of unjudged passages: MiniLM cosine, or its ensemble with BM25.")
+    ap.add_argument("--bm25-weight", type=float, default=0.5, help="Weight of BM25 in the ensemble teacher (0..1).")
+    ap.add_argument("--judged-boost", type=float, default=0.0,
+                    help="Soft score of a judged-relevant passage = best score in its list + boost * grade (0 = off).")
     ap.add_argument("--sources", default="selqa,wikiqa,scifact,msmarco", help="Comma-separated subset.")
     ap.add_argument("--synthetic", default=None,
                     help="queries.jsonl of `rerank generate-queries` for the 'synthetic' source (its .candidates.jsonl "
@@ -123,6 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.list_size < 2:
         ap.error("--list_size must be at least 2")
+    if not 0.0 <= args.bm25_weight <= 1.0:
+        ap.error(f"--bm25_weight must be in [0, 1], got {args.bm25_weight}")
     from rerank.teachers import EmbeddingTeacher
 
     rng = random.Random(args.seed)
@@ -142,29 +213,43 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             ap.error(f"unknown source {src!r}")
     teacher = EmbeddingTeacher()
-    quality = {"first_stage": [], "teacher": [], "label": []}
+    pools: dict[str, dict[str, str]] = {}
+    for item in lists:
+        pools.setdefault(item["qid"].split("-", 1)[0], {}).update(item["passages"])
+    list_bm25 = ListBM25(pools)
+    keys = ("first_stage", "bm25", "minilm", "ensemble", "label")
+    quality: dict[str, dict[str, list[float]]] = {}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".part")
     with open(tmp, "w", encoding="utf-8") as fh:
         for item in tqdm(lists, desc="teacher scores"):
             docs = item["initial_list"]
+            src = item["qid"].split("-", 1)[0]
             # The teacher reads what the model reads: sanitised text (no budget cut: it has its own).
             vecs = teacher._embed([sanitize(item["passages"][d]) for d in docs])
             qvec = teacher._embed([sanitize(item["query"])])[0]
             cos = (vecs @ qvec).tolist()
-            scores = dict(zip(docs, cos))
-            by_teacher = sorted(docs, key=lambda d: (-scores[d], docs.index(d)))
+            bm25 = list_bm25(item)
+            ens = ensemble_scores(cos, bm25, args.bm25_weight)
+            by = {name: sorted(docs, key=lambda d, v=dict(zip(docs, vals)): (-v[d], docs.index(d)))
+                  for name, vals in (("bm25", bm25), ("minilm", cos), ("ensemble", ens))}
+            soft = dict(zip(docs, ens if args.teacher == "ensemble" else cos))
             grades = item["grades"]
-            final = sorted(by_teacher, key=lambda d: -grades.get(d, 0))  # stable: teacher order within a grade
-            for key, order in (("first_stage", docs), ("teacher", by_teacher), ("label", final)):
-                quality[key].append(ndcg10(order, grades))
+            final = sorted(by["ensemble" if args.teacher == "ensemble" else "minilm"], key=lambda d: -grades.get(d, 0))
+            orders = {"first_stage": docs, **by, "label": final}
+            for key in keys:
+                quality.setdefault(src, {}).setdefault(key, []).append(ndcg10(orders[key], grades))
             fh.write(json.dumps({"qid": item["qid"], "query": item["query"], "initial_list": docs, "final_list": final,
-                                 "passages": item["passages"], "teacher_scores": scores}) + "\n")
+                                 "passages": item["passages"],
+                                 "teacher_scores": boost_judged(soft, grades, args.judged_boost)}) + "\n")
     tmp.replace(out)
     summary = {"labels": str(out), "lists": len(lists),
                "by_source": {s: sum(1 for x in lists if x["qid"].startswith(s)) for s in sources},
-               "label_ndcg10_vs_qrels": {k: round(sum(v) / len(v), 4) for k, v in quality.items()}}
+               "teacher": args.teacher, "bm25_weight": args.bm25_weight, "judged_boost": args.judged_boost,
+               "scifact_depth": args.scifact_depth,
+               "label_ndcg10_vs_qrels": {src: {k: round(sum(v) / len(v), 4) for k, v in q.items()}
+                                         for src, q in quality.items()}}
     print(json.dumps(summary, indent=2))
     out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -29,6 +29,27 @@ def _scores_table(quality: dict) -> str:
     return "\n".join(lines)
 
 
+def data_line(summaries: list[str]) -> str:
+    """The card's data bullet, from the ``.summary.json`` of each label file the segments trained on."""
+    parts = []
+    for path in summaries or ["default"]:
+        if path == "default":  # build_training_lists.py's default labels, whose summary a fresh checkout lacks
+            parts.append("4,526 lists (SelQA, WikiQA, SciFact TRAIN claims at BM25 top-10, MS MARCO train triples); "
+                         "labels = judged-relevant first, then all-MiniLM-L6-v2 order; its cosines as soft targets")
+            continue
+        info = json.loads(Path(path).read_text())
+        teacher = info.get("teacher", "minilm")
+        order = ("an ensemble of all-MiniLM-L6-v2 cosine and BM25 (weight "
+                 f"{info.get('bm25_weight')})" if teacher == "ensemble" else "all-MiniLM-L6-v2")
+        boost = f", judged-relevant soft scores lifted by {info['judged_boost']} x grade" if info.get("judged_boost") else ""
+        sources = ", ".join(f"{k} {v}" for k, v in info.get("by_source", {}).items())
+        parts.append(f"`{Path(path).name}`: {info.get('lists')} lists ({sources}; SciFact TRAIN claims at BM25 top-"
+                     f"{info.get('scifact_depth', 10)}); labels = judged-relevant first, then {order} order; the same "
+                     f"teacher's scores as soft targets{boost}")
+    return ("* Data: `eval/build_training_lists.py` over ../shared/data; " + "; then ".join(parts)
+            + ". Never msmarco-dl19 nor the SciFact test claims.")
+
+
 def main(argv: list[str] | None = None) -> Path:
     from safetensors.torch import load_file, save_file
 
@@ -42,6 +63,9 @@ def main(argv: list[str] | None = None) -> Path:
                     help="eval/fusion_dev.py JSON: ship its chosen first_stage_weight (picked on a dev collection).")
     ap.add_argument("--history", action="append", default=[],
                     help="A line for the card's training history (repeatable), e.g. each resumed or adapted segment.")
+    ap.add_argument("--labels", action="append", default=[],
+                    help="The .summary.json of each label file the segments trained on, in order (the card's data line); "
+                         "'default' = build_training_lists.py's default labels.")
     ap.add_argument("--dtype", default="float32", choices=["bfloat16", "float32"])
     ap.add_argument("--max-mb", type=float, default=25.0)
     args = ap.parse_args(argv)
@@ -85,9 +109,7 @@ def main(argv: list[str] | None = None) -> Path:
                f"input order, `rerank.fusion`), chosen on {Path(fusion['dev']['collection']).name} "
                f"({fusion['dev']['queries']} queries, neither training nor evaluation data) by `eval/fusion_dev.py`; "
                "`first_stage_weight=0.0` gives the model alone."] if fusion else []),
-            "* Data: `eval/build_training_lists.py` over ../shared/data: SelQA, WikiQA, SciFact TRAIN claims (BM25 top-10), "
-            "MS MARCO train triples; labels = judged-relevant first, then all-MiniLM-L6-v2 order; teacher cosines as soft targets. "
-            "Never msmarco-dl19 nor the SciFact test claims.",
+            data_line(args.labels),
             f"* Trained with: {json.dumps(settings.get('trained_with', {}))}; {metrics.get('global_step', '?')} steps"
             + (f", {metrics['seconds'] / 60:.0f} min on {metrics.get('distributed_type', '?')}" if metrics.get("seconds") else "")
             + (f" (the last segment, resumed from {Path(metrics['resumed_from']).name})" if metrics.get("resumed_from") else "")

@@ -108,6 +108,27 @@ class BM25Index:
         return out
 
 
+    def score(self, query: str, docids: Sequence[str]) -> list[float]:
+        """BM25 score of ``query`` for each of ``docids`` (indexed passages), in their order.
+
+        Used to score a given candidate list (e.g. an ensemble teacher) without retrieving.
+        """
+        bm25s, _ = _require_bm25s()
+        if not hasattr(self, "_row"):
+            self._row = {d: i for i, d in enumerate(self.docids)}
+        missing = [d for d in docids if d not in self._row]
+        if missing:
+            raise KeyError(f"{len(missing)} docid(s) are not in this BM25 index, e.g. {missing[0]!r}")
+        tokens = bm25s.tokenize([query], stopwords=self.config.stopwords, stemmer=self._stemmer(),
+                                return_ids=False, show_progress=False)[0]
+        vocab = self.retriever.vocab_dict
+        known = [t for t in tokens if t in vocab]
+        if not known:
+            return [0.0] * len(docids)
+        all_scores = self.retriever.get_scores(known)
+        return [float(all_scores[self._row[d]]) for d in docids]
+
+
 def retrieve_collection(collection_dir: str, depth: int = 100, queries: dict[str, str] | None = None,
                         index_dir: str | None = None, config: BM25Config | None = None) -> dict[str, list[tuple[str, float]]]:
     """BM25 run ``{qid: [(docid, score), ...]}`` over a collection folder (shared or BEIR layout).

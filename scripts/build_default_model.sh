@@ -3,13 +3,16 @@
 #
 #   MAX_TRAIN_MINUTES=75 nohup bash scripts/build_default_model.sh > runs/build.log 2>&1 &
 #
-# 1. labels with teacher scores from every offline training source (about 10 min on 2 cores),
-# 2. head training in the two segments the shipped weights went through (configs/train/head-cpu.yaml):
+# 1. labels with teacher scores from every offline training source (about 10 min on 2 cores each):
+#    MiniLM-ordered labels (train.jsonl) and ensemble labels (train-ensemble.jsonl: MiniLM + BM25,
+#    judged passages' soft scores lifted, SciFact train claims at BM25 top-20),
+# 2. head training in the three segments the shipped weights went through (configs/train/head-cpu.yaml):
 #    steps 1-301 on a 450-step linear schedule (runs/head/model), then a second run of 200 steps that
 #    starts from that adapter (--init_adapter, fresh optimizer) with LR 2.7e-4 decaying over 600 steps
-#    and a new data order (runs/head/model2). --stop_at_step ends each segment where the shipped run
-#    ended. Every call resumes from the newest checkpoint; with MAX_TRAIN_MINUTES a segment may stop
-#    early: run the script again.
+#    and a new data order (runs/head/model2), then a third run of 200 steps from that one on the
+#    ensemble labels, LR 2e-4 linear over 200 steps (runs/head/model3). --stop_at_step ends each
+#    segment where the shipped run ended. Every call resumes from the newest checkpoint; with
+#    MAX_TRAIN_MINUTES a segment may stop early: run the script again.
 # 3. the fusion weight on Vaswani, 4. the quality table on DL19 / SciFact (skip with QUALITY=0),
 # 5. packaging + model card (lazyrank.json: scoring head, the fusion weight).
 # On a GPU the same segments take minutes (add --bf16 true through EXTRA_TRAIN_ARGS).
@@ -19,6 +22,8 @@ PY=.venv/bin/python
 OUT=${OUT:-runs/head}
 QUALITY=${QUALITY:-1}
 [ -f "$OUT/train.jsonl" ] || $PY eval/build_training_lists.py --out "$OUT/train.jsonl"
+[ -f "$OUT/train-ensemble.jsonl" ] || $PY eval/build_training_lists.py --out "$OUT/train-ensemble.jsonl" \
+    --teacher ensemble --judged_boost 0.1 --scifact_depth 20
 
 last_step() {  # DIR: newest checkpoint step in DIR (0 if none)
   local newest
@@ -39,13 +44,16 @@ segment() {  # DIR MAX_STEPS STOP_AT [more train args]
 }
 segment "$OUT/model" 450 301
 segment "$OUT/model2" 600 200 --init_adapter "$OUT/model" --learning_rate 2.7e-4 --warmup_steps 10 --data_seed 1 --eval_strategy no
-MODEL="$OUT/model2"
+segment "$OUT/model3" 200 200 --train_file "$OUT/train-ensemble.jsonl" --init_adapter "$OUT/model2" \
+    --max_seq_length 2600 --learning_rate 2.0e-4 --warmup_steps 10 --data_seed 2 --eval_strategy no
+MODEL="$OUT/model3"
 
 # The first-stage fusion weight is chosen on Vaswani (neither training nor evaluation data).
 $PY eval/fusion_dev.py --model "$MODEL" --work_dir "$OUT/fusion" --out "$OUT/fusion.json"
-PACKAGE_ARGS=(--fusion "$OUT/fusion.json"
+PACKAGE_ARGS=(--fusion "$OUT/fusion.json" --labels default --labels "$OUT/train-ensemble.summary.json"
   --history "Steps 1-301: configs/train/head-cpu.yaml, linear LR 4e-4 over 450 steps (20 warm-up), stopped at step 301."
-  --history "Steps 302-501: a second run from the step-301 adapter (--init_adapter, fresh AdamW state, a new data order: --data_seed 1; the held-out split stays on seed 42), LR 2.7e-4 after 10 warm-up steps decaying linearly over 600 steps, stopped at its step 200 (LR 1.8e-4).")
+  --history "Steps 302-501: a second run from the step-301 adapter (--init_adapter, fresh AdamW state, a new data order: --data_seed 1; the held-out split stays on seed 42), LR 2.7e-4 after 10 warm-up steps decaying linearly over 600 steps, stopped at its step 200 (LR 1.8e-4)."
+  --history "Steps 502-701: a third run from the step-501 adapter on the ensemble labels (train-ensemble.jsonl: MiniLM + BM25 order, judged soft scores lifted by 0.1 x grade, SciFact train claims at top-20), LR 2e-4 after 10 warm-up steps decaying linearly over 200 steps, --max_seq_length 2600, --data_seed 2.")
 if [ "$QUALITY" = "1" ]; then
   PACKAGE_ARGS+=(--quality "$OUT/quality.json")
   $PY eval/quality_table.py --out "$OUT/quality.json" --work_dir "$OUT/quality" --depths 20 \

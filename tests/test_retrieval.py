@@ -32,6 +32,17 @@ def test_save_load_roundtrip(tmp_path):
         BM25Index.load(tmp_path)
 
 
+def test_score_given_docids_matches_search_and_refuses_unknown_ones():
+    index = BM25Index.build(CORPUS, show_progress=False)
+    (hits,) = index.search(["bees keep warm"], depth=4, show_progress=False)
+    scores = index.score("bees keep warm", ["d4", "d3", "d1", "d2"])
+    assert scores[0] == 0.0 and scores[3] == 0.0            # no shared term
+    assert scores[2] == pytest.approx(dict(hits)["d1"]) and scores[1] == pytest.approx(dict(hits)["d3"])
+    assert index.score("zebra quantum", ["d1", "d2"]) == [0.0, 0.0]   # no indexed term at all
+    with pytest.raises(KeyError, match="not in this BM25 index.*'d9'"):
+        index.score("bees", ["d1", "d9"])
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="empty corpus"):
         BM25Index.build({}, show_progress=False)

@@ -1,0 +1,74 @@
+"""The head-training label builder (eval/build_training_lists.py): ensemble teacher and judged boost."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def builder():
+    spec = importlib.util.spec_from_file_location("_build_training_lists", REPO / "eval" / "build_training_lists.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ensemble_is_the_mean_z_score_on_the_cosine_scale(builder):
+    cos, bm25 = [0.1, 0.3, 0.5], [0.0, 6.0, 3.0]
+    # z(cos) = [-1.2247, 0, 1.2247], z(bm25) = [-1.2247, 1.2247, 0]; std(cos) = 0.16330, mean 0.3
+    ens = builder.ensemble_scores(cos, bm25, 0.5)
+    assert ens == pytest.approx([0.3 - 0.2, 0.3 + 0.1, 0.3 + 0.1], abs=1e-9)
+    assert builder.ensemble_scores(cos, bm25, 0.0) == pytest.approx(cos)       # MiniLM alone
+    only_bm25 = builder.ensemble_scores(cos, bm25, 1.0)
+    assert sorted(range(3), key=lambda i: -only_bm25[i]) == [1, 2, 0]          # BM25's order
+    assert sum(only_bm25) / 3 == pytest.approx(0.3)                            # cosine mean kept
+    assert builder.ensemble_scores(cos, [2.0, 2.0, 2.0], 0.5) == pytest.approx([0.2, 0.3, 0.4])  # BM25 ties: half weight of cos
+    assert builder.ensemble_scores([0.4, 0.4], [1.0, 0.0], 0.5) == [0.4, 0.4]  # no cosine spread: unchanged
+
+
+def test_judged_passages_are_lifted_above_every_unjudged_one(builder):
+    scores = {"a": 0.1, "b": 0.7, "c": 0.3}
+    boosted = builder.boost_judged(scores, {"a": 2, "c": 1, "b": 0}, 0.1)
+    assert boosted == {"a": pytest.approx(0.9), "b": 0.7, "c": pytest.approx(0.8)}
+    assert builder.boost_judged(scores, {"a": 1}, 0.0) == scores             # off
+    assert builder.boost_judged(scores, {}, 0.1) == scores                   # nothing judged
+
+
+def test_list_bm25_scores_each_source_over_its_own_passages(builder):
+    pools = {"msmarco": {"m0-pos": "bees warm the hive by shivering", "m0-neg": "rivers flow to the sea",
+                         "m1-pos": "honey is stored in combs"}}
+    score = builder.ListBM25(pools)
+    item = {"qid": "msmarco-0", "query": "how do bees warm the hive", "initial_list": ["m0-neg", "m0-pos"]}
+    neg, pos = score(item)
+    assert neg == 0.0 and pos > 0
+    with pytest.raises(KeyError, match="not in this BM25 index"):
+        score({**item, "initial_list": ["nope"]})
+
+
+def test_ndcg10_hand_computed(builder):
+    # relevant at rank 2 of a list with one relevant passage: 1/log2(3)
+    assert builder.ndcg10(["x", "r"], {"r": 1}) == pytest.approx(1 / math.log2(3))
+    assert builder.ndcg10(["r", "x"], {"r": 1}) == 1.0
+    assert builder.ndcg10(["x"], {}) == 0.0
+
+
+def test_model_card_names_every_label_file_the_segments_trained_on(tmp_path):
+    spec = importlib.util.spec_from_file_location("_package_weights", REPO / "eval" / "package_weights.py")
+    package = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(package)
+    summary = tmp_path / "train-ensemble.summary.json"
+    summary.write_text(json.dumps({"lists": 3, "by_source": {"selqa": 2, "scifact": 1}, "teacher": "ensemble",
+                                   "bm25_weight": 0.5, "judged_boost": 0.1, "scifact_depth": 20}))
+    line = package.data_line(["default", str(summary)])
+    assert line.startswith("* Data:") and line.count("judged-relevant first") == 2
+    assert "BM25 top-10" in line and "BM25 top-20" in line and "selqa 2, scifact 1" in line
+    assert "ensemble of all-MiniLM-L6-v2 cosine and BM25 (weight 0.5)" in line and "0.1 x grade" in line
+    assert package.data_line([]) == package.data_line(["default"])
+    assert "Never msmarco-dl19" in line
