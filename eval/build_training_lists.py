@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--list_size must be at least 2")
     if not 0.0 <= args.bm25_weight <= 1.0:
         ap.error(f"--bm25_weight must be in [0, 1], got {args.bm25_weight}")
+    if args.judged_boost < 0:
+        ap.error(f"--judged_boost must be >= 0, got {args.judged_boost}")
     from rerank.teachers import EmbeddingTeacher
 
     rng = random.Random(args.seed)

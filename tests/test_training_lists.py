@@ -72,3 +72,12 @@ def test_model_card_names_every_label_file_the_segments_trained_on(tmp_path):
     assert "ensemble of all-MiniLM-L6-v2 cosine and BM25 (weight 0.5)" in line and "0.1 x grade" in line
     assert package.data_line([]) == package.data_line(["default"])
     assert "Never msmarco-dl19" in line
+
+
+@pytest.mark.parametrize("flags, message", [(["--bm25_weight", "1.5"], "bm25_weight"),
+                                            (["--judged_boost", "-0.1"], "judged_boost"),
+                                            (["--teacher", "oracle"], "teacher")])
+def test_bad_flags_are_refused_before_any_work(builder, flags, message, capsys):
+    with pytest.raises(SystemExit):
+        builder.main(["--out", "/nonexistent/never-written.jsonl", *flags])
+    assert message in capsys.readouterr().err
