@@ -114,13 +114,18 @@ def ndcg10(order: list[str], grades: dict[str, int]) -> float:
     return dcg / idcg if idcg else 0.0
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population standard deviation of one list's scores."""
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
 def zscores(values: list[float]) -> list[float] | None:
     """Per-list standard scores; None when the list has no spread."""
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / len(values)
-    if var <= 1e-12:
+    mean, std = mean_std(values)
+    if std <= 1e-6:
         return None
-    return [(v - mean) / math.sqrt(var) for v in values]
+    return [(v - mean) / std for v in values]
 
 
 def ensemble_scores(cosines: list[float], bm25: list[float], bm25_weight: float) -> list[float]:
@@ -134,8 +139,7 @@ def ensemble_scores(cosines: list[float], bm25: list[float], bm25_weight: float)
         return list(cosines)
     if zb is None:
         zb = [0.0] * len(bm25)
-    mean = sum(cosines) / len(cosines)
-    std = math.sqrt(sum((c - mean) ** 2 for c in cosines) / len(cosines))
+    mean, std = mean_std(cosines)
     return [mean + std * ((1 - bm25_weight) * a + bm25_weight * b) for a, b in zip(zc, zb)]
 
 
@@ -149,6 +153,11 @@ def boost_judged(scores: dict[str, float], grades: dict[str, int], boost: float)
         return dict(scores)
     top = max(scores.values())
     return {d: (round(top + boost * grades[d], 6) if grades.get(d, 0) > 0 else s) for d, s in scores.items()}
+
+
+def source_of(item: dict) -> str:
+    """The source a list came from: its qid prefix (``selqa-12`` -> ``selqa``)."""
+    return item["qid"].split("-", 1)[0]
 
 
 class ListBM25:
@@ -166,7 +175,7 @@ class ListBM25:
     def __call__(self, item: dict) -> list[float]:
         from rerank.retrieval import BM25Index
 
-        source = item["qid"].split("-", 1)[0]
+        source = source_of(item)
         if source not in self.indexes:
             folder = self.FOLDERS.get(source)
             corpus = load_collection(str(DATA / folder)).corpus if folder else self.pools[source]
@@ -217,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = EmbeddingTeacher()
     pools: dict[str, dict[str, str]] = {}
     for item in lists:
-        pools.setdefault(item["qid"].split("-", 1)[0], {}).update(item["passages"])
+        pools.setdefault(source_of(item), {}).update(item["passages"])
     list_bm25 = ListBM25(pools)
     keys = ("first_stage", "bm25", "minilm", "ensemble", "label")
     quality: dict[str, dict[str, list[float]]] = {}
@@ -227,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
     with open(tmp, "w", encoding="utf-8") as fh:
         for item in tqdm(lists, desc="teacher scores"):
             docs = item["initial_list"]
-            src = item["qid"].split("-", 1)[0]
+            src = source_of(item)
             # The teacher reads what the model reads: sanitised text (no budget cut: it has its own).
             vecs = teacher._embed([sanitize(item["passages"][d]) for d in docs])
             qvec = teacher._embed([sanitize(item["query"])])[0]

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -92,14 +93,23 @@ class BM25Index:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         return cls(bm25s.BM25.load(str(folder)), list(meta["docids"]), BM25Config(**meta["config"]))
 
+    def _tokenize_queries(self, queries: Sequence[str], return_ids: bool):
+        """Queries tokenised as the corpus was (same stop words and stemmer)."""
+        bm25s, _ = _require_bm25s()
+        return bm25s.tokenize(list(queries), stopwords=self.config.stopwords, stemmer=self._stemmer(),
+                              return_ids=return_ids, show_progress=False)
+
+    @cached_property
+    def _rows(self) -> dict[str, int]:
+        """docid -> row in the index, built on first use (only ``score`` needs it)."""
+        return {d: i for i, d in enumerate(self.docids)}
+
     def search(self, queries: Sequence[str], depth: int = 100, show_progress: bool = True) -> list[list[tuple[str, float]]]:
         """Top ``depth`` ``(docid, score)`` per query, best first (fewer when the corpus is smaller)."""
-        bm25s, _ = _require_bm25s()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         depth = min(depth, len(self.docids))
-        tokens = bm25s.tokenize(list(queries), stopwords=self.config.stopwords, stemmer=self._stemmer(),
-                                show_progress=False)
+        tokens = self._tokenize_queries(queries, return_ids=True)
         results, scores = self.retriever.retrieve(tokens, k=depth, show_progress=show_progress)
         out = []
         for row_ids, row_scores in zip(results, scores):
@@ -107,26 +117,20 @@ class BM25Index:
             out.append([(self.docids[int(i)], float(s)) for i, s in zip(row_ids, row_scores) if s > 0])
         return out
 
-
     def score(self, query: str, docids: Sequence[str]) -> list[float]:
         """BM25 score of ``query`` for each of ``docids`` (indexed passages), in their order.
 
         Used to score a given candidate list (e.g. an ensemble teacher) without retrieving.
         """
-        bm25s, _ = _require_bm25s()
-        if not hasattr(self, "_row"):
-            self._row = {d: i for i, d in enumerate(self.docids)}
-        missing = [d for d in docids if d not in self._row]
+        missing = [d for d in docids if d not in self._rows]
         if missing:
             raise KeyError(f"{len(missing)} docid(s) are not in this BM25 index, e.g. {missing[0]!r}")
-        tokens = bm25s.tokenize([query], stopwords=self.config.stopwords, stemmer=self._stemmer(),
-                                return_ids=False, show_progress=False)[0]
         vocab = self.retriever.vocab_dict
-        known = [t for t in tokens if t in vocab]
+        known = [t for t in self._tokenize_queries([query], return_ids=False)[0] if t in vocab]
         if not known:
             return [0.0] * len(docids)
         all_scores = self.retriever.get_scores(known)
-        return [float(all_scores[self._row[d]]) for d in docids]
+        return [float(all_scores[self._rows[d]]) for d in docids]
 
 
 def retrieve_collection(collection_dir: str, depth: int = 100, queries: dict[str, str] | None = None,
