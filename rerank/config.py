@@ -36,6 +36,7 @@ class PruningConfig:
     keep_ratios: list[float] = field(default_factory=lambda: [0.5, 0.25, 0.1],
                                      metadata={"help": "Fraction of the prompt's prunable tokens kept from each depth on; in (0,1], non-increasing. 1.0 everywhere = exact unpruned result."})
     granularity: str = field(default="token", metadata={"help": "'token' keeps the best single tokens; 'passage' keeps or drops whole passage bodies (ranked by mean token score, up to the same token budget)."})
+    budget: str = field(default="global", metadata={"help": "'global': one budget over all passage-body tokens; 'per_passage': each passage keeps keep_ratio of its own body tokens (token granularity only)."})
     score_window: int = field(default=1, metadata={"help": "How many final prompt tokens' attention rows score the candidates (averaged over rows and heads)."})
     protect_structure: bool = field(default=True, metadata={"help": "Never prune template, instruction, query or identifiers; off = every token but the last competes."})
     allow_unsupported_fallback: bool = field(default=False, metadata={"help": "On an unsupported model (architecture, eager attention, sliding window), run unpruned with a warning instead of raising."})
@@ -56,8 +57,21 @@ class PruningConfig:
             raise ValueError(f"keep_ratios must be non-increasing, got {self.keep_ratios}")
         if self.granularity not in ("token", "passage"):
             raise ValueError(f"granularity must be 'token' or 'passage', got {self.granularity!r}")
+        if self.budget not in ("global", "per_passage"):
+            raise ValueError(f"budget must be 'global' or 'per_passage', got {self.budget!r}")
+        if self.budget == "per_passage" and self.granularity != "token":
+            raise ValueError("budget='per_passage' keeps a share of each passage's tokens: it needs granularity='token'")
         if self.score_window < 1:
             raise ValueError(f"score_window must be >= 1, got {self.score_window}")
+
+    def check_head_scoring(self) -> None:
+        """Refuse a schedule that would drop what head scoring reads (passage ends, query), naming why."""
+        if not self.protect_structure:
+            raise ValueError("scoring='head' reads every passage's end and the query: pruning with "
+                             "protect_structure=False could drop them; keep protect_structure=True")
+        if self.granularity != "token":
+            raise ValueError("scoring='head' scores every passage: granularity='passage' would drop whole passage "
+                             "bodies and leave their ends reading nothing; use granularity='token'")
 
     @classmethod
     def from_spec(cls, spec: str) -> "PruningConfig":
@@ -146,9 +160,7 @@ class RerankerConfig:
             raise ValueError(f"prompt={self.prompt!r} uses {preset.identifiers} identifiers (at most {limit} "
                              f"passages per window), got window_size={self.window_size}")
         if self.scoring == "head" and self.pruning is not None:
-            # Pruning is steered by what the LAST token attends to; head scores are read at every
-            # passage's end, whose later-layer states would lose the pruned passage bodies.
-            raise ValueError("scoring='head' reads every passage's own end state: use pruning=None")
+            self.pruning.check_head_scoring()
         from .fusion import check_weight
 
         self.first_stage_weight = check_weight(self.first_stage_weight)

@@ -11,6 +11,7 @@ from .config import PruningConfig, RerankerConfig
 from .decoding import TokenTable, complete_order
 from .engine.generate import rank_prompts
 from .engine.identifiers import score_identifiers
+from .engine.head_pruning import score_positions_pruned
 from .engine.passage_head import score_positions
 from .engine.session import DenseSession
 from .fusion import fuse_with_first_stage
@@ -231,8 +232,12 @@ class Reranker:
     def _head_chunk(self, encs: list[PromptEncoding]) -> list[WindowRanking]:
         """Head scoring: order by the yes-no readout at each passage's end, ties by first-stage order."""
         yes_id, no_id = relevance_token_ids(self.tokenizer)
-        out = score_positions(self.model, [e.input_ids for e in encs], [e.passage_end_positions() for e in encs],
-                              yes_id, no_id, self.tokenizer.pad_token_id)
+        prompts, reads = [e.input_ids for e in encs], [e.passage_end_positions() for e in encs]
+        if self.config.pruning is None:
+            out = score_positions(self.model, prompts, reads, yes_id, no_id, self.tokenizer.pad_token_id)
+        else:
+            out = score_positions_pruned(self.model, prompts, reads, [e.prunable_mask() for e in encs], yes_id, no_id,
+                                         self.config.pruning)
         return _scored_rankings(encs, out.scores, out.prefill, 0.0)
 
     # ------------------------------------------------------------------ public API

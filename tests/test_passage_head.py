@@ -66,13 +66,6 @@ def test_head_reranker_orders_by_score_and_chunks_long_lists(tiny_model, tokeniz
     assert chunked.scores[:3] == pytest.approx(first.scores, abs=1e-4)  # chunk 1 is exactly the 3-passage prompt
 
 
-def test_head_scoring_refuses_pruning(tiny_model, tokenizer):
-    from rerank import PruningConfig
-
-    with pytest.raises(ValueError, match="pruning=None"):
-        RerankerConfig(scoring="head", pruning=PruningConfig())
-
-
 def test_head_loss_hand_computed():
     loss = PassageHeadLoss("ranknet", teacher_weight=1.0, teacher_temperature=1.0)
     scores = torch.tensor([[1.0, 0.0]])

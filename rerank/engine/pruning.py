@@ -224,6 +224,8 @@ class PrunedSession:
             else torch.zeros(length, dtype=torch.bool, device=self.device)
         groups = passage_groups(prunable_runs)
         initial = int(candidate.sum())
+        sizes = torch.bincount(groups[candidate], minlength=int(groups.max()) + 1) \
+            if self.config.budget == "per_passage" else None
         cos, sin = inner.rotary_emb(hidden, positions[None])
         cache = DynamicCache(config=self.lm.config)
         survivors, layer_tokens = [], []
@@ -236,7 +238,8 @@ class PrunedSession:
                     tick = time.perf_counter()
                     scores = last_rows_attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin,
                                                  self.config.score_window)
-                    keep = select_survivors(scores, candidate, groups, budget, self.config.granularity)
+                    quotas = None if sizes is None else torch.ceil(ratio * sizes.float()).long()
+                    keep = select_survivors(scores, candidate, groups, budget, self.config.granularity, quotas)
                     hidden, positions = hidden[:, keep], positions[keep]
                     candidate, groups = candidate[keep], groups[keep]
                     cos, sin = cos[:, keep], sin[:, keep]

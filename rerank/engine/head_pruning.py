@@ -1,0 +1,143 @@
+"""Pruned prefill for head scoring: every passage keeps its own end, bodies thin out layer by layer.
+
+Head scoring (:mod:`rerank.engine.passage_head`) reads relevance at each passage's end, so the
+LazyLLM rule "keep what the last token attends to" would starve every passage but the last. Here
+each passage end is a *reader*: before a scheduled layer, a body token's importance is the attention
+its OWN passage's end pays it (computed for the reader rows only, :func:`reader_attention`), and the
+least important body tokens stop being computed from that layer on. Structure tokens (template,
+instruction, query, identifiers) and every passage end are never pruned; survivors keep their
+original RoPE positions and run through the model's own sdpa / flash kernels with the causal flag.
+
+Two budgets (``PruningConfig.budget``): ``"global"`` keeps the best ``keep_ratio`` of all body
+tokens, comparing tokens across passages by their attention relative to their passage's mean (raw
+attention from different readers is not on one scale); ``"per_passage"`` keeps each passage's best
+``keep_ratio`` of its own tokens, so no passage loses more than the others.
+
+Tokens after the last passage end (the closing instruction) cannot influence any readout in a
+causal model, so they are not computed at all.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+
+import torch
+
+from ..config import PruningConfig
+from .passage_head import HeadScores, relevance_from_logits
+from .pruning import _causal_lm, check_supported, layer_schedule
+from .scoring import reader_attention, select_survivors
+from .session import PrefillInfo, _sync
+
+
+def _owners(length: int, readers: Sequence[int], prunable: torch.Tensor) -> torch.Tensor:
+    """Per token, the index of the reader whose passage body holds it (``-1`` for protected tokens).
+
+    A body token belongs to the first reader after it: passage k's body ends right before its end.
+    """
+    reads = torch.tensor(list(readers), dtype=torch.long)
+    owner = torch.searchsorted(reads, torch.arange(length), right=False)
+    return torch.where(prunable & (owner < len(readers)), owner, torch.full_like(owner, -1))
+
+
+@torch.inference_mode()
+def score_positions_pruned(model, prompts: Sequence[Sequence[int]], positions: Sequence[Sequence[int]],
+                           prunable: Sequence[Sequence[bool]], yes_id: int, no_id: int,
+                           config: PruningConfig) -> HeadScores:
+    """Head scores (``logit yes - logit no`` at each ``positions`` entry) from a pruned prefill.
+
+    ``prunable[b][t]`` marks passage-body tokens (:meth:`PromptEncoding.prunable_mask`); the
+    read positions must be protected. Prompts run one at a time (survivor sets differ per prompt).
+
+    Example:
+        >>> enc = encode_prompt(tok, "bees", docs, 100)                                   # doctest: +SKIP
+        >>> out = score_positions_pruned(lm, [enc.input_ids], [enc.passage_end_positions()],
+        ...                              [enc.prunable_mask()], yes, no, PruningConfig.from_spec("head"))
+        >>> out.prefill.computed_fraction                                                 # doctest: +SKIP
+        0.42
+    """
+    check_supported(model, config)
+    config.check_head_scoring()
+    if not (len(prompts) == len(positions) == len(prunable)):
+        raise ValueError(f"prompts ({len(prompts)}), positions ({len(positions)}) and prunable ({len(prunable)}) "
+                         "must have the same length")
+    start = time.perf_counter()
+    lm = _causal_lm(model)
+    schedule = layer_schedule(config, len(lm.model.layers))
+    device = next(model.parameters()).device
+    scores, computed, kept = [], 0, []
+    for row, (prompt, reads, mask) in enumerate(zip(prompts, positions, prunable)):
+        if len(mask) != len(prompt):
+            raise ValueError(f"prunable[{row}] has {len(mask)} flags for {len(prompt)} prompt tokens")
+        if not reads:
+            scores.append([])
+            kept.append(0)
+            continue
+        if list(reads) != sorted(set(reads)) or reads[0] < 0 or reads[-1] >= len(prompt):
+            raise ValueError(f"positions[{row}] must be increasing and lie in [0, {len(prompt)}), got {list(reads)}")
+        if any(mask[p] for p in reads):
+            raise ValueError(f"positions[{row}] include prunable tokens: a read position must be protected")
+        row_scores, layer_tokens = _score_row(lm, prompt, reads, mask, yes_id, no_id, schedule, config, device)
+        scores.append(row_scores)
+        computed += sum(layer_tokens)
+        kept.append(layer_tokens[-1])
+    _sync(device)
+    total = sum(len(p) for p in prompts)
+    info = PrefillInfo(seconds=time.perf_counter() - start, prompt_tokens=total, kept_tokens=sum(kept),
+                       computed_fraction=computed / (len(lm.model.layers) * max(1, total)),
+                       extra={"kept_tokens_per_row": kept, "budget": config.budget,
+                              "schedule": {str(k): v for k, v in sorted(schedule.items())}})
+    return HeadScores(scores, info)
+
+
+def _score_row(lm, prompt: Sequence[int], reads: Sequence[int], mask: Sequence[bool], yes_id: int, no_id: int,
+               schedule: dict[int, float], config: PruningConfig, device) -> tuple[list[float], list[int]]:
+    """One prompt's pruned forward up to its last read position; its scores and per-layer token counts."""
+    inner = lm.model
+    length = reads[-1] + 1  # nothing after the last readout can change it (causal attention)
+    ids = torch.tensor([list(prompt[:length])], dtype=torch.long, device=device)
+    body = torch.tensor(list(mask[:length]), dtype=torch.bool)
+    owner = _owners(length, reads, body).to(device)
+    candidate = body.to(device)
+    is_reader = torch.zeros(length, dtype=torch.bool, device=device)
+    is_reader[list(reads)] = True
+    # Each passage's quota counts its ORIGINAL body, as keep_ratios do for the global budget.
+    sizes = torch.bincount(owner[candidate], minlength=len(reads))
+    initial = int(candidate.sum())
+    hidden = inner.embed_tokens(ids)
+    pos = torch.arange(length, device=device)
+    cos, sin = inner.rotary_emb(hidden, pos[None])
+    layer_tokens = []
+    for index, layer in enumerate(inner.layers):
+        ratio = schedule.get(index)
+        if ratio is not None and int(candidate.sum()) > math.ceil(ratio * initial):
+            readers = is_reader.nonzero().squeeze(1)
+            attention = reader_attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin, readers)
+            own = attention[owner.clamp(min=0), torch.arange(owner.numel(), device=device)]
+            if config.budget == "per_passage":
+                quotas = torch.ceil(ratio * sizes.float()).long()
+                keep = select_survivors(own, candidate, owner.clamp(min=0), 0, "token", quotas=quotas)
+            else:
+                keep = select_survivors(_relative_to_passage(own, owner, candidate, len(reads)), candidate,
+                                        owner, math.ceil(ratio * initial), "token")
+            hidden, pos, cos, sin = hidden[:, keep], pos[keep], cos[:, keep], sin[:, keep]
+            candidate, owner, is_reader = candidate[keep], owner[keep], is_reader[keep]
+        hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), use_cache=False)
+        layer_tokens.append(pos.numel())
+    picked = inner.norm(hidden[0, is_reader])
+    return relevance_from_logits(lm.lm_head(picked), yes_id, no_id).cpu().tolist(), layer_tokens
+
+
+def _relative_to_passage(own: torch.Tensor, owner: torch.Tensor, candidate: torch.Tensor, readers: int) -> torch.Tensor:
+    """Each body token's attention over its passage's mean over surviving body tokens (1 = average).
+
+    Readers spread their attention over different key sets, so raw values are not comparable
+    across passages; relative to the passage mean they are.
+    """
+    group = owner.clamp(min=0)
+    sums = torch.zeros(readers, dtype=own.dtype, device=own.device).index_add_(0, group[candidate], own[candidate])
+    counts = torch.bincount(group[candidate], minlength=readers).clamp(min=1)
+    return own / (sums / counts).clamp(min=1e-12)[group]
+

@@ -1,0 +1,116 @@
+"""Pruned prefill for head scoring: passage ends read, bodies pruned by their own end's attention."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rerank import PruningConfig, Reranker, RerankerConfig
+from rerank.engine.head_pruning import _owners, score_positions_pruned
+from rerank.engine.passage_head import score_positions
+from rerank.engine.scoring import reader_attention, select_survivors
+from rerank.prompts import encode_prompt, relevance_token_ids
+
+DOCS = [f"passage {i}: the {['llama', 'rope', 'river', 'engine'][i % 4]} has {i} legs and lives near water"
+        for i in range(7)]
+
+
+@pytest.fixture(scope="module")
+def enc(tokenizer):
+    return encode_prompt(tokenizer, "which animal has legs", DOCS, 30)
+
+
+def test_reader_attention_matches_explicit_softmax(tiny_model):
+    torch.manual_seed(3)
+    attn = tiny_model.model.layers[2].self_attn
+    seq = 19
+    hidden = torch.randn(1, seq, tiny_model.config.hidden_size)
+    positions = torch.tensor(sorted(torch.randperm(50)[:seq].tolist()))[None]  # gapped, like survivors
+    cos, sin = tiny_model.model.rotary_emb(hidden, positions)
+    readers = torch.tensor([4, 9, 18])
+    with torch.inference_mode():
+        got = reader_attention(attn, hidden, cos, sin, readers)
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+        q = attn.q_proj(hidden).view(1, seq, -1, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(hidden).view(1, seq, -1, attn.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        full = (q @ repeat_kv(k, attn.num_key_value_groups).transpose(-1, -2)) * attn.scaling
+        full = full.masked_fill(torch.ones(seq, seq, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+        want = full[0, :, readers].mean(dim=0)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert got.sum(dim=1).tolist() == pytest.approx([1.0] * 3, abs=1e-5)
+    assert got[0, 5:].abs().max().item() == 0.0  # causal: reader 0 (index 4) sees nothing after it
+
+
+def test_per_passage_quotas_keep_each_groups_best():
+    # Two passages (groups 0 and 1) of 3 and 4 body tokens, protected tokens around them.
+    candidate = torch.tensor([False, True, True, True, False, True, True, True, True, False])
+    groups = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    scores = torch.tensor([0.0, 0.2, 0.9, 0.1, 0.0, 0.3, 0.05, 0.8, 0.4, 0.0])
+    keep = select_survivors(scores, candidate, groups, 0, "token", quotas=torch.tensor([1, 2]))
+    # Group 0 keeps its best (index 2), group 1 its best two (7, then 8); protected 0, 4, 9 stay.
+    assert keep.tolist() == [0, 2, 4, 7, 8, 9]
+
+
+def test_owners_map_body_tokens_to_the_next_reader():
+    prunable = torch.tensor([False, True, True, False, False, True, False])
+    assert _owners(7, [3, 6], prunable).tolist() == [-1, 0, 0, -1, -1, 1, -1]
+
+
+def test_keep_everything_equals_the_dense_readout(tiny_model, tokenizer, enc):
+    """A schedule keeping every token is the exact dense head score (the tail after the last
+    passage end is never computed: a causal readout cannot depend on it)."""
+    yes, no = relevance_token_ids(tokenizer)
+    dense = score_positions(tiny_model, [enc.input_ids], [enc.passage_end_positions()], yes, no,
+                            tokenizer.pad_token_id)
+    keep_all = PruningConfig(layer_fractions=[0.3, 0.6], keep_ratios=[1.0, 1.0])
+    pruned = score_positions_pruned(tiny_model, [enc.input_ids], [enc.passage_end_positions()],
+                                    [enc.prunable_mask()], yes, no, keep_all)
+    assert pruned.scores[0] == pytest.approx(dense.scores[0], abs=1e-4)
+    tail = len(enc.input_ids) - 1 - enc.passage_end_positions()[-1]
+    assert pruned.prefill.computed_fraction == pytest.approx(1 - tail / len(enc.input_ids))
+
+
+@pytest.mark.parametrize("budget", ["global", "per_passage"])
+def test_pruned_token_counts_follow_the_budget(tiny_model, tokenizer, enc, budget):
+    yes, no = relevance_token_ids(tokenizer)
+    config = PruningConfig(layer_fractions=[0.25, 0.5], keep_ratios=[0.5, 0.2], budget=budget)
+    out = score_positions_pruned(tiny_model, [enc.input_ids], [enc.passage_end_positions()],
+                                 [enc.prunable_mask()], yes, no, config)
+    assert len(out.scores[0]) == len(DOCS) and all(math.isfinite(s) for s in out.scores[0])
+    length = enc.passage_end_positions()[-1] + 1
+    sizes = [end - start for start, end in enc.passage_spans]
+    protected = length - sum(sizes)
+    if budget == "global":
+        want_last = protected + math.ceil(0.2 * sum(sizes))
+    else:
+        want_last = protected + sum(math.ceil(0.2 * n) for n in sizes)
+    assert out.prefill.kept_tokens == want_last
+    assert out.prefill.computed_fraction < 0.6
+
+
+def test_reranker_runs_head_scoring_pruned_in_batches(tiny_model, tokenizer):
+    config = RerankerConfig(scoring="head", pruning=PruningConfig(), batch_size=2)
+    rr = Reranker(tiny_model, tokenizer, config)
+    results = rr.rerank_batch(["which animal has legs", "rope"], [DOCS, DOCS[:3]])
+    for res, docs in zip(results, (DOCS, DOCS[:3])):
+        assert sorted(res.order) == list(range(len(docs)))
+        assert res.order == sorted(range(len(docs)), key=lambda i: (-res.scores[i], i))
+        assert res.stats.computed_fraction < 1.0 and res.score_kind == "head_logit"
+
+
+@pytest.mark.parametrize("kwargs, word", [(dict(protect_structure=False), "protect_structure"),
+                                          (dict(granularity="passage"), "granularity")])
+def test_head_scoring_refuses_schedules_that_drop_what_it_reads(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        RerankerConfig(scoring="head", pruning=PruningConfig(**kwargs))
+
+
+def test_per_passage_budget_needs_token_granularity():
+    with pytest.raises(ValueError, match="granularity='token'"):
+        PruningConfig(budget="per_passage", granularity="passage")
+    with pytest.raises(ValueError, match="budget"):
+        PruningConfig(budget="everywhere")
