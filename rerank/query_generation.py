@@ -102,7 +102,8 @@ class LocalGenerator:
         out = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = list(prompts[start:start + self.batch_size])
-            enc = self.tokenizer(chunk, return_tensors="pt", padding=True).to(self.model.device)
+            # The prompts hold passages (caller text): a "<|endoftext|>" in one is read as plain characters.
+            enc = self.tokenizer(chunk, return_tensors="pt", padding=True, split_special_tokens=True).to(self.model.device)
             with torch.inference_mode():
                 gen = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                           eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
