@@ -435,6 +435,9 @@ def tokenize_with_plain_spans(tokenizer, text: str, plain_spans: Sequence[tuple[
     template's control tokens, as the tokenizer itself cuts at every added token, and each run
     between them is tokenised with special-token parsing off (``force_split`` takes this path always;
     tests use it to check both paths agree on ordinary text).
+
+    ``split_special_tokens`` is a switch on the tokenizer shared by all its callers, set per call:
+    threads that tokenise concurrently need their own tokenizer copy.
     """
     pattern = _control_pattern(tokenizer)
     if pattern is None:

@@ -33,6 +33,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``rerank serve``."""
     from ..config import SCORINGS, STRATEGIES
@@ -66,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max_batch_size", type=_positive_int, default=None,
                    help="most requests per batched model call (default: --batch_size; 1 = no dynamic batching)")
     s.add_argument("--max_wait_ms", type=float, default=defaults.max_wait_ms, help="how long a request waits for batch mates")
+    s.add_argument("--max_query_tokens", type=_positive_int, default=defaults.max_query_tokens,
+                   help="longest query in model tokens (422 above; the query is never cut)")
+    s.add_argument("--body_timeout", type=_positive_float, default=defaults.body_timeout,
+                   help="seconds a request body may take to arrive (408 after)")
+    s.add_argument("--header_timeout", type=_positive_float, default=10.0,
+                   help="seconds a connection may take to send a request's headers (then it is closed)")
+    s.add_argument("--max_connections", type=_positive_int, default=1024,
+                   help="most open connections; requests on connections beyond it are answered 503")
     s.add_argument("--graceful_timeout", type=float, default=30.0, help="seconds in-flight requests get on shutdown")
     s.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
@@ -136,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         config = ServerConfig(model_name=args.model_name or args.model or "lazyrank", api_key=resolve_api_key(args),
                               max_request_bytes=args.max_request_bytes, max_documents=args.max_documents,
                               max_concurrent=args.max_concurrent, max_batch_size=args.max_batch_size,
-                              max_wait_ms=args.max_wait_ms)
+                              max_wait_ms=args.max_wait_ms, max_query_tokens=args.max_query_tokens,
+                              body_timeout=args.body_timeout)
         reranker = build_reranker(args)
     except (ValueError, TypeError) as exc:  # bad option values: a usage error, not a crash
         parser.error(str(exc))
@@ -146,8 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: the server is reachable from other machines%s", args.host,
                        "" if config.api_key else f" and has no API key (--api_key_file or ${API_KEY_ENV})")
+    from .connections import header_timeout_protocol
+
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                           timeout_graceful_shutdown=args.graceful_timeout, access_log=False))
+                                           timeout_graceful_shutdown=args.graceful_timeout, access_log=False,
+                                           http=header_timeout_protocol(args.header_timeout),
+                                           limit_concurrency=args.max_connections))
     server.run()
     return 0
 
