@@ -5,6 +5,7 @@ Routes (see ``docs/serving.md``):
 * ``POST /v1/rerank``, ``/v2/rerank``, ``/rerank``: the Cohere/Jina shape; ``/rerank`` with ``texts``
   answers in TEI's dialect.
 * ``GET /health`` (public), ``GET /metrics`` (public, Prometheus text), ``GET /info``.
+* ``GET /openapi.json`` and ``GET /docs`` (public): the OpenAPI document and Swagger UI over it.
 
 Every request is ranked through one :class:`~rerank.serving.batcher.DynamicBatcher`, so the model
 runs on its worker thread and never on the event loop.
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from .batcher import BatcherClosedError, BatcherConfig, DynamicBatcher, QueueFullError
+from .openapi import docs_page, openapi_document, swagger_asset, SWAGGER_ASSETS
 from .protocol import ApiError, cohere_response, parse_request, tei_response
 from .scores import model_top_k
 
@@ -30,7 +32,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ServerConfig", "create_app", "RERANK_ROUTES"]
 
 RERANK_ROUTES = ("/v1/rerank", "/v2/rerank", "/rerank")
-PUBLIC_ROUTES = ("/health", "/metrics")
+PUBLIC_ROUTES = ("/health", "/metrics", "/openapi.json", "/docs")
 _EXTRA = "pip install 'lazyrank[serve]'"
 
 
@@ -267,6 +269,28 @@ def create_app(reranker: Any, config: ServerConfig | None = None, *, info: dict 
         data, content_type = metrics.render()
         return responses.Response(data, headers={"Content-Type": content_type})
 
+    from .. import __version__ as lazyrank_version
+
+    schema = openapi_document(version=lazyrank_version, max_documents=config.max_documents,
+                              max_query_tokens=config.max_query_tokens, secured=config.api_key is not None)
+
+    async def openapi_route(request: Request):
+        return responses.JSONResponse(schema)
+
+    async def docs_route(request: Request):
+        return responses.HTMLResponse(docs_page())
+
+    async def docs_asset(request: Request):
+        name = request.path_params["name"]
+        try:
+            path = swagger_asset(name)
+        except ImportError as exc:
+            return _error(ApiError(404, "not_found", str(exc)), responses)
+        if path is None:
+            return _error(ApiError(404, "not_found", f"no asset {name!r}"), responses)
+        return responses.Response(path.read_bytes(), media_type=SWAGGER_ASSETS[name],
+                                  headers={"Cache-Control": "public, max-age=86400"})
+
     async def http_error(request: Request, exc: HTTPException):
         kinds = {404: "not_found", 405: "method_not_allowed"}
         return _error(ApiError(exc.status_code, kinds.get(exc.status_code, "http"), str(exc.detail)), responses)
@@ -286,7 +310,8 @@ def create_app(reranker: Any, config: ServerConfig | None = None, *, info: dict 
 
     routes = [Route(path, rerank_route, methods=["POST"]) for path in RERANK_ROUTES]
     routes += [Route("/health", health, methods=["GET"]), Route("/info", info_route, methods=["GET"]),
-               Route("/metrics", metrics_route, methods=["GET"])]
+               Route("/metrics", metrics_route, methods=["GET"]), Route("/openapi.json", openapi_route, methods=["GET"]),
+               Route("/docs", docs_route, methods=["GET"]), Route("/docs/assets/{name}", docs_asset, methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: http_error, Exception: internal_error})
     app.state.batcher = batcher
