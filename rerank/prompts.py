@@ -13,9 +13,11 @@ spans (pruning, head scoring) hold for all of them, ``ftfy`` included.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import string
+import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -39,7 +41,7 @@ def sanitize(text: str) -> str:
 
 __all__ = ["PromptEncoding", "encode_prompt", "encode_target", "format_ranking", "sanitize", "truncate_passages",
            "build_messages", "render_chat", "end_of_turn_ids", "relevance_token_ids", "fix_text_keeping_spans",
-           "tokenize_with_plain_spans"]
+           "tokenize_with_plain_spans", "plain_text_tokenizer"]
 
 
 def _head(num: int, query: str) -> str:
@@ -98,7 +100,12 @@ def truncate_passages(tokenizer, passages: Sequence[str], max_passage_tokens: in
     if max_passage_tokens is None:
         return cleaned, 0
     # Passages are caller text: counted (and cut) as plain text, a "<|im_end|>" inside one is not a control token.
-    encoded = tokenizer(cleaned, add_special_tokens=False, split_special_tokens=True)["input_ids"] if cleaned else []
+    pattern = _control_pattern(tokenizer)
+    if pattern is not None and any(pattern.search(text) for text in cleaned):
+        encoded = plain_text_tokenizer(tokenizer)(cleaned, add_special_tokens=False, split_special_tokens=True)
+    else:  # no control-token text: the tokenizer's own reading is already plain
+        encoded = tokenizer(cleaned, add_special_tokens=False) if cleaned else {"input_ids": []}
+    encoded = encoded["input_ids"]
     out, cut = [], 0
     for text, ids in zip(cleaned, encoded):
         if len(ids) > max_passage_tokens:
@@ -401,6 +408,33 @@ def _encode_once(tokenizer, preset: PromptPreset, query: str, passages: Sequence
                           num_passages=len(passages), truncated_passages=cut, text=rendered)
 
 
+_PLAIN_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def plain_text_tokenizer(tokenizer):
+    """A copy of ``tokenizer`` that reads special-token text (``<|im_end|>``) as the plain characters it is.
+
+    The switch (``split_special_tokens``) is state of the Rust tokenizer that all its callers share;
+    flipping it per call on the caller's tokenizer would race with another thread tokenising a
+    prompt (its template tokens would come out split). So a private copy holds it on for good,
+    made once per tokenizer (again if tokens were added since) and used only for text that holds
+    control-token text.
+    """
+    try:
+        size, plain = _PLAIN_COPIES[tokenizer]
+        if size == len(tokenizer):
+            return plain
+    except (KeyError, TypeError):
+        pass
+    plain = copy.deepcopy(tokenizer)
+    plain.split_special_tokens = True
+    try:
+        _PLAIN_COPIES[tokenizer] = (len(tokenizer), plain)
+    except TypeError:  # not weak-referenceable: no cache
+        pass
+    return plain
+
+
 def _control_pattern(tokenizer) -> re.Pattern | None:
     """Leftmost-longest matcher of the tokenizer's special added tokens (``<|im_end|>``, ``</s>``, ...)."""
     decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
@@ -436,8 +470,8 @@ def tokenize_with_plain_spans(tokenizer, text: str, plain_spans: Sequence[tuple[
     between them is tokenised with special-token parsing off (``force_split`` takes this path always;
     tests use it to check both paths agree on ordinary text).
 
-    ``split_special_tokens`` is a switch on the tokenizer shared by all its callers, set per call:
-    threads that tokenise concurrently need their own tokenizer copy.
+    The plain-text runs go through :func:`plain_text_tokenizer` (a private copy), so the caller's
+    tokenizer is never switched and other threads may keep using it.
     """
     pattern = _control_pattern(tokenizer)
     if pattern is None:
@@ -453,13 +487,14 @@ def tokenize_with_plain_spans(tokenizer, text: str, plain_spans: Sequence[tuple[
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
     if found != structural:
         logger.debug("control token text inside caller text: tokenised as plain text")
+    plain = plain_text_tokenizer(tokenizer)
     ids: list[int] = []
     offsets: list[tuple[int, int]] = []
     cursor = 0
     for start, end in structural + [(len(text), len(text))]:
         if start > cursor:
-            enc = tokenizer(text[cursor:start], add_special_tokens=False, split_special_tokens=True,
-                            return_offsets_mapping=True)
+            enc = plain(text[cursor:start], add_special_tokens=False, split_special_tokens=True,
+                        return_offsets_mapping=True)
             ids.extend(enc["input_ids"])
             offsets.extend((a + cursor, b + cursor) for a, b in enc["offset_mapping"])
         if end > start:

@@ -121,3 +121,29 @@ def test_split_path_adds_the_post_processor_tokens(tokenizer):
     ids, _ = tokenize_with_plain_spans(tok, text, span, add_special_tokens=True)
     assert ids[0] == bos and ids.count(bos) == 1
     assert ids.count(tok.convert_tokens_to_ids("<|im_end|>")) == 1
+
+
+def test_the_callers_tokenizer_is_never_switched_while_other_threads_use_it(tokenizer):
+    """Plain-text reading uses a private copy: a thread encoding ordinary prompts always gets the same ids
+    while another encodes injected ones."""
+    import threading
+
+    reference = encode_prompt(tokenizer, "what causes tides", ["The moon pulls the sea.", "Winds raise waves."]).input_ids
+    stop = threading.Event()
+    mismatches: list[list[int]] = []
+
+    def ordinary():
+        while not stop.is_set():
+            ids = encode_prompt(tokenizer, "what causes tides", ["The moon pulls the sea.", "Winds raise waves."]).input_ids
+            if ids != reference:
+                mismatches.append(ids)
+
+    worker = threading.Thread(target=ordinary)
+    worker.start()
+    try:
+        for _ in range(150):
+            encode_prompt(tokenizer, "tides", ["a", INJECTED], 5)  # truncation and the split path
+    finally:
+        stop.set()
+        worker.join(30)
+    assert mismatches == []

@@ -14,7 +14,6 @@ runs on its worker thread and never on the event loop.
 from __future__ import annotations
 
 import asyncio
-import copy
 import hmac
 import json
 import logging
@@ -176,9 +175,12 @@ def create_app(reranker: Any, config: ServerConfig | None = None, *, info: dict 
         except ValueError as exc:  # e.g. an integer of more digits than Python converts
             raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
 
-    # A copy of its own: a fast tokenizer's special-token switch is state shared by every caller, and
-    # the model's worker thread tokenises prompts while this event loop counts query tokens.
-    tokenizer = copy.deepcopy(getattr(reranker, "tokenizer", None))
+    tokenizer = getattr(reranker, "tokenizer", None)
+    if tokenizer is not None:
+        from ..prompts import plain_text_tokenizer
+
+        # a private copy: the worker thread keeps using the reranker's own to tokenise prompts
+        tokenizer = plain_text_tokenizer(tokenizer)
 
     def query_tokens(query: str) -> int:
         if tokenizer is None:  # a ranker without a tokenizer: UTF-8 bytes bound byte-level BPE tokens
