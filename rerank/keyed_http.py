@@ -1,4 +1,5 @@
-"""The one HTTP client that carries an API key (OpenAI-compatible teachers and query generators).
+"""Where an API key may travel, and the urllib client that follows it (OpenAI-compatible teachers and
+query generators; the httpx client of the LangChain / LlamaIndex adapters applies the same two checks).
 
 Where a key may go, in one place:
 
@@ -19,7 +20,7 @@ import os
 import urllib.request
 from urllib.parse import urlparse
 
-__all__ = ["KeyedClient", "check_key_transport", "is_loopback_url"]
+__all__ = ["KeyedClient", "bypass_proxy", "check_key_transport", "check_key_url", "is_loopback_url"]
 
 
 def is_loopback_url(url: str) -> bool:
@@ -40,11 +41,22 @@ def check_key_transport(url: str, api_key_env: str, allow_insecure_key: bool = F
     Plain http carries the bearer token readable to anyone on the path. ``allow_insecure_key=True``
     is the explicit opt-out (e.g. a trusted private network). No key set means nothing to leak.
     """
-    if not os.environ.get(api_key_env) or allow_insecure_key:
+    check_key_url(url, bool(os.environ.get(api_key_env)), f"${api_key_env}", allow_insecure_key)
+
+
+def check_key_url(url: str, has_key: bool, what: str, allow_insecure_key: bool = False) -> None:
+    """Raise ``ValueError`` naming ``what`` (the key's source) when a key may not go to ``url``."""
+    if not has_key or allow_insecure_key:
         return
     if urlparse(url).scheme != "https" and not is_loopback_url(url):
-        raise ValueError(f"refusing to send ${api_key_env} over plain {urlparse(url).scheme or '?'}:// to {url}: "
+        raise ValueError(f"refusing to send {what} over plain {urlparse(url).scheme or '?'}:// to {url}: "
                          "use https, a loopback address, or allow_insecure_key=True")
+
+
+def bypass_proxy(url: str, has_key: bool) -> bool:
+    """Whether a request must ignore the environment's proxies: loopback hosts, and plain http carrying a
+    key (a proxy would read the request, key included, in clear). https through a proxy is a tunnel."""
+    return is_loopback_url(url) or (has_key and urlparse(url).scheme != "https")
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
@@ -75,7 +87,7 @@ class KeyedClient:
     @property
     def bypasses_proxy(self) -> bool:
         """Loopback, or plain http with a key: a proxy would read the request (key included) in clear."""
-        return is_loopback_url(self.url) or (bool(self.api_key) and urlparse(self.url).scheme != "https")
+        return bypass_proxy(self.url, bool(self.api_key))
 
     def post_json(self, payload: dict) -> dict:
         """POST ``payload`` as JSON and return the decoded JSON reply."""

@@ -118,10 +118,13 @@ class _ProxyListener:
                         if not chunk:
                             break
                         data += chunk
+                except OSError:
+                    pass
+                self.received.append(data)  # recorded before answering: the client cannot finish first
+                try:
                     conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 except OSError:
                     pass
-                self.received.append(data)
 
     def close(self):
         self._stop.set()
@@ -278,3 +281,30 @@ def test_pins_match_the_files_in_use():
     if not cached.is_file():
         pytest.skip(f"{cached} not present (the default model came from LAZYRANK_GGUF or the package)")
     assert models._sha256_file(cached) == models._GGUF_SHA256
+
+
+def test_the_adapters_http_client_follows_the_same_rule(proxy):
+    import asyncio
+
+    import httpx
+
+    from rerank.integrations.http_client import RerankHTTPClient, RerankHTTPError
+
+    with pytest.raises(ValueError, match=r"refusing to send api_key over plain http:// to http://api\.example\.com"):
+        RerankHTTPClient("http://api.example.com", api_key="sk-secret")
+    RerankHTTPClient("http://api.example.com")  # no key: nothing to leak
+    server = _serve((200, {}))
+    try:
+        client = RerankHTTPClient(f"http://127.0.0.1:{server.server_port}", api_key="sk-secret", timeout=10)
+        for call in (lambda: client.rerank("q", ["a"]), lambda: asyncio.run(client.arerank("q", ["a"]))):
+            with pytest.raises(RerankHTTPError, match="unexpected answer"):  # the recorder's empty body
+                call()
+        assert server.seen == ["Bearer sk-secret"] * 2 and proxy.received == []
+    finally:
+        server.shutdown()
+        server.server_close()
+    # allowed over http elsewhere, but straight to the host, never through the proxy
+    insecure = RerankHTTPClient("http://lazyrank-test.invalid", api_key="sk-secret", allow_insecure_key=True, timeout=5)
+    with pytest.raises(httpx.ConnectError):  # .invalid never resolves (through the proxy it would be a 502)
+        insecure.rerank("q", ["a"])
+    assert proxy.received == []
