@@ -101,7 +101,8 @@ class LocalGenerator:
         for start in range(0, len(prompts), self.batch_size):
             chunk = list(prompts[start:start + self.batch_size])
             # The prompts hold passages (caller text): a "<|endoftext|>" in one is read as plain characters.
-            enc = self.tokenizer(chunk, return_tensors="pt", padding=True, split_special_tokens=True).to(self.model.device)
+            enc = self.tokenizer(chunk, return_tensors="pt", padding=True, split_special_tokens=True)
+            enc = enc.to(self.model.device)
             with torch.inference_mode():
                 gen = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                           eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
