@@ -11,13 +11,23 @@
     rerank retrieve ... --rank_llm_output requests.jsonl  # the same candidates as rank_llm requests
     rerank rank-llm --input requests.jsonl --output results.jsonl [--prompt rank_zephyr]  # rank_llm files
     rerank serve --port 8000         # Cohere/Jina/TEI-compatible rerank server (see `rerank serve --help`)
+
+A mistake of the user's (a missing or malformed file, a bad line, settings changed on resume, an empty
+corpus) prints one line naming it and exits with status 1; `rerank --debug COMMAND ...` (or
+LAZYRANK_DEBUG=1) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+
+# What a user's mistake raises here: files that are missing or malformed (OSError, ValueError naming
+# file and line), bad settings (ValueError), unknown ids (KeyError), a missing optional extra
+# (ImportError naming it). Anything else is a bug of ours and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, KeyError, ImportError)
 
 
 def eval_main(argv: list[str] | None = None) -> dict:
@@ -63,8 +73,30 @@ def demo_main(argv: list[str] | None = None) -> None:
     print(run_demo(args.model, args.top_k, args.scoring))
 
 
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line (a KeyError's key unquoted)."""
+    text = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str) \
+        else str(exc)
+    return " ".join((text or type(exc).__name__).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("LAZYRANK_DEBUG", "") not in ("", "0")
+    if argv and argv[0] == "--debug":
+        debug, argv = True, argv[1:]
+    try:
+        return _dispatch(argv)
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        command = argv[0] if argv else ""
+        print(f"rerank {command}: error: {_one_line(exc)} (--debug or LAZYRANK_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _dispatch(argv: list[str]) -> int:
     commands = {"demo": demo_main, "eval": eval_main}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in ("demo", "eval", "labels", "train", "serve",
                                                                       "retrieve", "generate-queries", "rank-llm"):

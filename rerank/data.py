@@ -37,7 +37,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+                raise ValueError(f"{path}:{lineno}: invalid JSON at character {exc.pos + 1} ({exc.msg})") from None
             if not isinstance(obj, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj
@@ -146,7 +146,10 @@ def _load_ir_datasets(dataset_id: str) -> Collection:
     except ImportError:
         raise ImportError(f"{dataset_id!r} is not a folder; loading ir_datasets ids needs the extra: "
                           "pip install 'lazyrank[irds]'") from None
-    ds = ir_datasets.load(dataset_id)
+    try:
+        ds = ir_datasets.load(dataset_id)
+    except KeyError:
+        raise FileNotFoundError(f"{dataset_id!r} is neither a collection folder nor an ir_datasets id") from None
     queries = {q.query_id: q.text for q in ds.queries_iter()}
     qrels: dict[str, dict[str, int]] = {}
     for q in ds.qrels_iter():

@@ -13,8 +13,11 @@ spans (pruning, head scoring) hold for all of them, ``ftfy`` included.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
+import string
+import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -37,7 +40,8 @@ def sanitize(text: str) -> str:
 
 
 __all__ = ["PromptEncoding", "encode_prompt", "encode_target", "format_ranking", "sanitize", "truncate_passages",
-           "build_messages", "render_chat", "end_of_turn_ids", "relevance_token_ids", "fix_text_keeping_spans"]
+           "build_messages", "render_chat", "end_of_turn_ids", "relevance_token_ids", "fix_text_keeping_spans",
+           "tokenize_with_plain_spans", "plain_text_tokenizer"]
 
 
 def _head(num: int, query: str) -> str:
@@ -95,7 +99,13 @@ def truncate_passages(tokenizer, passages: Sequence[str], max_passage_tokens: in
     cleaned = [sanitize(p) for p in passages]
     if max_passage_tokens is None:
         return cleaned, 0
-    encoded = tokenizer(cleaned, add_special_tokens=False)["input_ids"] if cleaned else []
+    # Passages are caller text: counted (and cut) as plain text, a "<|im_end|>" inside one is not a control token.
+    pattern = _control_pattern(tokenizer)
+    if pattern is not None and any(pattern.search(text) for text in cleaned):
+        encoded = plain_text_tokenizer(tokenizer)(cleaned, add_special_tokens=False, split_special_tokens=True)
+    else:  # no control-token text: the tokenizer's own reading is already plain
+        encoded = tokenizer(cleaned, add_special_tokens=False) if cleaned else {"input_ids": []}
+    encoded = encoded["input_ids"]
     out, cut = [], 0
     for text, ids in zip(cleaned, encoded):
         if len(ids) > max_passage_tokens:
@@ -232,17 +242,44 @@ def _fix_text(text: str, **kwargs) -> str:
     return fix_text(text, **kwargs)
 
 
+def _format_marking(template: str, values: dict, name: str) -> tuple[str, list[tuple[int, int]]]:
+    """``template.format(**values)`` and the character spans where the field ``name`` was written."""
+    formatter = string.Formatter()
+    out, marks, length = [], [], 0
+    for literal, field_name, spec, conversion in formatter.parse(template):
+        out.append(literal)
+        length += len(literal)
+        if field_name is None:
+            continue
+        value, _ = formatter.get_field(field_name, (), values)
+        piece = formatter.format_field(formatter.convert_field(value, conversion), spec or "")
+        if field_name == name:
+            marks.append((length, length + len(piece)))
+        out.append(piece)
+        length += len(piece)
+    return "".join(out), marks
+
+
 def _preset_messages(preset: PromptPreset, query: str, passages: Sequence[str], system_in_user: bool
-                     ) -> tuple[list[dict], list[tuple[int, int, int]]]:
-    """Chat messages and, per passage, ``(message index, start, end)`` of its body in that message."""
+                     ) -> tuple[list[dict], list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    """Chat messages, per passage ``(message index, start, end)`` of its body in that message, and the
+    same triples for every place the query is written (caller text the tokenizer must read as plain text)."""
     ids, num = preset.ids, len(passages)
     fmt = {"num": num, "query": query, "example": preset.example}
     messages: list[dict] = []
     if preset.system and not system_in_user:
         messages.append({"role": "system", "content": preset.system})
     spans: list[tuple[int, int, int]] = []
+    query_spans: list[tuple[int, int, int]] = []
+
+    def add_formatted(template: str, offset: int) -> str:
+        text, marks = _format_marking(template, fmt, "query")
+        # the text lands in the message appended next, ``offset`` characters into it
+        query_spans.extend((len(messages), offset + a, offset + b) for a, b in marks)
+        return text
+
     if preset.multi_turn:
-        messages.append({"role": "user", "content": preset.prefix.format(**fmt)})
+        messages.append({"role": "user", "content": add_formatted(preset.prefix, 0)})
         messages.append({"role": "assistant", "content": preset.prefix_reply})
         for i, text in enumerate(passages, start=1):
             head, _, tail = preset.passage.partition("{text}")
@@ -250,10 +287,10 @@ def _preset_messages(preset: PromptPreset, query: str, passages: Sequence[str], 
             messages.append({"role": "user", "content": label + text + tail.format(id=ids.label(i))})
             spans.append((len(messages) - 1, len(label), len(label) + len(text)))
             messages.append({"role": "assistant", "content": preset.passage_reply.format(id=ids.label(i))})
-        messages.append({"role": "user", "content": preset.post.format(**fmt)})
-        return messages, spans
+        messages.append({"role": "user", "content": add_formatted(preset.post, 0)})
+        return messages, spans, query_spans
     parts = [preset.system + preset.prepend_separator] if (preset.system and system_in_user) else []
-    parts.append(preset.prefix.format(**fmt))
+    parts.append(add_formatted(preset.prefix, sum(len(p) for p in parts)))
     offset = sum(len(p) for p in parts)
     head, _, tail = preset.passage.partition("{text}")
     for i, text in enumerate(passages, start=1):
@@ -262,9 +299,9 @@ def _preset_messages(preset: PromptPreset, query: str, passages: Sequence[str], 
         spans.append((len(messages), offset + len(label), offset + len(label) + len(text)))
         parts.append(line)
         offset += len(line)
-    parts.append(preset.post.format(**fmt))
+    parts.append(add_formatted(preset.post, offset))
     messages.append({"role": "user", "content": "".join(parts)})
-    return messages, spans
+    return messages, spans, query_spans
 
 
 def _uses_format(tokenizer, preset: PromptPreset) -> bool:
@@ -353,20 +390,122 @@ def fix_text_keeping_spans(text: str, spans: Sequence[tuple[int, int]]) -> tuple
 def _encode_once(tokenizer, preset: PromptPreset, query: str, passages: Sequence[str],
                  max_passage_tokens: int | None, words: int | None) -> PromptEncoding:
     texts, cut = prepare_passages(tokenizer, preset, passages, max_passage_tokens, words)
-    messages, spans = _preset_messages(preset, prepare_query(preset, query), texts, _system_in_user(tokenizer, preset))
+    messages, spans, query_spans = _preset_messages(preset, prepare_query(preset, query), texts,
+                                                    _system_in_user(tokenizer, preset))
     rendered = _render(tokenizer, preset, messages)
     starts = _locate(rendered, messages)
     char_spans = [(starts[m] + s, starts[m] + e) for m, s, e in spans]
+    caller_spans = char_spans + [(starts[m] + s, starts[m] + e) for m, s, e in query_spans]
     if preset.ftfy:
-        rendered, char_spans = fix_text_keeping_spans(rendered, char_spans)
+        rendered, caller_spans = fix_text_keeping_spans(rendered, caller_spans)
+        char_spans = caller_spans[:len(spans)]
     bos = getattr(tokenizer, "bos_token", None)
     # rank_llm's runs tokenise the rendered text with special tokens (BOS); a template that already
     # writes BOS is not given a second one.
     add_special = preset.add_bos and not (bos and rendered.startswith(bos))
-    enc = tokenizer(rendered, add_special_tokens=add_special, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    return PromptEncoding(input_ids=list(ids), passage_spans=_token_spans(offsets, char_spans),
+    ids, offsets = tokenize_with_plain_spans(tokenizer, rendered, caller_spans, add_special_tokens=add_special)
+    return PromptEncoding(input_ids=ids, passage_spans=_token_spans(offsets, char_spans),
                           num_passages=len(passages), truncated_passages=cut, text=rendered)
+
+
+_PLAIN_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def plain_text_tokenizer(tokenizer):
+    """A copy of ``tokenizer`` that reads special-token text (``<|im_end|>``) as the plain characters it is.
+
+    The switch (``split_special_tokens``) is state of the Rust tokenizer that all its callers share;
+    flipping it per call on the caller's tokenizer would race with another thread tokenising a
+    prompt (its template tokens would come out split). So a private copy holds it on for good,
+    made once per tokenizer (again if tokens were added since) and used only for text that holds
+    control-token text.
+    """
+    try:
+        size, plain = _PLAIN_COPIES[tokenizer]
+        if size == len(tokenizer):
+            return plain
+    except (KeyError, TypeError):
+        pass
+    plain = copy.deepcopy(tokenizer)
+    plain.split_special_tokens = True
+    try:
+        _PLAIN_COPIES[tokenizer] = (len(tokenizer), plain)
+    except TypeError:  # not weak-referenceable: no cache
+        pass
+    return plain
+
+
+def _control_pattern(tokenizer) -> re.Pattern | None:
+    """Leftmost-longest matcher of the tokenizer's special added tokens (``<|im_end|>``, ``</s>``, ...)."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    tokens = {t.content for t in decoder.values() if getattr(t, "special", False) and t.content}
+    tokens.update(t for t in getattr(tokenizer, "all_special_tokens", []) if t)
+    if not tokens:
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+
+
+def _special_affixes(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer's post-processor puts before and after a text (e.g. ``[BOS]`` and ``[]``)."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i:i + len(bare)] == bare:
+            return list(full[:i]), list(full[i + len(bare):])
+    return [], []
+
+
+def tokenize_with_plain_spans(tokenizer, text: str, plain_spans: Sequence[tuple[int, int]], *,
+                              add_special_tokens: bool = False, force_split: bool = False
+                              ) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of ``text`` where only text outside ``plain_spans`` may yield control ids.
+
+    ``plain_spans`` are the caller's texts (query, passages): a ``<|im_end|>`` written inside one is
+    tokenised as the plain characters it is, so a document cannot close its turn or open a new one.
+    The template's own control tokens (outside the spans) keep their ids.
+
+    When no control token text falls inside a span (every normal prompt), this is exactly the
+    tokenizer's own call, so ids never change for ordinary text. Otherwise the text is cut at the
+    template's control tokens, as the tokenizer itself cuts at every added token, and each run
+    between them is tokenised with special-token parsing off (``force_split`` takes this path always;
+    tests use it to check both paths agree on ordinary text).
+
+    The plain-text runs go through :func:`plain_text_tokenizer` (a private copy), so the caller's
+    tokenizer is never switched and other threads may keep using it.
+    """
+    pattern = _control_pattern(tokenizer)
+    if pattern is None:
+        found = structural = []
+    else:
+        masked = list(text)
+        for start, end in plain_spans:
+            masked[start:end] = "\0" * (end - start)
+        found = [m.span() for m in pattern.finditer(text)]
+        structural = [m.span() for m in pattern.finditer("".join(masked))]
+    if found == structural and not force_split:
+        enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    if found != structural:
+        logger.debug("control token text inside caller text: tokenised as plain text")
+    plain = plain_text_tokenizer(tokenizer)
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    cursor = 0
+    for start, end in structural + [(len(text), len(text))]:
+        if start > cursor:
+            enc = plain(text[cursor:start], add_special_tokens=False, split_special_tokens=True,
+                        return_offsets_mapping=True)
+            ids.extend(enc["input_ids"])
+            offsets.extend((a + cursor, b + cursor) for a, b in enc["offset_mapping"])
+        if end > start:
+            ids.append(tokenizer.convert_tokens_to_ids(text[start:end]))
+            offsets.append((start, end))
+        cursor = end
+    if add_special_tokens:
+        prefix, suffix = _special_affixes(tokenizer)
+        ids = prefix + ids + suffix
+        offsets = [(0, 0)] * len(prefix) + offsets + [(0, 0)] * len(suffix)
+    return ids, offsets
 
 
 def _token_spans(offsets: Sequence[tuple[int, int]], char_spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -24,12 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import re
 import time
 import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +100,9 @@ class LocalGenerator:
         out = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = list(prompts[start:start + self.batch_size])
-            enc = self.tokenizer(chunk, return_tensors="pt", padding=True).to(self.model.device)
+            # The prompts hold passages (caller text): a "<|endoftext|>" in one is read as plain characters.
+            enc = self.tokenizer(chunk, return_tensors="pt", padding=True, split_special_tokens=True)
+            enc = enc.to(self.model.device)
             with torch.inference_mode():
                 gen = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                           eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
@@ -122,30 +122,26 @@ class LocalGenerator:
 class OpenAIGenerator:
     """An OpenAI-compatible ``/chat/completions`` endpoint with ``logprobs`` (the key from the environment).
 
-    The key is sent over https, or over plain http to a loopback address only (unless
-    ``allow_insecure_key``), and never along a redirect: the same rules as the OpenAI teacher.
+    The key travels under the rules of :mod:`rerank.keyed_http`, shared with the OpenAI teacher:
+    https, or plain http to a loopback address only (unless ``allow_insecure_key``), never to a
+    proxy in clear, never along a redirect.
     """
 
     def __init__(self, model: str, base_url: str = "https://api.openai.com/v1", api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 60.0, max_new_tokens: int = 32, allow_insecure_key: bool = False):
-        from .teachers import _RefuseRedirects, check_key_transport
+        from .keyed_http import KeyedClient
 
         self.name, self.model = f"openai:{model}", model
         self.url = base_url.rstrip("/") + "/chat/completions"
-        check_key_transport(self.url, api_key_env, allow_insecure_key)
-        self.api_key = os.environ.get(api_key_env, "")
-        self.opener = urllib.request.build_opener(_RefuseRedirects)
+        self._client = KeyedClient(self.url, api_key_env, timeout=timeout, allow_insecure_key=allow_insecure_key)
+        self.api_key = self._client.api_key
         self.timeout, self.max_new_tokens = timeout, max_new_tokens
 
     def _one(self, prompt: str) -> tuple[str, float]:
         payload = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
                    "max_tokens": self.max_new_tokens, "logprobs": True, "stop": ["\n"]}
-        request = urllib.request.Request(self.url, data=json.dumps(payload).encode("utf-8"), method="POST",
-                                         headers={"Content-Type": "application/json",
-                                                  **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})})
         try:
-            with self.opener.open(request, timeout=self.timeout) as resp:
-                reply = json.loads(resp.read().decode("utf-8"))
+            reply = self._client.post_json(payload)
             choice = reply["choices"][0]
             text = choice["message"]["content"] or ""
             tokens = ((choice.get("logprobs") or {}).get("content")) or []

@@ -198,7 +198,8 @@ class Reranker:
                     raise ValueError(
                         f"a window of {len(w.passages)} passages needs {len(self.encode(w).input_ids)} prompt tokens "
                         f"plus {self.answer_budget(len(w.passages))} answer tokens, over the context of "
-                        f"{self.max_context}; lower max_passage_tokens or window_size")
+                        f"{self.max_context}; lower max_passage_tokens or window_size, or shorten the query "
+                        "(it is written twice and never cut)")
                 todo.append(i)
         # Similar lengths together keep left padding small.
         todo.sort(key=lambda i: len(self.encode(windows[i]).input_ids))
@@ -284,7 +285,8 @@ class Reranker:
                 raise ValueError(
                     f"query {i}: {len(w.passages)} passages need {len(self.encode(w).input_ids)} prompt tokens "
                     f"(+{self.answer_budget(len(w.passages))} answer), over the {self.max_context}-token context; "
-                    "set on_overflow='sliding', lower max_passage_tokens, or pass fewer documents")
+                    "set on_overflow='sliding', lower max_passage_tokens, pass fewer documents, or shorten the "
+                    "query (it is written twice and never cut)")
         model_scores: list[list[float] | None] = [None] * len(queries)
         if full:
             for i, r in zip(full, self.rank_windows([windows[i] for i in full])):

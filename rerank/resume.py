@@ -40,7 +40,7 @@ def _parse_line(raw: bytes) -> dict:
     except UnicodeDecodeError:
         raise _BadLine("not UTF-8 text") from None
     except json.JSONDecodeError as exc:
-        raise _BadLine(f"invalid JSON ({exc.msg})") from None
+        raise _BadLine(f"invalid JSON at character {exc.pos + 1} ({exc.msg})") from None
     if not isinstance(record, dict):
         raise _BadLine(f"expected a JSON object, got {type(record).__name__}")
     return record

@@ -143,6 +143,9 @@ def retrieve_collection(collection_dir: str, depth: int = 100, queries: dict[str
     from .data import load_collection
 
     coll = load_collection(collection_dir)
+    if not coll.corpus:
+        where = Path(coll.path) / "corpus.jsonl" if coll.path else collection_dir
+        raise ValueError(f"{where} holds no passage: nothing to index")
     if index_dir and (Path(index_dir) / _INDEX_META).is_file():
         index = BM25Index.load(index_dir)
     else:

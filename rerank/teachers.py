@@ -18,19 +18,16 @@ too few identifiers); the label builder retries and then records the query as fa
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import json
-import os
 import re
 import time
 import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping, Sequence
-from urllib.parse import urlparse
 
 from .decoding import parse_ranking
+from .keyed_http import KeyedClient, check_key_transport, is_loopback_url  # noqa: F401 - re-exported
 from .prompts import build_messages, sanitize
 from .ranking import Window, WindowRanking
 
@@ -121,39 +118,6 @@ class EmbeddingTeacher:
         return out
 
 
-def is_loopback_url(url: str) -> bool:
-    """Whether ``url``'s host is this machine (``localhost``, 127.0.0.0/8 or ``::1``): plain http
-    to it never crosses a network."""
-    host = (urlparse(url).hostname or "").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve anywhere
-        return False
-
-
-def check_key_transport(url: str, api_key_env: str, allow_insecure_key: bool = False) -> None:
-    """Refuse to send the key in ``$api_key_env`` to ``url`` unless over https or to a loopback host.
-
-    Plain http carries the bearer token readable to anyone on the path. ``allow_insecure_key=True``
-    is the explicit opt-out (e.g. a trusted private network). No key set means nothing to leak.
-    """
-    if not os.environ.get(api_key_env) or allow_insecure_key:
-        return
-    if urlparse(url).scheme != "https" and not is_loopback_url(url):
-        raise ValueError(f"refusing to send ${api_key_env} over plain {urlparse(url).scheme or '?'}:// to {url}: "
-                         "use https, a loopback address, or allow_insecure_key=True")
-
-
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect would resend the Authorization header to wherever it points (http included):
-    fail with the 3xx instead."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
 class OpenAITeacher:
     """An OpenAI-compatible ``/chat/completions`` endpoint (the paper used GPT-4o), via urllib.
 
@@ -161,8 +125,9 @@ class OpenAITeacher:
     ``max_passage_words`` words (no local tokenizer of the remote model). Free text is parsed with
     the tolerant parser; an answer naming fewer than ``min_coverage`` of the window's identifiers
     raises :class:`TeacherError` instead of being padded into a wrong label. The key is read from
-    the environment variable ``api_key_env`` (never from the command line), and sent only over
-    https or to a loopback host unless ``allow_insecure_key=True``; redirects are refused.
+    the environment variable ``api_key_env`` (never from the command line) and travels under the
+    rules of :mod:`rerank.keyed_http` (https, or http to loopback only; never to a proxy in clear;
+    no redirects).
     """
 
     name = "openai"
@@ -174,9 +139,8 @@ class OpenAITeacher:
             raise ValueError(f"min_coverage must lie in [0, 1], got {min_coverage}")
         self.model = model
         self.url = base_url.rstrip("/") + "/chat/completions"
-        check_key_transport(self.url, api_key_env, allow_insecure_key)
-        self.api_key = os.environ.get(api_key_env, "")
-        self._opener = urllib.request.build_opener(_RefuseRedirects)
+        self._client = KeyedClient(self.url, api_key_env, timeout=timeout, allow_insecure_key=allow_insecure_key)
+        self.api_key = self._client.api_key
         if not self.api_key and "api.openai.com" in self.url:
             raise ValueError(f"set the API key in the environment variable {api_key_env}")
         self.timeout = timeout
@@ -193,12 +157,8 @@ class OpenAITeacher:
         return messages
 
     def _post(self, payload: dict) -> dict:
-        request = urllib.request.Request(self.url, data=json.dumps(payload).encode("utf-8"), method="POST",
-                                         headers={"Content-Type": "application/json",
-                                                  **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})})
         try:
-            with self._opener.open(request, timeout=self.timeout) as resp:
-                return json.loads(resp.read().decode("utf-8"))
+            return self._client.post_json(payload)
         except urllib.error.HTTPError as exc:
             body = exc.read().decode("utf-8", "replace")[:300]
             raise TeacherError(f"HTTP {exc.code} from {self.url}: {body}") from None

@@ -58,7 +58,7 @@ class Flaky:
 class LiveServer:
     """A uvicorn server on 127.0.0.1 (a free port) in a background thread of the test process."""
 
-    def __init__(self, app: Any, graceful_timeout: float = 30.0):
+    def __init__(self, app: Any, graceful_timeout: float = 30.0, **uvicorn_options: Any):
         import uvicorn
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -68,7 +68,7 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                                    timeout_graceful_shutdown=graceful_timeout))
+                                                    timeout_graceful_shutdown=graceful_timeout, **uvicorn_options))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> "LiveServer":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -12,6 +13,7 @@ import pytest
 
 from rerank import models
 from rerank.ranking import Window
+from rerank.query_generation import OpenAIGenerator
 from rerank.teachers import OpenAITeacher, TeacherError, build_teacher, is_loopback_url
 
 
@@ -82,6 +84,122 @@ def test_redirects_are_refused_so_the_key_never_follows_them(monkeypatch):
         for server in (elsewhere, redirector):
             server.shutdown()
             server.server_close()
+
+
+class _ProxyListener:
+    """A loopback socket standing in for an environment proxy: records the raw bytes each connection sends."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.received: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                data = b""
+                try:
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                except OSError:
+                    pass
+                self.received.append(data)  # recorded before answering: the client cannot finish first
+                try:
+                    conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                except OSError:
+                    pass
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def proxy(monkeypatch):
+    listener = _ProxyListener()
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, listener.url)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MY_KEY", "sk-secret")
+    yield listener
+    listener.close()
+
+
+@pytest.mark.parametrize("client", ["teacher", "generator"])
+def test_loopback_requests_bypass_the_environment_proxy(proxy, client):
+    server = _serve((200, {}))
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/v1"
+        if client == "teacher":
+            with pytest.raises(TeacherError, match="non-JSON"):  # the recorder answers an empty body
+                OpenAITeacher("m", base_url=url, api_key_env="MY_KEY", timeout=10).rank_one(
+                    Window(query="q", passages=["a", "b"]))
+        else:
+            OpenAIGenerator("m", base_url=url, api_key_env="MY_KEY", timeout=10).generate(["p"])
+        assert server.seen == ["Bearer sk-secret"]  # straight to the server
+        assert proxy.received == []                 # the proxy saw nothing at all
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_allowed_insecure_key_never_goes_through_a_proxy(proxy):
+    """allow_insecure_key permits http to a remote host, never via a proxy that would read the key."""
+    teacher = OpenAITeacher("m", base_url="http://lazyrank-test.invalid/v1", api_key_env="MY_KEY", timeout=5,
+                            allow_insecure_key=True)
+    with pytest.raises(TeacherError, match="failed"):  # .invalid never resolves: a direct connection fails
+        teacher.rank_one(Window(query="q", passages=["a", "b"]))
+    assert proxy.received == []
+
+
+def test_https_through_a_proxy_is_a_tunnel_without_the_key(proxy):
+    """Remote https may use the environment proxy: it sees a CONNECT, never the Authorization header."""
+    teacher = OpenAITeacher("m", base_url="https://api.example.com/v1", api_key_env="MY_KEY", timeout=10)
+    with pytest.raises(TeacherError):
+        teacher.rank_one(Window(query="q", passages=["a", "b"]))
+    seen = b"".join(proxy.received)
+    assert seen.startswith(b"CONNECT api.example.com:443") and b"sk-secret" not in seen
+    assert b"authorization" not in seen.lower()
+
+
+def test_server_key_from_a_file_or_the_environment(tmp_path):
+    from rerank.serving.server import API_KEY_ENV, build_parser, resolve_api_key
+
+    key_file = tmp_path / "key.txt"
+    key_file.write_text("sk-server\n")
+    parse = build_parser().parse_args
+    assert resolve_api_key(parse(["--api_key_file", str(key_file)]), environ={}) == "sk-server"
+    assert resolve_api_key(parse([]), environ={API_KEY_ENV: "sk-env"}) == "sk-env"
+    assert resolve_api_key(parse(["--api_key", "sk-cli"]), environ={}) == "sk-cli"
+    assert resolve_api_key(parse([]), environ={}) is None
+    with pytest.raises(ValueError, match=f"one place only; got --api_key_file and \\${API_KEY_ENV}"):
+        resolve_api_key(parse(["--api_key_file", str(key_file)]), environ={API_KEY_ENV: "sk-env"})
+    key_file.write_text("  \n")
+    with pytest.raises(ValueError, match=f"--api_key_file {key_file} is empty"):
+        resolve_api_key(parse(["--api_key_file", str(key_file)]), environ={})
+    with pytest.raises(ValueError, match="cannot read it"):
+        resolve_api_key(parse(["--api_key_file", str(tmp_path / "missing")]), environ={})
+    with pytest.raises(ValueError, match="set but empty"):
+        resolve_api_key(parse([]), environ={API_KEY_ENV: ""})
 
 
 # ---------------------------------------------------------------------------------- default model download
@@ -163,3 +281,30 @@ def test_pins_match_the_files_in_use():
     if not cached.is_file():
         pytest.skip(f"{cached} not present (the default model came from LAZYRANK_GGUF or the package)")
     assert models._sha256_file(cached) == models._GGUF_SHA256
+
+
+def test_the_adapters_http_client_follows_the_same_rule(proxy):
+    import asyncio
+
+    import httpx
+
+    from rerank.integrations.http_client import RerankHTTPClient, RerankHTTPError
+
+    with pytest.raises(ValueError, match=r"refusing to send api_key over plain http:// to http://api\.example\.com"):
+        RerankHTTPClient("http://api.example.com", api_key="sk-secret")
+    RerankHTTPClient("http://api.example.com")  # no key: nothing to leak
+    server = _serve((200, {}))
+    try:
+        client = RerankHTTPClient(f"http://127.0.0.1:{server.server_port}", api_key="sk-secret", timeout=10)
+        for call in (lambda: client.rerank("q", ["a"]), lambda: asyncio.run(client.arerank("q", ["a"]))):
+            with pytest.raises(RerankHTTPError, match="unexpected answer"):  # the recorder's empty body
+                call()
+        assert server.seen == ["Bearer sk-secret"] * 2 and proxy.received == []
+    finally:
+        server.shutdown()
+        server.server_close()
+    # allowed over http elsewhere, but straight to the host, never through the proxy
+    insecure = RerankHTTPClient("http://lazyrank-test.invalid", api_key="sk-secret", allow_insecure_key=True, timeout=5)
+    with pytest.raises(httpx.ConnectError):  # .invalid never resolves (through the proxy it would be a 502)
+        insecure.rerank("q", ["a"])
+    assert proxy.received == []

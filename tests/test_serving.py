@@ -295,7 +295,7 @@ def test_health_info_metrics(live):
     info = httpx.get(live.url + "/info").json()
     assert info["model"] == "tiny" and info["scoring"] == "single_pass" and info["pruning"] is None
     assert info["limits"] == {"max_documents": 1000, "max_request_bytes": 2_000_000, "max_concurrent": 512,
-                              "max_batch_size": 16, "max_wait_ms": 10}
+                              "max_batch_size": 16, "max_wait_ms": 10, "max_query_tokens": 512, "body_timeout": 30.0}
     httpx.post(live.url + "/v1/rerank", json={"query": "q", "documents": ["a", "b"]})
     httpx.post(live.url + "/v1/rerank", json={"query": 3, "documents": ["a"]})
     resp = httpx.get(live.url + "/metrics")
@@ -357,6 +357,89 @@ def test_validation_errors_name_the_field(live):
     _still_serving(live.url)
 
 
+def _metric(url: str, line_start: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_client_mistakes_are_4xx_naming_the_field(live, tokenizer):
+    url = live.url + "/v1/rerank"
+    counted = 'lazyrank_requests_total{route="/v1/rerank",status="4'
+    before = sum(_metric(live.url, counted + d) for d in ("0", "2"))
+    raw = {"content-type": "application/json"}
+    _assert_error(_post(url, {"query": "tides " * 10_000, "documents": ["a"]}), 422, "validation", "max_query_tokens")
+    _assert_error(_post(url, {"query": "", "documents": ["a"]}), 422, "validation", "query must not be empty")
+    _assert_error(_post(url, {"query": " \n ", "documents": ["a"]}), 422, "validation", "query must not be empty")
+    _assert_error(_post(url, content=b'{"query": "a\\ud800", "documents": ["a"]}', headers=raw), 422, "validation",
+                  "query holds a lone surrogate")
+    _assert_error(_post(url, content=b'{"query": "q", "documents": ["a", {"text": "\\udfff b"}]}', headers=raw), 422,
+                  "validation", "documents[1] holds a lone surrogate")
+    _assert_error(_post(live.url + "/rerank", content=b'{"query": "q", "texts": ["\\ud800"]}', headers=raw), 422,
+                  "validation", "texts[0]")
+    _assert_error(_post(url, content=b"[" * 200_000 + b"]" * 200_000, headers=raw), 400, "invalid_json", "nested")
+    _assert_error(_post(url, content=b'{"query": "q", "documents": ["a"], "top_n": ' + b"9" * 5000 + b"}",
+                        headers=raw), 400, "invalid_json")
+    after = sum(_metric(live.url, counted + d) for d in ("0", "2"))
+    assert after - before == 7  # every /v1/rerank answer above counted (the TEI one is on /rerank), no 500
+    _still_serving(live.url)
+    # the budget is exact: 512 tokens are served, 513 are not
+    at_budget = "tides" + " tides" * 510
+    assert len(tokenizer(at_budget, add_special_tokens=False)["input_ids"]) == 512
+    assert _post(url, {"query": at_budget, "documents": ["a", "b"]}).status_code == 200
+    _assert_error(_post(url, {"query": at_budget + " tides", "documents": ["a"]}), 422, "validation", "513 tokens")
+
+
+def _stall(port: int, head: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(head)
+    return sock
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_stalled_bodies_get_408_and_the_server_stays_healthy(sp):
+    with LiveServer(create_app(sp, ServerConfig(body_timeout=0.5))) as server:
+        head = (b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n{\"query\": ")
+        start = time.monotonic()
+        socks = [_stall(server.port, head) for _ in range(20)]
+        answers = [_read_until_closed(s) for s in socks]  # the server answers, then closes each
+        elapsed = time.monotonic() - start
+        for s in socks:
+            s.close()
+        assert elapsed < 5, elapsed
+        for answer in answers:
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+            assert b'"error_type":"timeout"' in answer and b"within 0.5 s" in answer
+        _still_serving(server.url)
+
+
+def test_stalled_headers_are_closed_and_connections_are_capped(sp):
+    from rerank.serving.connections import header_timeout_protocol
+
+    app = create_app(sp, ServerConfig())
+    with LiveServer(app, http=header_timeout_protocol(1.0), limit_concurrency=4) as server:
+        socks = [_stall(server.port, b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\n") for _ in range(3)]
+        time.sleep(0.2)
+        # 3 stalled + this one = the limit of 4 open connections: refused, not queued forever
+        assert httpx.post(server.url + "/v1/rerank", json={"query": "q", "documents": ["a"]}).status_code == 503
+        start = time.monotonic()
+        assert [_read_until_closed(s) for s in socks] == [b"", b"", b""]  # closed by the server
+        assert time.monotonic() - start < 5
+        for s in socks:
+            s.close()
+        _still_serving(server.url)
+
+
 def test_parse_request_rank_fields_and_ignored_fields():
     req = parse_request({"query": "q", "documents": [{"title": "T", "body": "B", "x": 1}], "rank_fields": ["title", "body"],
                          "max_chunks_per_doc": 10, "priority": 3}, path="/v1/rerank", max_documents=10)
@@ -392,7 +475,7 @@ def test_api_key_request_size_and_document_limits(sp):
                       "maximum allowed batch size 5")
         _still_serving(server.url, headers=good)
         cohere = pytest.importorskip("cohere")
-        with pytest.raises(cohere.errors.UnauthorizedError):
+        with pytest.raises(cohere.UnauthorizedError):
             cohere.ClientV2(api_key="wrong", base_url=server.url, max_retries=0).rerank(
                 model="m", query="q", documents=["a", "b"])
 
@@ -547,6 +630,11 @@ def test_serve_parser_defaults_bind_loopback():
 
     args = build_parser().parse_args([])
     assert args.host == "127.0.0.1" and args.max_request_bytes == 2_000_000 and args.max_documents == 1000
+    assert (args.max_query_tokens, args.body_timeout, args.header_timeout, args.max_connections) == (512, 30, 10, 1024)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--body_timeout", "0"])
+    with pytest.raises(ValueError, match="body_timeout"):
+        ServerConfig(body_timeout=float("inf"))
     from rerank.serving.server import serve_scoring
 
     assert args.scoring is None and serve_scoring(args) == "head"  # the shipped default's recommendation

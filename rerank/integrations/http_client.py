@@ -2,7 +2,8 @@
 
 The LangChain and LlamaIndex adapters use it when they are given a URL instead of a
 :class:`~rerank.Reranker`. It speaks the Cohere v1 shape and needs httpx (in the ``serve`` extra;
-LangChain and LlamaIndex install it too).
+LangChain and LlamaIndex install it too). An ``api_key`` travels under the rules of
+:mod:`rerank.keyed_http`: https, or plain http to a loopback host only, and never to a proxy in clear.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class RerankHTTPClient:
     api_key: Optional[str] = field(default=None, metadata={"help": "Sent as 'Authorization: Bearer <key>'."})
     model: Optional[str] = field(default=None, metadata={"help": "The 'model' field of each request (the server may ignore it)."})
     timeout: float = field(default=120.0, metadata={"help": "Seconds per request."})
+    allow_insecure_key: bool = field(default=False, metadata={"help": "Send api_key over plain http to a non-loopback host (never via a proxy)."})
 
     def __post_init__(self):
         if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
@@ -61,6 +63,11 @@ class RerankHTTPClient:
         if self.timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {self.timeout!r}")
         self.url = endpoint_url(self.base_url)
+        from ..keyed_http import bypass_proxy, check_key_url
+
+        check_key_url(self.url, bool(self.api_key), "api_key", self.allow_insecure_key)
+        # httpx honours http_proxy / https_proxy unless told not to (trust_env=False)
+        self._trust_env = not bypass_proxy(self.url, bool(self.api_key))
 
     def _request(self, query: str, documents: Sequence[str], top_n: int | None) -> tuple[dict, dict]:
         body: dict[str, Any] = {"query": query, "documents": list(documents), "top_n": top_n}
@@ -88,13 +95,13 @@ class RerankHTTPClient:
         """Blocking request."""
         httpx = _httpx()
         body, headers = self._request(query, documents, top_n)
-        response = httpx.post(self.url, json=body, headers=headers, timeout=self.timeout)
+        response = httpx.post(self.url, json=body, headers=headers, timeout=self.timeout, trust_env=self._trust_env)
         return self._parse(response)
 
     async def arerank(self, query: str, documents: Sequence[str], top_n: int | None = None) -> list[tuple[int, float]]:
         """Async request (native httpx.AsyncClient, no thread)."""
         httpx = _httpx()
         body, headers = self._request(query, documents, top_n)
-        async with httpx.AsyncClient(timeout=self.timeout) as client:
+        async with httpx.AsyncClient(timeout=self.timeout, trust_env=self._trust_env) as client:
             response = await client.post(self.url, json=body, headers=headers)
         return self._parse(response)

@@ -63,6 +63,15 @@ class RerankRequest:
         return len(self.texts) if self.top_n is None else min(self.top_n, len(self.texts))
 
 
+def _check_text(text: str, name: str) -> None:
+    """422 for text no tokenizer can read: a lone UTF-16 surrogate (JSON ``"\\ud800"``) is not Unicode text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _invalid(f"{name} holds a lone surrogate {text[exc.start]!r} at character {exc.start}: "
+                       "not valid Unicode text") from None
+
+
 def _optional_bool(payload: dict, name: str) -> bool:
     value = payload.get(name)
     if value is None:
@@ -95,6 +104,9 @@ def parse_request(payload: Any, *, path: str, max_documents: int) -> RerankReque
         raise _invalid("query is required")
     if not isinstance(query, str):
         raise _invalid(f"query must be a string, got {type(query).__name__}")
+    if not query.strip():
+        raise _invalid("query must not be empty")
+    _check_text(query, "query")
     model = payload.get("model")
     if model is not None and not isinstance(model, str):
         raise _invalid(f"model must be a string, got {type(model).__name__}")
@@ -114,6 +126,7 @@ def parse_request(payload: Any, *, path: str, max_documents: int) -> RerankReque
         for i, text in enumerate(docs):
             if not isinstance(text, str):
                 raise _invalid(f"texts[{i}] must be a string, got {type(text).__name__}")
+            _check_text(text, f"texts[{i}]")
         return RerankRequest(query=query, texts=list(docs), dialect="tei", model=model,
                              return_documents=_optional_bool(payload, "return_text"),
                              raw_scores=_optional_bool(payload, "raw_scores"),
@@ -135,6 +148,7 @@ def parse_request(payload: Any, *, path: str, max_documents: int) -> RerankReque
         else:
             raise _invalid(f"documents[{i}] must be a string or an object with a string 'text' field, "
                            f"got {type(doc).__name__}")
+        _check_text(texts[-1], f"documents[{i}]")
     top_n = payload.get("top_n")
     if top_n is not None:
         if not isinstance(top_n, int) or isinstance(top_n, bool):
