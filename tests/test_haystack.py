@@ -145,6 +145,12 @@ def test_bad_input_names_the_argument(sp_reranker):
         LazyRankRanker(reranker=42).warm_up()
 
 
+def test_package_level_lazy_export():
+    import rerank.integrations as integrations
+
+    assert integrations.LazyRankRanker is LazyRankRanker
+
+
 def test_missing_haystack_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "haystack", None)
     monkeypatch.delitem(sys.modules, "rerank.integrations.haystack", raising=False)
