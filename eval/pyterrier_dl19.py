@@ -37,7 +37,7 @@ from rerank.evaluation import compute_metrics, standard_measures
 from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
 from rerank.integrations.pyterrier import LazyRankReranker
 
-__all__ = ["default_run_path", "main", "run"]
+__all__ = ["main", "run"]
 logger = logging.getLogger(__name__)
 
 
@@ -55,7 +55,7 @@ def first_stage_frame(collection: Collection, run_path: str | os.PathLike, qids:
 def join_text(corpus: dict[str, str]) -> pt.Transformer:
     """Adds each passage's ``text`` (what ``pt.text.get_text`` does for an index or a dataset). Candidates
     missing from the corpus are left out of the reranking, as ``rerank eval`` does (``^`` puts them back below)."""
-    return pt.apply.generic(lambda df: df[df["docno"].isin(corpus)].assign(text=lambda d: d["docno"].map(corpus)),
+    return pt.apply.generic(lambda df: df[df["docno"].isin(corpus.keys())].assign(text=lambda d: d["docno"].map(corpus)),
                             transform_outputs=lambda cols: [*cols, *(["text"] if "text" not in cols else [])])
 
 
@@ -66,8 +66,7 @@ def second_config(base: Reranker, overrides: str) -> Reranker:
     for item in filter(None, overrides.split(",")):
         key, _, value = item.partition("=")
         changes[key.strip()] = yaml.safe_load(value)
-    fields = {f.name: f for f in dataclasses.fields(base.config)}
-    unknown = sorted(set(changes) - set(fields))
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(base.config)})
     if unknown:
         raise ValueError(f"--second: unknown RerankerConfig field(s) {unknown}")
     for key, value in changes.items():

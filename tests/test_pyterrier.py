@@ -147,13 +147,13 @@ def _recipe():
 
 
 def _recipe_matches_rerank_eval(reranker, tmp_path, queries: int, depth: int) -> None:
-    from rerank.data import load_collection
+    from rerank.data import default_run_path, load_collection
     from rerank.evaluation import EvalConfig, evaluate
 
     folder = shared_data("msmarco-dl19")
     recipe = _recipe()
     collection = load_collection(folder)
-    report = recipe.run(collection, recipe.default_run_path(collection), {"BM25": None, "reranked": reranker},
+    report = recipe.run(collection, default_run_path(collection), {"BM25": None, "reranked": reranker},
                         queries=queries, depth=depth)
     metrics = evaluate(EvalConfig(collection=folder, depth=depth, limit_queries=queries,
                                   output_dir=str(tmp_path / "eval")), reranker=reranker, collection=collection,
@@ -178,3 +178,12 @@ def test_dl19_recipe_equals_rerank_eval(tiny_reranker, tmp_path):
 @pytest.mark.model
 def test_dl19_recipe_equals_rerank_eval_shipped_default(real_reranker, tmp_path):
     _recipe_matches_rerank_eval(real_reranker, tmp_path, queries=2, depth=20)
+
+
+def test_recipe_second_configuration_shares_the_model(tiny_reranker):
+    second = _recipe().second_config(tiny_reranker, "first_stage_weight=0, scoring=single_pass")
+    assert second.model is tiny_reranker.model and second.tokenizer is tiny_reranker.tokenizer
+    assert second.config.first_stage_weight == 0.0 and second.config.scoring == "single_pass"
+    assert tiny_reranker.config.scoring == "generate"  # the base is left as it was
+    with pytest.raises(ValueError, match=r"--second: unknown RerankerConfig field\(s\) \['temperature'\]"):
+        _recipe().second_config(tiny_reranker, "temperature=0")
