@@ -61,13 +61,23 @@ class EvalConfig:
             self.first_stage_weight = check_weight(self.first_stage_weight)
 
 
-def compute_metrics(qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]], graded: bool) -> dict[str, float]:
-    """nDCG@10, RR@10 and R@100 with ir-measures (binary measures at rel >= 2 when graded)."""
-    import ir_measures
+def standard_measures(graded: bool) -> dict:
+    """The reported ir-measures by name: nDCG@10, RR@10 and R@100 (binary ones at rel >= 2 when graded).
+
+    Other harnesses (pt.Experiment in eval/pyterrier_dl19.py) take these same measure objects, so
+    their numbers are this module's.
+    """
     from ir_measures import R, RR, nDCG
 
     rel = 2 if graded else 1
-    measures = {"ndcg@10": nDCG @ 10, "rr@10": RR(rel=rel) @ 10, "recall@100": R(rel=rel) @ 100}
+    return {"ndcg@10": nDCG @ 10, "rr@10": RR(rel=rel) @ 10, "recall@100": R(rel=rel) @ 100}
+
+
+def compute_metrics(qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]], graded: bool) -> dict[str, float]:
+    """nDCG@10, RR@10 and R@100 with ir-measures (binary measures at rel >= 2 when graded)."""
+    import ir_measures
+
+    measures = standard_measures(graded)
     flat_run = {qid: {doc: float(score) for doc, score in ranked} for qid, ranked in run.items()}
     judged = {qid: docs for qid, docs in qrels.items() if qid in flat_run}
     agg = ir_measures.calc_aggregate(list(measures.values()), judged, flat_run)

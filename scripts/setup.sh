@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-EXTRAS=${LAZYRANK_EXTRAS:-train,embed,plot,dev,serve,langchain,llamaindex}
+EXTRAS=${LAZYRANK_EXTRAS:-train,embed,plot,dev,serve,langchain,llamaindex,pyterrier,haystack}
 
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

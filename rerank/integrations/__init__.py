@@ -2,10 +2,12 @@
 
 * ``LazyRankCompressor`` (LangChain ``BaseDocumentCompressor``): ``pip install 'lazyrank[langchain]'``.
 * ``LazyRankPostprocessor`` (LlamaIndex ``BaseNodePostprocessor``): ``pip install 'lazyrank[llamaindex]'``.
-* ``RerankHTTPClient``: the tiny client both use when given a server URL.
+* ``LazyRankRanker`` (Haystack ``@component`` ranker): ``pip install 'lazyrank[haystack]'``.
+* ``LazyRankReranker`` (PyTerrier ``pt.Transformer``): ``pip install 'lazyrank[pyterrier]'``.
+* ``RerankHTTPClient``: the tiny client they all use when given a server URL.
 """
 
-__all__ = ["LazyRankCompressor", "LazyRankPostprocessor", "RerankHTTPClient"]
+__all__ = ["LazyRankCompressor", "LazyRankPostprocessor", "LazyRankRanker", "LazyRankReranker", "RerankHTTPClient"]
 
 
 def __getattr__(name: str):
@@ -17,6 +19,14 @@ def __getattr__(name: str):
         from .llamaindex import LazyRankPostprocessor
 
         return LazyRankPostprocessor
+    if name == "LazyRankRanker":
+        from .haystack import LazyRankRanker
+
+        return LazyRankRanker
+    if name == "LazyRankReranker":
+        from .pyterrier import LazyRankReranker
+
+        return LazyRankReranker
     if name == "RerankHTTPClient":
         from .http_client import RerankHTTPClient
 

@@ -65,6 +65,14 @@ class RankingBackend:
             return self.client.rerank(query, texts, top_n)
         return self._cut(self.reranker.rerank(query, list(texts), top_k=self._top_k(top_n, len(texts))), top_n)
 
+    def rank_many(self, queries: Sequence[str], texts: Sequence[Sequence[str]]) -> list[list[tuple[int, float]]]:
+        """:meth:`rank` of every document for several queries: in process one ``rerank_batch`` call, so
+        the reranker batches its LLM calls across queries; with a server one request per query."""
+        if self.client is not None:
+            return [self.client.rerank(q, t, None) if t else [] for q, t in zip(queries, texts)]
+        results = self.reranker.rerank_batch(list(queries), [list(t) for t in texts])
+        return [self._cut(r, None) for r in results]
+
     async def arank(self, query: str, texts: Sequence[str], top_n: int | None) -> list[tuple[int, float]]:
         if not texts:
             return []
