@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .scorers import SCORINGS
+
 STRATEGIES = ("full", "sliding")
-SCORINGS = ("generate", "single_pass", "head")
 OVERFLOW_POLICIES = ("sliding", "error")
 
 
@@ -159,8 +160,6 @@ class RerankerConfig:
         if limit is not None and self.window_size > limit:
             raise ValueError(f"prompt={self.prompt!r} uses {preset.identifiers} identifiers (at most {limit} "
                              f"passages per window), got window_size={self.window_size}")
-        if self.scoring == "head" and self.pruning is not None:
-            self.pruning.check_head_scoring()
         from .fusion import check_weight
 
         self.first_stage_weight = check_weight(self.first_stage_weight)

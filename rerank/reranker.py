@@ -8,17 +8,13 @@ from dataclasses import fields
 from typing import Any, Sequence
 
 from .config import PruningConfig, RerankerConfig
-from .decoding import TokenTable, complete_order
-from .engine.generate import rank_prompts
-from .engine.identifiers import score_identifiers
-from .engine.head_pruning import score_positions_pruned
-from .engine.passage_head import score_positions
-from .engine.session import DenseSession
+from .decoding import TokenTable
 from .fusion import fuse_with_first_stage
 from .presets import get_preset
-from .prompts import PromptEncoding, encode_prompt, encode_target, relevance_token_ids
+from .prompts import PromptEncoding, encode_prompt
 from .ranking import Window, WindowRanking, sliding_orders
 from .results import RankingResult, RankingStats
+from .scorers import scorer_class
 
 logger = logging.getLogger(__name__)
 
@@ -36,19 +32,6 @@ def _check_documents(documents: Any, name: str = "documents") -> list[str]:
         if not isinstance(doc, str):
             raise TypeError(f"{name}[{i}] must be a str, got {type(doc).__name__}")
     return list(documents)
-
-
-def _scored_rankings(encs: Sequence[PromptEncoding], scores: Sequence[Sequence[float]], prefill,
-                     after_prefill_seconds: float) -> list[WindowRanking]:
-    """Window rankings ordered by per-passage scores (ties: first-stage order). Every passage is scored
-    by the model, so the whole order is the model's (``top_k`` only cuts the output)."""
-    rankings = []
-    for row, enc in enumerate(encs):
-        row_scores = scores[row]
-        order = sorted(range(enc.num_passages), key=lambda i: (-row_scores[i], i))
-        rankings.append(WindowRanking(order=order, ranked=enc.num_passages, scores=row_scores, generated_tokens=0,
-                                      **_call_costs(encs, row, prefill, after_prefill_seconds)))
-    return rankings
 
 
 def _check_batch(queries: Any, documents: Any) -> tuple[list[str], list[list[str]]]:
@@ -71,15 +54,6 @@ def _check_top_k(top_k: Any) -> int | None:
     return top_k
 
 
-def _call_costs(encs: Sequence[PromptEncoding], row: int, info, after_prefill_seconds: float) -> dict:
-    """Cost fields of one row of a batched call; wall time is shared equally among the rows."""
-    enc, share = encs[row], 1.0 / len(encs)
-    return {"prompt_tokens": len(enc.input_ids), "prefill_seconds": info.seconds * share,
-            "decode_seconds": after_prefill_seconds * share,
-            "kept_tokens": info.extra.get("kept_tokens_per_row", [None] * len(encs))[row],
-            "computed_fraction": info.computed_fraction, "truncated_passages": enc.truncated_passages}
-
-
 class Reranker:
     """Listwise LLM reranker: full ranking in one prompt, or sliding windows.
 
@@ -97,6 +71,7 @@ class Reranker:
         self.table = TokenTable.for_tokenizer(tokenizer, self.preset.ids)
         self.max_context = self.config.max_context or getattr(model.config, "max_position_embeddings", None) or 4096
         self._answer_budget: dict[int, int] = {}
+        self.scorer = scorer_class(self.config.scoring)(model, tokenizer, self.table, self.preset, self.config.pruning)
         if self.config.pruning is not None:
             from .engine import pruning as _pruning  # noqa: F401  (validates support early)
 
@@ -151,16 +126,10 @@ class Reranker:
         return window.cache["encoding"]
 
     def answer_budget(self, num: int) -> int:
-        """Positions the answer needs after the prompt: a complete ranking (end-of-turn included), or
-        for single-pass scoring the longest identifier."""
+        """Positions the answer needs after the prompt (the scorer's: a complete ranking, end-of-turn
+        included, the longest identifier, or nothing)."""
         if num not in self._answer_budget:
-            if self.config.scoring == "head":
-                self._answer_budget[num] = 0  # nothing is generated or appended
-            elif self.config.scoring == "single_pass":
-                first, _ = self.table.canonical.pieces(num)
-                self._answer_budget[num] = max(len(seq) for seq in first.values())
-            else:
-                self._answer_budget[num] = len(encode_target(self.tokenizer, list(range(num)), self.preset))
+            self._answer_budget[num] = self.scorer.answer_tokens(num)
         return self._answer_budget[num]
 
     def fits(self, window: Window) -> bool:
@@ -178,13 +147,6 @@ class Reranker:
         if self._over_identifier_limit(window):
             return f"over the {self.preset.ids.max_count} {self.preset.identifiers} identifiers"
         return f"{len(self.encode(window).input_ids)} prompt tokens"
-
-    def _session(self):
-        if self.config.pruning is None:
-            return DenseSession(self.model, self.tokenizer.pad_token_id)
-        from .engine.pruning import PrunedSession
-
-        return PrunedSession(self.model, self.tokenizer.pad_token_id, self.config.pruning)
 
     def rank_windows(self, windows: Sequence[Window]) -> list[WindowRanking]:
         """Rank independent windows (constrained decoding, or single-pass scoring), ``batch_size`` prompts at a time."""
@@ -207,39 +169,67 @@ class Reranker:
         for chunk_start in range(0, len(todo), size):
             chunk = todo[chunk_start:chunk_start + size]
             encs = [self.encode(windows[i]) for i in chunk]
-            if self.config.scoring in ("single_pass", "head"):
-                scored = self._score_chunk(encs) if self.config.scoring == "single_pass" else self._head_chunk(encs)
-                for i, ranking in zip(chunk, scored):
-                    results[i] = ranking
-                continue
-            out = rank_prompts(self._session(), [e.input_ids for e in encs], [e.num_passages for e in encs],
-                               self.table, top_k=[windows[i].top_k for i in chunk],
-                               prunable=[e.prunable_mask() for e in encs])
-            for row, i in enumerate(chunk):
-                emitted = [k - 1 for k in out.identifiers[row]]
-                results[i] = WindowRanking(
-                    order=complete_order(emitted, encs[row].num_passages), ranked=len(emitted),
-                    generated_tokens=out.generated_tokens[row],
-                    constraint_seconds=out.constraint_seconds / len(chunk),
-                    **_call_costs(encs, row, out.prefill, out.decode_seconds))
+            for i, ranking in zip(chunk, self.scorer.rank(encs, [windows[i].top_k for i in chunk])):
+                results[i] = ranking
         return results  # type: ignore[return-value]
 
-    def _score_chunk(self, encs: list[PromptEncoding]) -> list[WindowRanking]:
-        """Single-pass scoring: order by log P(first identifier), ties by first-stage order."""
-        out = score_identifiers(self._session(), [e.input_ids for e in encs], [e.num_passages for e in encs],
-                                self.table, prunable=[e.prunable_mask() for e in encs])
-        return _scored_rankings(encs, out.scores, out.prefill, out.scoring_seconds)
+    # ------------------------------------------------------------------ routing and merging
+    def _route(self, windows: Sequence[Window], stats: Sequence[RankingStats]) -> dict[str, list[int]]:
+        """Which queries are ranked in one prompt (``full``), in chunks merged by score (``chunks``)
+        or by sliding windows (``sliding``); lists of 0 or 1 passages need no model (``trivial``)."""
+        routes: dict[str, list[int]] = {"trivial": [], "full": [], "chunks": [], "sliding": []}
+        for i, w in enumerate(windows):
+            if len(w.passages) <= 1:
+                routes["trivial"].append(i)
+            elif self.scorer.merges_chunks and (self.config.strategy == "sliding" or not self.fits(w)):
+                # Per-passage scores need no merging passes: consecutive chunks of window_size,
+                # every passage ordered by its own score.
+                if self.config.strategy == "full":
+                    stats[i].fallback = "chunks"
+                routes["chunks"].append(i)
+            elif self.config.strategy == "sliding":
+                routes["sliding"].append(i)
+            elif self.fits(w):
+                routes["full"].append(i)
+            elif self.config.on_overflow == "sliding":
+                logger.warning("query %d: %d passages (%s) exceed the %d-token context or the identifiers; "
+                               "falling back to sliding windows", i, len(w.passages), self._prompt_size(w),
+                               self.max_context)
+                stats[i].fallback = "sliding"
+                routes["sliding"].append(i)
+            else:
+                raise ValueError(
+                    f"query {i}: {len(w.passages)} passages need {len(self.encode(w).input_ids)} prompt tokens "
+                    f"(+{self.answer_budget(len(w.passages))} answer), over the {self.max_context}-token context; "
+                    "set on_overflow='sliding', lower max_passage_tokens, pass fewer documents, or shorten the "
+                    "query (it is written twice and never cut)")
+        return routes
 
-    def _head_chunk(self, encs: list[PromptEncoding]) -> list[WindowRanking]:
-        """Head scoring: order by the yes-no readout at each passage's end, ties by first-stage order."""
-        yes_id, no_id = relevance_token_ids(self.tokenizer)
-        prompts, reads = [e.input_ids for e in encs], [e.passage_end_positions() for e in encs]
-        if self.config.pruning is None:
-            out = score_positions(self.model, prompts, reads, yes_id, no_id, self.tokenizer.pad_token_id)
-        else:
-            out = score_positions_pruned(self.model, prompts, reads, [e.prunable_mask() for e in encs], yes_id, no_id,
-                                         self.config.pruning)
-        return _scored_rankings(encs, out.scores, out.prefill, 0.0)
+    def _rank_in_chunks(self, windows: Sequence[Window], on_call) -> list[list[float]]:
+        """Per-passage scores of each window, scored in consecutive chunks of ``window_size``."""
+        size = self.config.window_size
+        pieces = [(j, offset) for j, w in enumerate(windows) for offset in range(0, len(w.passages), size)]
+        chunks = [Window(query=windows[j].query, passages=windows[j].passages[o:o + size]) for j, o in pieces]
+        # rank_windows needs no model for a one-passage window; a last chunk of one still needs its score.
+        scored = self.rank_windows([c for c in chunks if len(c.passages) > 1])
+        singles = self.scorer.rank([self.encode(c) for c in chunks if len(c.passages) == 1], [None]) \
+            if any(len(c.passages) == 1 for c in chunks) else []
+        merged: list[list[float]] = [[] for _ in windows]
+        many, one = iter(scored), iter(singles)
+        for (j, _), chunk in zip(pieces, chunks):
+            r = next(many) if len(chunk.passages) > 1 else next(one)
+            merged[j] += r.scores
+            on_call(j, r)
+        return merged
+
+    def _result(self, order: list[int], ranked: int, scores: list[float] | None, stats: RankingStats) -> RankingResult:
+        """The result type for one query: fused with the input order, the model's scores, or ranks."""
+        if self.config.first_stage_weight > 0.0 and len(order) > 1:
+            fused_order, fused = fuse_with_first_stage(order, self.config.first_stage_weight)
+            return RankingResult.from_scores(fused_order, fused, len(fused_order), stats, "fused")
+        if scores is not None:
+            return RankingResult.from_scores(order, scores, ranked, stats, self.scorer.score_kind)
+        return RankingResult.from_order(order, ranked, stats)
 
     # ------------------------------------------------------------------ public API
     def rerank_batch(self, queries: Sequence[str], documents: Sequence[Sequence[str]],
@@ -249,8 +239,9 @@ class Reranker:
         top_k = _check_top_k(top_k)
         start = time.perf_counter()
         stats = [RankingStats(strategy=self.config.strategy) for _ in queries]
-        orders: list[list[int] | None] = [None] * len(queries)
-        ranked = [0] * len(queries)
+        orders: list[list[int]] = [list(range(len(d))) for d in docs]
+        ranked = [len(d) for d in docs]
+        model_scores: list[list[float] | None] = [None] * len(queries)
 
         def account(i: int, r: WindowRanking) -> None:
             stats[i].add_call(r.prompt_tokens, r.generated_tokens, r.prefill_seconds, r.decode_seconds,
@@ -258,54 +249,14 @@ class Reranker:
             stats[i].truncated_passages += r.truncated_passages
 
         windows = [Window(query=q, passages=d, top_k=top_k) for q, d in zip(queries, docs)]
-        sliding = []
-        full = []
-        chunked = []
-        head = self.config.scoring == "head"
-        for i, w in enumerate(windows):
-            if len(w.passages) <= 1:
-                orders[i], ranked[i] = list(range(len(w.passages))), len(w.passages)
-            elif head and (self.config.strategy == "sliding" or not self.fits(w)):
-                # Head scores are per passage, so windows need no merging passes: score consecutive
-                # chunks of window_size and order all passages by their scores.
-                if self.config.strategy == "full":
-                    stats[i].fallback = "chunks"
-                chunked.append(i)
-            elif self.config.strategy == "sliding":
-                sliding.append(i)
-            elif self.fits(w):
-                full.append(i)
-            elif self.config.on_overflow == "sliding":
-                logger.warning("query %d: %d passages (%s) exceed the %d-token context or the identifiers; "
-                               "falling back to sliding windows", i, len(w.passages), self._prompt_size(w),
-                               self.max_context)
-                stats[i].fallback = "sliding"
-                sliding.append(i)
-            else:
-                raise ValueError(
-                    f"query {i}: {len(w.passages)} passages need {len(self.encode(w).input_ids)} prompt tokens "
-                    f"(+{self.answer_budget(len(w.passages))} answer), over the {self.max_context}-token context; "
-                    "set on_overflow='sliding', lower max_passage_tokens, pass fewer documents, or shorten the "
-                    "query (it is written twice and never cut)")
-        model_scores: list[list[float] | None] = [None] * len(queries)
-        if full:
-            for i, r in zip(full, self.rank_windows([windows[i] for i in full])):
-                orders[i], ranked[i], model_scores[i] = r.order, r.ranked, r.scores
-                account(i, r)
+        routes = self._route(windows, stats)
+        full, chunked, sliding = routes["full"], routes["chunks"], routes["sliding"]
+        for i, r in zip(full, self.rank_windows([windows[i] for i in full])):
+            orders[i], ranked[i], model_scores[i] = r.order, r.ranked, r.scores
+            account(i, r)
         if chunked:
-            size = self.config.window_size
-            pieces = [(i, offset) for i in chunked for offset in range(0, len(windows[i].passages), size)]
-            scored = self.rank_windows([Window(query=windows[i].query, passages=windows[i].passages[o:o + size])
-                                        for i, o in pieces])
-            merged: dict[int, list[float]] = {i: [] for i in chunked}
-            for (i, offset), r in zip(pieces, scored):
-                if r.scores is None:  # rank_windows skips one-passage windows: score it on its own
-                    alone = Window(query=windows[i].query, passages=windows[i].passages[offset:offset + 1])
-                    r = self._head_chunk([self.encode(alone)])[0]
-                merged[i] += r.scores
-                account(i, r)
-            for i in chunked:
-                scores = merged[i]
+            merged = self._rank_in_chunks([windows[i] for i in chunked], lambda j, r: account(chunked[j], r))
+            for i, scores in zip(chunked, merged):
                 orders[i] = sorted(range(len(scores)), key=lambda k: (-scores[k], k))
                 ranked[i], model_scores[i] = len(scores), scores
         if sliding:
@@ -313,22 +264,11 @@ class Reranker:
                                  self.config.num_passes, on_call=lambda j, r: account(sliding[j], r),
                                  top_k=top_k)
             for i, order in zip(sliding, got):
-                orders[i], ranked[i] = order, len(order)
-                if top_k is not None:
-                    ranked[i] = min(top_k, len(order))
+                orders[i], ranked[i] = order, len(order) if top_k is None else min(top_k, len(order))
         elapsed = (time.perf_counter() - start) / max(1, len(queries))
-        results = []
-        for i in range(len(queries)):
-            stats[i].total_seconds = elapsed
-            if self.config.first_stage_weight > 0.0 and len(orders[i]) > 1:
-                order, fused = fuse_with_first_stage(orders[i], self.config.first_stage_weight)
-                results.append(RankingResult.from_scores(order, fused, len(order), stats[i], "fused"))
-            elif model_scores[i] is not None:
-                kind = "head_logit" if self.config.scoring == "head" else "log_prob"
-                results.append(RankingResult.from_scores(orders[i], model_scores[i], ranked[i], stats[i], kind))
-            else:
-                results.append(RankingResult.from_order(orders[i], ranked[i], stats[i]))
-        return results
+        for st in stats:
+            st.total_seconds = elapsed
+        return [self._result(orders[i], ranked[i], model_scores[i], stats[i]) for i in range(len(queries))]
 
     def rerank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> RankingResult:
         """Rerank ``documents`` for ``query``; with ``top_k`` only the best ``top_k`` are decoded."""

@@ -104,9 +104,9 @@ def test_reranker_runs_head_scoring_pruned_in_batches(tiny_model, tokenizer):
 
 @pytest.mark.parametrize("kwargs, word", [(dict(protect_structure=False), "protect_structure"),
                                           (dict(granularity="passage"), "granularity")])
-def test_head_scoring_refuses_schedules_that_drop_what_it_reads(kwargs, word):
+def test_head_scoring_refuses_schedules_that_drop_what_it_reads(tiny_model, tokenizer, kwargs, word):
     with pytest.raises(ValueError, match=word):
-        RerankerConfig(scoring="head", pruning=PruningConfig(**kwargs))
+        Reranker(tiny_model, tokenizer, RerankerConfig(scoring="head", pruning=PruningConfig(**kwargs)))
 
 
 def test_per_passage_budget_needs_token_granularity():

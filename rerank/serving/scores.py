@@ -15,8 +15,8 @@ Either way a running minimum along the order is taken last, so the values never 
 rank even where floating point rounding or an order that is not sorted by score (sliding windows)
 would say otherwise; tied scores give tied relevance.
 
-Which of the two applies is read off the scores themselves (a result whose scores are exactly the
-rank-derived pattern is rank-derived), so a new scoring kind needs no change here.
+Which of the two applies is read from ``result.score_kind``, set by the scorer that produced it,
+so a new scoring kind needs no change here.
 """
 
 from __future__ import annotations
@@ -25,14 +25,9 @@ import math
 from typing import Sequence
 
 from ..results import RankingResult
+from ..scorers import scorer_class
 
-__all__ = ["relevance_scores", "is_rank_derived", "model_top_k"]
-
-
-def is_rank_derived(result: RankingResult) -> bool:
-    """Whether ``result.scores`` are exactly :meth:`RankingResult.from_order`'s rank-derived scores."""
-    expected = RankingResult.from_order(result.order, result.ranked_by_model, result.stats).scores
-    return all(math.isclose(a, b, rel_tol=0.0, abs_tol=1e-12) for a, b in zip(result.scores, expected))
+__all__ = ["relevance_scores", "model_top_k"]
 
 
 def _softmax(values: Sequence[float]) -> list[float]:
@@ -55,7 +50,7 @@ def relevance_scores(result: RankingResult) -> list[float]:
     if n == 0:
         return []
     along = [float(result.scores[i]) for i in result.order]
-    if is_rank_derived(result) or result.score_kind == "fused":
+    if result.score_kind in ("rank", "fused"):
         # Fused reciprocal-rank values differ by ~1e-4: a softmax over them would be flat, so a
         # fused ranking is reported by rank like a decoded one.
         raw = [1.0 - r / n for r in range(n)]
@@ -72,9 +67,9 @@ def relevance_scores(result: RankingResult) -> list[float]:
 def model_top_k(scoring: str, top_n: int | None) -> int | None:
     """The ``top_k`` to hand the model for a request that returns ``top_n`` results.
 
-    With ``scoring="generate"`` decoding only the best ``top_n`` identifiers is most of the saving a
-    RAG caller can get, so ``top_n`` is passed on. Other scorings score every passage anyway (their
-    order does not depend on ``top_k``), so ``None`` is passed: requests with different ``top_n``
-    then share one batched model call.
+    Scorers whose cost depends on ``top_k`` (decoding stops after ``top_n`` identifiers, most of the
+    saving a RAG caller can get) get ``top_n``. Scorers that score every passage anyway (their
+    order does not depend on ``top_k``) get ``None``: requests with different ``top_n`` then share
+    one batched model call.
     """
-    return top_n if scoring == "generate" else None
+    return top_n if scorer_class(scoring).needs_top_k else None
