@@ -27,6 +27,7 @@ from rerank.data import default_run_path, load_collection, read_run, recover_rec
 from rerank.evaluation import compute_metrics, format_table
 from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
 from rerank.resume import append_record, check_same_settings, save_settings
+from rerank.script_support import ranking_settings
 
 VARIANTS = {  # name: (strategy, scoring, pruning schedule key); --schedules adds single_pass+NAME
     "generate": ("full", "generate", None),
@@ -43,15 +44,11 @@ def resume_settings(args: argparse.Namespace, models: dict[str, str], variants: 
     output may add models, depths or variants, but not point a name at another model path, change a
     depth's passage budget or a variant's pruning schedule (that would mix two systems under one name).
     Device, batch size, query count and deadline change no ranking and are left out."""
-    settings: dict = {"collection": args.collection, "dtype": args.dtype}
-    for name, path in models.items():
-        settings[f"model[{name}]"] = path
-    for depth, budget in zip(args.groups, args.budgets):
-        settings[f"max_passage_tokens[{depth}]"] = budget
-    for name, (strategy, scoring, sched) in variants.items():
-        settings[f"variant[{name}]"] = {"strategy": strategy, "scoring": scoring,
-                                        "pruning": None if sched is None else asdict(schedules[sched])}
-    return settings
+    fixed = {"collection": args.collection, "dtype": args.dtype} | {f"model[{n}]": p for n, p in models.items()}
+    return ranking_settings(fixed, zip(args.groups, args.budgets),
+                            {name: {"strategy": strategy, "scoring": scoring,
+                                    "pruning": None if sched is None else schedules[sched]}
+                             for name, (strategy, scoring, sched) in variants.items()})
 
 
 def _depth(record: dict) -> int:

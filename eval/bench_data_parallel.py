@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
+
 REPO = Path(__file__).resolve().parents[1]
 CPU_CONFIG = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
 

@@ -44,16 +44,16 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from rerank import PruningConfig, Reranker, RerankerConfig  # noqa: E402
-from rerank.data import load_collection, read_run  # noqa: E402
-from rerank.decoding import complete_order  # noqa: E402
-from rerank.engine.generate import rank_prompts  # noqa: E402
-from rerank.engine.pruning import PrunedSession  # noqa: E402
-from rerank.engine.session import DenseSession  # noqa: E402
+from rerank import PruningConfig, Reranker, RerankerConfig
+from rerank.data import load_collection, read_run
+from rerank.decoding import complete_order
+from rerank.engine.generate import rank_prompts
+from rerank.engine.pruning import PrunedSession
+from rerank.engine.session import DenseSession
+from rerank.evaluation import compute_metrics
 from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
-from rerank.ranking import Window  # noqa: E402
+from rerank.ranking import Window
 
 # Curve points: the default plus gentler / harsher variants and the two other knobs.
 PRESETS: dict[str, PruningConfig] = {
@@ -126,16 +126,10 @@ def kl(ref: torch.Tensor, other: torch.Tensor) -> float:
 
 
 def ndcg10(qrels: dict, runs: dict[str, dict[str, list[str]]]) -> dict[str, float]:
-    """nDCG@10 (ir-measures) of each named run ``{qid: docids best first}``."""
-    import ir_measures
-    from ir_measures import nDCG
-
-    out = {}
-    for name, run in runs.items():
-        flat = {qid: {d: float(len(docs) - i) for i, d in enumerate(docs)} for qid, docs in run.items()}
-        judged = {qid: qrels[qid] for qid in flat if qid in qrels}
-        out[name] = float(ir_measures.calc_aggregate([nDCG @ 10], judged, flat)[nDCG @ 10])
-    return out
+    """nDCG@10 (``rerank.evaluation``) of each named run ``{qid: docids best first}``."""
+    return {name: compute_metrics(qrels, {q: [(d, float(len(docs) - i)) for i, d in enumerate(docs)]
+                                          for q, docs in run.items()}, graded=False)["ndcg@10"]
+            for name, run in runs.items()}
 
 
 def max_fitting(rr: Reranker, query: str, docs: list[str]) -> int:
@@ -384,11 +378,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.output} ({result['wall_seconds'] / 60:.1f} min)")
     if args.plot:
         try:
-            from plot_pruning import plot
-        except ImportError:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from plot_pruning import plot
-        try:
+            from plot_pruning import plot  # eval/ is on sys.path when this script runs
+
             plot(args.output, args.plot)
             print(f"wrote {args.plot}")
         except ImportError as exc:  # matplotlib missing: the JSON is the result

@@ -25,6 +25,7 @@ from rerank.data import default_run_path, load_collection, read_run, recover_rec
 from rerank.evaluation import compute_metrics, format_table
 from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
 from rerank.resume import append_record, check_same_settings, save_settings
+from rerank.script_support import ranking_settings
 
 VARIANTS = {  # name: (strategy, decode top_k, scoring, pruning spec or None); --schedules adds single_pass+NAME
     "full": ("full", None, "generate", None),
@@ -44,14 +45,11 @@ def resume_settings(args: argparse.Namespace, variants: dict, budgets: list[int]
     """What the records depend on, one key per group and per variant: a rerun into the same output
     may add groups or variants, but not change the model, a group's passage budget or a variant's
     pruning spec (that would mix two systems under one name)."""
-    settings: dict = {"collection": args.collection, "model": args.model, "window_size": WINDOW_SIZE,
-                      "stride": STRIDE}
-    for group, budget in zip(args.groups, budgets):
-        settings[f"max_passage_tokens[{group}]"] = budget
-    for name, (strategy, top_k, scoring, pruning) in variants.items():
-        settings[f"variant[{name}]"] = {"strategy": strategy, "top_k": top_k, "scoring": scoring,
-                                        "pruning": None if pruning is None else asdict(PruningConfig.from_spec(pruning))}
-    return settings
+    fixed = {"collection": args.collection, "model": args.model, "window_size": WINDOW_SIZE, "stride": STRIDE}
+    return ranking_settings(fixed, zip(args.groups, budgets),
+                            {name: {"strategy": strategy, "top_k": top_k, "scoring": scoring,
+                                    "pruning": None if pruning is None else PruningConfig.from_spec(pruning)}
+                             for name, (strategy, top_k, scoring, pruning) in variants.items()})
 
 
 def main(argv: list[str] | None = None) -> dict:

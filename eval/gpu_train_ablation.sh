@@ -9,7 +9,7 @@
 # a cut run still leaves everything finished so far; a rerun skips trained models and resumes the
 # matrix.
 #
-#   python eval/build_training_mix.py --out runs/mix/mix.embed.jsonl      # labels (CPU, 2 minutes)
+#   python scripts/build_training_mix.py --out runs/mix/mix.embed.jsonl      # labels (CPU, 2 minutes)
 #   bash eval/gpu_train_ablation.sh runs/gpu runs/mix/mix.embed.jsonl
 set -u -o pipefail
 OUT=${1:-runs/gpu}

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -1,6 +1,6 @@
 """Copy a trained LoRA adapter into the package as the shipped default reranker, with its model card.
 
-    .venv/bin/python eval/package_weights.py --run runs/head/model --quality eval/results/quality_cpu.json
+    .venv/bin/python scripts/package_weights.py --run runs/head/model --quality eval/results/quality_cpu.json
 
 Writes ``rerank/weights/<name>/``: ``adapter_config.json`` and ``adapter_model.safetensors`` (float32 by default, exactly the
 evaluated weights; ``--dtype bfloat16`` halves the size),
@@ -46,7 +46,7 @@ def data_line(summaries: list[str]) -> str:
         parts.append(f"`{Path(path).name}`: {info.get('lists')} lists ({sources}; SciFact TRAIN claims at BM25 top-"
                      f"{info.get('scifact_depth', 10)}); labels = judged-relevant first, then {order} order; the same "
                      f"teacher's scores as soft targets{boost}")
-    return ("* Data: `eval/build_training_lists.py` over ../shared/data; " + "; then ".join(parts)
+    return ("* Data: `scripts/build_training_lists.py` over ../shared/data; " + "; then ".join(parts)
             + ". Never msmarco-dl19 nor the SciFact test claims.")
 
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--name", default=SHIPPED_WEIGHTS)
     ap.add_argument("--quality", default=None, help="eval/quality_table.py JSON for the card's scores.")
     ap.add_argument("--fusion", default=None,
-                    help="eval/fusion_dev.py JSON: ship its chosen first_stage_weight (picked on a dev collection).")
+                    help="scripts/fusion_dev.py JSON: ship its chosen first_stage_weight (picked on a dev collection).")
     ap.add_argument("--history", action="append", default=[],
                     help="A line for the card's training history (repeatable), e.g. each resumed or adapted segment.")
     ap.add_argument("--labels", action="append", default=[],
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> Path:
             f"* Scoring: `{settings['reranker']['scoring']}` (logit(yes) - logit(no) at each passage's end, one forward pass).",
             *([f"* Fusion: `first_stage_weight={fusion['chosen_weight']}` by default (reciprocal-rank fusion with the "
                f"input order, `rerank.fusion`), chosen on {Path(fusion['dev']['collection']).name} "
-               f"({fusion['dev']['queries']} queries, neither training nor evaluation data) by `eval/fusion_dev.py`; "
+               f"({fusion['dev']['queries']} queries, neither training nor evaluation data) by `scripts/fusion_dev.py`; "
                "`first_stage_weight=0.0` gives the model alone."] if fusion else []),
             data_line(args.labels),
             f"* Trained with: {json.dumps(settings.get('trained_with', {}))}; {metrics.get('global_step', '?')} steps"

@@ -1,6 +1,6 @@
 """Choose the first-stage fusion weight on a development collection, then report it elsewhere.
 
-    .venv/bin/python eval/fusion_dev.py --model runs/head/model \\
+    .venv/bin/python scripts/fusion_dev.py --model runs/head/model \\
         --apply dl19-20=runs/quality/trained/dl19-20 --apply scifact-20=runs/quality/trained/scifact-20 \\
         --out eval/results/fusion_cpu.json
 

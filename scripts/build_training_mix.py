@@ -1,6 +1,6 @@
 """Build a 20-candidate listwise training set from the offline data, then label it completely.
 
-    .venv/bin/python eval/build_training_mix.py --out runs/mix/mix.embed.jsonl
+    .venv/bin/python scripts/build_training_mix.py --out runs/mix/mix.embed.jsonl
 
 WikiQA-train gives about 10 candidates per query, and the 100 MS MARCO training triples give one
 positive and one negative: too short for the lists we rerank at inference (20 to 100 passages). Each
@@ -23,6 +23,7 @@ from pathlib import Path
 from rerank.data import iter_jsonl, load_collection, read_run
 from rerank.labels import LabelConfig, run_labelling
 from rerank.flags import FlagParser
+from rerank.script_support import msmarco_triple_lists
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -49,22 +50,10 @@ def wikiqa_lists(list_size: int, rng: random.Random) -> tuple[list[dict], dict[s
 
 
 def msmarco_lists(list_size: int, rng: random.Random) -> tuple[list[dict], dict[str, set[str]]]:
-    rows = [obj for _, obj in iter_jsonl(DATA / "msmarco-train-triples" / "triples.jsonl")]
-    texts = {}
-    for i, row in enumerate(rows):
-        texts[f"m{i}-pos"] = row["positive"]
-        texts[f"m{i}-neg"] = row["negative"]
-    pool = sorted(texts)
-    items, relevant = [], {}
-    for i, row in enumerate(rows):
-        own = [f"m{i}-pos", f"m{i}-neg"]
-        fill = [d for d in rng.sample(pool, list_size + 2) if d not in own][: list_size - 2]
-        docids = own + fill
-        rng.shuffle(docids)  # no first-stage order exists: do not let position give the positive away
-        items.append({"qid": f"msmarco-{i}", "query": row["query"],
-                      "candidates": [{"docid": d, "text": texts[d]} for d in docids]})
-        relevant[f"msmarco-{i}"] = {f"m{i}-pos"}
-    return items, relevant
+    triples = msmarco_triple_lists(DATA / "msmarco-train-triples" / "triples.jsonl", list_size, rng)
+    items = [{"qid": t["qid"], "query": t["query"],
+              "candidates": [{"docid": d, "text": t["passages"][d]} for d in t["docids"]]} for t in triples]
+    return items, {t["qid"]: {t["positive"]} for t in triples}
 
 
 def promote(labels: Path, relevant: dict[str, set[str]], out: Path) -> int:
