@@ -1,4 +1,4 @@
-"""Quality matrix for issue 5: models x depths x {generate, single_pass} x {dense, pruned} (+ sliding).
+"""Quality matrix of the single-pass ablation: models x depths x {generate, single_pass} x {dense, pruned} (+ sliding).
 
     python eval/ablation_single_pass.py --models lm=runs/gpu/lm joint=runs/gpu/joint \\
         --groups 20 50 100 --budgets 100 100 60 --device cuda --batch_size 16 --schedules fast=fast \\

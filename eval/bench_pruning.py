@@ -5,7 +5,7 @@ shared, hence the optional time budget on the fidelity loop):
 
     .venv/bin/python eval/bench_pruning.py
 
-What produced eval/results/pruning_cpu.json on the shared development machine:
+What produced eval/results/pruning_cpu.json (a 2-core CPU with other work running):
 
     .venv/bin/python eval/bench_pruning.py --curve_queries 6 --timing_queries 1 --repeats 2 \
         --e2e_queries 1 --max_fidelity_minutes 40

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5 on one GPU, in one budgeted run (about 9 minutes on an H100):
+# The single-pass training ablation on one GPU, in one budgeted run (about 9 minutes on an H100):
 #   1. LoRA-train the default model twice on the same labels: LM loss only (importance-aware) and
 #      joint (importance-aware LM loss + RankNet on the single-pass identifier scores);
 #   2. the quality matrix (eval/ablation_single_pass.py): both models x top-20/100/50 x
