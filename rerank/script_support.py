@@ -34,8 +34,15 @@ def msmarco_triple_lists(triples: str | Path, list_size: int, rng: random.Random
         own = [f"m{i}-pos", f"m{i}-neg"]
         docids = own + [d for d in rng.sample(pool, list_size + 2) if d not in own][: list_size - 2]
         rng.shuffle(docids)
-        out.append({"qid": f"msmarco-{i}", "query": row["query"], "docids": docids,
-                    "passages": {d: texts[d] for d in docids}, "positive": f"m{i}-pos"})
+        out.append(
+            {
+                "qid": f"msmarco-{i}",
+                "query": row["query"],
+                "docids": docids,
+                "passages": {d: texts[d] for d in docids},
+                "positive": f"m{i}-pos",
+            }
+        )
     return out
 
 
