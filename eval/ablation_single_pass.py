@@ -1,4 +1,4 @@
-"""Quality matrix for issue 5: models x depths x {generate, single_pass} x {dense, pruned} (+ sliding).
+"""Quality matrix of the single-pass ablation: models x depths x {generate, single_pass} x {dense, pruned} (+ sliding).
 
     python eval/ablation_single_pass.py --models lm=runs/gpu/lm joint=runs/gpu/joint \\
         --groups 20 50 100 --budgets 100 100 60 --device cuda --batch_size 16 --schedules fast=fast \\
@@ -19,7 +19,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from rerank import PruningConfig, Reranker, RerankerConfig
@@ -27,6 +26,7 @@ from rerank.data import default_run_path, load_collection, read_run, recover_rec
 from rerank.evaluation import compute_metrics, format_table
 from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
 from rerank.resume import append_record, check_same_settings, save_settings
+from rerank.script_support import ranking_settings
 
 VARIANTS = {  # name: (strategy, scoring, pruning schedule key); --schedules adds single_pass+NAME
     "generate": ("full", "generate", None),
@@ -37,21 +37,22 @@ VARIANTS = {  # name: (strategy, scoring, pruning schedule key); --schedules add
 }
 
 
-def resume_settings(args: argparse.Namespace, models: dict[str, str], variants: dict,
-                    schedules: dict[str, PruningConfig]) -> dict:
+def resume_settings(
+    args: argparse.Namespace, models: dict[str, str], variants: dict, schedules: dict[str, PruningConfig]
+) -> dict:
     """What the records depend on, one key per model name, depth and variant: a rerun into the same
     output may add models, depths or variants, but not point a name at another model path, change a
     depth's passage budget or a variant's pruning schedule (that would mix two systems under one name).
     Device, batch size, query count and deadline change no ranking and are left out."""
-    settings: dict = {"collection": args.collection, "dtype": args.dtype}
-    for name, path in models.items():
-        settings[f"model[{name}]"] = path
-    for depth, budget in zip(args.groups, args.budgets):
-        settings[f"max_passage_tokens[{depth}]"] = budget
-    for name, (strategy, scoring, sched) in variants.items():
-        settings[f"variant[{name}]"] = {"strategy": strategy, "scoring": scoring,
-                                        "pruning": None if sched is None else asdict(schedules[sched])}
-    return settings
+    fixed = {"collection": args.collection, "dtype": args.dtype} | {f"model[{n}]": p for n, p in models.items()}
+    return ranking_settings(
+        fixed,
+        zip(args.groups, args.budgets),
+        {
+            name: {"strategy": strategy, "scoring": scoring, "pruning": None if sched is None else schedules[sched]}
+            for name, (strategy, scoring, sched) in variants.items()
+        },
+    )
 
 
 def _depth(record: dict) -> int:
@@ -65,16 +66,24 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--groups", type=int, nargs="+", default=[20, 100], help="Depths N (BM25 top-N).")
     ap.add_argument("--budgets", type=int, nargs="+", default=[100, 60], help="Passage token budget per depth.")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--schedules", nargs="*", default=["fast=fast"],
-                    help="NAME=SPEC pruning schedules (SPEC: a preset or depth:keep,...), each adding a 'single_pass+NAME' variant.")
+    ap.add_argument(
+        "--schedules",
+        nargs="*",
+        default=["fast=fast"],
+        help="NAME=SPEC pruning schedules (SPEC: a preset or depth:keep,...), "
+        "each adding a 'single_pass+NAME' variant.",
+    )
     ap.add_argument("--queries", type=int, default=None, help="First K judged queries (default all).")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--deadline-minutes", type=float, default=None)
     ap.add_argument("--output", default="eval/results/single_pass_ablation.json")
-    ap.add_argument("--summarize-only", action="store_true",
-                    help="Write the JSON from the records gathered so far (e.g. merged from several runs), ranking nothing.")
+    ap.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="Write the JSON from the records gathered so far (e.g. merged from several runs), ranking nothing.",
+    )
     args = ap.parse_args(upgrade_argv(sys.argv[1:] if argv is None else argv, DEPTH_ALIASES, __file__))
     if len(args.budgets) != len(args.groups):
         ap.error(f"--budgets needs one value per group ({len(args.groups)}), got {len(args.budgets)}")
@@ -108,15 +117,24 @@ def main(argv: list[str] | None = None) -> dict:
         settings = resume_settings(args, models, variants, schedules)
         settings_path = Path(args.output).with_suffix(".settings.json")
         if records_path.is_file():
-            check_same_settings(settings_path, settings, what=str(records_path),
-                                advice="use another --output, or move the records away to start over")
+            check_same_settings(
+                settings_path,
+                settings,
+                what=str(records_path),
+                advice="use another --output, or move the records away to start over",
+            )
         save_settings(settings_path, settings, keep_saved=records_path.is_file())
     done = {(r["model"], _depth(r), r["variant"], r["qid"]) for r in recover_records(records_path)}
     # Small models: load them all, and loop depth -> variant -> model, so a deadline cuts the
     # comparison evenly instead of dropping a whole model.
-    bases = {} if args.summarize_only else {
-        name: Reranker.from_pretrained(None if path == "default" else path, device=args.device, dtype=args.dtype)
-        for name, path in models.items()}
+    bases = (
+        {}
+        if args.summarize_only
+        else {
+            name: Reranker.from_pretrained(None if path == "default" else path, device=args.device, dtype=args.dtype)
+            for name, path in models.items()
+        }
+    )
     out_of_time = False
     with open(records_path, "a", encoding="utf-8") as fh:
         for depth, budget in zip(args.groups, args.budgets):
@@ -126,26 +144,43 @@ def main(argv: list[str] | None = None) -> dict:
                 if out_of_time:
                     break
                 for name, base in bases.items():
-                    cfg = RerankerConfig(strategy=strategy, scoring=scoring, max_passage_tokens=budget,
-                                         batch_size=args.batch_size, pruning=schedules.get(sched))
+                    cfg = RerankerConfig(
+                        strategy=strategy,
+                        scoring=scoring,
+                        max_passage_tokens=budget,
+                        batch_size=args.batch_size,
+                        pruning=schedules.get(sched),
+                    )
                     ranker = Reranker(base.model, base.tokenizer, cfg)
                     todo = [q for q in qids if (name, depth, variant, q) not in done]
                     for i in range(0, len(todo), args.batch_size):
                         if args.deadline_minutes and time.monotonic() - start > 60 * args.deadline_minutes:
                             out_of_time = True
                             break
-                        chunk = todo[i: i + args.batch_size]
+                        chunk = todo[i : i + args.batch_size]
                         cands = [first_stage[q][:depth] for q in chunk]
                         t0 = time.perf_counter()
-                        results = ranker.rerank_batch([coll.queries[q] for q in chunk],
-                                                      [[coll.corpus[d] for d in c] for c in cands])
+                        results = ranker.rerank_batch(
+                            [coll.queries[q] for q in chunk], [[coll.corpus[d] for d in c] for c in cands]
+                        )
                         per_query = (time.perf_counter() - t0) / len(chunk)
                         for q, c, res in zip(chunk, cands, results):
-                            append_record(fh, {"model": name, "depth": depth, "variant": variant, "qid": q,
-                                               "ranking": [c[j] for j in res.order], "batch_s_per_query": per_query,
-                                               "fallback": res.stats.fallback})
-                        print(f"{name} top-{depth} {variant:<18} {i + len(chunk)}/{len(todo)}  {per_query:.3f} s/q",
-                              flush=True)
+                            append_record(
+                                fh,
+                                {
+                                    "model": name,
+                                    "depth": depth,
+                                    "variant": variant,
+                                    "qid": q,
+                                    "ranking": [c[j] for j in res.order],
+                                    "batch_s_per_query": per_query,
+                                    "fallback": res.stats.fallback,
+                                },
+                            )
+                        print(
+                            f"{name} top-{depth} {variant:<18} {i + len(chunk)}/{len(todo)}  {per_query:.3f} s/q",
+                            flush=True,
+                        )
                     if out_of_time:
                         break
 
@@ -159,17 +194,32 @@ def main(argv: list[str] | None = None) -> dict:
                     continue
                 run = {r["qid"]: [(d, float(len(r["ranking"]) - i)) for i, d in enumerate(r["ranking"])] for r in recs}
                 bm25 = {q: [(d, float(-i)) for i, d in enumerate(first_stage[q][:depth])] for q in run}
-                rows.append({"model": name, "depth": depth, "variant": variant, "queries": len(recs),
-                             "ndcg@10": compute_metrics(coll.qrels, run, coll.graded)["ndcg@10"],
-                             "bm25_ndcg@10": compute_metrics(coll.qrels, bm25, coll.graded)["ndcg@10"],
-                             "batch_s_per_query": sum(r["batch_s_per_query"] for r in recs) / len(recs),
-                             "fallbacks": sum(1 for r in recs if r["fallback"])})
-    out = {"models": models, "collection": args.collection, "device": args.device or "auto", "dtype": args.dtype,
-           "batch_size": args.batch_size, "budgets": dict(zip(map(str, args.groups), args.budgets)),
-           "schedules": {k: {"layer_fractions": v.layer_fractions, "keep_ratios": v.keep_ratios}
-                         for k, v in schedules.items()},
-           "complete": all(r["queries"] == len(qids) for r in rows) and len(rows) == len(models) * len(args.groups) * len(variants),
-           "rows": rows}
+                rows.append(
+                    {
+                        "model": name,
+                        "depth": depth,
+                        "variant": variant,
+                        "queries": len(recs),
+                        "ndcg@10": compute_metrics(coll.qrels, run, coll.graded)["ndcg@10"],
+                        "bm25_ndcg@10": compute_metrics(coll.qrels, bm25, coll.graded)["ndcg@10"],
+                        "batch_s_per_query": sum(r["batch_s_per_query"] for r in recs) / len(recs),
+                        "fallbacks": sum(1 for r in recs if r["fallback"]),
+                    }
+                )
+    out = {
+        "models": models,
+        "collection": args.collection,
+        "device": args.device or "auto",
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "budgets": dict(zip(map(str, args.groups), args.budgets)),
+        "schedules": {
+            k: {"layer_fractions": v.layer_fractions, "keep_ratios": v.keep_ratios} for k, v in schedules.items()
+        },
+        "complete": all(r["queries"] == len(qids) for r in rows)
+        and len(rows) == len(models) * len(args.groups) * len(variants),
+        "rows": rows,
+    }
     Path(args.output).write_text(json.dumps(out, indent=2))
     print(format_table(rows, ["model", "depth", "variant", "queries", "ndcg@10", "bm25_ndcg@10", "batch_s_per_query"]))
     return out

@@ -41,11 +41,20 @@ def plain_greedy_seconds(reranker: Reranker, ids: list[int], steps: int) -> floa
 
 def run_batch(rr: Reranker, encs: list, jump: bool) -> dict:
     """Decode one batch of prompts in one session; the per-batch costs and each row's ranking."""
-    out = rank_prompts(DenseSession(rr.model, rr.tokenizer.pad_token_id), [e.input_ids for e in encs],
-                       [e.num_passages for e in encs], rr.table, jump_forward=jump)
-    return {"decode_seconds": out.decode_seconds, "forward_passes": out.forward_passes,
-            "generated_tokens": sum(out.generated_tokens), "constraint_seconds": out.constraint_seconds,
-            "orders": out.identifiers}
+    out = rank_prompts(
+        DenseSession(rr.model, rr.tokenizer.pad_token_id),
+        [e.input_ids for e in encs],
+        [e.num_passages for e in encs],
+        rr.table,
+        jump_forward=jump,
+    )
+    return {
+        "decode_seconds": out.decode_seconds,
+        "forward_passes": out.forward_passes,
+        "generated_tokens": sum(out.generated_tokens),
+        "constraint_seconds": out.constraint_seconds,
+        "orders": out.identifiers,
+    }
 
 
 def batched_rows(rr: Reranker, encs: list, batch_size: int, groups: int) -> list[dict]:
@@ -60,9 +69,12 @@ def batched_rows(rr: Reranker, encs: list, batch_size: int, groups: int) -> list
         if g > 0:
             rows.append(row)
         jumped, plain = row["jump"], row["token_by_token"]
-        print(f"batch {g:>3}{' (warm-up)' if g == 0 else ''}  jump {jumped['decode_seconds']:.2f}s "
-              f"({jumped['forward_passes']} passes)  token-by-token {plain['decode_seconds']:.2f}s "
-              f"({plain['forward_passes']} passes)", flush=True)
+        print(
+            f"batch {g:>3}{' (warm-up)' if g == 0 else ''}  jump {jumped['decode_seconds']:.2f}s "
+            f"({jumped['forward_passes']} passes)  token-by-token {plain['decode_seconds']:.2f}s "
+            f"({plain['forward_passes']} passes)",
+            flush=True,
+        )
     return rows
 
 
@@ -71,7 +83,8 @@ def batched_summary(rows: list[dict], batch_size: int) -> dict:
         return statistics.median(f(r) for r in rows)
 
     return {
-        "batch_size": batch_size, "batches": len(rows),
+        "batch_size": batch_size,
+        "batches": len(rows),
         "same_ranking_all_batches": all(r["jump"]["orders"] == r["token_by_token"]["orders"] for r in rows),
         "forward_passes_jump": med(lambda r: r["jump"]["forward_passes"]),
         "forward_passes_token_by_token": med(lambda r: r["token_by_token"]["forward_passes"]),
@@ -105,23 +118,36 @@ def main(argv: list[str] | None = None) -> dict:
             encs.append(enc)
         row = {"qid": qid}
         for mode, jump in (("jump", True), ("token_by_token", False)):
-            out = rank_prompts(DenseSession(rr.model, rr.tokenizer.pad_token_id), [enc.input_ids],
-                               [enc.num_passages], rr.table, jump_forward=jump)
-            row[mode] = {"decode_seconds": out.decode_seconds, "forward_passes": out.forward_passes,
-                         "generated_tokens": out.generated_tokens[0], "constraint_seconds": out.constraint_seconds,
-                         "order": out.identifiers[0]}
+            out = rank_prompts(
+                DenseSession(rr.model, rr.tokenizer.pad_token_id),
+                [enc.input_ids],
+                [enc.num_passages],
+                rr.table,
+                jump_forward=jump,
+            )
+            row[mode] = {
+                "decode_seconds": out.decode_seconds,
+                "forward_passes": out.forward_passes,
+                "generated_tokens": out.generated_tokens[0],
+                "constraint_seconds": out.constraint_seconds,
+                "order": out.identifiers[0],
+            }
         row["plain_greedy_seconds"] = plain_greedy_seconds(rr, enc.input_ids, row["token_by_token"]["generated_tokens"])
         if i > 0:  # the first is a warm-up
             rows.append(row)
-        print(f"{qid:>8} jump {row['jump']['decode_seconds']:.2f}s ({row['jump']['forward_passes']} passes)  "
-              f"token-by-token {row['token_by_token']['decode_seconds']:.2f}s  plain {row['plain_greedy_seconds']:.2f}s",
-              flush=True)
+        print(
+            f"{qid:>8} jump {row['jump']['decode_seconds']:.2f}s ({row['jump']['forward_passes']} passes)  "
+            f"token-by-token {row['token_by_token']['decode_seconds']:.2f}s  plain {row['plain_greedy_seconds']:.2f}s",
+            flush=True,
+        )
 
     def med(f):
         return statistics.median(f(r) for r in rows)
 
     summary = {
-        "queries": len(rows), "depth": args.depth, "torch_threads": torch.get_num_threads(),
+        "queries": len(rows),
+        "depth": args.depth,
+        "torch_threads": torch.get_num_threads(),
         "same_ranking_all_queries": all(r["jump"]["order"] == r["token_by_token"]["order"] for r in rows),
         "generated_tokens": med(lambda r: r["jump"]["generated_tokens"]),
         "forward_passes_jump": med(lambda r: r["jump"]["forward_passes"]),
@@ -130,7 +156,9 @@ def main(argv: list[str] | None = None) -> dict:
         "decode_seconds_token_by_token": med(lambda r: r["token_by_token"]["decode_seconds"]),
         "decode_seconds_plain_greedy_same_tokens": med(lambda r: r["plain_greedy_seconds"]),
         "decode_speedup_jump": med(lambda r: r["token_by_token"]["decode_seconds"] / r["jump"]["decode_seconds"]),
-        "constraint_share_token_by_token": med(lambda r: r["token_by_token"]["constraint_seconds"] / r["token_by_token"]["decode_seconds"]),
+        "constraint_share_token_by_token": med(
+            lambda r: r["token_by_token"]["constraint_seconds"] / r["token_by_token"]["decode_seconds"]
+        ),
         "constrained_vs_plain_greedy": med(lambda r: r["token_by_token"]["decode_seconds"] / r["plain_greedy_seconds"]),
     }
     result = {"summary": summary, "per_query": rows}

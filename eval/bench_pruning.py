@@ -5,7 +5,7 @@ shared, hence the optional time budget on the fidelity loop):
 
     .venv/bin/python eval/bench_pruning.py
 
-What produced eval/results/pruning_cpu.json on the shared development machine:
+What produced eval/results/pruning_cpu.json (a 2-core CPU with other work running):
 
     .venv/bin/python eval/bench_pruning.py --curve_queries 6 --timing_queries 1 --repeats 2 \
         --e2e_queries 1 --max_fidelity_minutes 40
@@ -43,17 +43,17 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from rerank import PruningConfig, Reranker, RerankerConfig  # noqa: E402
-from rerank.data import load_collection, read_run  # noqa: E402
-from rerank.decoding import complete_order  # noqa: E402
-from rerank.engine.generate import rank_prompts  # noqa: E402
-from rerank.engine.pruning import PrunedSession  # noqa: E402
-from rerank.engine.session import DenseSession  # noqa: E402
+from rerank import PruningConfig, Reranker, RerankerConfig
+from rerank.data import load_collection, read_run
+from rerank.decoding import complete_order
+from rerank.engine.generate import rank_prompts
+from rerank.engine.pruning import PrunedSession
+from rerank.engine.session import DenseSession
+from rerank.evaluation import compute_metrics
 from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
-from rerank.ranking import Window  # noqa: E402
+from rerank.ranking import Window
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Curve points: the default plus gentler / harsher variants and the two other knobs.
 PRESETS: dict[str, PruningConfig] = {
@@ -64,10 +64,10 @@ PRESETS: dict[str, PruningConfig] = {
     "keep20-10-5": PruningConfig(layer_fractions=[0.1, 0.33, 0.67], keep_ratios=[0.2, 0.1, 0.05]),
     "late70-40-20": PruningConfig(layer_fractions=[0.27, 0.5, 0.77], keep_ratios=[0.7, 0.4, 0.2]),
     "one30@0.13": PruningConfig(layer_fractions=[0.13], keep_ratios=[0.3]),
-    "passage50-25-10": PruningConfig(layer_fractions=[0.1, 0.33, 0.67], keep_ratios=[0.5, 0.25, 0.1],
-                                     granularity="passage"),
-    "window8-50-25-10": PruningConfig(layer_fractions=[0.1, 0.33, 0.67], keep_ratios=[0.5, 0.25, 0.1],
-                                      score_window=8),
+    "passage50-25-10": PruningConfig(
+        layer_fractions=[0.1, 0.33, 0.67], keep_ratios=[0.5, 0.25, 0.1], granularity="passage"
+    ),
+    "window8-50-25-10": PruningConfig(layer_fractions=[0.1, 0.33, 0.67], keep_ratios=[0.5, 0.25, 0.1], score_window=8),
 }
 
 
@@ -126,16 +126,13 @@ def kl(ref: torch.Tensor, other: torch.Tensor) -> float:
 
 
 def ndcg10(qrels: dict, runs: dict[str, dict[str, list[str]]]) -> dict[str, float]:
-    """nDCG@10 (ir-measures) of each named run ``{qid: docids best first}``."""
-    import ir_measures
-    from ir_measures import nDCG
-
-    out = {}
-    for name, run in runs.items():
-        flat = {qid: {d: float(len(docs) - i) for i, d in enumerate(docs)} for qid, docs in run.items()}
-        judged = {qid: qrels[qid] for qid in flat if qid in qrels}
-        out[name] = float(ir_measures.calc_aggregate([nDCG @ 10], judged, flat)[nDCG @ 10])
-    return out
+    """nDCG@10 (``rerank.evaluation``) of each named run ``{qid: docids best first}``."""
+    return {
+        name: compute_metrics(
+            qrels, {q: [(d, float(len(docs) - i)) for i, d in enumerate(docs)] for q, docs in run.items()}, graded=False
+        )["ndcg@10"]
+        for name, run in runs.items()
+    }
 
 
 def max_fitting(rr: Reranker, query: str, docs: list[str]) -> int:
@@ -153,13 +150,21 @@ def max_fitting(rr: Reranker, query: str, docs: list[str]) -> int:
 def ranked(rr: Reranker, session, window: Window, top_k: int | None):
     enc = rr.encode(window)
     cap = CapturingSession(session)
-    out = rank_prompts(cap, [enc.input_ids], [enc.num_passages], rr.table, top_k=[top_k],
-                       prunable=[enc.prunable_mask()])
+    out = rank_prompts(
+        cap, [enc.input_ids], [enc.num_passages], rr.table, top_k=[top_k], prunable=[enc.prunable_mask()]
+    )
     order = complete_order([i - 1 for i in out.identifiers[0]], enc.num_passages)
     info = out.prefill
-    return {"order": order, "logits": cap.first_logits[0], "prefill_s": info.seconds, "prefill_cpu_s": cap.cpu_seconds,
-            "decode_s": out.decode_seconds, "computed_fraction": info.computed_fraction,
-            "kept_tokens": info.kept_tokens, "prompt_tokens": info.prompt_tokens}
+    return {
+        "order": order,
+        "logits": cap.first_logits[0],
+        "prefill_s": info.seconds,
+        "prefill_cpu_s": cap.cpu_seconds,
+        "decode_s": out.decode_seconds,
+        "computed_fraction": info.computed_fraction,
+        "kept_tokens": info.kept_tokens,
+        "prompt_tokens": info.prompt_tokens,
+    }
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -186,7 +191,7 @@ def run_fidelity(rr, coll, run, qids, args, names) -> dict:
     dense_orders: dict[str, list[str]] = {}
     pruned_orders: dict[str, dict[str, list[str]]] = {n: {} for n in names}
     rows: dict[str, list[dict]] = {n: [] for n in names}
-    curve_qids = set(qids[:args.curve_queries])
+    curve_qids = set(qids[: args.curve_queries])
     start = time.perf_counter()
     done = 0
     for qi, qid in enumerate(qids):
@@ -194,47 +199,79 @@ def run_fidelity(rr, coll, run, qids, args, names) -> dict:
             print(f"  fidelity: time budget of {args.max_fidelity_minutes} min spent after {qi} queries", flush=True)
             break
         done += 1
-        docids = run[qid][:args.depth]
+        docids = run[qid][: args.depth]
         window = Window(query=coll.queries[qid], passages=[coll.corpus[d] for d in docids])
         dense = ranked(rr, DenseSession(rr.model, rr.tokenizer.pad_token_id), window, args.decode_top_k)
         dense_orders[qid] = [docids[i] for i in dense["order"]]
         for name in names:
             if name != "default" and qid not in curve_qids:
                 continue
-            got = ranked(rr, PrunedSession(rr.model, rr.tokenizer.pad_token_id, PRESETS[name]), window,
-                         args.decode_top_k)
+            got = ranked(
+                rr, PrunedSession(rr.model, rr.tokenizer.pad_token_id, PRESETS[name]), window, args.decode_top_k
+            )
             pruned_orders[name][qid] = [docids[i] for i in got["order"]]
-            rows[name].append({
-                "qid": qid, "speedup": dense["prefill_s"] / got["prefill_s"], "dense_prefill_s": dense["prefill_s"],
-                "cpu_speedup": dense["prefill_cpu_s"] / got["prefill_cpu_s"],
-                "prefill_s": got["prefill_s"], "decode_s": got["decode_s"], "dense_decode_s": dense["decode_s"],
-                "computed_fraction": got["computed_fraction"], "kept_tokens": got["kept_tokens"],
-                "prompt_tokens": got["prompt_tokens"],
-                "overlap10": len(set(dense["order"][:10]) & set(got["order"][:10])) / min(10, len(got["order"])),
-                "tau": union_tau(dense["order"], got["order"]), "top1": dense["order"][0] == got["order"][0],
-                "kl": kl(dense["logits"], got["logits"]), "top10": got["order"][:10], "dense_top10": dense["order"][:10]})
+            rows[name].append(
+                {
+                    "qid": qid,
+                    "speedup": dense["prefill_s"] / got["prefill_s"],
+                    "dense_prefill_s": dense["prefill_s"],
+                    "cpu_speedup": dense["prefill_cpu_s"] / got["prefill_cpu_s"],
+                    "prefill_s": got["prefill_s"],
+                    "decode_s": got["decode_s"],
+                    "dense_decode_s": dense["decode_s"],
+                    "computed_fraction": got["computed_fraction"],
+                    "kept_tokens": got["kept_tokens"],
+                    "prompt_tokens": got["prompt_tokens"],
+                    "overlap10": len(set(dense["order"][:10]) & set(got["order"][:10])) / min(10, len(got["order"])),
+                    "tau": union_tau(dense["order"], got["order"]),
+                    "top1": dense["order"][0] == got["order"][0],
+                    "kl": kl(dense["logits"], got["logits"]),
+                    "top10": got["order"][:10],
+                    "dense_top10": dense["order"][:10],
+                }
+            )
         d = rows["default"][-1]
-        print(f"  [{qi + 1}/{len(qids)}] {qid} tokens={d['prompt_tokens']} dense {d['dense_prefill_s']:.1f}s "
-              f"default {d['prefill_s']:.1f}s ({d['speedup']:.2f}x wall, {d['cpu_speedup']:.2f}x cpu) overlap {d['overlap10']:.1f} kl {d['kl']:.3f}",
-              flush=True)
-    out = {"depth": args.depth, "decode_top_k": args.decode_top_k, "queries_done": done,
-           "queries_planned": len(qids), "schedules": {}}
+        print(
+            f"  [{qi + 1}/{len(qids)}] {qid} tokens={d['prompt_tokens']} dense {d['dense_prefill_s']:.1f}s "
+            f"default {d['prefill_s']:.1f}s ({d['speedup']:.2f}x wall, {d['cpu_speedup']:.2f}x cpu) "
+            f"overlap {d['overlap10']:.1f} kl {d['kl']:.3f}",
+            flush=True,
+        )
+    out = {
+        "depth": args.depth,
+        "decode_top_k": args.decode_top_k,
+        "queries_done": done,
+        "queries_planned": len(qids),
+        "schedules": {},
+    }
     for name in names:
         summary = summarise(rows[name])
         subset = list(pruned_orders[name])
-        scores = ndcg10(coll.qrels, {"unpruned": {q: dense_orders[q] for q in subset},
-                                     "pruned": pruned_orders[name],
-                                     "bm25": {q: run[q][:args.depth] for q in subset}})
-        summary.update({"ndcg10_unpruned": scores["unpruned"], "ndcg10_pruned": scores["pruned"],
-                        "ndcg10_bm25": scores["bm25"],
-                        "ndcg10_delta_points": 100 * (scores["pruned"] - scores["unpruned"]),
-                        "config": asdict(PRESETS[name]), "per_query": rows[name]})
+        scores = ndcg10(
+            coll.qrels,
+            {
+                "unpruned": {q: dense_orders[q] for q in subset},
+                "pruned": pruned_orders[name],
+                "bm25": {q: run[q][: args.depth] for q in subset},
+            },
+        )
+        summary.update(
+            {
+                "ndcg10_unpruned": scores["unpruned"],
+                "ndcg10_pruned": scores["pruned"],
+                "ndcg10_bm25": scores["bm25"],
+                "ndcg10_delta_points": 100 * (scores["pruned"] - scores["unpruned"]),
+                "config": asdict(PRESETS[name]),
+                "per_query": rows[name],
+            }
+        )
         out["schedules"][name] = summary
     return out
 
 
 def run_timing(rr, coll, run, qids, args, names, max_context: bool) -> dict:
     """Interleaved prefill-only timing (dense, then each schedule, per query and repeat)."""
+
     def prompt(qid, n):
         docs = [coll.corpus[d] for d in run[qid]]
         n = max_fitting(rr, coll.queries[qid], docs) if n is None else n
@@ -268,29 +305,44 @@ def run_timing(rr, coll, run, qids, args, names, max_context: bool) -> dict:
                     ratios[name].append(base / s.info.seconds)
                     cpu_ratios[name].append(dense.cpu_seconds / s.cpu_seconds)
                     fractions[name] = s.info.computed_fraction
-        out[label] = {"passages": ns, "prompt_tokens": tokens, "repeats": args.repeats,
-                      "median_prefill_s": {k: statistics.median(v) for k, v in times.items()},
-                      "speedup_median_of_pairs": {k: statistics.median(v) for k, v in ratios.items()},
-                      "cpu_speedup_median_of_pairs": {k: statistics.median(v) for k, v in cpu_ratios.items()},
-                      "speedup_of_medians": {k: statistics.median(times["unpruned"]) / statistics.median(times[k])
-                                             for k in names},
-                      "computed_fraction_last": fractions}
-        print(f"  timing {label}: N={ns} tokens={tokens} " + ", ".join(
-            f"{k} {v:.2f}x wall, {out[label]['cpu_speedup_median_of_pairs'][k]:.2f}x cpu"
-            for k, v in out[label]["speedup_median_of_pairs"].items()), flush=True)
+        out[label] = {
+            "passages": ns,
+            "prompt_tokens": tokens,
+            "repeats": args.repeats,
+            "median_prefill_s": {k: statistics.median(v) for k, v in times.items()},
+            "speedup_median_of_pairs": {k: statistics.median(v) for k, v in ratios.items()},
+            "cpu_speedup_median_of_pairs": {k: statistics.median(v) for k, v in cpu_ratios.items()},
+            "speedup_of_medians": {
+                k: statistics.median(times["unpruned"]) / statistics.median(times[k]) for k in names
+            },
+            "computed_fraction_last": fractions,
+        }
+        print(
+            f"  timing {label}: N={ns} tokens={tokens} "
+            + ", ".join(
+                f"{k} {v:.2f}x wall, {out[label]['cpu_speedup_median_of_pairs'][k]:.2f}x cpu"
+                for k, v in out[label]["speedup_median_of_pairs"].items()
+            ),
+            flush=True,
+        )
     return out
 
 
 def run_end_to_end(rr, coll, run, qids, args) -> dict:
     """What a user waits for: ``Reranker.rerank`` with and without the default pruning."""
-    rankers = {"unpruned": Reranker(rr.model, rr.tokenizer, RerankerConfig(max_passage_tokens=rr.config.max_passage_tokens)),
-               "default": Reranker(rr.model, rr.tokenizer, RerankerConfig(max_passage_tokens=rr.config.max_passage_tokens,
-                                                                           pruning=PruningConfig()))}
+    rankers = {
+        "unpruned": Reranker(rr.model, rr.tokenizer, RerankerConfig(max_passage_tokens=rr.config.max_passage_tokens)),
+        "default": Reranker(
+            rr.model,
+            rr.tokenizer,
+            RerankerConfig(max_passage_tokens=rr.config.max_passage_tokens, pruning=PruningConfig()),
+        ),
+    }
     out = {}
     for top_k in (None, 10):
         acc = {name: {"prefill_s": [], "decode_s": [], "total_s": [], "cpu_s": []} for name in rankers}
         for qid in qids:
-            docs = [coll.corpus[d] for d in run[qid][:args.depth]]
+            docs = [coll.corpus[d] for d in run[qid][: args.depth]]
             for name, ranker in rankers.items():
                 tick = time.process_time()
                 res = ranker.rerank(coll.queries[qid], docs, top_k=top_k)
@@ -300,19 +352,35 @@ def run_end_to_end(rr, coll, run, qids, args) -> dict:
                 acc[name]["total_s"].append(res.stats.total_seconds)
         label = "full_permutation" if top_k is None else f"top_k={top_k}"
         med = {name: {k: statistics.median(v) for k, v in d.items()} for name, d in acc.items()}
-        out[label] = {"queries": len(qids), "median": med,
-                      "total_speedup": med["unpruned"]["total_s"] / med["default"]["total_s"],
-                      "total_cpu_speedup": med["unpruned"]["cpu_s"] / med["default"]["cpu_s"],
-                      "prefill_speedup": med["unpruned"]["prefill_s"] / med["default"]["prefill_s"],
-                      "decode_share_unpruned": med["unpruned"]["decode_s"] / med["unpruned"]["total_s"]}
-        print(f"  end-to-end {label}: unpruned {med['unpruned']['total_s']:.1f}s/query, default "
-              f"{med['default']['total_s']:.1f}s/query ({out[label]['total_speedup']:.2f}x)", flush=True)
+        out[label] = {
+            "queries": len(qids),
+            "median": med,
+            "total_speedup": med["unpruned"]["total_s"] / med["default"]["total_s"],
+            "total_cpu_speedup": med["unpruned"]["cpu_s"] / med["default"]["cpu_s"],
+            "prefill_speedup": med["unpruned"]["prefill_s"] / med["default"]["prefill_s"],
+            "decode_share_unpruned": med["unpruned"]["decode_s"] / med["unpruned"]["total_s"],
+        }
+        print(
+            f"  end-to-end {label}: unpruned {med['unpruned']['total_s']:.1f}s/query, default "
+            f"{med['default']['total_s']:.1f}s/query ({out[label]['total_speedup']:.2f}x)",
+            flush=True,
+        )
     return out
 
 
 def print_table(fidelity: dict) -> None:
-    cols = ["queries", "prefill_speedup_median", "prefill_cpu_speedup_median", "computed_fraction", "top10_overlap", "kendall_tau_top10_union",
-            "top1_agreement", "first_token_kl", "ndcg10_unpruned", "ndcg10_pruned"]
+    cols = [
+        "queries",
+        "prefill_speedup_median",
+        "prefill_cpu_speedup_median",
+        "computed_fraction",
+        "top10_overlap",
+        "kendall_tau_top10_union",
+        "top1_agreement",
+        "first_token_kl",
+        "ndcg10_unpruned",
+        "ndcg10_pruned",
+    ]
     head = ["schedule", "q", "speedup", "cpu spd", "computed", "top10ov", "tau", "top1", "KL", "nDCG un", "nDCG pr"]
     print(" | ".join(f"{h:>16}" if i == 0 else f"{h:>8}" for i, h in enumerate(head)))
     for name, s in fidelity["schedules"].items():
@@ -322,29 +390,44 @@ def print_table(fidelity: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = FlagParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "msmarco-dl19"),
-                        help="collection folder (corpus.jsonl, queries.jsonl, qrels.txt, run.bm25.trec)")
+    parser.add_argument(
+        "--data",
+        default=str(ROOT / ".." / "shared" / "data" / "msmarco-dl19"),
+        help="collection folder (corpus.jsonl, queries.jsonl, qrels.txt, run.bm25.trec)",
+    )
     parser.add_argument("--model", default=None, help="model path; default SmolLM2-135M-Instruct")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; 1 keeps CPU-time ratios meaningful on a shared machine")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads; 1 keeps CPU-time ratios meaningful on a shared machine"
+    )
     parser.add_argument("--depth", type=int, default=50, help="passages per prompt, BM25 order (old spelling: --top-n)")
     parser.add_argument("--max-passage-tokens", type=int, default=100)
     parser.add_argument("--limit-queries", type=int, default=None, help="fidelity queries (default all 43)")
     parser.add_argument("--curve-queries", type=int, default=12, help="queries for the non-default curve points")
-    parser.add_argument("--curve", nargs="*", default=["keep70-40-20", "keep30-15-5", "passage50-25-10",
-                                                       "window8-50-25-10"],
-                        choices=[k for k in PRESETS if k != "default"], help="extra schedules (names of PRESETS)")
+    parser.add_argument(
+        "--curve",
+        nargs="*",
+        default=["keep70-40-20", "keep30-15-5", "passage50-25-10", "window8-50-25-10"],
+        choices=[k for k in PRESETS if k != "default"],
+        help="extra schedules (names of PRESETS)",
+    )
     parser.add_argument("--decode-top-k", type=int, default=10, help="identifiers decoded in the fidelity loop")
     parser.add_argument("--timing-queries", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-max-context", action="store_true", help="skip timing at the largest N that fits")
     parser.add_argument("--e2e-queries", type=int, default=2)
-    parser.add_argument("--max-fidelity-minutes", type=float, default=None,
-                        help="stop starting new fidelity queries after this long (the JSON says how many ran)")
+    parser.add_argument(
+        "--max-fidelity-minutes",
+        type=float,
+        default=None,
+        help="stop starting new fidelity queries after this long (the JSON says how many ran)",
+    )
     parser.add_argument("--output", default=str(ROOT / "eval" / "results" / "pruning_cpu.json"))
-    parser.add_argument("--plot", default=str(ROOT / "eval" / "results" / "pruning_cpu.png"),
-                        help="PNG of the speed/fidelity curve ('' to skip)")
+    parser.add_argument(
+        "--plot",
+        default=str(ROOT / "eval" / "results" / "pruning_cpu.png"),
+        help="PNG of the speed/fidelity curve ('' to skip)",
+    )
     args = parser.parse_args(upgrade_argv(sys.argv[1:] if argv is None else argv, DEPTH_ALIASES, __file__))
 
     torch.set_num_threads(args.threads)
@@ -353,26 +436,33 @@ def main(argv: list[str] | None = None) -> None:
     run = read_run(os.path.join(args.data, "run.bm25.trec"))
     qids = [q for q in coll.queries if q in run and q in coll.qrels]
     if args.limit_queries:
-        qids = qids[:args.limit_queries]
+        qids = qids[: args.limit_queries]
     rr = Reranker.from_pretrained(args.model, dtype=args.dtype, max_passage_tokens=args.max_passage_tokens)
     names = ["default"] + [n for n in args.curve if n != "default"]
     print(f"default PruningConfig: {asdict(PruningConfig())}", flush=True)
     # Warm-up: the first forwards of a process are much slower.
-    warm = Window(query=coll.queries[qids[0]], passages=[coll.corpus[d] for d in run[qids[0]][:args.depth]])
+    warm = Window(query=coll.queries[qids[0]], passages=[coll.corpus[d] for d in run[qids[0]][: args.depth]])
     ranked(rr, DenseSession(rr.model, rr.tokenizer.pad_token_id), warm, 1)
     ranked(rr, PrunedSession(rr.model, rr.tokenizer.pad_token_id, PruningConfig()), warm, 1)
 
-    result = {"model": args.model or "SmolLM2-135M-Instruct", "dtype": args.dtype, "threads": args.threads,
-              "load_average_at_start": os.getloadavg(),
-              "torch": torch.__version__, "data": os.path.basename(os.path.normpath(args.data)),
-              "max_passage_tokens": args.max_passage_tokens,
-              "default_config": asdict(PruningConfig()), "args": vars(args)}
+    result = {
+        "model": args.model or "SmolLM2-135M-Instruct",
+        "dtype": args.dtype,
+        "threads": args.threads,
+        "load_average_at_start": os.getloadavg(),
+        "torch": torch.__version__,
+        "data": os.path.basename(os.path.normpath(args.data)),
+        "max_passage_tokens": args.max_passage_tokens,
+        "default_config": asdict(PruningConfig()),
+        "args": vars(args),
+    }
     # Speed first (short), then the long fidelity loop, which may stop at its time budget.
     if args.timing_queries:
-        result["timing"] = run_timing(rr, coll, run, qids[:args.timing_queries], args, ["default"],
-                                      not args.no_max_context)
+        result["timing"] = run_timing(
+            rr, coll, run, qids[: args.timing_queries], args, ["default"], not args.no_max_context
+        )
     if args.e2e_queries:
-        result["end_to_end"] = run_end_to_end(rr, coll, run, qids[:args.e2e_queries], args)
+        result["end_to_end"] = run_end_to_end(rr, coll, run, qids[: args.e2e_queries], args)
     print(f"fidelity: {len(qids)} queries, N={args.depth}, curve {names[1:]} on {args.curve_queries}", flush=True)
     result["fidelity"] = run_fidelity(rr, coll, run, qids, args, names)
     result["wall_seconds"] = time.perf_counter() - start
@@ -384,11 +474,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.output} ({result['wall_seconds'] / 60:.1f} min)")
     if args.plot:
         try:
-            from plot_pruning import plot
-        except ImportError:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from plot_pruning import plot
-        try:
+            from plot_pruning import plot  # eval/ is on sys.path when this script runs
+
             plot(args.output, args.plot)
             print(f"wrote {args.plot}")
         except ImportError as exc:  # matplotlib missing: the JSON is the result

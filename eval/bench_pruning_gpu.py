@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,17 +29,41 @@ import torch
 from rerank.flags import FlagParser
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 ARCHS = {
-    "llama3-8b": dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
-                      rms_norm_eps=1e-5),
-    "qwen2-7b": dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
-                     num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, rope_theta=1000000.0,
-                     rms_norm_eps=1e-6),
-    "tiny": dict(model_type="llama", vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5),
+    "llama3-8b": dict(
+        model_type="llama",
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+    ),
+    "qwen2-7b": dict(
+        model_type="qwen2",
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+    ),
+    "tiny": dict(
+        model_type="llama",
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+    ),
 }
 
 
@@ -50,8 +73,9 @@ def build_model(arch: str, max_tokens: int, device: torch.device, dtype: torch.d
 
     spec = dict(ARCHS[arch])
     model_type = spec.pop("model_type")
-    config = AutoConfig.for_model(model_type, max_position_embeddings=max(max_tokens + 1024, 8192),
-                                  tie_word_embeddings=False, **spec)
+    config = AutoConfig.for_model(
+        model_type, max_position_embeddings=max(max_tokens + 1024, 8192), tie_word_embeddings=False, **spec
+    )
     config._attn_implementation = "sdpa"
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
@@ -106,16 +130,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.tiny:
         device, dtype, arch, tokens = torch.device("cpu"), torch.float32, "tiny", [512, 1024]
     elif not torch.cuda.is_available():
-        print("bench_pruning_gpu: no CUDA device here; skipping (run it where a GPU is lent, or use --tiny "
-              "to check the script on CPU).")
+        print(
+            "bench_pruning_gpu: no CUDA device here; skipping (run it where a GPU is lent, or use --tiny "
+            "to check the script on CPU)."
+        )
         return
     else:
         device, dtype, arch, tokens = torch.device("cuda"), torch.bfloat16, args.arch, args.tokens
     start = time.perf_counter()
     model = build_model(arch, max(tokens), device, dtype)
     config = model.config
-    print(f"{arch}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B params, {dtype}, "
-          f"{config._attn_implementation}, built in {time.perf_counter() - start:.0f}s", flush=True)
+    print(
+        f"{arch}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B params, {dtype}, "
+        f"{config._attn_implementation}, built in {time.perf_counter() - start:.0f}s",
+        flush=True,
+    )
     pruning = PruningConfig()
     pad = 0
 
@@ -140,17 +169,35 @@ def main(argv: list[str] | None = None) -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         d, p = statistics.median(dense_t), statistics.median(pruned_t)
-        row = {"tokens": n, "prunable": sum(mask), "ttft_unpruned_s": d, "ttft_pruned_s": p, "speedup": d / p,
-               "computed_fraction": info.computed_fraction, "kept_tokens": info.kept_tokens,
-               "unpruned_tflops": layer_flops(config, n) / d / 1e12,
-               "ttft_unpruned_all_s": dense_t, "ttft_pruned_all_s": pruned_t}
+        row = {
+            "tokens": n,
+            "prunable": sum(mask),
+            "ttft_unpruned_s": d,
+            "ttft_pruned_s": p,
+            "speedup": d / p,
+            "computed_fraction": info.computed_fraction,
+            "kept_tokens": info.kept_tokens,
+            "unpruned_tflops": layer_flops(config, n) / d / 1e12,
+            "ttft_unpruned_all_s": dense_t,
+            "ttft_pruned_all_s": pruned_t,
+        }
         rows.append(row)
-        print(f"{n:>6} tokens: unpruned {d:.3f}s, pruned {p:.3f}s, {d / p:.2f}x, computed "
-              f"{info.computed_fraction:.3f}, unpruned {row['unpruned_tflops']:.0f} TFLOP/s", flush=True)
-    result = {"arch": arch, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "dtype": str(dtype).replace("torch.", ""), "attn_implementation": config._attn_implementation,
-              "torch": torch.__version__, "pruning": asdict(pruning), "repeats": args.repeats, "rows": rows,
-              "wall_seconds": time.perf_counter() - start}
+        print(
+            f"{n:>6} tokens: unpruned {d:.3f}s, pruned {p:.3f}s, {d / p:.2f}x, computed "
+            f"{info.computed_fraction:.3f}, unpruned {row['unpruned_tflops']:.0f} TFLOP/s",
+            flush=True,
+        )
+    result = {
+        "arch": arch,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": str(dtype).replace("torch.", ""),
+        "attn_implementation": config._attn_implementation,
+        "torch": torch.__version__,
+        "pruning": asdict(pruning),
+        "repeats": args.repeats,
+        "rows": rows,
+        "wall_seconds": time.perf_counter() - start,
+    }
     if not args.tiny or args.output != parser.get_default("output"):
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         with open(args.output, "w") as fh:
@@ -158,8 +205,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.output}")
     print(f"{'tokens':>7} {'unpruned s':>11} {'pruned s':>9} {'speedup':>8} {'computed':>9} {'TFLOP/s':>8}")
     for r in rows:
-        print(f"{r['tokens']:>7} {r['ttft_unpruned_s']:>11.3f} {r['ttft_pruned_s']:>9.3f} {r['speedup']:>8.2f} "
-              f"{r['computed_fraction']:>9.3f} {r['unpruned_tflops']:>8.1f}")
+        print(
+            f"{r['tokens']:>7} {r['ttft_unpruned_s']:>11.3f} {r['ttft_pruned_s']:>9.3f} {r['speedup']:>8.2f} "
+            f"{r['computed_fraction']:>9.3f} {r['unpruned_tflops']:>8.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from rerank.data import load_collection
 from rerank.evaluation import compute_metrics
-from rerank.retrieval import BM25Index
 from rerank.flags import FlagParser
+from rerank.retrieval import BM25Index
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -38,9 +38,13 @@ def main(argv: list[str] | None = None) -> dict:
         hits = index.search([coll.queries[q] for q in qids], 100, show_progress=False)
         searched = time.perf_counter() - start
         metrics = compute_metrics(coll.qrels, dict(zip(qids, hits)), coll.graded)
-        results[name] = {**{k: round(v, 4) for k, v in metrics.items()}, "queries": len(qids),
-                         "documents": len(coll.corpus), "index_seconds": round(built, 2),
-                         "search_seconds": round(searched, 2)}
+        results[name] = {
+            **{k: round(v, 4) for k, v in metrics.items()},
+            "queries": len(qids),
+            "documents": len(coll.corpus),
+            "index_seconds": round(built, 2),
+            "search_seconds": round(searched, 2),
+        }
         print(name, results[name])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))

@@ -56,10 +56,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(latencies: list[float], wall: float, errors: int) -> dict:
-    return {"requests": len(latencies), "errors": errors, "wall_s": round(wall, 3),
-            "requests_per_s": round(len(latencies) / wall, 3) if wall else None,
-            "p50_ms": round(1000 * percentile(latencies, 0.5), 1), "p99_ms": round(1000 * percentile(latencies, 0.99), 1),
-            "mean_ms": round(1000 * statistics.fmean(latencies), 1)}
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "wall_s": round(wall, 3),
+        "requests_per_s": round(len(latencies) / wall, 3) if wall else None,
+        "p50_ms": round(1000 * percentile(latencies, 0.5), 1),
+        "p99_ms": round(1000 * percentile(latencies, 0.99), 1),
+        "mean_ms": round(1000 * statistics.fmean(latencies), 1),
+    }
 
 
 def free_port() -> int:
@@ -70,10 +75,27 @@ def free_port() -> int:
 
 def start_server(args: argparse.Namespace, batching: dict) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "rerank.serving.server", "--port", str(port), "--scoring", args.scoring,
-           "--max_passage_tokens", str(args.max_passage_tokens), "--batch_size", str(args.batch_size),
-           "--max_batch_size", str(batching["max_batch_size"]), "--max_wait_ms", str(batching["max_wait_ms"]),
-           "--max_concurrent", "4096", "--log_level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rerank.serving.server",
+        "--port",
+        str(port),
+        "--scoring",
+        args.scoring,
+        "--max_passage_tokens",
+        str(args.max_passage_tokens),
+        "--batch_size",
+        str(args.batch_size),
+        "--max_batch_size",
+        str(batching["max_batch_size"]),
+        "--max_wait_ms",
+        str(batching["max_wait_ms"]),
+        "--max_concurrent",
+        "4096",
+        "--log_level",
+        "warning",
+    ]
     if args.model:
         cmd += ["--model", args.model]
     if args.device:
@@ -134,9 +156,14 @@ async def drive(url: str, requests: list[tuple[str, list[str]]], concurrency: in
 def load_in_process(args: argparse.Namespace):
     from rerank import PruningConfig, Reranker
 
-    return Reranker.from_pretrained(args.model, device=args.device, scoring=args.scoring,
-                                    max_passage_tokens=args.max_passage_tokens, batch_size=args.batch_size,
-                                    pruning=PruningConfig.from_spec(args.pruning) if args.pruning else None)
+    return Reranker.from_pretrained(
+        args.model,
+        device=args.device,
+        scoring=args.scoring,
+        max_passage_tokens=args.max_passage_tokens,
+        batch_size=args.batch_size,
+        pruning=PruningConfig.from_spec(args.pruning) if args.pruning else None,
+    )
 
 
 def paired_overhead(rr, url: str, requests: list[tuple[str, list[str]]], total: int) -> tuple[dict, dict]:
@@ -162,10 +189,13 @@ def paired_overhead(rr, url: str, requests: list[tuple[str, list[str]]], total: 
             remote.append(time.perf_counter() - t)
             assert resp.status_code == 200, resp.text
         wall = time.perf_counter() - start
-    diffs = sorted(1000 * (r - l) for l, r in zip(local, remote))
-    overhead = {"pairs": total, "median_ms": round(statistics.median(diffs), 2),
-                "p90_ms": round(percentile(diffs, 0.9), 2),
-                "ratio_p50": round(percentile(remote, 0.5) / percentile(local, 0.5), 4)}
+    diffs = sorted(1000 * (http - own) for own, http in zip(local, remote))
+    overhead = {
+        "pairs": total,
+        "median_ms": round(statistics.median(diffs), 2),
+        "p90_ms": round(percentile(diffs, 0.9), 2),
+        "ratio_p50": round(percentile(remote, 0.5) / percentile(local, 0.5), 4),
+    }
     return summary(local, wall / 2, 0), {"http": summary(remote, wall / 2, 0), **overhead}
 
 
@@ -184,38 +214,53 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--passages", type=int, default=20, help="documents per request (BM25 top-N)")
     parser.add_argument("--max-passage-tokens", type=int, default=100)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--rounds", type=int, default=4, help="requests per level = max(min-requests, rounds x concurrency)")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="requests per level = max(min-requests, rounds x concurrency)"
+    )
     parser.add_argument("--min-requests", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (both modes)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="batching on: requests per batched call")
     parser.add_argument("--max-wait-ms", type=float, default=10.0, help="batching on: wait for batch mates")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 6 queries x 3 passages of 24 tokens, few requests per level")
-    parser.add_argument("--output", default=None, help="JSON file (default: eval/results/serving_cpu.json; "
-                        "eval/results/serving_quick.json with --quick)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 6 queries x 3 passages of 24 tokens, few requests per level"
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="JSON file (default: eval/results/serving_cpu.json; eval/results/serving_quick.json with --quick)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.queries, args.passages, args.max_passage_tokens = 6, 3, 24
         args.rounds, args.min_requests = 1, 6
     output = Path(args.output or ("eval/results/serving_quick.json" if args.quick else "eval/results/serving_cpu.json"))
-    modes = {"batching_off": BATCHING_OFF,
-             "batching_on": {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms}}
+    modes = {
+        "batching_off": BATCHING_OFF,
+        "batching_on": {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms},
+    }
 
     requests = load_requests(args.collection, args.queries, args.passages)
     print(f"{len(requests)} requests of {args.passages} passages; scoring={args.scoring}", flush=True)
-    result: dict = {"config": {k: v for k, v in vars(args).items() if k != "output"},
-                    "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                                "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
-                    "http": {}}
+    result: dict = {
+        "config": {k: v for k, v in vars(args).items() if k != "output"},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        },
+        "http": {},
+    }
     rr = load_in_process(args)
     for mode, batching in modes.items():
         proc, url = start_server(args, batching)
         try:
             if mode == "batching_off":
                 result["in_process"], result["http_overhead_c1"] = paired_overhead(
-                    rr, url, requests, requests_for(args, 1))
-                print("in-process c=1:", result["in_process"], "\nHTTP overhead:", result["http_overhead_c1"],
-                      flush=True)
+                    rr, url, requests, requests_for(args, 1)
+                )
+                print(
+                    "in-process c=1:", result["in_process"], "\nHTTP overhead:", result["http_overhead_c1"], flush=True
+                )
             asyncio.run(drive(url, requests, 2, 2))  # warm-up
             result["http"][mode] = {"batching": batching}
             for c in args.concurrency:
@@ -224,17 +269,25 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             stop_server(proc)
     base = result["in_process"]
-    rows = [("in-process", "-", 1, base)] + [(mode, "on" if mode == "batching_on" else "off", int(c), stats)
-                                             for mode, per in result["http"].items()
-                                             for c, stats in per.items() if c != "batching"]
+    rows = [("in-process", "-", 1, base)] + [
+        (mode, "on" if mode == "batching_on" else "off", int(c), stats)
+        for mode, per in result["http"].items()
+        for c, stats in per.items()
+        if c != "batching"
+    ]
     print("\n| path | dynamic batching | concurrency | requests | req/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|---|---|")
     for name, on, c, s in rows:
         path = "in-process" if name == "in-process" else "HTTP"
-        print(f"| {path} | {on} | {c} | {s['requests']} | {s['requests_per_s']} | {s['p50_ms']} | {s['p99_ms']} | {s['errors']} |")
+        print(
+            f"| {path} | {on} | {c} | {s['requests']} | {s['requests_per_s']} | {s['p50_ms']} | {s['p99_ms']} "
+            f"| {s['errors']} |"
+        )
     o = result["http_overhead_c1"]
-    print(f"\nHTTP overhead at concurrency 1 (batching off, {o['pairs']} alternating pairs): median "
-          f"{o['median_ms']} ms per request, p90 {o['p90_ms']} ms; p50 latency {o['ratio_p50']}x the in-process call")
+    print(
+        f"\nHTTP overhead at concurrency 1 (batching off, {o['pairs']} alternating pairs): median "
+        f"{o['median_ms']} ms per request, p90 {o['p90_ms']} ms; p50 latency {o['ratio_p50']}x the in-process call"
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {output}")

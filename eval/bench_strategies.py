@@ -17,7 +17,6 @@ import argparse
 import json
 import statistics
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from rerank import PruningConfig, Reranker, RerankerConfig
@@ -25,6 +24,7 @@ from rerank.data import default_run_path, load_collection, read_run, recover_rec
 from rerank.evaluation import compute_metrics, format_table
 from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
 from rerank.resume import append_record, check_same_settings, save_settings
+from rerank.script_support import ranking_settings
 
 VARIANTS = {  # name: (strategy, decode top_k, scoring, pruning spec or None); --schedules adds single_pass+NAME
     "full": ("full", None, "generate", None),
@@ -44,32 +44,57 @@ def resume_settings(args: argparse.Namespace, variants: dict, budgets: list[int]
     """What the records depend on, one key per group and per variant: a rerun into the same output
     may add groups or variants, but not change the model, a group's passage budget or a variant's
     pruning spec (that would mix two systems under one name)."""
-    settings: dict = {"collection": args.collection, "model": args.model, "window_size": WINDOW_SIZE,
-                      "stride": STRIDE}
-    for group, budget in zip(args.groups, budgets):
-        settings[f"max_passage_tokens[{group}]"] = budget
-    for name, (strategy, top_k, scoring, pruning) in variants.items():
-        settings[f"variant[{name}]"] = {"strategy": strategy, "top_k": top_k, "scoring": scoring,
-                                        "pruning": None if pruning is None else asdict(PruningConfig.from_spec(pruning))}
-    return settings
+    fixed = {"collection": args.collection, "model": args.model, "window_size": WINDOW_SIZE, "stride": STRIDE}
+    return ranking_settings(
+        fixed,
+        zip(args.groups, budgets),
+        {
+            name: {
+                "strategy": strategy,
+                "top_k": top_k,
+                "scoring": scoring,
+                "pruning": None if pruning is None else PruningConfig.from_spec(pruning),
+            }
+            for name, (strategy, top_k, scoring, pruning) in variants.items()
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = FlagParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collection", default="../shared/data/msmarco-dl19")
-    parser.add_argument("--groups", nargs="+", default=["20:43", "50:10", "100:5"],
-                        help="N:Q pairs: rerank the top N of the first Q judged queries")
-    parser.add_argument("--max-passage-tokens", type=int, nargs="+", default=[100, 100, 60],
-                        help="token budget per passage for each group (top-100 needs less to fit 8k)")
-    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS),
-                        help="'+prune' variants use the default PruningConfig()")
-    parser.add_argument("--schedules", nargs="*", default=[],
-                        help="NAME=SPEC pruning schedules (SPEC: a preset or depth:keep,...), each adding a "
-                             "'single_pass+NAME' variant after the others")
+    parser.add_argument(
+        "--groups",
+        nargs="+",
+        default=["20:43", "50:10", "100:5"],
+        help="N:Q pairs: rerank the top N of the first Q judged queries",
+    )
+    parser.add_argument(
+        "--max-passage-tokens",
+        type=int,
+        nargs="+",
+        default=[100, 100, 60],
+        help="token budget per passage for each group (top-100 needs less to fit 8k)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=DEFAULT_VARIANTS,
+        choices=list(VARIANTS),
+        help="'+prune' variants use the default PruningConfig()",
+    )
+    parser.add_argument(
+        "--schedules",
+        nargs="*",
+        default=[],
+        help="NAME=SPEC pruning schedules (SPEC: a preset or depth:keep,...), each adding a "
+        "'single_pass+NAME' variant after the others",
+    )
     parser.add_argument("--model", default=None)
     parser.add_argument("--output", default="eval/results/strategies_cpu.json")
-    parser.add_argument("--summarize-only", action="store_true",
-                        help="write the JSON from the records gathered so far, ranking nothing")
+    parser.add_argument(
+        "--summarize-only", action="store_true", help="write the JSON from the records gathered so far, ranking nothing"
+    )
     args = parser.parse_args(upgrade_argv(sys.argv[1:] if argv is None else argv, DEPTH_ALIASES, __file__))
     variants = {v: VARIANTS[v] for v in args.variants}
     for spec in args.schedules:
@@ -91,16 +116,26 @@ def main(argv: list[str] | None = None) -> dict:
         settings = resume_settings(args, variants, budgets)
         settings_path = Path(args.output).with_suffix(".settings.json")
         if records_path.is_file():
-            check_same_settings(settings_path, settings, what=str(records_path),
-                                advice="use another --output, or move the records away to start over")
+            check_same_settings(
+                settings_path,
+                settings,
+                what=str(records_path),
+                advice="use another --output, or move the records away to start over",
+            )
         save_settings(settings_path, settings, keep_saved=records_path.is_file())
     done = {(r["group"], r["variant"], r["qid"]) for r in recover_records(records_path)}
     base = None if args.summarize_only else Reranker.from_pretrained(args.model)
 
     def reranker_for(strategy: str, scoring: str, pruning: str | None, budget: int) -> Reranker:
-        cfg = RerankerConfig(strategy=strategy, window_size=WINDOW_SIZE, stride=STRIDE, max_passage_tokens=budget,
-                             batch_size=1, scoring=scoring,
-                             pruning=None if pruning is None else PruningConfig.from_spec(pruning))
+        cfg = RerankerConfig(
+            strategy=strategy,
+            window_size=WINDOW_SIZE,
+            stride=STRIDE,
+            max_passage_tokens=budget,
+            batch_size=1,
+            scoring=scoring,
+            pruning=None if pruning is None else PruningConfig.from_spec(pruning),
+        )
         return Reranker(base.model, base.tokenizer, cfg)
 
     with open(records_path, "a", encoding="utf-8") as fh:
@@ -120,8 +155,14 @@ def main(argv: list[str] | None = None) -> dict:
                     if (group, v, qid) in done:
                         continue
                     res = rankers[v].rerank(collection.queries[qid], docs, top_k=variants[v][1])
-                    rec = {"group": group, "variant": v, "qid": qid, "budget": budget,
-                           "ranking": [cands[i] for i in res.order], "stats": res.stats.to_dict()}
+                    rec = {
+                        "group": group,
+                        "variant": v,
+                        "qid": qid,
+                        "budget": budget,
+                        "ranking": [cands[i] for i in res.order],
+                        "stats": res.stats.to_dict(),
+                    }
                     append_record(fh, rec)
                     print(f"{group} {v:<11} {qid:>8}  {res.stats.total_seconds:6.2f} s", flush=True)
 
@@ -134,34 +175,69 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             run = {r["qid"]: [(d, float(len(r["ranking"]) - i)) for i, d in enumerate(r["ranking"])] for r in recs}
             metrics = compute_metrics(collection.qrels, run, collection.graded)
-            bm25 = compute_metrics(collection.qrels, {q: [(d, float(-i)) for i, d in enumerate(first_stage[q][:int(group.split(':')[0])])]
-                                                      for q in run}, collection.graded)
+            bm25 = compute_metrics(
+                collection.qrels,
+                {q: [(d, float(-i)) for i, d in enumerate(first_stage[q][: int(group.split(":")[0])])] for q in run},
+                collection.graded,
+            )
 
-            def med(key: str) -> float:
+            def med(key: str, recs: list[dict] = recs) -> float:
                 return statistics.median(r["stats"][key] for r in recs)
 
-            rows.append({"depth": int(group.split(":")[0]), "variant": v, "queries": len(recs),
-                         "passage_tokens": recs[0]["budget"], "ndcg@10": metrics["ndcg@10"],
-                         "bm25_ndcg@10": bm25["ndcg@10"],
-                         "s_per_query": med("total_seconds"), "prefill_s": med("prefill_seconds"),
-                         "decode_s": med("decode_seconds"), "constraint_s": med("constraint_seconds"),
-                         "prompt_tokens": med("prompt_tokens"), "generated_tokens": med("generated_tokens"),
-                         "llm_calls": med("llm_calls"), "computed_fraction": med("computed_fraction"),
-                         "fallbacks": sum(1 for r in recs if r["stats"].get("fallback"))})
+            rows.append(
+                {
+                    "depth": int(group.split(":")[0]),
+                    "variant": v,
+                    "queries": len(recs),
+                    "passage_tokens": recs[0]["budget"],
+                    "ndcg@10": metrics["ndcg@10"],
+                    "bm25_ndcg@10": bm25["ndcg@10"],
+                    "s_per_query": med("total_seconds"),
+                    "prefill_s": med("prefill_seconds"),
+                    "decode_s": med("decode_seconds"),
+                    "constraint_s": med("constraint_seconds"),
+                    "prompt_tokens": med("prompt_tokens"),
+                    "generated_tokens": med("generated_tokens"),
+                    "llm_calls": med("llm_calls"),
+                    "computed_fraction": med("computed_fraction"),
+                    "fallbacks": sum(1 for r in recs if r["stats"].get("fallback")),
+                }
+            )
     for row in rows:
         row["constraint_share_of_decode"] = row["constraint_s"] / row["decode_s"] if row["decode_s"] else 0.0
         full = next((r for r in rows if r["depth"] == row["depth"] and r["variant"] == "full"), None)
         row["seconds_vs_full"] = row["s_per_query"] / full["s_per_query"] if full else None
         sliding = next((r for r in rows if r["depth"] == row["depth"] and r["variant"] == "sliding"), None)
         row["speedup_vs_sliding"] = sliding["s_per_query"] / row["s_per_query"] if sliding else None
-    out = {"machine": "2-core CPU, torch threads default", "model": args.model or "SmolLM2-135M-Instruct",
-           "schedules": {name: spec for name, _, spec in (s.partition("=") for s in args.schedules)},
-           "note": "medians over queries after one warm-up query; seconds_vs_full is the ratio of medians",
-           "rows": rows}
+    out = {
+        "machine": "2-core CPU, torch threads default",
+        "model": args.model or "SmolLM2-135M-Instruct",
+        "schedules": {name: spec for name, _, spec in (s.partition("=") for s in args.schedules)},
+        "note": "medians over queries after one warm-up query; seconds_vs_full is the ratio of medians",
+        "rows": rows,
+    }
     Path(args.output).write_text(json.dumps(out, indent=2))
-    print(format_table(rows, ["depth", "variant", "queries", "ndcg@10", "bm25_ndcg@10", "s_per_query", "prefill_s",
-                              "decode_s", "prompt_tokens", "generated_tokens", "llm_calls", "seconds_vs_full",
-                              "speedup_vs_sliding", "constraint_share_of_decode"]))
+    print(
+        format_table(
+            rows,
+            [
+                "depth",
+                "variant",
+                "queries",
+                "ndcg@10",
+                "bm25_ndcg@10",
+                "s_per_query",
+                "prefill_s",
+                "decode_s",
+                "prompt_tokens",
+                "generated_tokens",
+                "llm_calls",
+                "seconds_vs_full",
+                "speedup_vs_sliding",
+                "constraint_share_of_decode",
+            ],
+        )
+    )
     return out
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5 on one GPU, in one budgeted run (about 9 minutes on an H100):
+# The single-pass training ablation on one GPU, in one budgeted run (about 9 minutes on an H100):
 #   1. LoRA-train the default model twice on the same labels: LM loss only (importance-aware) and
 #      joint (importance-aware LM loss + RankNet on the single-pass identifier scores);
 #   2. the quality matrix (eval/ablation_single_pass.py): both models x top-20/100/50 x
@@ -9,7 +9,7 @@
 # a cut run still leaves everything finished so far; a rerun skips trained models and resumes the
 # matrix.
 #
-#   python eval/build_training_mix.py --out runs/mix/mix.embed.jsonl      # labels (CPU, 2 minutes)
+#   python scripts/build_training_mix.py --out runs/mix/mix.embed.jsonl      # labels (CPU, 2 minutes)
 #   bash eval/gpu_train_ablation.sh runs/gpu runs/mix/mix.embed.jsonl
 set -u -o pipefail
 OUT=${1:-runs/gpu}

@@ -31,7 +31,12 @@ def main(argv: list[str] | None = None) -> dict:
     from rerank.training_data import ExampleOptions, build_dataset
 
     ap = FlagParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", required=True, help="NAME=PATH ('base' = raw SmolLM2-135M-Instruct, 'default' = base + the shipped weights).")
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        required=True,
+        help="NAME=PATH ('base' = raw SmolLM2-135M-Instruct, 'default' = base + the shipped weights).",
+    )
     ap.add_argument("--config", default="configs/train/head-cpu.yaml", help="The training YAML (data, split, loss).")
     ap.add_argument("--limit", type=int, default=None, help="Only the first N held-out lists.")
     ap.add_argument("--out", default="eval/results/heldout_head_cpu.json")
@@ -39,13 +44,23 @@ def main(argv: list[str] | None = None) -> dict:
     targs = parse_args([args.config, "--output_dir", "/tmp/lazyrank-heldout-unused"])
     if targs.eval_fraction <= 0:
         ap.error(f"{args.config} holds out nothing (eval_fraction 0)")
-    results = {"config": args.config, "train_file": targs.train_file, "eval_fraction": targs.eval_fraction,
-               "chance_rank_loss": round(math.log(2), 4), "models": {}}
+    results = {
+        "config": args.config,
+        "train_file": targs.train_file,
+        "eval_fraction": targs.eval_fraction,
+        "chance_rank_loss": round(math.log(2), 4),
+        "models": {},
+    }
     for spec in args.models:
         name, _, path = spec.partition("=")
         model, tok = load_model_and_tokenizer(None if (path or name) == "default" else path or name)
-        options = ExampleOptions(max_passage_tokens=targs.max_passage_tokens, passage_head=True, include_target=False,
-                                 seed=targs.seed, max_seq_length=targs.max_seq_length)
+        options = ExampleOptions(
+            max_passage_tokens=targs.max_passage_tokens,
+            passage_head=True,
+            include_target=False,
+            seed=targs.seed,
+            max_seq_length=targs.max_seq_length,
+        )
         dataset = build_dataset(tok, targs.train_file, options)
         _, heldout = split_heldout(dataset, targs.eval_fraction, targs.seed)
         if args.limit:
@@ -68,10 +83,13 @@ def main(argv: list[str] | None = None) -> dict:
                     if r[i] < r[j]:
                         pairs += 1
                         correct += s[i] > s[j]
-        results["models"][name] = {"path": path, "lists": len(rank_terms),
-                                   "rank_loss": round(sum(rank_terms) / len(rank_terms), 4),
-                                   "pairwise_accuracy": round(correct / max(1, pairs), 4),
-                                   "teacher_kl": round(sum(kl_terms) / len(kl_terms), 4) if kl_terms else None}
+        results["models"][name] = {
+            "path": path,
+            "lists": len(rank_terms),
+            "rank_loss": round(sum(rank_terms) / len(rank_terms), 4),
+            "pairwise_accuracy": round(correct / max(1, pairs), 4),
+            "teacher_kl": round(sum(kl_terms) / len(kl_terms), 4) if kl_terms else None,
+        }
         print(name, results["models"][name])
         del model
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

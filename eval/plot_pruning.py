@@ -1,6 +1,6 @@
 """Plot the speed/fidelity curve of a ``bench_pruning.py`` JSON.
 
-    .venv/bin/python eval/plot_pruning.py eval/results/pruning_cpu.json eval/results/pruning_cpu.png
+.venv/bin/python eval/plot_pruning.py eval/results/pruning_cpu.json eval/results/pruning_cpu.png
 """
 
 from __future__ import annotations

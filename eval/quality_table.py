@@ -65,8 +65,13 @@ def parse_system(spec: str) -> dict:
     parts = body.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
         raise ValueError(f"system {spec!r}: expected bm25, minilm or NAME=MODEL:SCORING[:PRUNING]")
-    return {"name": name, "kind": "lazyrank", "model": parts[0], "scoring": parts[1],
-            "pruning": parts[2] if len(parts) == 3 else None}
+    return {
+        "name": name,
+        "kind": "lazyrank",
+        "model": parts[0],
+        "scoring": parts[1],
+        "pruning": parts[2] if len(parts) == 3 else None,
+    }
 
 
 def build_reranker(system: dict, depth: int):
@@ -108,18 +113,25 @@ def main(argv: list[str] | None = None) -> dict:
                     print(f"deadline reached: skipping {system['name']} {coll}@{depth}")
                     continue
                 kind = system["kind"]
-                cfg = EvalConfig(collection=str(DATA / COLLECTIONS[coll]), depth=depth,
-                                 strategy="none" if kind == "bm25" else "full",
-                                 model={"minilm": "all-MiniLM-L6-v2"}.get(kind, system.get("model")),
-                                 scoring={"minilm": "embed"}.get(kind, system.get("scoring", "generate")),
-                                 pruning=system.get("pruning"), limit_queries=args.limit_queries,
-                                 output_dir=str(Path(args.work_dir) / system["name"] / f"{coll}-{depth}"))
+                cfg = EvalConfig(
+                    collection=str(DATA / COLLECTIONS[coll]),
+                    depth=depth,
+                    strategy="none" if kind == "bm25" else "full",
+                    model={"minilm": "all-MiniLM-L6-v2"}.get(kind, system.get("model")),
+                    scoring={"minilm": "embed"}.get(kind, system.get("scoring", "generate")),
+                    pruning=system.get("pruning"),
+                    limit_queries=args.limit_queries,
+                    output_dir=str(Path(args.work_dir) / system["name"] / f"{coll}-{depth}"),
+                )
                 if kind != "bm25" and reranker is None:
                     reranker = build_reranker(system, depth)
                 metrics = evaluate(cfg, reranker=reranker)
                 row = table["rows"].setdefault(system["name"], {"system": system})
-                row[f"{coll}@{depth}"] = {"ndcg@10": round(metrics["ndcg@10"], 4), "queries": metrics["queries"],
-                                          "seconds_per_query": round(metrics["seconds_per_query"], 3)}
+                row[f"{coll}@{depth}"] = {
+                    "ndcg@10": round(metrics["ndcg@10"], 4),
+                    "queries": metrics["queries"],
+                    "seconds_per_query": round(metrics["seconds_per_query"], 3),
+                }
                 out_path.parent.mkdir(parents=True, exist_ok=True)
                 out_path.write_text(json.dumps(table, indent=1))
     cells = [f"{c}@{d}" for c in collections for d in depths]

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -30,8 +32,11 @@ def build_labels(work: Path, teacher: str, max_queries: int | None) -> tuple[Pat
     from rerank.labels import LabelConfig, run_labelling
 
     out = work / f"wikiqa-train.{teacher.split(':')[0]}.jsonl"
-    summary = run_labelling(LabelConfig(input=str(DATA / "wikiqa-train"), output=str(out), teacher=teacher,
-                                        max_queries=max_queries, progress=False))
+    summary = run_labelling(
+        LabelConfig(
+            input=str(DATA / "wikiqa-train"), output=str(out), teacher=teacher, max_queries=max_queries, progress=False
+        )
+    )
     return out, summary
 
 
@@ -39,14 +44,33 @@ def train(work: Path, labels: Path, loss: str, steps: int, extra: list[str]) -> 
     out = work / f"lora-{loss}-{steps}"
     metrics = out / "train_metrics.json"
     if not metrics.is_file():
-        cmd = [sys.executable, "-m", "rerank.train", "configs/train/default-cpu.yaml", "--train_file", str(labels),
-               "--output_dir", str(out), "--max_steps", str(steps), "--loss", loss, "--save_steps", "1000000",
-               "--logging_steps", "10", "--shuffle_initial_order", "true", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "rerank.train",
+            "configs/train/default-cpu.yaml",
+            "--train_file",
+            str(labels),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            str(steps),
+            "--loss",
+            loss,
+            "--save_steps",
+            "1000000",
+            "--logging_steps",
+            "10",
+            "--shuffle_initial_order",
+            "true",
+            *extra,
+        ]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=REPO, check=True)
     data = json.loads(metrics.read_text())
     return out, {k: v for k, v in data.items() if k != "log_history"} | {
-        "loss_curve": [(h["step"], round(h["loss"], 4)) for h in data["log_history"] if "loss" in h]}
+        "loss_curve": [(h["step"], round(h["loss"], 4)) for h in data["log_history"] if "loss" in h]
+    }
 
 
 def strict_permutation(text: str, num: int) -> bool:
@@ -85,10 +109,14 @@ def evaluate(model_path: str | None, queries: list[str], free_queries: int, dept
             enc = encode_prompt(rr.tokenizer, coll.queries[qid], texts, 100)
             ids = torch.tensor([enc.input_ids])
             with torch.no_grad():
-                out = rr.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                        max_new_tokens=rr.answer_budget(len(texts)) + 8,
-                                        pad_token_id=rr.tokenizer.pad_token_id)
-            answer = rr.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+                out = rr.model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=False,
+                    max_new_tokens=rr.answer_budget(len(texts)) + 8,
+                    pad_token_id=rr.tokenizer.pad_token_id,
+                )
+            answer = rr.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
             valid.append(strict_permutation(answer, len(texts)))
     qrels = [ir_measures.Qrel(q, d, g) for q in queries for d, g in coll.qrels.get(q, {}).items()]
 
@@ -96,11 +124,17 @@ def evaluate(model_path: str | None, queries: list[str], free_queries: int, dept
         runs = [ir_measures.ScoredDoc(q, d, s) for q, ds in scores.items() for d, s in ds.items()]
         return round(ir_measures.calc_aggregate([nDCG @ 10], qrels, runs)[nDCG @ 10], 4)
 
-    return {"model": model_path or "SmolLM2-135M-Instruct (zero-shot)", "queries": len(queries), "depth": depth,
-            "ndcg@10": ndcg(ranked), "bm25_ndcg@10_same_queries": ndcg(bm25),
-            "free_generation_valid": f"{sum(valid)}/{len(valid)}",
-            "distinct_first_ids": len(set(first_ids)), "first_id_is_1_or_2": sum(i in (1, 2) for i in first_ids),
-            "s_per_query": round(sum(seconds) / len(seconds), 2)}
+    return {
+        "model": model_path or "SmolLM2-135M-Instruct (zero-shot)",
+        "queries": len(queries),
+        "depth": depth,
+        "ndcg@10": ndcg(ranked),
+        "bm25_ndcg@10_same_queries": ndcg(bm25),
+        "free_generation_valid": f"{sum(valid)}/{len(valid)}",
+        "distinct_first_ids": len(set(first_ids)),
+        "first_id_is_1_or_2": sum(i in (1, 2) for i in first_ids),
+        "s_per_query": round(sum(seconds) / len(seconds), 2),
+    }
 
 
 def main(argv=None) -> int:

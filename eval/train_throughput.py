@@ -36,23 +36,59 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="runs/train_throughput")
     ap.add_argument("--out", default="eval/results/train_throughput.json")
     args = ap.parse_args(argv)
-    results = {"setup": {"steps": args.steps, "per_device_batch": 1, "grad_accum": 1, "dtype": "float32",
-                         "cpus": os.cpu_count(), "load_at_start": round(os.getloadavg()[0], 2)}}
+    results = {
+        "setup": {
+            "steps": args.steps,
+            "per_device_batch": 1,
+            "grad_accum": 1,
+            "dtype": "float32",
+            "cpus": os.cpu_count(),
+            "load_at_start": round(os.getloadavg()[0], 2),
+        }
+    }
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(REPO / args.work / "torch_ext"), HF_HUB_OFFLINE="1")
     for name in args.settings:
         accel, extra = SETTINGS[name]
         out = REPO / args.work / name
-        train = ["-m", "rerank.train", "configs/train/default-cpu.yaml", "--train_file", args.train_file,
-                 "--output_dir", str(out), "--max_steps", str(args.steps), "--save_strategy", "no",
-                 "--gradient_accumulation_steps", "1", "--warmup_steps", "0", "--logging_steps", "1", *extra]
+        train = [
+            "-m",
+            "rerank.train",
+            "configs/train/default-cpu.yaml",
+            "--train_file",
+            args.train_file,
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            str(args.steps),
+            "--save_strategy",
+            "no",
+            "--gradient_accumulation_steps",
+            "1",
+            "--warmup_steps",
+            "0",
+            "--logging_steps",
+            "1",
+            *extra,
+        ]
         cmd = [sys.executable, *(["-m", "accelerate.commands.launch", "--config_file", accel] if accel else []), *train]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
         log = proc.stdout + proc.stderr
         entry = {"rc": proc.returncode, "terminate_abort": "terminate called" in log}
         if proc.returncode == 0:
             m = json.loads((out / "train_metrics.json").read_text())
-            entry |= {k: m[k] for k in ("world_size", "distributed_type", "global_step", "first_step_s",
-                                        "step_s_mean_after_first", "tokens_seen", "tokens_per_s", "peak_memory_mb_rank0")}
+            entry |= {
+                k: m[k]
+                for k in (
+                    "world_size",
+                    "distributed_type",
+                    "global_step",
+                    "first_step_s",
+                    "step_s_mean_after_first",
+                    "tokens_seen",
+                    "tokens_per_s",
+                    "peak_memory_mb_rank0",
+                )
+            }
         else:
             entry["log_tail"] = log[-2000:]
         results[name] = entry

@@ -21,8 +21,8 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 OUT=${OUT:-runs/head}
 QUALITY=${QUALITY:-1}
-[ -f "$OUT/train.jsonl" ] || $PY eval/build_training_lists.py --out "$OUT/train.jsonl"
-[ -f "$OUT/train-ensemble.jsonl" ] || $PY eval/build_training_lists.py --out "$OUT/train-ensemble.jsonl" \
+[ -f "$OUT/train.jsonl" ] || $PY scripts/build_training_lists.py --out "$OUT/train.jsonl"
+[ -f "$OUT/train-ensemble.jsonl" ] || $PY scripts/build_training_lists.py --out "$OUT/train-ensemble.jsonl" \
     --teacher ensemble --judged_boost 0.1 --scifact_depth 20
 
 last_step() {  # DIR: newest checkpoint step in DIR (0 if none)
@@ -49,7 +49,7 @@ segment "$OUT/model3" 200 200 --train_file "$OUT/train-ensemble.jsonl" --init_ad
 MODEL="$OUT/model3"
 
 # The first-stage fusion weight is chosen on Vaswani (neither training nor evaluation data).
-$PY eval/fusion_dev.py --model "$MODEL" --work_dir "$OUT/fusion" --out "$OUT/fusion.json"
+$PY scripts/fusion_dev.py --model "$MODEL" --work_dir "$OUT/fusion" --out "$OUT/fusion.json"
 PACKAGE_ARGS=(--fusion "$OUT/fusion.json" --labels default --labels "$OUT/train-ensemble.summary.json"
   --history "Steps 1-301: configs/train/head-cpu.yaml, linear LR 4e-4 over 450 steps (20 warm-up), stopped at step 301."
   --history "Steps 302-501: a second run from the step-301 adapter (--init_adapter, fresh AdamW state, a new data order: --data_seed 1; the held-out split stays on seed 42), LR 2.7e-4 after 10 warm-up steps decaying linearly over 600 steps, stopped at its step 200 (LR 1.8e-4)."
@@ -59,4 +59,4 @@ if [ "$QUALITY" = "1" ]; then
   $PY eval/quality_table.py --out "$OUT/quality.json" --work_dir "$OUT/quality" --depths 20 \
       --system bm25 --system minilm --system "trained=$MODEL:head"
 fi
-$PY eval/package_weights.py --run "$MODEL" "${PACKAGE_ARGS[@]}"
+$PY scripts/package_weights.py --run "$MODEL" "${PACKAGE_ARGS[@]}"

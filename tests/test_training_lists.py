@@ -1,4 +1,4 @@
-"""The head-training label builder (eval/build_training_lists.py): ensemble teacher and judged boost."""
+"""The head-training label builder (scripts/build_training_lists.py): ensemble teacher and judged boost."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def builder():
-    spec = importlib.util.spec_from_file_location("_build_training_lists", REPO / "eval" / "build_training_lists.py")
+    spec = importlib.util.spec_from_file_location("_build_training_lists", REPO / "scripts" / "build_training_lists.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -52,15 +52,17 @@ def test_list_bm25_scores_each_source_over_its_own_passages(builder):
         score({**item, "initial_list": ["nope"]})
 
 
-def test_ndcg10_hand_computed(builder):
-    # relevant at rank 2 of a list with one relevant passage: 1/log2(3)
-    assert builder.ndcg10(["x", "r"], {"r": 1}) == pytest.approx(1 / math.log2(3))
-    assert builder.ndcg10(["r", "x"], {"r": 1}) == 1.0
-    assert builder.ndcg10(["x"], {}) == 0.0
+def test_label_quality_is_the_library_ndcg(builder):
+    # rerank.evaluation (ir-measures): trec_eval's linear gains, lists without a relevant passage count 0
+    run = {"q": [("x", 2.0), ("r", 1.0)]}
+    assert builder.ndcg10({"q": {"r": 1, "x": 0}}, run) == pytest.approx(1 / math.log2(3))
+    assert builder.ndcg10({"q": {"r": 1}}, {"q": [("r", 2.0), ("x", 1.0)]}) == 1.0
+    assert builder.ndcg10({"q": {"x": 1, "r": 2}}, run) == pytest.approx((1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3)))
+    assert builder.ndcg10({"q": {"r": 1}, "p": {"x": 0}}, {**run, "p": [("x", 1.0)]}) == pytest.approx(0.5 / math.log2(3))
 
 
 def test_model_card_names_every_label_file_the_segments_trained_on(tmp_path):
-    spec = importlib.util.spec_from_file_location("_package_weights", REPO / "eval" / "package_weights.py")
+    spec = importlib.util.spec_from_file_location("_package_weights", REPO / "scripts" / "package_weights.py")
     package = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(package)
     summary = tmp_path / "train-ensemble.summary.json"

@@ -1,6 +1,6 @@
 """Build a 20-candidate listwise training set from the offline data, then label it completely.
 
-    .venv/bin/python eval/build_training_mix.py --out runs/mix/mix.embed.jsonl
+    .venv/bin/python scripts/build_training_mix.py --out runs/mix/mix.embed.jsonl
 
 WikiQA-train gives about 10 candidates per query, and the 100 MS MARCO training triples give one
 positive and one negative: too short for the lists we rerank at inference (20 to 100 passages). Each
@@ -21,8 +21,9 @@ import random
 from pathlib import Path
 
 from rerank.data import iter_jsonl, load_collection, read_run
-from rerank.labels import LabelConfig, run_labelling
 from rerank.flags import FlagParser
+from rerank.labels import LabelConfig, run_labelling
+from rerank.script_support import msmarco_triple_lists
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -42,29 +43,28 @@ def wikiqa_lists(list_size: int, rng: random.Random) -> tuple[list[dict], dict[s
             if d not in own_set and d not in fill:
                 fill.append(d)
         docids = own + fill
-        items.append({"qid": f"wikiqa-{qid}", "query": coll.queries[qid],
-                      "candidates": [{"docid": d, "text": coll.corpus[d]} for d in docids]})
+        items.append(
+            {
+                "qid": f"wikiqa-{qid}",
+                "query": coll.queries[qid],
+                "candidates": [{"docid": d, "text": coll.corpus[d]} for d in docids],
+            }
+        )
         relevant[f"wikiqa-{qid}"] = {d for d, g in coll.qrels.get(qid, {}).items() if g > 0}
     return items, relevant
 
 
 def msmarco_lists(list_size: int, rng: random.Random) -> tuple[list[dict], dict[str, set[str]]]:
-    rows = [obj for _, obj in iter_jsonl(DATA / "msmarco-train-triples" / "triples.jsonl")]
-    texts = {}
-    for i, row in enumerate(rows):
-        texts[f"m{i}-pos"] = row["positive"]
-        texts[f"m{i}-neg"] = row["negative"]
-    pool = sorted(texts)
-    items, relevant = [], {}
-    for i, row in enumerate(rows):
-        own = [f"m{i}-pos", f"m{i}-neg"]
-        fill = [d for d in rng.sample(pool, list_size + 2) if d not in own][: list_size - 2]
-        docids = own + fill
-        rng.shuffle(docids)  # no first-stage order exists: do not let position give the positive away
-        items.append({"qid": f"msmarco-{i}", "query": row["query"],
-                      "candidates": [{"docid": d, "text": texts[d]} for d in docids]})
-        relevant[f"msmarco-{i}"] = {f"m{i}-pos"}
-    return items, relevant
+    triples = msmarco_triple_lists(DATA / "msmarco-train-triples" / "triples.jsonl", list_size, rng)
+    items = [
+        {
+            "qid": t["qid"],
+            "query": t["query"],
+            "candidates": [{"docid": d, "text": t["passages"][d]} for d in t["docids"]],
+        }
+        for t in triples
+    ]
+    return items, {t["qid"]: {t["positive"]} for t in triples}
 
 
 def promote(labels: Path, relevant: dict[str, set[str]], out: Path) -> int:
@@ -81,11 +81,17 @@ def promote(labels: Path, relevant: dict[str, set[str]], out: Path) -> int:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = FlagParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="runs/mix/mix.embed.jsonl", help="Label JSONL (a .candidates.jsonl goes beside it).")
+    ap.add_argument(
+        "--out", default="runs/mix/mix.embed.jsonl", help="Label JSONL (a .candidates.jsonl goes beside it)."
+    )
     ap.add_argument("--list-size", type=int, default=20, help="Candidates per training list.")
     ap.add_argument("--teacher", default="embed", help="Any rerank.labels teacher.")
-    ap.add_argument("--promote-relevant", action=argparse.BooleanOptionalAction, default=True,
-                    help="Put judged-relevant passages first in each label (teacher order kept).")
+    ap.add_argument(
+        "--promote-relevant",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Put judged-relevant passages first in each label (teacher order kept).",
+    )
     ap.add_argument("--seed", type=int, default=13)
     args = ap.parse_args(argv)
     if args.list_size < 2:
@@ -101,13 +107,26 @@ def main(argv: list[str] | None = None) -> dict:
         for item in wiki + marco:
             fh.write(json.dumps(item) + "\n")
     teacher_out = out.with_name(out.stem + ".teacher.jsonl")
-    summary = run_labelling(LabelConfig(input=str(cand_path), output=str(teacher_out), teacher=args.teacher,
-                                        depth=args.list_size, window_size=args.list_size,
-                                        stride=max(1, args.list_size // 2)))
+    summary = run_labelling(
+        LabelConfig(
+            input=str(cand_path),
+            output=str(teacher_out),
+            teacher=args.teacher,
+            depth=args.list_size,
+            window_size=args.list_size,
+            stride=max(1, args.list_size // 2),
+        )
+    )
     moved = promote(teacher_out, rel_w | rel_m if args.promote_relevant else {}, out)
-    result = {"wikiqa_lists": len(wiki), "msmarco_lists": len(marco), "list_size": args.list_size,
-              "labels": str(out), "promoted_lists": moved, "teacher": args.teacher,
-              "labelling": {k: v for k, v in summary.items() if not isinstance(v, (list, dict))}}
+    result = {
+        "wikiqa_lists": len(wiki),
+        "msmarco_lists": len(marco),
+        "list_size": args.list_size,
+        "labels": str(out),
+        "promoted_lists": moved,
+        "teacher": args.teacher,
+        "labelling": {k: v for k, v in summary.items() if not isinstance(v, (list, dict))},
+    }
     print(json.dumps(result, indent=2))
     return result
 

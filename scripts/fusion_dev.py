@@ -1,6 +1,6 @@
 """Choose the first-stage fusion weight on a development collection, then report it elsewhere.
 
-    .venv/bin/python eval/fusion_dev.py --model runs/head/model \\
+    .venv/bin/python scripts/fusion_dev.py --model runs/head/model \\
         --apply dl19-20=runs/quality/trained/dl19-20 --apply scifact-20=runs/quality/trained/scifact-20 \\
         --out eval/results/fusion_cpu.json
 
@@ -57,8 +57,10 @@ def fused_ndcg(qrels: dict, candidates: dict, rankings: dict, weight: float) -> 
 
 def curve(cell_dir: Path) -> dict:
     qrels, candidates, rankings = load_cell(cell_dir)
-    return {"queries": len(rankings), "ndcg@10": {str(w): round(fused_ndcg(qrels, candidates, rankings, w), 4)
-                                                 for w in WEIGHTS}}
+    return {
+        "queries": len(rankings),
+        "ndcg@10": {str(w): round(fused_ndcg(qrels, candidates, rankings, w), 4) for w in WEIGHTS},
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -83,25 +85,44 @@ def main(argv: list[str] | None = None) -> dict:
         write_run(run_path, retrieve_collection(args.dev_collection, depth=100), tag="bm25")
     dev_dir = work / f"dev-{args.depth}"
     model = None if args.model == "default" else args.model
-    evaluate(EvalConfig(collection=args.dev_collection, run=str(run_path), depth=args.depth, model=model,
-                        scoring=args.scoring, output_dir=str(dev_dir)))
+    evaluate(
+        EvalConfig(
+            collection=args.dev_collection,
+            run=str(run_path),
+            depth=args.depth,
+            model=model,
+            scoring=args.scoring,
+            output_dir=str(dev_dir),
+        )
+    )
     dev = curve(dev_dir)
     best = max(WEIGHTS, key=lambda w: (dev["ndcg@10"][str(w)], -w))  # ties: the smaller weight
-    report = {"model": args.model, "scoring": args.scoring, "depth": args.depth,
-              "dev": {"collection": args.dev_collection, **dev}, "chosen_weight": best, "applied": {}}
+    report = {
+        "model": args.model,
+        "scoring": args.scoring,
+        "depth": args.depth,
+        "dev": {"collection": args.dev_collection, **dev},
+        "chosen_weight": best,
+        "applied": {},
+    }
     for spec in args.apply:
         name, _, cell = spec.partition("=")
         c = curve(Path(cell))
-        report["applied"][name] = {"queries": c["queries"], "model_alone": c["ndcg@10"]["0.0"],
-                                   "first_stage_alone": c["ndcg@10"]["1.0"],
-                                   "fused_at_chosen_weight": c["ndcg@10"][str(best)],
-                                   "curve_not_used_for_choice": c["ndcg@10"]}
+        report["applied"][name] = {
+            "queries": c["queries"],
+            "model_alone": c["ndcg@10"]["0.0"],
+            "first_stage_alone": c["ndcg@10"]["1.0"],
+            "fused_at_chosen_weight": c["ndcg@10"][str(best)],
+            "curve_not_used_for_choice": c["ndcg@10"],
+        }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"dev ({dev['queries']} queries) nDCG@10 by weight: {dev['ndcg@10']}\nchosen weight: {best}")
     for name, row in report["applied"].items():
-        print(f"{name}: model {row['model_alone']}  first stage {row['first_stage_alone']}  "
-              f"fused {row['fused_at_chosen_weight']}  ({row['queries']} queries)")
+        print(
+            f"{name}: model {row['model_alone']}  first stage {row['first_stage_alone']}  "
+            f"fused {row['fused_at_chosen_weight']}  ({row['queries']} queries)"
+        )
     return report
 
 

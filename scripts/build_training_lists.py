@@ -1,6 +1,6 @@
 """Build the head-training labels from every real offline training source, with teacher scores.
 
-    .venv/bin/python eval/build_training_lists.py --out runs/head/train.jsonl
+    .venv/bin/python scripts/build_training_lists.py --out runs/head/train.jsonl
 
 Sources (never ``msmarco-dl19`` nor the SciFact TEST claims: those are evaluation sets):
 * ``selqa`` and ``wikiqa``: each question's own candidate sentences (same section / page, so the
@@ -31,9 +31,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rerank.data import iter_jsonl, load_collection, read_qrels, read_run
-from rerank.prompts import sanitize
+from rerank.data import load_collection, read_qrels, read_run
+from rerank.evaluation import compute_metrics
 from rerank.flags import FlagParser
+from rerank.prompts import sanitize
+from rerank.script_support import msmarco_triple_lists
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -48,8 +50,15 @@ def given_lists(name: str, list_size: int) -> list[dict]:
         if not any(g > 0 for g in judged.values()):
             continue
         docs = run[qid][:list_size]
-        out.append({"qid": f"{name}-{qid}", "query": coll.queries[qid], "initial_list": docs,
-                    "passages": {d: coll.corpus[d] for d in docs}, "grades": {d: judged.get(d, 0) for d in docs}})
+        out.append(
+            {
+                "qid": f"{name}-{qid}",
+                "query": coll.queries[qid],
+                "initial_list": docs,
+                "passages": {d: coll.corpus[d] for d in docs},
+                "grades": {d: judged.get(d, 0) for d in docs},
+            }
+        )
     return out
 
 
@@ -67,8 +76,15 @@ def scifact_train_lists(depth: int) -> list[dict]:
         docs = [d for d, _ in ranked]
         if len(docs) < 2:
             continue
-        out.append({"qid": f"scifact-{qid}", "query": coll.queries[qid], "initial_list": docs,
-                    "passages": {d: coll.corpus[d] for d in docs}, "grades": {d: train[qid].get(d, 0) for d in docs}})
+        out.append(
+            {
+                "qid": f"scifact-{qid}",
+                "query": coll.queries[qid],
+                "initial_list": docs,
+                "passages": {d: coll.corpus[d] for d in docs},
+                "grades": {d: train[qid].get(d, 0) for d in docs},
+            }
+        )
     return out
 
 
@@ -78,40 +94,37 @@ def synthetic_lists(queries_file: str, list_size: int) -> list[dict]:
 
     stem = Path(queries_file)
     base = stem.with_suffix("")
-    items, qrels = load_candidates(str(base.with_name(base.name + ".candidates.jsonl")), depth=list_size,
-                                   qrels=str(base.with_name(base.name + ".qrels.txt")))
+    items, qrels = load_candidates(
+        str(base.with_name(base.name + ".candidates.jsonl")),
+        depth=list_size,
+        qrels=str(base.with_name(base.name + ".qrels.txt")),
+    )
     out = []
     for it in items:
         judged = qrels.get(it.qid, {})
         if len(it.docids) < 2 or not any(judged.get(d, 0) > 0 for d in it.docids):
             continue  # the source passage fell out of the list: nothing to learn
-        out.append({"qid": f"synthetic-{it.qid}", "query": it.query, "initial_list": list(it.docids),
-                    "passages": dict(zip(it.docids, it.texts)), "grades": {d: judged.get(d, 0) for d in it.docids}})
+        out.append(
+            {
+                "qid": f"synthetic-{it.qid}",
+                "query": it.query,
+                "initial_list": list(it.docids),
+                "passages": dict(zip(it.docids, it.texts)),
+                "grades": {d: judged.get(d, 0) for d in it.docids},
+            }
+        )
     return out
 
 
-def msmarco_lists(list_size: int, rng: random.Random) -> list[dict]:
-    rows = [obj for _, obj in iter_jsonl(DATA / "msmarco-train-triples" / "triples.jsonl")]
-    texts = {}
-    for i, row in enumerate(rows):
-        texts[f"m{i}-pos"], texts[f"m{i}-neg"] = row["positive"], row["negative"]
-    pool = sorted(texts)
-    out = []
-    for i, row in enumerate(rows):
-        own = [f"m{i}-pos", f"m{i}-neg"]
-        docs = own + [d for d in rng.sample(pool, list_size + 2) if d not in own][: list_size - 2]
-        rng.shuffle(docs)
-        out.append({"qid": f"msmarco-{i}", "query": row["query"], "initial_list": docs,
-                    "passages": {d: texts[d] for d in docs}, "grades": {f"m{i}-pos": 1}})
-    return out
+def ndcg10(qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]]) -> float:
+    """Mean nDCG@10 of ``run`` over its lists (``rerank.evaluation``: ir-measures, trec_eval's linear gains)."""
+    return compute_metrics(qrels, run, graded=False)["ndcg@10"]
 
 
-def ndcg10(order: list[str], grades: dict[str, int]) -> float:
-    gains = [grades.get(d, 0) for d in order[:10]]
-    ideal = sorted(grades.values(), reverse=True)[:10]
-    dcg = sum((2 ** g - 1) / math.log2(i + 2) for i, g in enumerate(gains))
-    idcg = sum((2 ** g - 1) / math.log2(i + 2) for i, g in enumerate(ideal))
-    return dcg / idcg if idcg else 0.0
+def order_by(docs: list[str], scores: list[float]) -> list[str]:
+    """``docs`` by descending score, ties in input order."""
+    by_doc = dict(zip(docs, scores))
+    return sorted(docs, key=lambda d: (-by_doc[d], docs.index(d)))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -188,15 +201,26 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="runs/head/train.jsonl", help="Label JSONL to write.")
     ap.add_argument("--list-size", type=int, default=20, help="Candidates per SelQA/WikiQA/MS MARCO list (cap).")
     ap.add_argument("--scifact-depth", type=int, default=10, help="BM25 candidates per SciFact train claim.")
-    ap.add_argument("--teacher", choices=("minilm", "ensemble"), default="minilm",
-                    help="Soft scores and the order of unjudged passages: MiniLM cosine, or its ensemble with BM25.")
+    ap.add_argument(
+        "--teacher",
+        choices=("minilm", "ensemble"),
+        default="minilm",
+        help="Soft scores and the order of unjudged passages: MiniLM cosine, or its ensemble with BM25.",
+    )
     ap.add_argument("--bm25-weight", type=float, default=0.5, help="Weight of BM25 in the ensemble teacher (0..1).")
-    ap.add_argument("--judged-boost", type=float, default=0.0,
-                    help="Soft score of a judged-relevant passage = best score in its list + boost * grade (0 = off).")
+    ap.add_argument(
+        "--judged-boost",
+        type=float,
+        default=0.0,
+        help="Soft score of a judged-relevant passage = best score in its list + boost * grade (0 = off).",
+    )
     ap.add_argument("--sources", default="selqa,wikiqa,scifact,msmarco", help="Comma-separated subset.")
-    ap.add_argument("--synthetic", default=None,
-                    help="queries.jsonl of `rerank generate-queries` for the 'synthetic' source (its .candidates.jsonl "
-                         "and .qrels.txt are read beside it).")
+    ap.add_argument(
+        "--synthetic",
+        default=None,
+        help="queries.jsonl of `rerank generate-queries` for the 'synthetic' source (its .candidates.jsonl "
+        "and .qrels.txt are read beside it).",
+    )
     ap.add_argument("--seed", type=int, default=13)
     args = ap.parse_args(argv)
     if args.list_size < 2:
@@ -216,7 +240,16 @@ def main(argv: list[str] | None = None) -> dict:
         elif src == "scifact":
             lists += scifact_train_lists(args.scifact_depth)
         elif src == "msmarco":
-            lists += msmarco_lists(args.list_size, rng)
+            lists += [
+                {
+                    "qid": t["qid"],
+                    "query": t["query"],
+                    "initial_list": t["docids"],
+                    "passages": t["passages"],
+                    "grades": {t["positive"]: 1},
+                }
+                for t in msmarco_triple_lists(DATA / "msmarco-train-triples" / "triples.jsonl", args.list_size, rng)
+            ]
         elif src == "synthetic":
             if not args.synthetic:
                 ap.error("the 'synthetic' source needs --synthetic QUERIES.jsonl")
@@ -229,7 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
         pools.setdefault(source_of(item), {}).update(item["passages"])
     list_bm25 = ListBM25(pools)
     keys = ("first_stage", "bm25", "minilm", "ensemble", "label")
-    quality: dict[str, dict[str, list[float]]] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    runs: dict[str, dict[str, dict[str, list[tuple[str, float]]]]] = {}  # source -> order -> run
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".part")
@@ -243,24 +277,42 @@ def main(argv: list[str] | None = None) -> dict:
             cos = (vecs @ qvec).tolist()
             bm25 = list_bm25(item)
             ens = ensemble_scores(cos, bm25, args.bm25_weight)
-            by = {name: sorted(docs, key=lambda d, v=dict(zip(docs, vals)): (-v[d], docs.index(d)))
-                  for name, vals in (("bm25", bm25), ("minilm", cos), ("ensemble", ens))}
+            by = {name: order_by(docs, vals) for name, vals in (("bm25", bm25), ("minilm", cos), ("ensemble", ens))}
             soft = dict(zip(docs, ens if args.teacher == "ensemble" else cos))
             grades = item["grades"]
             final = sorted(by["ensemble" if args.teacher == "ensemble" else "minilm"], key=lambda d: -grades.get(d, 0))
             orders = {"first_stage": docs, **by, "label": final}
+            qrels[item["qid"]] = grades
             for key in keys:
-                quality.setdefault(src, {}).setdefault(key, []).append(ndcg10(orders[key], grades))
-            fh.write(json.dumps({"qid": item["qid"], "query": item["query"], "initial_list": docs, "final_list": final,
-                                 "passages": item["passages"],
-                                 "teacher_scores": boost_judged(soft, grades, args.judged_boost)}) + "\n")
+                runs.setdefault(src, {}).setdefault(key, {})[item["qid"]] = [
+                    (d, float(len(orders[key]) - r)) for r, d in enumerate(orders[key])
+                ]
+            fh.write(
+                json.dumps(
+                    {
+                        "qid": item["qid"],
+                        "query": item["query"],
+                        "initial_list": docs,
+                        "final_list": final,
+                        "passages": item["passages"],
+                        "teacher_scores": boost_judged(soft, grades, args.judged_boost),
+                    }
+                )
+                + "\n"
+            )
     tmp.replace(out)
-    summary = {"labels": str(out), "lists": len(lists),
-               "by_source": {s: sum(1 for x in lists if x["qid"].startswith(s)) for s in sources},
-               "teacher": args.teacher, "bm25_weight": args.bm25_weight, "judged_boost": args.judged_boost,
-               "scifact_depth": args.scifact_depth,
-               "label_ndcg10_vs_qrels": {src: {k: round(sum(v) / len(v), 4) for k, v in q.items()}
-                                         for src, q in quality.items()}}
+    summary = {
+        "labels": str(out),
+        "lists": len(lists),
+        "by_source": {s: sum(1 for x in lists if x["qid"].startswith(s)) for s in sources},
+        "teacher": args.teacher,
+        "bm25_weight": args.bm25_weight,
+        "judged_boost": args.judged_boost,
+        "scifact_depth": args.scifact_depth,
+        "label_ndcg10_vs_qrels": {
+            src: {k: round(ndcg10(qrels, run), 4) for k, run in by_key.items()} for src, by_key in runs.items()
+        },
+    }
     print(json.dumps(summary, indent=2))
     out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
     return summary
