@@ -25,7 +25,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 import pyterrier as pt
@@ -55,8 +54,10 @@ def first_stage_frame(collection: Collection, run_path: str | os.PathLike, qids:
 def join_text(corpus: dict[str, str]) -> pt.Transformer:
     """Adds each passage's ``text`` (what ``pt.text.get_text`` does for an index or a dataset). Candidates
     missing from the corpus are left out of the reranking, as ``rerank eval`` does (``^`` puts them back below)."""
-    return pt.apply.generic(lambda df: df[df["docno"].isin(corpus.keys())].assign(text=lambda d: d["docno"].map(corpus)),
-                            transform_outputs=lambda cols: [*cols, *(["text"] if "text" not in cols else [])])
+    return pt.apply.generic(
+        lambda df: df[df["docno"].isin(corpus.keys())].assign(text=lambda d: d["docno"].map(corpus)),
+        transform_outputs=lambda cols: [*cols, *(["text"] if "text" not in cols else [])],
+    )
 
 
 def second_config(base: Reranker, overrides: str) -> Reranker:
@@ -79,21 +80,30 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     return json.loads(frame.to_json(orient="records"))  # NaN -> null, numpy scalars -> JSON
 
 
-def run(collection: Collection, run_path: str | os.PathLike, rerankers: dict[str, Optional[Reranker]], *,
-        queries: Optional[int] = None, depth: int = 20) -> dict:
+def run(
+    collection: Collection,
+    run_path: str | os.PathLike,
+    rerankers: dict[str, Reranker | None],
+    *,
+    queries: int | None = None,
+    depth: int = 20,
+) -> dict:
     """pt.Experiment over ``rerankers`` (name -> Reranker, or None for the first stage alone; the first is
     the baseline) on the judged queries of ``run_path`` (sorted by qid, the first ``queries``)."""
     first = read_run(run_path)
     qids = sorted(q for q in first if q in collection.qrels and q in collection.queries)[:queries]
     topics = pd.DataFrame({"qid": qids, "query": [collection.queries[q] for q in qids]})
-    qrels = pd.DataFrame([{"qid": q, "docno": d, "label": label} for q in qids
-                          for d, label in collection.qrels[q].items()])
+    qrels = pd.DataFrame(
+        [{"qid": q, "docno": d, "label": label} for q in qids for d, label in collection.qrels[q].items()]
+    )
     first_stage = pt.Transformer.from_df(first_stage_frame(collection, run_path, qids))
     text = join_text(collection.corpus)
     stages = {name: None if r is None else LazyRankReranker(r) for name, r in rerankers.items()}
     # `^` appends the first stage's other candidates below the reranked head (scores shifted under it).
-    systems = {name: first_stage if s is None else (first_stage % depth >> text >> s) ^ first_stage
-               for name, s in stages.items()}
+    systems = {
+        name: first_stage if s is None else (first_stage % depth >> text >> s) ^ first_stage
+        for name, s in stages.items()
+    }
     results, seconds = {}, {}
     for name, system in systems.items():
         start = time.perf_counter()
@@ -107,17 +117,22 @@ def run(collection: Collection, run_path: str | os.PathLike, rerankers: dict[str
     frames, names = list(results.values()), list(results)
     table = pt.Experiment(frames, topics, qrels, measures, names=names, baseline=0, correction="holm")
     perquery = pt.Experiment(frames, topics, qrels, measures, names=names, perquery=True)
-    as_runs = {name: {q: list(zip(g["docno"], g["score"])) for q, g in frame.sort_values("rank").groupby("qid")}
-               for name, frame in results.items()}
+    as_runs = {
+        name: {q: list(zip(g["docno"], g["score"])) for q, g in frame.sort_values("rank").groupby("qid")}
+        for name, frame in results.items()
+    }
     return {
-        "queries": len(qids), "depth": depth,
+        "queries": len(qids),
+        "depth": depth,
         "measures": {str(m): key for key, m in standard.items()},  # pt.Experiment column -> rerank eval key
         "systems": {name: "first stage" if s is None else repr(s) for name, s in stages.items()},
-        "table": _records(table), "perquery": _records(perquery),
+        "table": _records(table),
+        "perquery": _records(perquery),
         "seconds_per_query": {name: round(s, 3) for name, s in seconds.items()},
         # The same runs through rerank.evaluation.compute_metrics (what `rerank eval` reports).
-        "rerank_eval_metrics": {name: compute_metrics(collection.qrels, r, collection.graded)
-                                for name, r in as_runs.items()},
+        "rerank_eval_metrics": {
+            name: compute_metrics(collection.qrels, r, collection.graded) for name, r in as_runs.items()
+        },
     }
 
 
@@ -128,8 +143,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--depth", type=int, default=20, help="BM25 candidates reranked per query")
     ap.add_argument("--queries", type=int, default=None, help="only the first N judged queries (by qid)")
     ap.add_argument("--model", default=None, help="model path or hub id; default: the shipped default reranker")
-    ap.add_argument("--second", default="first_stage_weight=0",
-                    help="RerankerConfig overrides of the second configuration, e.g. scoring=single_pass")
+    ap.add_argument(
+        "--second",
+        default="first_stage_weight=0",
+        help="RerankerConfig overrides of the second configuration, e.g. scoring=single_pass",
+    )
     ap.add_argument("--out", default="eval/results/pyterrier_dl19_cpu.json")
     args = ap.parse_args(upgrade_argv(sys.argv[1:] if argv is None else argv, DEPTH_ALIASES, "pyterrier_dl19"))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -137,11 +155,21 @@ def main(argv: list[str] | None = None) -> dict:
     run_path = args.run or default_run_path(collection)
     default = Reranker.from_pretrained(args.model)
     second = second_config(default, args.second)
-    report = run(collection, run_path, {"BM25": None, "default": default, "second": second},
-                 queries=args.queries, depth=args.depth)
-    report = {"command": " ".join(["python", "eval/pyterrier_dl19.py", *(argv or sys.argv[1:])]),
-              "collection": args.collection, "run": str(run_path), "pyterrier": pt.__version__,
-              "threads": os.environ.get("OMP_NUM_THREADS"), **report}
+    report = run(
+        collection,
+        run_path,
+        {"BM25": None, "default": default, "second": second},
+        queries=args.queries,
+        depth=args.depth,
+    )
+    report = {
+        "command": " ".join(["python", "eval/pyterrier_dl19.py", *(argv or sys.argv[1:])]),
+        "collection": args.collection,
+        "run": str(run_path),
+        "pyterrier": pt.__version__,
+        "threads": os.environ.get("OMP_NUM_THREADS"),
+        **report,
+    }
     ndcg = next(iter(report["measures"]))
     columns = ["name", *report["measures"], f"{ndcg} p-value", f"{ndcg} p-value corrected"]
     print(pd.DataFrame(report["table"])[columns].to_string(index=False))

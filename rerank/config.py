@@ -118,6 +118,7 @@ class RerankerConfig:
     model: Optional[str] = field(default=None, metadata={"help": "Record only: the model from_pretrained loaded (path or hub id; None = the default). Reranker(model, tokenizer, config) ignores it."})
     device: Optional[str] = field(default=None, metadata={"help": "Record only: the device from_pretrained was asked for (None = cuda if available else cpu). Reranker ignores it."})
     dtype: Optional[str] = field(default=None, metadata={"help": "Record only: the dtype from_pretrained was asked for (float32 | bfloat16 | float16; None = bf16 on GPU, fp32 on CPU). Reranker ignores it."})
+    precision: Optional[str] = field(default=None, metadata={"help": "Record only: the CPU precision from_pretrained ran the model in (fp32 | bf16 | int8, rerank.precision); None on GPU or with an explicit dtype."})
     strategy: str = field(default="full", metadata={"help": "'full': all passages in one prompt; 'sliding': back-to-front windows."})
     window_size: int = field(default=20, metadata={"help": "Passages per window for the sliding strategy."})
     stride: int = field(default=10, metadata={"help": "Step between sliding windows."})

@@ -38,6 +38,7 @@ class EvalConfig:
     pruning: Optional[str] = field(default=None, metadata={"help": "Prefill pruning: a preset ('default', 'fast') or depth:keep pairs like '0.1:0.5,0.33:0.25'; None = unpruned."})
     rank_top_k: Optional[int] = field(default=None, metadata={"help": "The top_k passed to Reranker.rerank(): decide only the best k (generate decodes only k identifiers); the rest keep the model's remaining order. None = all."})
     dtype: Optional[str] = field(default=None, metadata={"help": "Model dtype (float32, bfloat16)."})
+    precision: Optional[str] = field(default=None, metadata={"help": "CPU precision (auto | fp32 | bf16 | int8, rerank.precision); None = auto."})
     batch_size: int = field(default=1, metadata={"help": "Queries decoded together."})
     resume: bool = field(default=True, metadata={"help": "Skip queries already in output_dir/rankings.jsonl."})
 
@@ -178,7 +179,8 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
     if cfg.strategy != "none" and reranker is None:
         from .reranker import Reranker
 
-        reranker = Reranker.from_pretrained(cfg.model, device=dp.device, dtype=cfg.dtype, strategy=cfg.strategy,
+        reranker = Reranker.from_pretrained(cfg.model, device=dp.device, dtype=cfg.dtype, precision=cfg.precision,
+                                            strategy=cfg.strategy,
                                             window_size=cfg.window_size, stride=cfg.stride,
                                             max_passage_tokens=cfg.max_passage_tokens, batch_size=cfg.batch_size,
                                             scoring=cfg.scoring, first_stage_weight=cfg.first_stage_weight, prompt=cfg.prompt,

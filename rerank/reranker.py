@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from .config import PruningConfig, RerankerConfig
 from .decoding import TokenTable
 from .fusion import fuse_with_first_stage
+from .precision import apply_cpu_precision, resolve_precision
 from .presets import get_preset
 from .prompts import PromptEncoding, encode_prompt
 from .ranking import Window, WindowRanking, sliding_orders
@@ -78,7 +79,8 @@ class Reranker:
             _pruning.check_supported(model, self.config.pruning)
 
     @classmethod
-    def from_pretrained(cls, model: str | None = None, *, device=None, dtype=None, strategy: str = "full",
+    def from_pretrained(cls, model: str | None = None, *, device=None, dtype=None, precision: str | None = None,
+                        strategy: str = "full",
                         window_size: int = 20, stride: int = 10, max_passage_tokens: int | None = 100,
                         pruning: PruningConfig | None = None, **kwargs) -> "Reranker":
         """Load a model and build a reranker.
@@ -109,7 +111,15 @@ class Reranker:
                                 dtype=None if dtype is None else str(dtype).replace("torch.", ""),
                                 strategy=strategy, window_size=window_size, stride=stride,
                                 max_passage_tokens=max_passage_tokens, pruning=pruning, **kwargs)
+        if precision not in (None, "auto") and dtype is not None:
+            raise ValueError(f"give dtype ({dtype!r}) or precision ({precision!r}), not both")
         lm, tok = load_model_and_tokenizer(model, device=device, dtype=dtype)
+        if dtype is None and next(lm.parameters()).device.type == "cpu":
+            # CPU precision by measurement (rerank.precision): "auto" keeps fp32 unless a cheaper
+            # precision was measured lossless and this CPU runs it natively.
+            chosen = resolve_precision(precision)
+            lm = apply_cpu_precision(lm, chosen)
+            config.precision = chosen
         return cls(lm, tok, config)
 
     # ------------------------------------------------------------------ window primitive

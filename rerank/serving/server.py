@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--batch_size", type=_positive_int, default=8, help="prompts per forward pass")
     m.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     m.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16")
+    m.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "int8"],
+                   help="CPU precision (rerank.precision; default auto: fp32 unless measured lossless and native)")
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
@@ -94,7 +96,8 @@ def build_reranker(args: argparse.Namespace) -> Any:
     pruning = PruningConfig.from_spec(args.pruning) if args.pruning else None
     # A service wants one prefill per request: the model's own recommendation, else single-pass.
     scoring = serve_scoring(args)
-    return Reranker.from_pretrained(args.model, device=args.device, dtype=args.dtype, strategy=args.strategy,
+    return Reranker.from_pretrained(args.model, device=args.device, dtype=args.dtype, precision=args.precision,
+                                    strategy=args.strategy,
                                     max_passage_tokens=args.max_passage_tokens, pruning=pruning,
                                     scoring=scoring, batch_size=args.batch_size)
 

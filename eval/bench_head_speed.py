@@ -1,0 +1,227 @@
+"""Head scoring with the shipped weights, made cheaper: pruned prefill schedules and CPU precisions.
+
+    .venv/bin/python eval/bench_head_speed.py --collections msmarco-dl19 vaswani --depth 20 \
+        --out eval/results/head_speed_cpu.json --plot eval/results/head_speed_cpu.png
+
+For every query (BM25 top-``--depth``; Vaswani's first stage comes from ``rerank.retrieval``) the
+prompt is scored by the dense fp32 head and by each variant (a pruning schedule in fp32, or the
+dense prefill in int8 / bf16, see ``rerank.precision``), back to back in one process, so CPU
+contention hits all alike. Per variant the JSON holds nDCG@10 (ir-measures through
+``rerank.evaluation``), the mean top-10 overlap with the dense ranking, the mean Kendall tau of the
+scores, the median per-query prefill time ratio (pruned / dense) and the mean fraction of
+token-layers computed. Per-query records go to ``<out>.records.jsonl`` as they are measured, so an
+interrupted run resumes where it stopped. The PNG is the Pareto view: prefill time ratio vs nDCG@10.
+``precisions`` in the JSON says which precisions this CPU runs natively (bf16 is emulated, slower,
+without AVX-512 BF16 / AMX).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from rerank import PruningConfig, Reranker
+from rerank.data import default_run_path, load_collection, read_run
+from rerank.engine.head_pruning import score_positions_pruned
+from rerank.engine.passage_head import score_positions
+from rerank.evaluation import compute_metrics
+from rerank.precision import apply_cpu_precision, cpu_supports
+from rerank.prompts import relevance_token_ids
+from rerank.ranking import Window
+from rerank.retrieval import retrieve_collection
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# (name, spec, budget): early LazyLLM-like schedules, then later and gentler ones.
+SCHEDULES = [
+    ("default", "default", "global"),
+    ("default/per-passage", "default", "per_passage"),
+    ("fast", "fast", "global"),
+    ("late 50-25", "0.5:0.5,0.75:0.25", "global"),
+    ("late 50-25/per-passage", "0.5:0.5,0.75:0.25", "per_passage"),
+    ("third 50-25/per-passage", "0.33:0.5,0.67:0.25", "per_passage"),
+]
+PRECISIONS = ["int8", "bf16"]  # dense prefill, model converted by rerank.precision
+VARIANTS = SCHEDULES + [(p, "dense", p) for p in PRECISIONS]
+
+
+def _kendall_tau(a: list[float], b: list[float]) -> float:
+    n, s = len(a), 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            x, y = a[i] - a[j], b[i] - b[j]
+            s += (x > 0) - (x < 0) if y > 0 else ((x < 0) - (x > 0) if y < 0 else 0)
+    return s / max(1, n * (n - 1) // 2)
+
+
+def _top(scores: list[float], k: int = 10) -> set[int]:
+    return set(sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k])
+
+
+def _first_stage(name: str, depth: int) -> tuple[object, dict[str, list[str]]]:
+    collection = load_collection(str(DATA / name) if (DATA / name).is_dir() else name)
+    path = default_run_path(collection)
+    if path is not None:
+        return collection, read_run(path, depth)
+    ranked = retrieve_collection(collection.path, depth=depth)
+    return collection, {q: [d for d, _ in rows] for q, rows in ranked.items()}
+
+
+def measure(
+    rr: Reranker, models: dict, name: str, depth: int, records: Path, limit: int | None
+) -> tuple[list[dict], object]:
+    """Per-query dense and pruned scores for one collection (resumed from ``records``), and the collection."""
+    collection, run = _first_stage(name, depth)
+    qids = sorted(q for q in run if q in collection.qrels and q in collection.queries)[:limit]
+    done = {}
+    if records.is_file():
+        for line in records.read_text().splitlines():
+            row = json.loads(line)
+            if row["collection"] == name and row["depth"] == depth:
+                done[row["qid"]] = row
+    yes, no = relevance_token_ids(rr.tokenizer)
+    configs = [
+        (label, PruningConfig(**{**vars(PruningConfig.from_spec(spec)), "budget": budget}))
+        for label, spec, budget in SCHEDULES
+    ]
+    with records.open("a") as log:
+        for n, qid in enumerate(qids):
+            if qid in done:
+                continue
+            docids = run[qid]
+            enc = rr.encode(Window(query=collection.queries[qid], passages=[collection.corpus[d] for d in docids]))
+            prompt, reads, mask = [enc.input_ids], [enc.passage_end_positions()], [enc.prunable_mask()]
+            row = {"collection": name, "depth": depth, "qid": qid, "docids": docids, "tokens": len(enc.input_ids)}
+            tick = time.perf_counter()
+            row["dense"] = score_positions(rr.model, prompt, reads, yes, no, rr.tokenizer.pad_token_id).scores[0]
+            row["dense_seconds"] = time.perf_counter() - tick
+            row["pruned"] = {}
+            for label, config in configs:
+                tick = time.perf_counter()
+                out = score_positions_pruned(rr.model, prompt, reads, mask, yes, no, config)
+                row["pruned"][label] = {
+                    "scores": out.scores[0],
+                    "seconds": time.perf_counter() - tick,
+                    "computed_fraction": out.prefill.computed_fraction,
+                }
+            for label, model in models.items():
+                tick = time.perf_counter()
+                out = score_positions(model, prompt, reads, yes, no, rr.tokenizer.pad_token_id)
+                row["pruned"][label] = {
+                    "scores": out.scores[0],
+                    "seconds": time.perf_counter() - tick,
+                    "computed_fraction": 1.0,
+                }
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            done[qid] = row
+            print(f"{name} {n + 1}/{len(qids)} dense {row['dense_seconds']:.2f}s", flush=True)
+    return [done[q] for q in qids], collection
+
+
+def summarise(rows: list[dict], qrels: dict, graded: bool) -> dict:
+    def ndcg(key):
+        run = {}
+        for r in rows:
+            scores = r["dense"] if key is None else r["pruned"][key]["scores"]
+            run[r["qid"]] = [(d, s) for d, s in zip(r["docids"], scores)]
+        return round(compute_metrics(qrels, run, graded=graded)["ndcg@10"], 4)
+
+    out = {
+        "queries": len(rows),
+        "dense": {
+            "ndcg@10": ndcg(None),
+            "median_seconds": round(statistics.median(r["dense_seconds"] for r in rows), 3),
+        },
+    }
+    for label, spec, budget in VARIANTS:
+        cells = [r["pruned"][label] for r in rows]
+        out[label] = {
+            "spec": spec,
+            "budget": budget,
+            "ndcg@10": ndcg(label),
+            "top10_overlap": round(
+                statistics.mean(len(_top(r["dense"]) & _top(c["scores"])) / 10 for r, c in zip(rows, cells)), 3
+            ),
+            "kendall_tau": round(
+                statistics.mean(_kendall_tau(r["dense"], c["scores"]) for r, c in zip(rows, cells)), 3
+            ),
+            "prefill_ratio": round(
+                statistics.median(c["seconds"] / r["dense_seconds"] for r, c in zip(rows, cells)), 3
+            ),
+            "computed_fraction": round(statistics.mean(c["computed_fraction"] for c in cells), 3),
+        }
+    return out
+
+
+def plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, cell in report["collections"].items():
+        labels = [label for label, _, _ in VARIANTS]
+        xs = [1.0] + [cell[label]["prefill_ratio"] for label in labels]
+        ys = [cell["dense"]["ndcg@10"]] + [cell[label]["ndcg@10"] for label in labels]
+        ax.scatter(xs, ys, label=name)
+        for label, x, y in zip(["dense"] + labels, xs, ys):
+            ax.annotate(label, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.set_xlabel("prefill time, pruned / dense (median per query)")
+    ax.set_ylabel("nDCG@10 (head scoring, model alone)")
+    ax.set_title(f"Cheaper head scoring, shipped weights, top-{report['depth']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--collections", nargs="+", default=["msmarco-dl19", "vaswani"], help="Folders under ../shared/data (or paths)."
+    )
+    ap.add_argument("--depth", type=int, default=20, help="BM25 candidates per query.")
+    ap.add_argument("--limit_queries", type=int, default=None, help="First N judged queries per collection.")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads.")
+    ap.add_argument("--out", default="eval/results/head_speed_cpu.json")
+    ap.add_argument("--plot", default="eval/results/head_speed_cpu.png", help="PNG path; '' for none.")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rr = Reranker.from_pretrained(first_stage_weight=0.0, precision="fp32")
+    models = {p: apply_cpu_precision(copy.deepcopy(rr.model), p) for p in PRECISIONS}
+    records = Path(args.out).with_suffix(".records.jsonl")
+    records.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "model": "shipped default (head)",
+        "depth": args.depth,
+        "threads": args.threads,
+        "schedules": {label: {"spec": spec, "budget": budget} for label, spec, budget in SCHEDULES},
+        "precisions": {p: {"native_on_this_cpu": cpu_supports(p)} for p in PRECISIONS},
+        "collections": {},
+    }
+    for name in args.collections:
+        rows, collection = measure(rr, models, name, args.depth, records, args.limit_queries)
+        report["collections"][name] = summarise(rows, collection.qrels, collection.graded)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    if args.plot:
+        plot(report, args.plot)
+    for name, cell in report["collections"].items():
+        print(f"{name}: dense nDCG@10 {cell['dense']['ndcg@10']}")
+        for label, _, _ in VARIANTS:
+            c = cell[label]
+            print(
+                f"  {label:26s} nDCG {c['ndcg@10']:.4f} overlap {c['top10_overlap']:.2f} tau {c['kendall_tau']:.2f} "
+                f"prefill x{c['prefill_ratio']:.2f} computed {c['computed_fraction']:.2f}"
+            )
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Arithmetic precision on CPU: what the processor supports, and turning a loaded model into it.
+
+Three precisions are known: ``"fp32"`` (the reference), ``"bf16"`` (native only on CPUs with
+AVX-512 BF16 or AMX; elsewhere PyTorch emulates it, slower than fp32) and ``"int8"`` (dynamic
+quantization of the decoder's linear layers: int8 weights, activations quantized per call, through
+the fbgemm / x86 kernels of AVX2 and newer CPUs). ``"auto"`` picks the fastest precision whose
+quality was measured within 0.005 nDCG@10 of fp32 for the shipped model (``eval/bench_precision.py``)
+among those this CPU supports, else fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+
+# Fastest first; only precisions measured within 0.005 nDCG@10 of fp32 on the shipped model belong
+# here (eval/results/precision_cpu.json): "auto" takes the first one the CPU supports.
+AUTO_ORDER: tuple[str, ...] = ("fp32",)
+
+
+def cpu_supports(precision: str) -> bool:
+    """Whether this CPU runs ``precision`` natively (fp32 always does)."""
+    if precision == "fp32":
+        return True
+    if precision == "bf16":
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(check()) if check is not None else False
+    if precision == "int8":
+        engines = torch.backends.quantized.supported_engines
+        capability = torch.backends.cpu.get_cpu_capability()
+        return ("x86" in engines or "fbgemm" in engines) and capability in ("AVX2", "AVX512")
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def resolve_precision(precision: str | None) -> str:
+    """The precision to run on this CPU: ``"auto"`` / None chooses; an unsupported one falls back to fp32.
+
+    The fallback warns: an emulated precision would be silently slower than fp32.
+    """
+    if precision is None or precision == "auto":
+        return next((p for p in AUTO_ORDER if cpu_supports(p)), "fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if not cpu_supports(precision):
+        logger.warning("this CPU has no native %s kernels (capability %s): running fp32 instead", precision,
+                       torch.backends.cpu.get_cpu_capability())
+        return "fp32"
+    return precision
+
+
+def apply_cpu_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """Return ``model`` in ``precision`` (a resolved one: fp32 / bf16 / int8) for CPU inference.
+
+    int8 quantizes every ``nn.Linear`` of the decoder stack dynamically; the LM head stays fp32, so
+    the logits head scoring and decoding read keep full precision.
+
+    Example:
+        >>> lm = apply_cpu_precision(lm, resolve_precision("int8"))   # doctest: +SKIP
+    """
+    if precision == "fp32":
+        return model.float()
+    if precision == "bf16":
+        return model.to(torch.bfloat16)
+    if precision == "int8":
+        from torch.ao.quantization import quantize_dynamic
+
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+        quantized = quantize_dynamic(decoder, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        assert quantized is decoder
+        return model
+    raise ValueError(f"apply_cpu_precision needs fp32, bf16 or int8, got {precision!r}")
