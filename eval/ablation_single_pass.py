@@ -24,7 +24,6 @@ from pathlib import Path
 from rerank import PruningConfig, Reranker, RerankerConfig
 from rerank.data import default_run_path, load_collection, read_run, recover_records
 from rerank.evaluation import compute_metrics, format_table
-from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
 from rerank.resume import append_record, check_same_settings, save_settings
 from rerank.script_support import ranking_settings
 
@@ -60,7 +59,7 @@ def _depth(record: dict) -> int:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = FlagParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", required=True, help="NAME=PATH pairs (PATH 'default' = the base model).")
     ap.add_argument("--collection", default="../shared/data/msmarco-dl19")
     ap.add_argument("--groups", type=int, nargs="+", default=[20, 100], help="Depths N (BM25 top-N).")
@@ -74,17 +73,17 @@ def main(argv: list[str] | None = None) -> dict:
         "each adding a 'single_pass+NAME' variant.",
     )
     ap.add_argument("--queries", type=int, default=None, help="First K judged queries (default all).")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch_size", type=int, default=8)
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None)
-    ap.add_argument("--deadline-minutes", type=float, default=None)
+    ap.add_argument("--deadline_minutes", type=float, default=None)
     ap.add_argument("--output", default="eval/results/single_pass_ablation.json")
     ap.add_argument(
-        "--summarize-only",
+        "--summarize_only",
         action="store_true",
         help="Write the JSON from the records gathered so far (e.g. merged from several runs), ranking nothing.",
     )
-    args = ap.parse_args(upgrade_argv(sys.argv[1:] if argv is None else argv, DEPTH_ALIASES, __file__))
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     if len(args.budgets) != len(args.groups):
         ap.error(f"--budgets needs one value per group ({len(args.groups)}), got {len(args.budgets)}")
     if any("=" not in m or m.startswith("=") for m in args.models):

@@ -29,8 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
-
 REPO = Path(__file__).resolve().parents[1]
 CPU_CONFIG = REPO / "configs" / "accelerate" / "cpu_2proc.yaml"
 
@@ -107,7 +105,7 @@ def same_output(a: Path, b: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = FlagParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collection", default="../shared/data/msmarco-dl19")
     parser.add_argument(
         "--depth", type=int, default=20, help="first-stage candidates reranked per query (old spelling: --top-k)"
@@ -115,9 +113,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--queries", type=int, default=20, help="the first N judged queries (sorted by qid)")
     parser.add_argument("--model", default="base", help="'base' = raw SmolLM2-135M-Instruct; a path or hub id")
     parser.add_argument("--scoring", default=None, help="generate | single_pass | head (default: the model's)")
-    parser.add_argument("--work-dir", default="runs/bench_data_parallel", help="output folders and logs of both runs")
+    parser.add_argument("--work_dir", default="runs/bench_data_parallel", help="output folders and logs of both runs")
     parser.add_argument("--output", default="eval/results/data_parallel_cpu.json")
-    args = parser.parse_args(upgrade_argv(sys.argv[1:] if argv is None else argv, DEPTH_ALIASES, __file__))
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     args.collection = str(Path(args.collection).resolve())
 
     work = (REPO / args.work_dir).resolve()

@@ -14,6 +14,7 @@ same prompts, one warm-up group, medians over ``--batch_groups`` groups (0 skips
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -25,7 +26,6 @@ import torch
 from rerank import Reranker
 from rerank.data import default_run_path, load_collection, read_run
 from rerank.engine import DenseSession, rank_prompts
-from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
 from rerank.prompts import encode_prompt
 
 
@@ -95,16 +95,16 @@ def batched_summary(rows: list[dict], batch_size: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = FlagParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collection", default="../shared/data/msmarco-dl19")
     parser.add_argument("--depth", type=int, default=20, help="BM25 candidates per prompt (old spelling: --top-n)")
     parser.add_argument("--queries", type=int, default=10)
-    parser.add_argument("--max-passage-tokens", type=int, default=100)
+    parser.add_argument("--max_passage_tokens", type=int, default=100)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--batch-groups", type=int, default=5, help="timed batches after one warm-up (0: skip)")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--batch_groups", type=int, default=5, help="timed batches after one warm-up (0: skip)")
     parser.add_argument("--output", default="eval/results/decoding_cpu.json")
-    args = parser.parse_args(upgrade_argv(sys.argv[1:] if argv is None else argv, DEPTH_ALIASES, __file__))
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     collection = load_collection(args.collection)
     run = read_run(default_run_path(collection))

@@ -33,6 +33,7 @@ Speed numbers are ratios measured in the same process run, not absolute times.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -50,7 +51,6 @@ from rerank.engine.generate import rank_prompts
 from rerank.engine.pruning import PrunedSession
 from rerank.engine.session import DenseSession
 from rerank.evaluation import compute_metrics
-from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
 from rerank.ranking import Window
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -389,7 +389,7 @@ def print_table(fidelity: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = FlagParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--data",
         default=str(ROOT / ".." / "shared" / "data" / "msmarco-dl19"),
@@ -401,9 +401,9 @@ def main(argv: list[str] | None = None) -> None:
         "--threads", type=int, default=1, help="torch threads; 1 keeps CPU-time ratios meaningful on a shared machine"
     )
     parser.add_argument("--depth", type=int, default=50, help="passages per prompt, BM25 order (old spelling: --top-n)")
-    parser.add_argument("--max-passage-tokens", type=int, default=100)
-    parser.add_argument("--limit-queries", type=int, default=None, help="fidelity queries (default all 43)")
-    parser.add_argument("--curve-queries", type=int, default=12, help="queries for the non-default curve points")
+    parser.add_argument("--max_passage_tokens", type=int, default=100)
+    parser.add_argument("--limit_queries", type=int, default=None, help="fidelity queries (default all 43)")
+    parser.add_argument("--curve_queries", type=int, default=12, help="queries for the non-default curve points")
     parser.add_argument(
         "--curve",
         nargs="*",
@@ -411,13 +411,13 @@ def main(argv: list[str] | None = None) -> None:
         choices=[k for k in PRESETS if k != "default"],
         help="extra schedules (names of PRESETS)",
     )
-    parser.add_argument("--decode-top-k", type=int, default=10, help="identifiers decoded in the fidelity loop")
-    parser.add_argument("--timing-queries", type=int, default=2)
+    parser.add_argument("--decode_top_k", type=int, default=10, help="identifiers decoded in the fidelity loop")
+    parser.add_argument("--timing_queries", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-max-context", action="store_true", help="skip timing at the largest N that fits")
-    parser.add_argument("--e2e-queries", type=int, default=2)
+    parser.add_argument("--no_max_context", action="store_true", help="skip timing at the largest N that fits")
+    parser.add_argument("--e2e_queries", type=int, default=2)
     parser.add_argument(
-        "--max-fidelity-minutes",
+        "--max_fidelity_minutes",
         type=float,
         default=None,
         help="stop starting new fidelity queries after this long (the JSON says how many ran)",
@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
         default=str(ROOT / "eval" / "results" / "pruning_cpu.png"),
         help="PNG of the speed/fidelity curve ('' to skip)",
     )
-    args = parser.parse_args(upgrade_argv(sys.argv[1:] if argv is None else argv, DEPTH_ALIASES, __file__))
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

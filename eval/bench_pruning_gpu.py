@@ -18,6 +18,7 @@ tokens each behind a protected identifier, then a protected closing instruction.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
@@ -25,8 +26,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-
-from rerank.flags import FlagParser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,11 +113,11 @@ def sync(device: torch.device) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = FlagParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="llama3-8b", choices=sorted(ARCHS))
     parser.add_argument("--tokens", type=int, nargs="+", default=[8192, 16384, 32768])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--passage-tokens", type=int, default=90)
+    parser.add_argument("--passage_tokens", type=int, default=90)
     parser.add_argument("--tiny", action="store_true", help="small model on CPU, short prompts: checks the script")
     parser.add_argument("--output", default=str(ROOT / "eval" / "results" / "pruning_gpu.json"))
     args = parser.parse_args(argv)

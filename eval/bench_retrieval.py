@@ -8,6 +8,7 @@ shipped; 93 queries). Writes nDCG@10, RR@10, R@100 and index/search seconds per 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -15,7 +16,6 @@ from pathlib import Path
 
 from rerank.data import load_collection
 from rerank.evaluation import compute_metrics
-from rerank.flags import FlagParser
 from rerank.retrieval import BM25Index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "dat
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = FlagParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="eval/results/retrieval_cpu.json")
     ap.add_argument("--collections", default="beir-scifact,vaswani")
     args = ap.parse_args(argv)

@@ -30,8 +30,6 @@ from pathlib import Path
 
 import httpx
 
-from rerank.flags import FlagParser
-
 BATCHING_OFF = {"max_batch_size": 1, "max_wait_ms": 0.0}  # every request its own model call, no waiting
 
 
@@ -204,7 +202,7 @@ def requests_for(args: argparse.Namespace, concurrency: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = FlagParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collection", default="../shared/data/msmarco-dl19")
     parser.add_argument("--model", default=None, help="model path or hub id (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--device", default=None)
@@ -212,15 +210,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pruning", default=None)
     parser.add_argument("--queries", type=int, default=20, help="distinct requests (DL19 judged queries), cycled")
     parser.add_argument("--passages", type=int, default=20, help="documents per request (BM25 top-N)")
-    parser.add_argument("--max-passage-tokens", type=int, default=100)
+    parser.add_argument("--max_passage_tokens", type=int, default=100)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument(
         "--rounds", type=int, default=4, help="requests per level = max(min-requests, rounds x concurrency)"
     )
-    parser.add_argument("--min-requests", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (both modes)")
-    parser.add_argument("--max-batch-size", type=int, default=8, help="batching on: requests per batched call")
-    parser.add_argument("--max-wait-ms", type=float, default=10.0, help="batching on: wait for batch mates")
+    parser.add_argument("--min_requests", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=8, help="prompts per forward pass (both modes)")
+    parser.add_argument("--max_batch_size", type=int, default=8, help="batching on: requests per batched call")
+    parser.add_argument("--max_wait_ms", type=float, default=10.0, help="batching on: wait for batch mates")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 6 queries x 3 passages of 24 tokens, few requests per level"
     )

@@ -22,7 +22,6 @@ from pathlib import Path
 from rerank import PruningConfig, Reranker, RerankerConfig
 from rerank.data import default_run_path, load_collection, read_run, recover_records
 from rerank.evaluation import compute_metrics, format_table
-from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
 from rerank.resume import append_record, check_same_settings, save_settings
 from rerank.script_support import ranking_settings
 
@@ -61,7 +60,7 @@ def resume_settings(args: argparse.Namespace, variants: dict, budgets: list[int]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = FlagParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collection", default="../shared/data/msmarco-dl19")
     parser.add_argument(
         "--groups",
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="N:Q pairs: rerank the top N of the first Q judged queries",
     )
     parser.add_argument(
-        "--max-passage-tokens",
+        "--max_passage_tokens",
         type=int,
         nargs="+",
         default=[100, 100, 60],
@@ -93,9 +92,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default=None)
     parser.add_argument("--output", default="eval/results/strategies_cpu.json")
     parser.add_argument(
-        "--summarize-only", action="store_true", help="write the JSON from the records gathered so far, ranking nothing"
+        "--summarize_only", action="store_true", help="write the JSON from the records gathered so far, ranking nothing"
     )
-    args = parser.parse_args(upgrade_argv(sys.argv[1:] if argv is None else argv, DEPTH_ALIASES, __file__))
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     variants = {v: VARIANTS[v] for v in args.variants}
     for spec in args.schedules:
         name, _, text = spec.partition("=")

@@ -48,7 +48,7 @@ for extra_model in ${EXTRA_MODELS:-}; do models+=("$extra_model"); done
 stamp "ablation: ${models[*]:-no model trained}"
 [ ${#models[@]} -gt 0 ] && $PY eval/ablation_single_pass.py --models "${models[@]}" \
     --collection "${COLLECTION:-../shared/data/msmarco-dl19}" --groups 20 100 50 --budgets 100 60 100 \
-    --device "${DEVICE:-cuda}" --dtype float32 --batch-size 16 --deadline-minutes "$ABLATION_MIN" \
+    --device "${DEVICE:-cuda}" --dtype float32 --batch_size 16 --deadline_minutes "$ABLATION_MIN" \
     --variants generate single_pass single_pass+prune generate+prune sliding \
     --schedules "mid=0.05:0.3,0.25:0.1,0.5:0.04" "fast=fast" \
     --output "$OUT/ablation_gpu.json" 2>&1 | grep -v "it/s\]" | tail -n 40

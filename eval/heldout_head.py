@@ -11,13 +11,12 @@ accuracy against the label order, and the teacher KL term, each a mean over the 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
 
 import torch
-
-from rerank.flags import FlagParser
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rerank.train import parse_args, split_heldout
     from rerank.training_data import ExampleOptions, build_dataset
 
-    ap = FlagParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--models",
         nargs="+",

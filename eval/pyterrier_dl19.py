@@ -18,6 +18,7 @@ scores them (``n - r`` per query), so ``--queries N`` gives ``rerank eval --limi
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -33,7 +34,6 @@ import yaml
 from rerank import Reranker
 from rerank.data import Collection, default_run_path, load_collection, read_run
 from rerank.evaluation import compute_metrics, standard_measures
-from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
 from rerank.integrations.pyterrier import LazyRankReranker
 
 __all__ = ["main", "run"]
@@ -137,7 +137,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = FlagParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--collection", default="../shared/data/msmarco-dl19")
     ap.add_argument("--run", default=None, help="first-stage TREC run; default: the folder's run.bm25.trec")
     ap.add_argument("--depth", type=int, default=20, help="BM25 candidates reranked per query")
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="RerankerConfig overrides of the second configuration, e.g. scoring=single_pass",
     )
     ap.add_argument("--out", default="eval/results/pyterrier_dl19_cpu.json")
-    args = ap.parse_args(upgrade_argv(sys.argv[1:] if argv is None else argv, DEPTH_ALIASES, "pyterrier_dl19"))
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     collection = load_collection(args.collection)
     run_path = args.run or default_run_path(collection)

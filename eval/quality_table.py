@@ -20,12 +20,11 @@ Every cell is an ``rerank.evaluation.evaluate`` run in ``--work_dir/<system>/<co
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
 from pathlib import Path
-
-from rerank.flags import FlagParser
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -87,14 +86,14 @@ def build_reranker(system: dict, depth: int):
 def main(argv: list[str] | None = None) -> dict:
     from rerank.evaluation import EvalConfig, evaluate, format_table
 
-    ap = FlagParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--system", action="append", required=True, help="bm25 | minilm | NAME=MODEL:SCORING[:PRUNING]")
     ap.add_argument("--collections", default="dl19,scifact", help=f"Comma-separated, from {sorted(COLLECTIONS)}.")
     ap.add_argument("--depths", default="20,100", help="First-stage depths to rerank.")
-    ap.add_argument("--work-dir", default="runs/quality", help="Per-cell evaluation folders (resumable).")
+    ap.add_argument("--work_dir", default="runs/quality", help="Per-cell evaluation folders (resumable).")
     ap.add_argument("--out", default="eval/results/quality_cpu.json", help="JSON table to write.")
-    ap.add_argument("--limit-queries", type=int, default=None, help="Only the first N judged queries (a smoke run).")
-    ap.add_argument("--deadline-minutes", type=float, default=None, help="Start no new cell after this long.")
+    ap.add_argument("--limit_queries", type=int, default=None, help="Only the first N judged queries (a smoke run).")
+    ap.add_argument("--deadline_minutes", type=float, default=None, help="Start no new cell after this long.")
     args = ap.parse_args(argv)
     systems = [parse_system(s) for s in args.system]
     collections = [c.strip() for c in args.collections.split(",") if c.strip()]

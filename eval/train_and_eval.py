@@ -22,8 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-from rerank.flags import DEPTH_ALIASES, FlagParser, upgrade_argv
-
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -138,7 +136,7 @@ def evaluate(model_path: str | None, queries: list[str], free_queries: int, dept
 
 
 def main(argv=None) -> int:
-    ap = FlagParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="runs/train_and_eval", help="Cache folder for labels, adapters, partial results.")
     ap.add_argument("--out", default="eval/results/train_and_eval.json")
     ap.add_argument("--teacher", default="embed")
@@ -149,7 +147,7 @@ def main(argv=None) -> int:
     ap.add_argument("--depth", type=int, default=20, help="BM25 candidates per DL19 query (old spelling: --top_n)")
     ap.add_argument("--losses", nargs="+", default=["importance", "lm"])
     ap.add_argument("--train_args", nargs=argparse.REMAINDER, default=[], help="Extra rerank.train overrides.")
-    args = ap.parse_args(upgrade_argv(sys.argv[1:] if argv is None else argv, DEPTH_ALIASES, __file__))
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     work = REPO / args.work
     work.mkdir(parents=True, exist_ok=True)
     out = REPO / args.out

@@ -10,13 +10,12 @@ mean step time after the first (warm-up) step, tokens/s (all ranks), peak RSS of
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-
-from rerank.flags import FlagParser
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {  # name -> (accelerate config or None, extra rerank.train overrides)
@@ -29,7 +28,7 @@ SETTINGS = {  # name -> (accelerate config or None, extra rerank.train overrides
 
 
 def main(argv=None) -> int:
-    ap = FlagParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train_file", required=True)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS))

@@ -19,7 +19,7 @@ LAZYRANK_DEBUG=1) shows the traceback instead.
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 import os
 import sys
@@ -36,11 +36,9 @@ def eval_main(argv: list[str] | None = None) -> dict:
 
     from .evaluation import EvalConfig, evaluate, format_table
 
-    from .flags import DEPTH_ALIASES, upgrade_argv
-
     parser = HfArgumentParser(EvalConfig, prog="rerank eval", description="Rerank a first-stage run and score it.")
     try:
-        (cfg,) = parser.parse_args_into_dataclasses(args=upgrade_argv(sys.argv[2:] if argv is None else argv, DEPTH_ALIASES, "rerank eval"))
+        (cfg,) = parser.parse_args_into_dataclasses(args=sys.argv[2:] if argv is None else argv)
     except (ValueError, TypeError) as exc:  # __post_init__ validation: a usage error, not a crash
         parser.error(str(exc))
     metrics = evaluate(cfg)
@@ -59,9 +57,8 @@ def eval_main(argv: list[str] | None = None) -> dict:
 
 
 def demo_main(argv: list[str] | None = None) -> None:
-    from .flags import FlagParser
 
-    parser = FlagParser(prog="rerank demo", description="Rerank the built-in example.")
+    parser = argparse.ArgumentParser(prog="rerank demo", description="Rerank the built-in example.")
     parser.add_argument("--model", default=None,
                         help="model path or hub id (default: the shipped reranker; 'base' = raw SmolLM2-135M-Instruct)")
     parser.add_argument("--top_k", type=int, default=None, help="return only the best k (generate: decode only k)")

@@ -12,7 +12,6 @@ from typing import Optional
 from .config import PruningConfig
 from .data import Collection, default_run_path, load_collection, read_run, write_run
 from .distributed import DataParallel, detect, existing_shards, load_union, merge_shards, own_log, remove_logs
-from .flags import RENAMED_SETTINGS
 from .resume import append_record, check_same_settings, save_settings
 
 logger = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ def standard_measures(graded: bool) -> dict:
     Other harnesses (pt.Experiment in eval/pyterrier_dl19.py) take these same measure objects, so
     their numbers are this module's.
     """
-    from ir_measures import R, RR, nDCG
+    from ir_measures import RR, R, nDCG
 
     rel = 2 if graded else 1
     return {"ndcg@10": nDCG @ 10, "rr@10": RR(rel=rel) @ 10, "recall@100": R(rel=rel) @ 100}
@@ -92,7 +91,7 @@ _RESUME_FREE_FIELDS = {"output_dir", "resume", "limit_queries", "batch_size"}
 def _check_same_ranking_setup(out_dir: Path, cfg: EvalConfig) -> None:
     """Refuse to resume rankings made under another setup (model, scoring, pruning, ...): mixing
     them would report metrics of no single system."""
-    check_same_settings(out_dir / "eval_config.json", asdict(cfg), ignore=_RESUME_FREE_FIELDS, renamed=RENAMED_SETTINGS,
+    check_same_settings(out_dir / "eval_config.json", asdict(cfg), ignore=_RESUME_FREE_FIELDS,
                         advice="use another --output_dir, or --no_resume to start over there")
 
 

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import dataclass, field
@@ -170,10 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     own retrieval) and writes rank_llm results, so runs move between the two toolkits.
     """
     from .config import SCORINGS
-    from .flags import FlagParser
     from .presets import PRESETS
 
-    ap = FlagParser(prog="rerank rank-llm", description="Rerank a rank_llm Request file into a Result file.")
+    ap = argparse.ArgumentParser(prog="rerank rank-llm", description="Rerank a rank_llm Request file into a Result file.")
     ap.add_argument("--input", required=True, help="rank_llm requests: a JSON list or JSONL.")
     ap.add_argument("--output", required=True, help="rank_llm results to write (.jsonl = JSONL, else a JSON list).")
     ap.add_argument("--model", default=None, help="Model path or hub id; default: the shipped reranker; 'base' = raw base.")

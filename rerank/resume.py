@@ -156,7 +156,7 @@ def save_settings(path: str | os.PathLike, settings: Mapping[str, Any], *, keep_
 
 
 def check_same_settings(path: str | os.PathLike, settings: Mapping[str, Any], *, ignore: Iterable[str] = (),
-                        what: str | None = None, advice: str = "", renamed: Mapping[str, str] | None = None) -> None:
+                        what: str | None = None, advice: str = "") -> None:
     """Refuse to resume records made under other settings: mixing them would measure no single system.
 
     Compares the settings saved at ``path`` with ``settings`` and raises ``ValueError`` listing
@@ -164,15 +164,10 @@ def check_same_settings(path: str | os.PathLike, settings: Mapping[str, Any], *,
     since (or a new benchmark group) is no change; ``ignore`` names settings that change no record
     (output folder, batch size). No saved file means nothing to compare with. ``what`` names the
     records in the message (default: the settings file's folder), ``advice`` says what to do.
-    ``renamed`` maps keys of older settings files to today's names (``{"top_k": "depth"}``), so a
-    rename never hides a change.
     """
     saved = load_settings(path)
     if saved is None:
         return
-    for old, new in (renamed or {}).items():
-        if old in saved and new not in saved and new in settings:
-            saved[new] = saved.pop(old)
     now = json.loads(json.dumps(dict(settings)))  # compare as saved: tuples become lists
     skip = set(ignore)
     changed = sorted(k for k in now if k not in skip and k in saved and saved[k] != now[k])

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -179,9 +180,8 @@ def write_rank_llm_requests(path: str, collection_dir: str, run: dict[str, list[
 def main(argv: Sequence[str] | None = None) -> int:
     """``rerank retrieve --collection DIR [--queries FILE] [--depth 100] --output run.trec``."""
     from .data import _read_jsonl, write_run
-    from .flags import DEPTH_ALIASES, FlagParser, upgrade_argv
 
-    ap = FlagParser(prog="rerank retrieve", description="BM25 first stage (bm25s) for a collection.")
+    ap = argparse.ArgumentParser(prog="rerank retrieve", description="BM25 first stage (bm25s) for a collection.")
     ap.add_argument("--collection", required=True, help="Folder with corpus.jsonl (shared or BEIR layout).")
     ap.add_argument("--queries", default=None, help="A queries.jsonl to use instead of the collection's own.")
     ap.add_argument("--depth", type=int, default=100, help="Candidates per query (old spelling: --top-k).")
@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="Also write the candidates as rank_llm requests (JSONL or a JSON list) for `rerank rank-llm`.")
     ap.add_argument("--k1", type=float, default=0.9)
     ap.add_argument("--b", type=float, default=0.4)
-    args = ap.parse_args(upgrade_argv(list(sys.argv[1:] if argv is None else argv), DEPTH_ALIASES, "rerank retrieve"))
+    args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.depth < 1:
         ap.error("--depth must be >= 1")
     queries = None

@@ -23,6 +23,7 @@ source, the nDCG@10 against the qrels of the input order, BM25, MiniLM, the ense
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -33,7 +34,6 @@ from tqdm import tqdm
 
 from rerank.data import load_collection, read_qrels, read_run
 from rerank.evaluation import compute_metrics
-from rerank.flags import FlagParser
 from rerank.prompts import sanitize
 from rerank.script_support import msmarco_triple_lists
 
@@ -197,19 +197,19 @@ class ListBM25:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = FlagParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/head/train.jsonl", help="Label JSONL to write.")
-    ap.add_argument("--list-size", type=int, default=20, help="Candidates per SelQA/WikiQA/MS MARCO list (cap).")
-    ap.add_argument("--scifact-depth", type=int, default=10, help="BM25 candidates per SciFact train claim.")
+    ap.add_argument("--list_size", type=int, default=20, help="Candidates per SelQA/WikiQA/MS MARCO list (cap).")
+    ap.add_argument("--scifact_depth", type=int, default=10, help="BM25 candidates per SciFact train claim.")
     ap.add_argument(
         "--teacher",
         choices=("minilm", "ensemble"),
         default="minilm",
         help="Soft scores and the order of unjudged passages: MiniLM cosine, or its ensemble with BM25.",
     )
-    ap.add_argument("--bm25-weight", type=float, default=0.5, help="Weight of BM25 in the ensemble teacher (0..1).")
+    ap.add_argument("--bm25_weight", type=float, default=0.5, help="Weight of BM25 in the ensemble teacher (0..1).")
     ap.add_argument(
-        "--judged-boost",
+        "--judged_boost",
         type=float,
         default=0.0,
         help="Soft score of a judged-relevant passage = best score in its list + boost * grade (0 = off).",

@@ -21,7 +21,6 @@ import random
 from pathlib import Path
 
 from rerank.data import iter_jsonl, load_collection, read_run
-from rerank.flags import FlagParser
 from rerank.labels import LabelConfig, run_labelling
 from rerank.script_support import msmarco_triple_lists
 
@@ -80,14 +79,14 @@ def promote(labels: Path, relevant: dict[str, set[str]], out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = FlagParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--out", default="runs/mix/mix.embed.jsonl", help="Label JSONL (a .candidates.jsonl goes beside it)."
     )
-    ap.add_argument("--list-size", type=int, default=20, help="Candidates per training list.")
+    ap.add_argument("--list_size", type=int, default=20, help="Candidates per training list.")
     ap.add_argument("--teacher", default="embed", help="Any rerank.labels teacher.")
     ap.add_argument(
-        "--promote-relevant",
+        "--promote_relevant",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="Put judged-relevant passages first in each label (teacher order kept).",

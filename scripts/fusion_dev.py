@@ -16,11 +16,10 @@ curve is written for every collection too, marked as not used for the choice.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
-
-from rerank.flags import FlagParser
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -68,12 +67,12 @@ def main(argv: list[str] | None = None) -> dict:
     from rerank.evaluation import EvalConfig, evaluate
     from rerank.retrieval import retrieve_collection
 
-    ap = FlagParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="runs/head/model", help="Model to fuse (path; 'default' = the shipped one).")
     ap.add_argument("--scoring", default="head")
     ap.add_argument("--depth", type=int, default=20)
-    ap.add_argument("--dev-collection", default=str(DATA / "vaswani"))
-    ap.add_argument("--work-dir", default="runs/fusion")
+    ap.add_argument("--dev_collection", default=str(DATA / "vaswani"))
+    ap.add_argument("--work_dir", default="runs/fusion")
     ap.add_argument("--apply", action="append", default=[], help="NAME=EVAL_DIR: report the chosen weight there.")
     ap.add_argument("--out", default="eval/results/fusion_cpu.json")
     args = ap.parse_args(argv)

@@ -11,11 +11,10 @@ adapters over ``--max_mb`` (25 MB).
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
-
-from rerank.flags import FlagParser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     from rerank.models import DEFAULT_MODEL_NAME, SHIPPED_WEIGHTS
 
-    ap = FlagParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="Output folder of `rerank train` (a LoRA adapter).")
     ap.add_argument("--name", default=SHIPPED_WEIGHTS)
     ap.add_argument("--quality", default=None, help="eval/quality_table.py JSON for the card's scores.")
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> Path:
         "'default' = build_training_lists.py's default labels.",
     )
     ap.add_argument("--dtype", default="float32", choices=["bfloat16", "float32"])
-    ap.add_argument("--max-mb", type=float, default=25.0)
+    ap.add_argument("--max_mb", type=float, default=25.0)
     args = ap.parse_args(argv)
     run = Path(args.run)
     if not (run / "adapter_config.json").is_file():

@@ -73,7 +73,7 @@ def test_default_model_top_k_and_api(real_reranker):
 def test_cli_demo_runs(capsys):
     from rerank.cli import main
 
-    assert main(["demo", "--top-k", "2"]) == 0
+    assert main(["demo", "--top_k", "2"]) == 0
     text = capsys.readouterr().out
     assert "prefill" in text and "strategy=full" in text
 

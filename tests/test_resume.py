@@ -188,7 +188,7 @@ def tiny_dir(tmp_path_factory, tokenizer):
 def test_bench_strategies_refuses_another_model_or_budget(tmp_path, tiny_collection, tiny_dir, capsys):
     bench = _script("bench_strategies")
     out = tmp_path / "s.json"
-    base = ["--collection", tiny_collection, "--groups", "3:1", "--max-passage-tokens", "20", "--variants", "full",
+    base = ["--collection", tiny_collection, "--groups", "3:1", "--max_passage_tokens", "20", "--variants", "full",
             "--output", str(out)]
     first = bench.main(base + ["--model", tiny_dir])
     assert [r["queries"] for r in first["rows"]] == [1]
@@ -212,7 +212,7 @@ def test_ablation_refuses_a_name_pointing_at_another_model(tmp_path, tiny_collec
     ablation = _script("ablation_single_pass")
     out = tmp_path / "a.json"
     base = ["--collection", tiny_collection, "--groups", "3", "--budgets", "20", "--variants", "generate",
-            "--schedules", "--batch-size", "2", "--output", str(out)]
+            "--schedules", "--batch_size", "2", "--output", str(out)]
     first = ablation.main(base + ["--models", f"lm={tiny_dir}"])
     assert [r["queries"] for r in first["rows"]] == [1]
     with pytest.raises(ValueError, match=r"model\[lm\]: '.*tiny.*' -> 'elsewhere'"):
@@ -220,7 +220,7 @@ def test_ablation_refuses_a_name_pointing_at_another_model(tmp_path, tiny_collec
     with pytest.raises(ValueError, match=r"dtype: None -> 'bfloat16'"):
         ablation.main(base + ["--models", f"lm={tiny_dir}", "--dtype", "bfloat16"])
     # summarising ranks nothing and is never refused
-    assert ablation.main(base + ["--models", "lm=elsewhere", "--summarize-only"])["rows"][0]["queries"] == 1
+    assert ablation.main(base + ["--models", "lm=elsewhere", "--summarize_only"])["rows"][0]["queries"] == 1
     assert len(recover_records(out.with_suffix(".records.jsonl"))) == 1
     capsys.readouterr()
 
@@ -233,17 +233,6 @@ def test_eval_refuses_through_the_shared_check(tmp_path, monkeypatch):
     evaluation._check_same_ranking_setup(tmp_path, EvalConfig(collection="c", model="a", batch_size=4))
     with pytest.raises(ValueError, match=r"model: 'a' -> 'b'\); use another --output_dir"):
         evaluation._check_same_ranking_setup(tmp_path, EvalConfig(collection="c", model="b"))
-
-
-def test_eval_settings_saved_before_the_depth_rename_still_guard_resume(tmp_path):
-    """eval_config.json files written when the depth was called top_k: a depth change is still refused."""
-    from rerank import evaluation
-    from rerank.evaluation import EvalConfig
-
-    save_settings(tmp_path / "eval_config.json", {"model": "a", "top_k": 20, "rank_top_k": None})
-    evaluation._check_same_ranking_setup(tmp_path, EvalConfig(collection="c", model="a", depth=20))
-    with pytest.raises(ValueError, match=r"depth: 20 -> 100"):
-        evaluation._check_same_ranking_setup(tmp_path, EvalConfig(collection="c", model="a"))
 
 
 if __name__ == "__main__":  # pragma: no cover

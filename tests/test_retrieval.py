@@ -58,7 +58,7 @@ def test_cli_writes_a_run(tmp_path):
     (coll / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in CORPUS.items()))
     (coll / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "bees warm"}) + "\n")
     out = tmp_path / "run.trec"
-    assert main(["--collection", str(coll), "--depth", "2", "--output", str(out), "--index-dir", str(tmp_path / "i")]) == 0
+    assert main(["--collection", str(coll), "--depth", "2", "--output", str(out), "--index_dir", str(tmp_path / "i")]) == 0
     lines = out.read_text().split("\n")
     assert lines[0].split()[:4] == ["q1", "Q0", "d1", "1"]
     assert (tmp_path / "i" / "lazyrank_index.json").is_file()
@@ -81,7 +81,7 @@ def test_reproduces_the_shipped_scifact_run():
 
 
 def test_cli_rank_llm_round_trip(tmp_path, tokenizer):
-    """retrieve --rank-llm-output writes rank_llm requests that `rerank rank-llm` reranks into results
+    """retrieve --rank_llm_output writes rank_llm requests that `rerank rank-llm` reranks into results
     holding the same candidates (a permutation), scores and texts kept."""
     from conftest import make_tiny_llama
     from rerank.cli import main as cli_main
@@ -93,7 +93,7 @@ def test_cli_rank_llm_round_trip(tmp_path, tokenizer):
     (coll / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "bees warm"}) + "\n")
     requests = tmp_path / "requests.jsonl"
     assert main(["--collection", str(coll), "--depth", "3", "--output", str(tmp_path / "run.trec"),
-                 "--rank-llm-output", str(requests)]) == 0
+                 "--rank_llm_output", str(requests)]) == 0
     (req,) = read_rank_llm_requests(requests)
     assert req.query == "bees warm" and req.candidates[0].docid == "d1"
     assert [c.doc["contents"] for c in req.candidates] == [CORPUS[c.docid] for c in req.candidates]

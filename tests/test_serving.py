@@ -591,7 +591,7 @@ def test_rerank_serve_command_end_to_end(tiny_model, tokenizer, tmp_path):
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.Popen([sys.executable, "-m", "rerank.cli", "serve", "--model", str(model_dir), "--port", str(port),
-                             "--model-name", "tiny-cli", "--max-wait-ms", "1500", "--log-level", "warning"],
+                             "--model_name", "tiny-cli", "--max_wait_ms", "1500", "--log_level", "warning"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

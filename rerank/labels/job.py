@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Sequence
 
 from ..distributed import detect, existing_shards, merge_appended, merge_shards, own_log, shutdown, union_ids
-from ..flags import DEPTH_ALIASES, upgrade_argv
 from ..ranking import WindowRanker
 from ..resume import append_record
 from .candidates import load_candidates
@@ -103,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = HfArgumentParser(LabelConfig, prog="rerank labels", description="Build complete listwise labels (a full teacher permutation of all N candidates).")
     try:
         (config,) = parser.parse_args_into_dataclasses(
-            args=upgrade_argv(list(sys.argv[1:] if argv is None else argv), DEPTH_ALIASES, "rerank labels"))
+            args=list(sys.argv[1:] if argv is None else argv))
     except (ValueError, TypeError) as exc:  # __post_init__ validation: a usage error, not a crash
         parser.error(str(exc))
     summary = run_labelling(config)

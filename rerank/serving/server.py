@@ -16,7 +16,6 @@ import os
 import sys
 from typing import Any
 
-from ..flags import FlagParser
 from .app import ServerConfig, _require, create_app
 
 logger = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..config import SCORINGS, STRATEGIES
 
     defaults = ServerConfig()
-    p = FlagParser(prog="rerank serve", description="Serve a LazyRank reranker over HTTP "
+    p = argparse.ArgumentParser(prog="rerank serve", description="Serve a LazyRank reranker over HTTP "
                                 "(Cohere /v1/rerank and /v2/rerank, Jina, TEI /rerank).")
     m = p.add_argument_group("model")
     m.add_argument("--model", default=None, help="model path or hub id (default: the shipped reranker; 'base' = raw SmolLM2-135M-Instruct)")
