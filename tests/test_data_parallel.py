@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_tiny_llama
+from support import make_tiny_llama
 from rerank.distributed import (DataParallel, detect, existing_shards, merge_shards, own_log, shard_path,
                                 without_timings)
 from rerank.evaluation import EvalConfig, evaluate

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import shared_data
+from support import shared_data
 from rerank.data import load_collection, read_qrels, read_run, write_run
 from rerank.evaluation import EvalConfig, compute_metrics, evaluate
 
@@ -134,7 +134,7 @@ def test_recover_records_drops_torn_tail_so_appends_stay_whole(tmp_path):
 
 
 def test_first_stage_weight_one_returns_the_first_stage_and_is_recorded(tmp_path, tokenizer):
-    from conftest import make_tiny_llama
+    from support import make_tiny_llama
 
     write_collection(tmp_path / "c")
     (tmp_path / "c" / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "doc 2"}) + "\n")

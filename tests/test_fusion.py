@@ -65,7 +65,7 @@ def test_reranker_fuses_its_own_ranking(tiny_model, tokenizer, scoring):
 
 
 def test_from_pretrained_takes_the_recommended_weight(tmp_path, tokenizer):
-    from conftest import make_tiny_llama
+    from support import make_tiny_llama
 
     folder = tmp_path / "tiny"
     make_tiny_llama(len(tokenizer), layers=2).save_pretrained(folder)

@@ -66,7 +66,7 @@ def test_lm_loss_is_unchanged_by_the_tree(packed, tokenizer, tiny_model):
 def test_ranking_loss_overfits_one_batch(packed, tokenizer):
     """Gradients reach the model through the packed tree: a tiny model fits two labelled lists of
     different lengths (so with padding) within a few dozen steps."""
-    from conftest import make_tiny_llama
+    from support import make_tiny_llama
 
     from rerank.losses.identifier_ranking import IdentifierRankingLoss
 

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from conftest import shared_data
+from support import shared_data
 from rerank.labels import (Candidates, LabelConfig, iter_complete_labels, read_labels, run_labelling, scan_done)
 from rerank.ranking import WindowRanking
 from rerank.teachers import OpenAITeacher, TeacherError

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import make_tiny_llama
+from support import make_tiny_llama
 from rerank import Reranker, RerankerConfig
 from rerank.engine.passage_head import relevance_from_logits, score_positions
 from rerank.labels import LabelRecord

@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from conftest import make_tiny_llama
+from support import make_tiny_llama
 from rerank import Reranker
 from rerank.engine.passage_head import score_positions
 from rerank.precision import AUTO_ORDER, PRECISIONS, apply_cpu_precision, cpu_supports, resolve_precision

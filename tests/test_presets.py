@@ -14,7 +14,7 @@ import types
 import pytest
 import torch
 
-from conftest import make_tiny_llama
+from support import make_tiny_llama
 from rerank import Reranker, RerankerConfig
 from rerank.decoding import LETTERS, NUMBERS, PermutationConstraint, TokenTable, is_permutation, parse_ranking
 from rerank.engine import DenseSession

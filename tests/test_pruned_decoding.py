@@ -93,7 +93,7 @@ def test_pruned_batched_jump_forward_equals_token_by_token(tiny_model, tokenizer
 def test_unpruned_fallback_session_jumps_in_batches(tokenizer, encs):
     """On a model the pruned prefill cannot run (eager attention), the fallback dense session still
     takes ragged steps, so batched jump-forward stays on and exact."""
-    from conftest import make_tiny_llama
+    from support import make_tiny_llama
     from rerank.decoding import TokenTable
     from rerank.engine.generate import can_jump_forward
 

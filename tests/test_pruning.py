@@ -269,7 +269,7 @@ def test_from_spec_presets_and_pairs():
 def unsupported_models(tokenizer):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from conftest import make_tiny_llama
+    from support import make_tiny_llama
 
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=2048)).eval()
     eager = make_tiny_llama(len(tokenizer), layers=2)

@@ -14,7 +14,7 @@ pd = pytest.importorskip("pandas")
 pt = pytest.importorskip("pyterrier")
 
 from _serving_support import BEE_DOCS, LiveServer  # noqa: E402
-from conftest import shared_data  # noqa: E402
+from support import shared_data  # noqa: E402
 from rerank import Reranker, RerankerConfig  # noqa: E402
 from rerank.integrations.pyterrier import LazyRankReranker  # noqa: E402
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import make_tiny_llama
+from support import make_tiny_llama
 from rerank.query_generation import (GenerationConfig, LocalGenerator, OpenAIGenerator, clean_query,
                                      few_shot_prompt, generate_queries)
 

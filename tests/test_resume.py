@@ -177,7 +177,7 @@ def tiny_collection(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, tokenizer):
-    from conftest import make_tiny_llama
+    from support import make_tiny_llama
 
     folder = tmp_path_factory.mktemp("tiny")
     make_tiny_llama(len(tokenizer), layers=1).save_pretrained(folder)

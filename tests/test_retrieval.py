@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import shared_data
+from support import shared_data
 from rerank.retrieval import BM25Config, BM25Index, main
 
 CORPUS = {"d1": "Bees shiver to keep the hive warm in winter.", "d2": "Paris is the capital of France.",
@@ -83,7 +83,7 @@ def test_reproduces_the_shipped_scifact_run():
 def test_cli_rank_llm_round_trip(tmp_path, tokenizer):
     """retrieve --rank_llm_output writes rank_llm requests that `rerank rank-llm` reranks into results
     holding the same candidates (a permutation), scores and texts kept."""
-    from conftest import make_tiny_llama
+    from support import make_tiny_llama
     from rerank.cli import main as cli_main
     from rerank.interchange import read_rank_llm_requests
 

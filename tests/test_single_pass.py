@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import make_tiny_llama
+from support import make_tiny_llama
 from rerank import Reranker, RerankerConfig
 from rerank.decoding import TokenTable, is_permutation
 from rerank.engine import DenseSession

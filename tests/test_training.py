@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from conftest import make_tiny_llama, shared_data
+from support import make_tiny_llama, shared_data
 from rerank.labels import LabelConfig, LabelRecord, run_labelling
 from rerank.losses import IGNORE_INDEX
 from rerank.prompts import encode_prompt, encode_target

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from conftest import shared_data
+from support import shared_data
 from rerank.presets import PRESETS
 from rerank.prompts import encode_prompt, sanitize, tokenize_with_plain_spans, truncate_passages
 
