@@ -43,9 +43,9 @@ def ref(rr, query, docs, top_n=None):
 
 
 # ---------------------------------------------------------------------------------------- scores
-def _result(order, scores, ranked=None):
+def _result(order, scores, ranked=None, kind="log_prob"):
     return RankingResult(order=order, scores=scores, ranked_by_model=len(order) if ranked is None else ranked,
-                         stats=RankingStats())
+                         stats=RankingStats(), score_kind=kind)
 
 
 def test_relevance_rank_derived_is_one_minus_r_over_n():
