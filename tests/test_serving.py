@@ -15,8 +15,8 @@ import time
 
 import httpx
 import pytest
-
 from _serving_support import BEE_DOCS, Flaky, LiveServer, assert_matches, request_set
+
 from rerank import RankingResult, RankingStats, Reranker, RerankerConfig
 from rerank.serving import BatcherConfig, DynamicBatcher, QueueFullError, ServerConfig, create_app
 from rerank.serving.protocol import ApiError, parse_request
@@ -43,9 +43,9 @@ def ref(rr, query, docs, top_n=None):
 
 
 # ---------------------------------------------------------------------------------------- scores
-def _result(order, scores, ranked=None):
+def _result(order, scores, ranked=None, kind="log_prob"):
     return RankingResult(order=order, scores=scores, ranked_by_model=len(order) if ranked is None else ranked,
-                         stats=RankingStats())
+                         stats=RankingStats(), score_kind=kind)
 
 
 def test_relevance_rank_derived_is_one_minus_r_over_n():
