@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 from rerank import PruningConfig, Reranker, RerankerConfig
-from rerank.data import default_run_path, load_collection, read_run, recover_records
+from rerank.data.collection import default_run_path, load_collection, read_run, recover_records
+from rerank.data.resume import append_record, check_same_settings, save_settings
+from rerank.data.script_support import ranking_settings
 from rerank.evaluation import compute_metrics, format_table
-from rerank.resume import append_record, check_same_settings, save_settings
-from rerank.script_support import ranking_settings
 
 VARIANTS = {  # name: (strategy, scoring, pruning schedule key); --schedules adds single_pass+NAME
     "generate": ("full", "generate", None),

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from rerank import Reranker
-from rerank.data import default_run_path, load_collection, read_run
+from rerank.data.collection import default_run_path, load_collection, read_run
 from rerank.engine import DenseSession, rank_prompts
-from rerank.prompts import encode_prompt
+from rerank.prompting.prompts import encode_prompt
 
 
 def plain_greedy_seconds(reranker: Reranker, ids: list[int], steps: int) -> float:

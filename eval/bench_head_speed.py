@@ -3,7 +3,7 @@
     .venv/bin/python eval/bench_head_speed.py --collections msmarco-dl19 vaswani --depth 20 \
         --out eval/results/head_speed_cpu.json --plot eval/results/head_speed_cpu.png
 
-For every query (BM25 top-``--depth``; Vaswani's first stage comes from ``rerank.retrieval``) the
+For every query (BM25 top-``--depth``; Vaswani's first stage comes from ``rerank.data.bm25``) the
 prompt is scored by the dense fp32 head and by each variant (a pruning schedule in fp32, or the
 dense prefill in int8 / bf16, see ``rerank.precision``), back to back in one process, so CPU
 contention hits all alike. Per variant the JSON holds nDCG@10 (ir-measures through
@@ -27,14 +27,14 @@ from pathlib import Path
 import torch
 
 from rerank import PruningConfig, Reranker
-from rerank.data import default_run_path, load_collection, read_run
+from rerank.data.bm25 import retrieve_collection
+from rerank.data.collection import default_run_path, load_collection, read_run
 from rerank.engine.head_pruning import score_positions_pruned
 from rerank.engine.passage_head import score_positions
 from rerank.evaluation import compute_metrics
 from rerank.precision import apply_cpu_precision, cpu_supports
-from rerank.prompts import relevance_token_ids
+from rerank.prompting.prompts import relevance_token_ids
 from rerank.ranking import Window
-from rerank.retrieval import retrieve_collection
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -45,12 +45,12 @@ from pathlib import Path
 import torch
 
 from rerank import PruningConfig, Reranker, RerankerConfig
-from rerank.data import load_collection, read_run
-from rerank.decoding import complete_order
+from rerank.data.collection import load_collection, read_run
 from rerank.engine.generate import rank_prompts
 from rerank.engine.pruning import PrunedSession
 from rerank.engine.session import DenseSession
 from rerank.evaluation import compute_metrics
+from rerank.prompting.identifiers import complete_order
 from rerank.ranking import Window
 
 ROOT = Path(__file__).resolve().parent.parent

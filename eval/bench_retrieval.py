@@ -14,9 +14,9 @@ import os
 import time
 from pathlib import Path
 
-from rerank.data import load_collection
+from rerank.data.bm25 import BM25Index
+from rerank.data.collection import load_collection
 from rerank.evaluation import compute_metrics
-from rerank.retrieval import BM25Index
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))

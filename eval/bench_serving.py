@@ -35,7 +35,7 @@ BATCHING_OFF = {"max_batch_size": 1, "max_wait_ms": 0.0}  # every request its ow
 
 def load_requests(collection: str, queries: int, passages: int) -> list[tuple[str, list[str]]]:
     """(query, BM25 top-``passages`` texts) for the first ``queries`` judged queries."""
-    from rerank.data import default_run_path, load_collection, read_run
+    from rerank.data.collection import default_run_path, load_collection, read_run
 
     coll = load_collection(collection)
     run_path = default_run_path(coll)

@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 
 from rerank import PruningConfig, Reranker, RerankerConfig
-from rerank.data import default_run_path, load_collection, read_run, recover_records
+from rerank.data.collection import default_run_path, load_collection, read_run, recover_records
+from rerank.data.resume import append_record, check_same_settings, save_settings
+from rerank.data.script_support import ranking_settings
 from rerank.evaluation import compute_metrics, format_table
-from rerank.resume import append_record, check_same_settings, save_settings
-from rerank.script_support import ranking_settings
 
 VARIANTS = {  # name: (strategy, decode top_k, scoring, pruning spec or None); --schedules adds single_pass+NAME
     "full": ("full", None, "generate", None),

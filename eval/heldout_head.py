@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> dict:
     from rerank.engine.passage_head import score_positions
     from rerank.losses.passage_head import PassageHeadLoss
     from rerank.models import load_model_and_tokenizer
-    from rerank.prompts import relevance_token_ids
+    from rerank.prompting.prompts import relevance_token_ids
     from rerank.train import parse_args, split_heldout
     from rerank.training_data import ExampleOptions, build_dataset
 

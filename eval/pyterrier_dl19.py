@@ -32,7 +32,7 @@ import pyterrier as pt
 import yaml
 
 from rerank import Reranker
-from rerank.data import Collection, default_run_path, load_collection, read_run
+from rerank.data.collection import Collection, default_run_path, load_collection, read_run
 from rerank.evaluation import compute_metrics, standard_measures
 from rerank.integrations.pyterrier import LazyRankReranker
 

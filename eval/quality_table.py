@@ -35,12 +35,12 @@ class EmbeddingReranker:
     """all-MiniLM-L6-v2 cosine as a ``rerank_batch`` ranker (the offline embedding teacher)."""
 
     def __init__(self):
-        from rerank.teachers import EmbeddingTeacher
+        from rerank.labels.teachers import EmbeddingTeacher
 
         self.teacher = EmbeddingTeacher()
 
     def rerank_batch(self, queries, documents, top_k=None):
-        from rerank.prompts import sanitize
+        from rerank.prompting.prompts import sanitize
         from rerank.results import RankingResult, RankingStats
 
         out = []

@@ -86,8 +86,8 @@ def evaluate(model_path: str | None, queries: list[str], free_queries: int, dept
     from ir_measures import nDCG
 
     from rerank import Reranker
-    from rerank.data import load_collection, read_run
-    from rerank.prompts import encode_prompt
+    from rerank.data.collection import load_collection, read_run
+    from rerank.prompting.prompts import encode_prompt
 
     coll = load_collection(DATA / "msmarco-dl19")
     run = read_run(DATA / "msmarco-dl19" / "run.bm25.trec", depth=depth)
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     results["setup"] = vars(args) | {"machine": f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at start"}
     labels, summary = build_labels(work, args.teacher, args.label_queries)
     results["labels"] = {"file": str(labels.relative_to(REPO)), **summary}
-    from rerank.data import load_collection
+    from rerank.data.collection import load_collection
 
     queries = sorted(q for q in load_collection(DATA / "msmarco-dl19").qrels)[: args.eval_queries]
 

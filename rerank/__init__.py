@@ -1,9 +1,9 @@
 """LazyRank: long-context LLM listwise reranking (full ranking, complete labels, pruned prefill)."""
 
-from .config import PruningConfig, RerankerConfig
-from .ranking import Window, WindowRanker, WindowRanking
-from .reranker import Reranker
-from .results import RankingResult, RankingStats
+from rerank.config import PruningConfig, RerankerConfig
+from rerank.ranking import Window, WindowRanker, WindowRanking
+from rerank.reranker import Reranker
+from rerank.results import RankingResult, RankingStats
 
 __all__ = ["PruningConfig", "RankingResult", "RankingStats", "Reranker", "RerankerConfig", "Window",
            "WindowRanker", "WindowRanking"]

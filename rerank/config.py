@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .scorers import SCORINGS
+from rerank.prompting.presets import get_preset
+from rerank.scorers import SCORINGS
 
 STRATEGIES = ("full", "sliding")
 OVERFLOW_POLICIES = ("sliding", "error")
@@ -130,7 +131,7 @@ class RerankerConfig:
     pruning: Optional[PruningConfig] = field(default=None, metadata={"help": "Prefill pruning schedule; None = exact unpruned prefill."})
     scoring: str = field(default="generate", metadata={"help": "'generate': decode the permutation; 'single_pass': order by log P(first identifier = [k]) from one prefill; 'head': order by the relevance each passage's end token reads out (logit yes - no), from one prefill (needs a model trained for it)."})
     first_stage_weight: float = field(default=0.0, metadata={"help": "Fuse the model's ranking with the input (first-stage) order by weighted reciprocal-rank fusion (rerank.fusion): 0 = the model alone, 1 = the input order. Scores become the fused values (score_kind 'fused')."})
-    prompt: str = field(default="lazyrank", metadata={"help": "Prompt preset (rerank.presets.PRESETS): 'lazyrank' (default, LazyRank models) or the exact prompt of a published checkpoint: 'rank_zephyr', 'rank_vicuna', 'rank_llm_v2', 'first' and 'first_mistral' (letters, at most 26 passages per window), 'rank_mistral100', 'rank_gpt'. Word-budget presets ignore max_passage_tokens."})
+    prompt: str = field(default="lazyrank", metadata={"help": "Prompt preset (rerank.prompting.presets.PRESETS): 'lazyrank' (default, LazyRank models) or the exact prompt of a published checkpoint: 'rank_zephyr', 'rank_vicuna', 'rank_llm_v2', 'first' and 'first_mistral' (letters, at most 26 passages per window), 'rank_mistral100', 'rank_gpt'. Word-budget presets ignore max_passage_tokens."})
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -152,8 +153,6 @@ class RerankerConfig:
                 self.pruning = PruningConfig(**self.pruning)
             else:
                 raise TypeError(f"pruning must be a PruningConfig, a dict or None, got {type(self.pruning).__name__}")
-        from .presets import get_preset  # late: presets imports decoding, which config must not need
-
         preset = get_preset(self.prompt) if isinstance(self.prompt, str) else None
         if preset is None:
             raise TypeError(f"prompt must be a preset name (str), got {type(self.prompt).__name__}")
@@ -161,6 +160,6 @@ class RerankerConfig:
         if limit is not None and self.window_size > limit:
             raise ValueError(f"prompt={self.prompt!r} uses {preset.identifiers} identifiers (at most {limit} "
                              f"passages per window), got window_size={self.window_size}")
-        from .fusion import check_weight
+        from rerank.fusion import check_weight
 
         self.first_stage_weight = check_weight(self.first_stage_weight)

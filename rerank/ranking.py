@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
-from .decoding import complete_order
+from rerank.prompting.identifiers import complete_order
 
 
 @dataclass

@@ -7,15 +7,16 @@ import time
 from dataclasses import fields
 from typing import Any, Sequence
 
-from .config import PruningConfig, RerankerConfig
-from .decoding import TokenTable
-from .fusion import fuse_with_first_stage
-from .precision import apply_cpu_precision, resolve_precision
-from .presets import get_preset
-from .prompts import PromptEncoding, encode_prompt
-from .ranking import Window, WindowRanking, sliding_orders
-from .results import RankingResult, RankingStats
-from .scorers import scorer_class
+from rerank.batching import batcher_for
+from rerank.config import PruningConfig, RerankerConfig
+from rerank.engine.decoding import TokenTable
+from rerank.fusion import fuse_with_first_stage
+from rerank.precision import apply_cpu_precision, resolve_precision
+from rerank.prompting.presets import get_preset
+from rerank.prompting.prompts import PromptEncoding, encode_prompt
+from rerank.ranking import Window, WindowRanking, sliding_orders
+from rerank.results import RankingResult, RankingStats
+from rerank.scorers import scorer_class
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class Reranker:
         self._answer_budget: dict[int, int] = {}
         self.scorer = scorer_class(self.config.scoring)(model, tokenizer, self.table, self.preset, self.config.pruning)
         if self.config.pruning is not None:
-            from .engine import pruning as _pruning  # noqa: F401  (validates support early)
+            from rerank.engine import pruning as _pruning  # noqa: F401  (validates support early)
 
             _pruning.check_supported(model, self.config.pruning)
 
@@ -89,12 +90,12 @@ class Reranker:
         weights, ``scoring="head"``); ``model="base"`` the raw SmolLM2-135M-Instruct; otherwise a
         path or hub id. Extra keyword arguments are :class:`RerankerConfig` fields (``scoring``,
         ``num_passes``, ``on_overflow``, ``batch_size``, ``max_context``, ``prompt``: the prompt
-        preset, e.g. ``prompt="rank_zephyr"`` for RankZephyr, see :mod:`rerank.presets`;
+        preset, e.g. ``prompt="rank_zephyr"`` for RankZephyr, see :mod:`rerank.prompting.presets`;
         ``first_stage_weight``: fusion with the input order, see :mod:`rerank.fusion`). Fields left
         out take the model folder's recommendation (its ``lazyrank.json``, e.g. ``scoring``), else
         the defaults (``scoring="generate"``).
         """
-        from .models import load_model_and_tokenizer, recommended_settings
+        from rerank.models import load_model_and_tokenizer, recommended_settings
 
         known = {f.name for f in fields(RerankerConfig)}
         unknown = set(kwargs) - known
@@ -313,14 +314,12 @@ class Reranker:
         return [self._as_rank_output(r, d, top_k, return_documents) for r, d in zip(results, documents)]
 
     # ------------------------------------------------------------------ async API
-    # The model runs on one worker thread behind a queue (rerank.serving.batcher); concurrent callers
+    # The model runs on one worker thread behind a queue (rerank.batching); concurrent callers
     # that arrive within a few milliseconds share one batched rerank_batch call. Results equal the
     # synchronous methods'. Arguments are checked here, in the caller, so a bad call never reaches
     # the shared worker.
     async def arerank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> RankingResult:
         """Async :meth:`rerank` that never blocks the event loop; safe under many concurrent callers."""
-        from .serving.batcher import batcher_for
-
         query, documents, top_k = _check_query(query), _check_documents(documents), _check_top_k(top_k)
         return await batcher_for(self).arerank(query, documents, top_k)
 

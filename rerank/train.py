@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
-from .losses import LOSSES, build_loss
+from rerank.losses import LOSSES, build_loss
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class LazyRankTrainingArguments(TrainingArguments):
     corpus_file: Optional[str] = field(default=None, metadata={"help": "Collection folder or corpus.jsonl for labels stored as ids only."})
     on_invalid_labels: str = field(default="error", metadata={"help": "A final_list that is not a permutation of initial_list: 'error' or 'skip' (counted)."})
     max_passage_tokens: Optional[int] = field(default=100, metadata={"help": "Per-passage token budget; must match inference (Reranker's max_passage_tokens)."})
-    prompt: str = field(default="lazyrank", metadata={"help": "Prompt preset (rerank.presets.PRESETS) to train on, e.g. rank_mistral100 to continue a RankMistral100-style checkpoint; numeric identifiers only. Recorded in lazyrank.json so inference uses the same prompt."})
+    prompt: str = field(default="lazyrank", metadata={"help": "Prompt preset (rerank.prompting.presets.PRESETS) to train on, e.g. rank_mistral100 to continue a RankMistral100-style checkpoint; numeric identifiers only. Recorded in lazyrank.json so inference uses the same prompt."})
     passages_per_example: Optional[int] = field(default=None, metadata={"help": "Keep the first-stage top-k candidates of each label; None = all."})
     shuffle_initial_order: bool = field(default=False, metadata={"help": "Present candidates in a random (seeded, per-example) order: initial-order augmentation."})
     max_seq_length: Optional[int] = field(default=None, metadata={"help": "Drop examples longer than this many tokens (counted in the log); None = keep all."})
@@ -78,7 +78,7 @@ class LazyRankTrainingArguments(TrainingArguments):
         if self.loss not in (*LOSSES, "none"):
             raise ValueError(f"loss must be one of {(*LOSSES, 'none')}, got {self.loss!r}")
         if self.head_loss is not None:
-            from .losses.identifier_ranking import RANKING_LOSSES as _HEAD_RANKS
+            from rerank.losses.identifier_ranking import RANKING_LOSSES as _HEAD_RANKS
 
             if self.head_loss not in _HEAD_RANKS:
                 raise ValueError(f"head_loss must be one of {_HEAD_RANKS} or None, got {self.head_loss!r}")
@@ -113,7 +113,7 @@ class LazyRankTrainingArguments(TrainingArguments):
         if self.max_passage_tokens is not None and self.max_passage_tokens < 1:
             raise ValueError(f"max_passage_tokens must be >= 1 or None, got {self.max_passage_tokens}")
         if self.ranking_loss is not None:
-            from .losses.identifier_ranking import RANKING_LOSSES
+            from rerank.losses.identifier_ranking import RANKING_LOSSES
 
             if self.ranking_loss not in RANKING_LOSSES:
                 raise ValueError(f"ranking_loss must be one of {RANKING_LOSSES} or None, got {self.ranking_loss!r}")
@@ -130,7 +130,7 @@ class LazyRankTrainingArguments(TrainingArguments):
 def first_scored_position(labels: torch.Tensor) -> int:
     """The earliest position whose logits any loss reads: the one predicting the first target token
     of any row (tree nodes and their sources come after it)."""
-    from .losses import IGNORE_INDEX
+    from rerank.losses import IGNORE_INDEX
 
     has_target = labels != IGNORE_INDEX
     if not bool(has_target.any()):
@@ -172,7 +172,7 @@ class ListwiseTrainer(Trainer):
         outputs = model(**inputs, use_cache=False, logits_to_keep=labels.size(1) - start)
         loss = self.loss_fn(outputs.logits, labels[:, start:], rank_ids[:, start:])
         if self.ranking_loss is not None and tree:
-            from .engine.identifiers import identifier_scores
+            from rerank.engine.single_pass import identifier_scores
 
             sources = (tree["edge_source"] - start).clamp(min=0)  # padding nodes (source 0) have no path weight
             scores = identifier_scores(outputs.logits, sources, tree["edge_token"], tree["path_matrix"])
@@ -190,7 +190,7 @@ class ListwiseTrainer(Trainer):
         ``logits_to_keep`` index tensor, so the forward stays one call through the (DDP / DeepSpeed
         / peft) wrapper.
         """
-        from .engine.passage_head import relevance_from_logits
+        from rerank.engine.passage_head import relevance_from_logits
 
         positions, ranks = inputs.pop("head_positions"), inputs.pop("passage_ranks")
         teacher = inputs.pop("teacher_scores")
@@ -352,7 +352,7 @@ def resolve_checkpoint(args: LazyRankTrainingArguments) -> str | None:
 def resolve_adapter(name: str) -> Path:
     """An adapter folder from a path or ``'default'`` (the shipped reranker's); a clear error otherwise."""
     if name == "default":
-        from .models import shipped_weights_dir
+        from rerank.models import shipped_weights_dir
 
         folder = Path(shipped_weights_dir())
     else:
@@ -366,7 +366,7 @@ def load_model(args: LazyRankTrainingArguments):
     """Base model (+ LoRA) and tokenizer; built after the arguments so ZeRO-3 partitions at load time."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .models import choose_attn_implementation, default_model_path
+    from rerank.models import choose_attn_implementation, default_model_path
 
     path = str(args.model_name_or_path or default_model_path())
     dtype = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else torch.float32)
@@ -434,7 +434,7 @@ def shutdown_distributed(barrier: bool = True) -> None:
 def write_recommended_settings(args: LazyRankTrainingArguments) -> None:
     """``lazyrank.json`` in the output folder: how ``Reranker.from_pretrained(output_dir)`` should rank
     by default (a head-trained model is read at the passage ends, not decoded)."""
-    from .models import RECOMMENDED_SETTINGS_FILE
+    from rerank.models import RECOMMENDED_SETTINGS_FILE
 
     scoring = "head" if args.head_loss else ("single_pass" if args.ranking_loss else "generate")
     reranker = {"scoring": scoring} if args.prompt == "lazyrank" else {"scoring": scoring, "prompt": args.prompt}
@@ -449,8 +449,8 @@ def train(args: LazyRankTrainingArguments, callbacks: Sequence[TrainerCallback] 
     """Build data, model and trainer from ``args``, train (resuming if asked), save; returns metrics."""
     from transformers import set_seed
 
-    from .losses.identifier_ranking import IdentifierRankingLoss
-    from .training_data import ExampleOptions, ListwiseCollator, build_dataset
+    from rerank.losses.identifier_ranking import IdentifierRankingLoss
+    from rerank.training_data import ExampleOptions, ListwiseCollator, build_dataset
 
     set_seed(args.seed)  # LoRA initialisation draws from the global RNG before the Trainer exists
     model, tokenizer = load_model(args)
@@ -464,8 +464,8 @@ def train(args: LazyRankTrainingArguments, callbacks: Sequence[TrainerCallback] 
     dataset, heldout = split_heldout(dataset, args.eval_fraction, args.seed)
     head_loss = relevance_ids = None
     if args.head_loss is not None:
-        from .losses.passage_head import PassageHeadLoss
-        from .prompts import relevance_token_ids
+        from rerank.losses.passage_head import PassageHeadLoss
+        from rerank.prompting.prompts import relevance_token_ids
 
         head_loss = PassageHeadLoss(args.head_loss, args.head_teacher_weight, args.head_teacher_temperature)
         relevance_ids = relevance_token_ids(tokenizer)

@@ -1,6 +1,6 @@
 """Training examples from complete labels: prompt (the inference prompt) + ranked target.
 
-Each label becomes one example built with :func:`rerank.prompts.encode_prompt` (same chat
+Each label becomes one example built with :func:`rerank.prompting.prompts.encode_prompt` (same chat
 template, same per-passage token budget as inference) followed by the target ``[a] > [b] > ...``
 and end-of-turn. ``labels`` is -100 on the prompt so only response tokens carry loss; ``rank_ids``
 gives each response token the output rank of the identifier it spells (0 for separators / end),
@@ -20,10 +20,10 @@ from typing import Sequence
 
 import torch
 
-from .identifier_training import pack_batch, tree_features
-from .labels.records import LabelRecord, read_labels
-from .losses import IGNORE_INDEX, target_with_ranks
-from .prompts import encode_prompt, encode_target, end_of_turn_ids
+from rerank.identifier_training import pack_batch, tree_features
+from rerank.labels.records import LabelRecord, read_labels
+from rerank.losses import IGNORE_INDEX, target_with_ranks
+from rerank.prompting.prompts import encode_prompt, encode_target, end_of_turn_ids
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class ExampleOptions:
     identifier_tree: bool = False  # add the first-identifier tree for the single-pass ranking loss
     passage_head: bool = False  # add passage-end positions, label ranks and teacher scores (scoring="head")
     include_target: bool = True  # False: prompt only (a head-only objective reads no response token)
-    prompt: str = "lazyrank"  # prompt preset (rerank.presets): fine-tune a checkpoint on its own prompt
+    prompt: str = "lazyrank"  # prompt preset (rerank.prompting.presets): fine-tune a checkpoint on its own prompt
 
     def __post_init__(self):
         if self.passages_per_example is not None and self.passages_per_example < 2:
@@ -48,7 +48,7 @@ class ExampleOptions:
         if self.identifier_tree and (self.passage_head or not self.include_target):
             raise ValueError("identifier_tree packs the tree after the target: it needs include_target and "
                              "cannot be combined with passage_head")
-        from .presets import get_preset
+        from rerank.prompting.presets import get_preset
 
         if get_preset(self.prompt).identifiers != "number":
             # The importance weights are derived from numeric identifiers' text layout.

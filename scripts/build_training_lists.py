@@ -32,10 +32,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rerank.data import load_collection, read_qrels, read_run
+from rerank.data.collection import load_collection, read_qrels, read_run
+from rerank.data.script_support import msmarco_triple_lists
 from rerank.evaluation import compute_metrics
-from rerank.prompts import sanitize
-from rerank.script_support import msmarco_triple_lists
+from rerank.prompting.prompts import sanitize
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -63,7 +63,7 @@ def given_lists(name: str, list_size: int) -> list[dict]:
 
 
 def scifact_train_lists(depth: int) -> list[dict]:
-    from rerank.retrieval import BM25Index
+    from rerank.data.bm25 import BM25Index
 
     coll = load_collection(str(DATA / "beir-scifact"))
     train = read_qrels(DATA / "beir-scifact" / "qrels" / "train.tsv")
@@ -186,7 +186,7 @@ class ListBM25:
         self.pools, self.indexes = pools, {}
 
     def __call__(self, item: dict) -> list[float]:
-        from rerank.retrieval import BM25Index
+        from rerank.data.bm25 import BM25Index
 
         source = source_of(item)
         if source not in self.indexes:
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--bm25_weight must be in [0, 1], got {args.bm25_weight}")
     if args.judged_boost < 0:
         ap.error(f"--judged_boost must be >= 0, got {args.judged_boost}")
-    from rerank.teachers import EmbeddingTeacher
+    from rerank.labels.teachers import EmbeddingTeacher
 
     rng = random.Random(args.seed)
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]

@@ -20,9 +20,9 @@ import os
 import random
 from pathlib import Path
 
-from rerank.data import iter_jsonl, load_collection, read_run
+from rerank.data.collection import iter_jsonl, load_collection, read_run
+from rerank.data.script_support import msmarco_triple_lists
 from rerank.labels import LabelConfig, run_labelling
-from rerank.script_support import msmarco_triple_lists
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -28,8 +28,8 @@ WEIGHTS = [round(0.1 * i, 1) for i in range(11)]
 
 def load_cell(cell_dir: Path) -> tuple[dict, dict[str, list[str]], dict[str, list[str]]]:
     """(qrels, first-stage candidates per qid, model ranking per qid) of an evaluation folder."""
-    from rerank.data import default_run_path, load_collection, read_run
-    from rerank.resume import load_settings, recover_records
+    from rerank.data.collection import default_run_path, load_collection, read_run
+    from rerank.data.resume import load_settings, recover_records
 
     cfg = load_settings(cell_dir / "eval_config.json")
     if cfg is None:
@@ -63,9 +63,9 @@ def curve(cell_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from rerank.data import write_run
+    from rerank.data.bm25 import retrieve_collection
+    from rerank.data.collection import write_run
     from rerank.evaluation import EvalConfig, evaluate
-    from rerank.retrieval import retrieve_collection
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="runs/head/model", help="Model to fuse (path; 'default' = the shipped one).")

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from rerank import PruningConfig
-from rerank.decoding import TokenTable
 from rerank.engine import DenseSession, rank_prompts
+from rerank.engine.decoding import TokenTable
 from rerank.engine.generate import can_jump_forward
 from rerank.engine.pruning import PrunedSession
-from rerank.prompts import encode_prompt
+from rerank.prompting.prompts import encode_prompt
 
 PRUNE = PruningConfig(layer_fractions=[0.25, 0.5], keep_ratios=[0.5, 0.2])
 DOCS = [f"passage {i} talks about subject {i % 4} in some detail here" for i in range(12)]

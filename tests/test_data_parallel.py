@@ -18,10 +18,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from support import make_tiny_llama
-from rerank.distributed import (DataParallel, detect, existing_shards, merge_shards, own_log, shard_path,
-                                without_timings)
+
+from rerank.distributed import DataParallel, detect, existing_shards, merge_shards, own_log, shard_path, without_timings
 from rerank.evaluation import EvalConfig, evaluate
 from rerank.labels import Candidates, LabelConfig, iter_complete_labels, label_order, run_labelling
 from rerank.ranking import WindowRanking
@@ -88,7 +87,7 @@ def label_args(cfg: LabelConfig) -> list[str]:
 CRASH_WRAPPER = textwrap.dedent("""
     import os, sys
     import rerank.evaluation, rerank.labels.job
-    from rerank.cli import main
+    from rerank.cli.commands import main
 
     def crashing(module):
         append, done = module.append_record, []
@@ -107,7 +106,7 @@ CRASH_WRAPPER = textwrap.dedent("""
 
 def launch(args: list[str], tmp_path: Path, *, crash_rank: int | None = None, crash_after: int = 1,
            processes: int = 2) -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m rerank.cli ARGS` (or the crash wrapper)."""
+    """`accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m rerank.cli.commands ARGS` (or the crash wrapper)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.pop("ACCELERATE_USE_CPU", None)
     target = ["-m", "rerank.cli"]

@@ -3,9 +3,9 @@
 import random
 
 import pytest
-import torch
 
-from rerank.decoding import PermutationConstraint, TokenTable, complete_order, is_permutation, parse_ranking
+from rerank.engine.decoding import PermutationConstraint, TokenTable
+from rerank.prompting.identifiers import complete_order, is_permutation, parse_ranking
 
 
 def test_constraint_accepts_canonical_and_rejects_invalid():
@@ -81,7 +81,7 @@ def test_constraint_validates_arguments():
 
 def test_canonical_pieces_follow_training_targets(tokenizer):
     """Canonical pieces concatenate to exactly the tokens encode_target trains on."""
-    from rerank.prompts import encode_target
+    from rerank.prompting.prompts import encode_target
 
     table = TokenTable.for_tokenizer(tokenizer)
     assert table.canonical.available

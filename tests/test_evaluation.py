@@ -3,9 +3,9 @@
 import json
 
 import pytest
-
 from support import shared_data
-from rerank.data import load_collection, read_qrels, read_run, write_run
+
+from rerank.data.collection import load_collection, read_qrels, read_run, write_run
 from rerank.evaluation import EvalConfig, compute_metrics, evaluate
 
 
@@ -112,7 +112,7 @@ def test_eval_config_validation():
     (["labels", "--input", "x", "--output", "y", "--teacher", "qrels", "--stride", "0"], "stride"),
 ])
 def test_cli_config_errors_are_usage_errors(argv, needle, capsys):
-    from rerank.cli import main
+    from rerank.cli.commands import main
 
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -122,7 +122,7 @@ def test_cli_config_errors_are_usage_errors(argv, needle, capsys):
 
 
 def test_recover_records_drops_torn_tail_so_appends_stay_whole(tmp_path):
-    from rerank.data import recover_records
+    from rerank.data.collection import recover_records
 
     log = tmp_path / "log.jsonl"
     assert recover_records(log) == []

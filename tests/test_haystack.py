@@ -11,11 +11,11 @@ import pytest
 
 pytest.importorskip("haystack")
 
+from _serving_support import BEE_DOCS, LiveServer  # noqa: E402
 from haystack import Document, Pipeline  # noqa: E402
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever  # noqa: E402
 from haystack.document_stores.in_memory import InMemoryDocumentStore  # noqa: E402
 
-from _serving_support import BEE_DOCS, LiveServer  # noqa: E402
 from rerank import Reranker, RerankerConfig  # noqa: E402
 from rerank.integrations.haystack import LazyRankRanker  # noqa: E402
 

@@ -10,8 +10,8 @@ import torch
 from rerank import PruningConfig, Reranker, RerankerConfig
 from rerank.engine.head_pruning import _owners, score_positions_pruned
 from rerank.engine.passage_head import score_positions
-from rerank.engine.scoring import reader_attention, select_survivors
-from rerank.prompts import encode_prompt, relevance_token_ids
+from rerank.engine.token_importance import reader_attention, select_survivors
+from rerank.prompting.prompts import encode_prompt, relevance_token_ids
 
 DOCS = [f"passage {i}: the {['llama', 'rope', 'river', 'engine'][i % 4]} has {i} legs and lives near water"
         for i in range(7)]

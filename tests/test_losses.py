@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rerank.losses import IGNORE_INDEX, ImportanceAwareLoss, LMLoss, build_loss, rank_weights, target_with_ranks
-from rerank.prompts import encode_target, format_ranking
+from rerank.prompting.prompts import encode_target, format_ranking
 
 
 @pytest.fixture(scope="module")

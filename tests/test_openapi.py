@@ -7,8 +7,8 @@ import re
 
 import httpx
 import pytest
-
 from _serving_support import BEE_DOCS, LiveServer
+
 from rerank import Reranker, RerankerConfig
 from rerank.serving import ServerConfig, create_app
 

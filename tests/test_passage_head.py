@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 
 import pytest
 import torch
-
 from support import make_tiny_llama
+
 from rerank import Reranker, RerankerConfig
 from rerank.engine.passage_head import relevance_from_logits, score_positions
 from rerank.labels import LabelRecord
 from rerank.losses.passage_head import PassageHeadLoss
-from rerank.prompts import encode_prompt, relevance_token_ids
+from rerank.prompting.prompts import encode_prompt, relevance_token_ids
 from rerank.training_data import ExampleOptions, ListwiseCollator, encode_example
 
 DOCS = ["Bees shiver their flight muscles to keep the hive warm.", "Paris is the capital of France.",

@@ -7,12 +7,12 @@ import logging
 
 import pytest
 import torch
-
 from support import make_tiny_llama
+
 from rerank import Reranker
 from rerank.engine.passage_head import score_positions
 from rerank.precision import AUTO_ORDER, PRECISIONS, apply_cpu_precision, cpu_supports, resolve_precision
-from rerank.prompts import encode_prompt, relevance_token_ids
+from rerank.prompting.prompts import encode_prompt, relevance_token_ids
 
 
 def test_auto_only_picks_measured_precisions_the_cpu_runs():

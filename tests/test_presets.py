@@ -13,14 +13,15 @@ import types
 
 import pytest
 import torch
-
 from support import make_tiny_llama
+
 from rerank import Reranker, RerankerConfig
-from rerank.decoding import LETTERS, NUMBERS, PermutationConstraint, TokenTable, is_permutation, parse_ranking
 from rerank.engine import DenseSession
-from rerank.engine.identifiers import score_identifiers
-from rerank.presets import PRESETS, PromptPreset, get_preset
-from rerank.prompts import encode_prompt, encode_target, fix_text_keeping_spans
+from rerank.engine.decoding import PermutationConstraint, TokenTable
+from rerank.engine.single_pass import score_identifiers
+from rerank.prompting.identifiers import LETTERS, NUMBERS, is_permutation, parse_ranking
+from rerank.prompting.presets import PRESETS, PromptPreset, get_preset
+from rerank.prompting.prompts import encode_prompt, encode_target, fix_text_keeping_spans
 
 ftfy = pytest.importorskip("ftfy", reason="ftfy is a dependency of the published-reranker presets")
 
@@ -258,7 +259,7 @@ def reference_prompt(rank_llm_ref, tok, query, docs, use_alpha=False, context=40
 
 def as_text(doc: dict) -> str:
     """Our string for a rank_llm doc: ``Title: {t} Content: {text}`` when titled (as rank_llm builds it)."""
-    from rerank.interchange import document_text
+    from rerank.data.rank_llm_files import document_text
 
     return document_text(doc)
 
@@ -423,7 +424,7 @@ def test_reranker_shrinks_windows_to_the_context(tiny_model, tokenizer):
 def test_training_examples_use_the_preset_prompt_and_its_answer(tokenizer):
     """A numeric preset trains on exactly the prompt inference renders for it, and on its answer."""
     from rerank.labels import LabelRecord
-    from rerank.prompts import encode_prompt, encode_target
+    from rerank.prompting.prompts import encode_prompt, encode_target
     from rerank.training_data import ExampleOptions, encode_example
 
     rec = LabelRecord(qid="q", query="bees warm", initial_list=["a", "b", "c"], final_list=["c", "a", "b"],

@@ -1,7 +1,14 @@
 """The shared prompt: content, sanitising, token budget, passage spans."""
 
-from rerank.prompts import (PromptEncoding, encode_prompt, encode_target, end_of_turn_ids, format_ranking,
-                            sanitize, truncate_passages)
+from rerank.prompting.prompts import (
+    PromptEncoding,
+    encode_prompt,
+    encode_target,
+    end_of_turn_ids,
+    format_ranking,
+    sanitize,
+    truncate_passages,
+)
 
 
 def test_sanitize_rewrites_identifiers_and_whitespace():

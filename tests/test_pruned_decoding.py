@@ -5,9 +5,9 @@ import torch
 
 from rerank import PruningConfig, Reranker, RerankerConfig
 from rerank.engine import DenseSession, rank_prompts
-from rerank.engine.identifiers import score_identifiers
 from rerank.engine.pruning import PrunedSession
-from rerank.prompts import encode_prompt
+from rerank.engine.single_pass import score_identifiers
+from rerank.prompting.prompts import encode_prompt
 
 KEEP_ALL = PruningConfig(layer_fractions=[0.3, 0.6], keep_ratios=[1.0, 1.0])
 PRUNE = PruningConfig(layer_fractions=[0.25, 0.5], keep_ratios=[0.5, 0.2])
@@ -34,7 +34,7 @@ def test_multi_token_step_equals_single_steps_after_pruning(tiny_model, tokenize
 
 
 def test_pruned_jump_forward_equals_token_by_token(tiny_model, tokenizer, encs):
-    from rerank.decoding import TokenTable
+    from rerank.engine.decoding import TokenTable
 
     table = TokenTable.for_tokenizer(tokenizer)
     enc = encs[0]
@@ -46,7 +46,7 @@ def test_pruned_jump_forward_equals_token_by_token(tiny_model, tokenizer, encs):
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_pruned_single_pass_keep_all_equals_dense(tiny_model, tokenizer, encs, batch):
-    from rerank.decoding import TokenTable
+    from rerank.engine.decoding import TokenTable
 
     table = TokenTable.for_tokenizer(tokenizer)
     chosen = encs[:batch]
@@ -58,7 +58,7 @@ def test_pruned_single_pass_keep_all_equals_dense(tiny_model, tokenizer, encs, b
 
 
 def test_pruned_single_pass_batch_equals_rows(tiny_model, tokenizer, encs):
-    from rerank.decoding import TokenTable
+    from rerank.engine.decoding import TokenTable
 
     table = TokenTable.for_tokenizer(tokenizer)
     both = score_identifiers(PrunedSession(tiny_model, tokenizer.pad_token_id, PRUNE), [e.input_ids for e in encs],
@@ -79,7 +79,7 @@ def test_reranker_single_pass_with_pruning(tiny_model, tokenizer):
 def test_pruned_batched_jump_forward_equals_token_by_token(tiny_model, tokenizer, encs):
     """Two prompts of different lengths and passage counts: rows queue different numbers of forced
     tokens, so jump-forward needs ragged steps over the merged, left-padded pruned caches."""
-    from rerank.decoding import TokenTable
+    from rerank.engine.decoding import TokenTable
 
     table = TokenTable.for_tokenizer(tokenizer)
     ids, nums, masks = [e.input_ids for e in encs], [e.num_passages for e in encs], [e.prunable_mask() for e in encs]
@@ -94,7 +94,8 @@ def test_unpruned_fallback_session_jumps_in_batches(tokenizer, encs):
     """On a model the pruned prefill cannot run (eager attention), the fallback dense session still
     takes ragged steps, so batched jump-forward stays on and exact."""
     from support import make_tiny_llama
-    from rerank.decoding import TokenTable
+
+    from rerank.engine.decoding import TokenTable
     from rerank.engine.generate import can_jump_forward
 
     model = make_tiny_llama(len(tokenizer), layers=2, seed=3)

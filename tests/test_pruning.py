@@ -9,9 +9,9 @@ import torch
 
 from rerank import PruningConfig, Reranker, RerankerConfig
 from rerank.engine.pruning import PrunedSession, UnsupportedModelError, check_supported, layer_schedule
-from rerank.engine.scoring import last_rows_attention, passage_groups, select_survivors
 from rerank.engine.session import DenseSession
-from rerank.prompts import encode_prompt
+from rerank.engine.token_importance import last_rows_attention, passage_groups, select_survivors
+from rerank.prompting.prompts import encode_prompt
 
 DOCS = [f"passage {i}: the {['llama', 'rope', 'river', 'engine'][i % 4]} has {i} legs and lives near water"
         for i in range(9)]
@@ -267,9 +267,8 @@ def test_from_spec_presets_and_pairs():
 
 @pytest.fixture(scope="module")
 def unsupported_models(tokenizer):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from support import make_tiny_llama
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=2048)).eval()
     eager = make_tiny_llama(len(tokenizer), layers=2)

@@ -15,6 +15,7 @@ pt = pytest.importorskip("pyterrier")
 
 from _serving_support import BEE_DOCS, LiveServer  # noqa: E402
 from support import shared_data  # noqa: E402
+
 from rerank import Reranker, RerankerConfig  # noqa: E402
 from rerank.integrations.pyterrier import LazyRankReranker  # noqa: E402
 
@@ -147,7 +148,7 @@ def _recipe():
 
 
 def _recipe_matches_rerank_eval(reranker, tmp_path, queries: int, depth: int) -> None:
-    from rerank.data import default_run_path, load_collection
+    from rerank.data.collection import default_run_path, load_collection
     from rerank.evaluation import EvalConfig, evaluate
 
     folder = shared_data("msmarco-dl19")

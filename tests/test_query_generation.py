@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from support import make_tiny_llama
-from rerank.query_generation import (GenerationConfig, LocalGenerator, OpenAIGenerator, clean_query,
-                                     few_shot_prompt, generate_queries)
+
+from rerank.labels.synthetic_queries import (
+    GenerationConfig,
+    LocalGenerator,
+    OpenAIGenerator,
+    clean_query,
+    few_shot_prompt,
+    generate_queries,
+)
 
 CORPUS = {"d1": "Bees shiver to keep the hive warm in winter.", "d2": "Paris is the capital of France.",
           "d3": "Honey bees cluster around the queen.", "d4": "Ropes are made of twisted fibres."}

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from rerank import Reranker, RerankerConfig
-from rerank.demo import DEMO_PASSAGES, DEMO_QUERY
-from rerank.engine.identifiers import IdentifierTree
+from rerank.cli.demo import DEMO_PASSAGES, DEMO_QUERY
 from rerank.engine.session import cache_kwarg
+from rerank.engine.single_pass import IdentifierTree
 from rerank.ranking import Window
 
 pytestmark = pytest.mark.model
@@ -71,7 +71,7 @@ def test_default_model_top_k_and_api(real_reranker):
 
 
 def test_cli_demo_runs(capsys):
-    from rerank.cli import main
+    from rerank.cli.commands import main
 
     assert main(["demo", "--top_k", "2"]) == 0
     text = capsys.readouterr().out

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from rerank import Reranker, RerankerConfig
-from rerank.decoding import is_permutation
 from rerank.engine import DenseSession, rank_prompts
-from rerank.prompts import encode_prompt
+from rerank.prompting.identifiers import is_permutation
+from rerank.prompting.prompts import encode_prompt
 from rerank.ranking import Window, sliding_orders, window_starts
 
 DOCS = [f"passage number {i} about topic {i % 3}" for i in range(12)]
@@ -28,7 +28,7 @@ def test_full_ranking_is_a_permutation_with_stats(tiny_reranker):
 
 def test_constrained_decode_matches_masked_greedy(tiny_model, tokenizer):
     """The decode loop picks the arg-max of the logits restricted to allowed tokens."""
-    from rerank.decoding import TokenTable
+    from rerank.engine.decoding import TokenTable
 
     table = TokenTable.for_tokenizer(tokenizer)
     enc = encode_prompt(tokenizer, "q", DOCS[:11], 20)
@@ -48,7 +48,7 @@ def test_constrained_decode_matches_masked_greedy(tiny_model, tokenizer):
 
 
 def test_jump_forward_equals_token_by_token_with_fewer_passes(tiny_model, tokenizer):
-    from rerank.decoding import TokenTable
+    from rerank.engine.decoding import TokenTable
 
     table = TokenTable.for_tokenizer(tokenizer)
     enc = encode_prompt(tokenizer, "q", DOCS, 20)
@@ -220,7 +220,7 @@ def test_sliding_top_k_cuts_only_the_last_window(tiny_model, tokenizer):
 
 
 def test_sliding_windows_carry_docids_to_teachers():
-    from rerank.teachers import QrelsTeacher
+    from rerank.labels.teachers import QrelsTeacher
 
     qrels = {"q": {"d7": 3, "d2": 1}}
     w = Window("q", [f"text {i}" for i in range(10)], qid="q", docids=[f"d{i}" for i in range(10)])

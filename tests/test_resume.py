@@ -1,4 +1,4 @@
-"""Resuming appended JSONL logs (rerank.resume) and refusing resumes under other settings."""
+"""Resuming appended JSONL logs (rerank.data.resume) and refusing resumes under other settings."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rerank.data import recover_records as recover_records_from_data
-from rerank.resume import append_record, check_same_settings, recover_records, save_settings
+from rerank.data.collection import recover_records as recover_records_from_data
+from rerank.data.resume import append_record, check_same_settings, recover_records, save_settings
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = [{"qid": f"q{i}", "ranking": [f"d{i}", "d0"]} for i in range(5)]

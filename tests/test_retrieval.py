@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from support import shared_data
-from rerank.retrieval import BM25Config, BM25Index, main
+
+from rerank.data.bm25 import BM25Config, BM25Index, main
 
 CORPUS = {"d1": "Bees shiver to keep the hive warm in winter.", "d2": "Paris is the capital of France.",
           "d3": "Honey bees cluster around the queen.", "d4": "Ropes are made of twisted fibres."}
@@ -65,9 +65,9 @@ def test_cli_writes_a_run(tmp_path):
 
 
 def test_reproduces_the_shipped_scifact_run():
-    from rerank.data import load_collection, read_run
+    from rerank.data.bm25 import retrieve_collection
+    from rerank.data.collection import load_collection, read_run
     from rerank.evaluation import compute_metrics
-    from rerank.retrieval import retrieve_collection
 
     folder = shared_data("beir-scifact")
     coll = load_collection(folder)
@@ -84,8 +84,9 @@ def test_cli_rank_llm_round_trip(tmp_path, tokenizer):
     """retrieve --rank_llm_output writes rank_llm requests that `rerank rank-llm` reranks into results
     holding the same candidates (a permutation), scores and texts kept."""
     from support import make_tiny_llama
-    from rerank.cli import main as cli_main
-    from rerank.interchange import read_rank_llm_requests
+
+    from rerank.cli.commands import main as cli_main
+    from rerank.data.rank_llm_files import read_rank_llm_requests
 
     coll = tmp_path / "coll"
     coll.mkdir()

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from rerank import models
+from rerank.labels.synthetic_queries import OpenAIGenerator
+from rerank.labels.teachers import OpenAITeacher, TeacherError, build_teacher, is_loopback_url
 from rerank.ranking import Window
-from rerank.query_generation import OpenAIGenerator
-from rerank.teachers import OpenAITeacher, TeacherError, build_teacher, is_loopback_url
 
 
 # ---------------------------------------------------------------------------------- API keys

@@ -15,8 +15,8 @@ import time
 
 import httpx
 import pytest
-
 from _serving_support import BEE_DOCS, Flaky, LiveServer, assert_matches, request_set
+
 from rerank import RankingResult, RankingStats, Reranker, RerankerConfig
 from rerank.serving import BatcherConfig, DynamicBatcher, QueueFullError, ServerConfig, create_app
 from rerank.serving.protocol import ApiError, parse_request

@@ -2,13 +2,14 @@
 
 import pytest
 import torch
-
 from support import make_tiny_llama
+
 from rerank import Reranker, RerankerConfig
-from rerank.decoding import TokenTable, is_permutation
 from rerank.engine import DenseSession
-from rerank.engine.identifiers import score_identifiers
-from rerank.prompts import encode_prompt
+from rerank.engine.decoding import TokenTable
+from rerank.engine.single_pass import score_identifiers
+from rerank.prompting.identifiers import is_permutation
+from rerank.prompting.prompts import encode_prompt
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import make_tiny_llama
 from transformers import TrainerCallback
 
-from support import make_tiny_llama, shared_data
 from rerank.labels import LabelConfig, LabelRecord, run_labelling
 from rerank.losses import IGNORE_INDEX
-from rerank.prompts import encode_prompt, encode_target
+from rerank.prompting.prompts import encode_prompt, encode_target
 from rerank.training_data import ExampleOptions, ListwiseCollator, build_dataset, encode_example
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,10 +9,10 @@ import os
 import random
 
 import pytest
-
 from support import shared_data
-from rerank.presets import PRESETS
-from rerank.prompts import encode_prompt, sanitize, tokenize_with_plain_spans, truncate_passages
+
+from rerank.prompting.presets import PRESETS
+from rerank.prompting.prompts import encode_prompt, sanitize, tokenize_with_plain_spans, truncate_passages
 
 ZEPHYR_JINJA = ("{% for message in messages %}{% if message['role'] == 'user' %}"
                 "{{ '<|user|>\n' + message['content'] + eos_token }}{% elif message['role'] == 'system' %}"

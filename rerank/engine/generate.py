@@ -8,8 +8,8 @@ from typing import Sequence
 
 import torch
 
-from ..decoding import CanonicalConstraint, TokenTable
-from .session import PrefillInfo, Session, _sync
+from rerank.engine.decoding import CanonicalConstraint, TokenTable
+from rerank.engine.session import PrefillInfo, Session, _sync
 
 
 @dataclass

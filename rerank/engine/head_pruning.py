@@ -25,11 +25,11 @@ from typing import Sequence
 
 import torch
 
-from ..config import PruningConfig
-from .passage_head import HeadScores, relevance_from_logits
-from .pruning import _causal_lm, check_supported, layer_schedule
-from .scoring import reader_attention, select_survivors
-from .session import PrefillInfo, _sync
+from rerank.config import PruningConfig
+from rerank.engine.passage_head import HeadScores, relevance_from_logits
+from rerank.engine.pruning import _causal_lm, check_supported, layer_schedule
+from rerank.engine.session import PrefillInfo, _sync
+from rerank.engine.token_importance import reader_attention, select_survivors
 
 
 def _owners(length: int, readers: Sequence[int], prunable: torch.Tensor) -> torch.Tensor:

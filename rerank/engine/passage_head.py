@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from .session import PrefillInfo, _sync
+from rerank.engine.session import PrefillInfo, _sync
 
 
 @dataclass

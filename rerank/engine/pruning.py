@@ -30,12 +30,15 @@ from typing import Sequence
 
 import torch
 
-from ..config import PruningConfig
-from ..models import SUPPORTED_MODEL_TYPES
-from .scoring import last_rows_attention, passage_groups, select_survivors
-from .session import DenseSession, PrefillInfo, _sync, ragged_lengths
+from rerank.config import PruningConfig
+from rerank.engine.session import DenseSession, PrefillInfo, _sync, ragged_lengths
+from rerank.engine.token_importance import last_rows_attention, passage_groups, select_survivors
 
 logger = logging.getLogger(__name__)
+
+# Model families whose decoder layout (embed_tokens / layers / norm / rotary_emb, q/k projections)
+# the pruned prefill and token importance are written against.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 class UnsupportedModelError(ValueError):

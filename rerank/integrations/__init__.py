@@ -12,23 +12,23 @@ __all__ = ["LazyRankCompressor", "LazyRankPostprocessor", "LazyRankRanker", "Laz
 
 def __getattr__(name: str):
     if name == "LazyRankCompressor":
-        from .langchain import LazyRankCompressor
+        from rerank.integrations.langchain import LazyRankCompressor
 
         return LazyRankCompressor
     if name == "LazyRankPostprocessor":
-        from .llamaindex import LazyRankPostprocessor
+        from rerank.integrations.llamaindex import LazyRankPostprocessor
 
         return LazyRankPostprocessor
     if name == "LazyRankRanker":
-        from .haystack import LazyRankRanker
+        from rerank.integrations.haystack import LazyRankRanker
 
         return LazyRankRanker
     if name == "LazyRankReranker":
-        from .pyterrier import LazyRankReranker
+        from rerank.integrations.pyterrier import LazyRankReranker
 
         return LazyRankReranker
     if name == "RerankHTTPClient":
-        from .http_client import RerankHTTPClient
+        from rerank.integrations.http_client import RerankHTTPClient
 
         return RerankHTTPClient
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

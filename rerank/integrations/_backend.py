@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from ..serving.scores import model_top_k, relevance_scores
+from rerank.serving.scores import model_top_k, relevance_scores
 
 __all__ = ["RankingBackend", "adapter_kwargs", "check_top_n"]
 
@@ -34,7 +34,7 @@ class RankingBackend:
     def __init__(self, target: Any, *, api_key: Optional[str] = None, model: Optional[str] = None,
                  timeout: float = 120.0):
         if isinstance(target, str):
-            from .http_client import RerankHTTPClient
+            from rerank.integrations.http_client import RerankHTTPClient
 
             self.client: Any = RerankHTTPClient(target, api_key=api_key, model=model, timeout=timeout)
             self.reranker = None

@@ -25,7 +25,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("the Haystack adapter needs haystack-ai: pip install 'lazyrank[haystack]'") from exc
 
-from ._backend import RankingBackend
+from rerank.integrations._backend import RankingBackend
 
 __all__ = ["LazyRankRanker"]
 
@@ -93,7 +93,7 @@ class LazyRankRanker:
             return
         target = self.url or self.reranker
         if target is None:
-            from ..reranker import Reranker
+            from rerank.reranker import Reranker
 
             target = Reranker.from_pretrained(self.model, **self.reranker_kwargs)
         api_key = self.api_key.resolve_value() if self.api_key is not None else None

@@ -63,7 +63,7 @@ class RerankHTTPClient:
         if self.timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {self.timeout!r}")
         self.url = endpoint_url(self.base_url)
-        from ..keyed_http import bypass_proxy, check_key_url
+        from rerank.keyed_http import bypass_proxy, check_key_url
 
         check_key_url(self.url, bool(self.api_key), "api_key", self.allow_insecure_key)
         # httpx honours http_proxy / https_proxy unless told not to (trust_env=False)

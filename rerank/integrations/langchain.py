@@ -23,7 +23,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from pydantic import ConfigDict, PrivateAttr, field_validator
 
-from ._backend import RankingBackend, adapter_kwargs, check_top_n
+from rerank.integrations._backend import RankingBackend, adapter_kwargs, check_top_n
 
 __all__ = ["LazyRankCompressor"]
 

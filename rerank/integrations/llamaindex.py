@@ -24,7 +24,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("the LlamaIndex adapter needs llama-index-core: pip install 'lazyrank[llamaindex]'") from exc
 
-from ._backend import RankingBackend, adapter_kwargs, check_top_n
+from rerank.integrations._backend import RankingBackend, adapter_kwargs, check_top_n
 
 __all__ = ["LazyRankPostprocessor"]
 

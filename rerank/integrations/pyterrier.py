@@ -21,7 +21,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("the PyTerrier adapter needs pyterrier: pip install 'lazyrank[pyterrier]'") from exc
 
-from ._backend import RankingBackend
+from rerank.integrations._backend import RankingBackend
 
 __all__ = ["LazyRankReranker"]
 

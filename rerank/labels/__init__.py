@@ -19,11 +19,18 @@ skipping the qids already in the output; a torn last line is cut off. Teacher fa
 retries it): never padded into a wrong label.
 """
 
-from .candidates import Candidates, load_candidates
-from .complete import LabelOutcome, LabelStats, RetryingTeacher, WindowFailed, iter_complete_labels, label_order
-from .config import TEXT_MODES, LabelConfig
-from .job import main, run_labelling
-from .records import LabelRecord, label_record, read_labels, scan_done
+from rerank.labels.candidates import Candidates, load_candidates
+from rerank.labels.complete import (
+           LabelOutcome,
+           LabelStats,
+           RetryingTeacher,
+           WindowFailed,
+           iter_complete_labels,
+           label_order,
+)
+from rerank.labels.config import TEXT_MODES, LabelConfig
+from rerank.labels.job import main, run_labelling
+from rerank.labels.records import LabelRecord, label_record, read_labels, scan_done
 
 __all__ = ["Candidates", "LabelConfig", "LabelOutcome", "LabelRecord", "LabelStats", "RetryingTeacher", "TEXT_MODES",
            "WindowFailed", "iter_complete_labels", "label_order", "label_record", "load_candidates", "main",

@@ -1,5 +1,5 @@
 """``python -m rerank.labels`` = ``rerank labels``."""
 
-from .job import main
+from rerank.labels.job import main
 
 raise SystemExit(main())

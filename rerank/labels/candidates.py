@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import iter_jsonl
-
+from rerank.data.collection import iter_jsonl
 
 
 @dataclass
@@ -22,7 +21,7 @@ class Candidates:
 def load_candidates(source: str, run: str | None = None, depth: int | None = None,
                     qrels: str | None = None) -> tuple[list[Candidates], dict[str, dict[str, int]]]:
     """Candidates per query and judgements (if any) from a collection folder or a candidates JSONL."""
-    from ..data import default_run_path, load_collection, read_qrels, read_run
+    from rerank.data.collection import default_run_path, load_collection, read_qrels, read_run
 
     judged = read_qrels(qrels) if qrels else {}
     if Path(source).is_dir():

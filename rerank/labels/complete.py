@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
-from ..decoding import is_permutation
-from ..ranking import SlidingPlan, Window, WindowRanker, WindowRanking, iter_sliding
-from .candidates import Candidates
-from .config import LabelConfig
+from rerank.labels.candidates import Candidates
+from rerank.labels.config import LabelConfig
+from rerank.prompting.identifiers import is_permutation
+from rerank.ranking import SlidingPlan, Window, WindowRanker, WindowRanking, iter_sliding
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..ranking import SlidingPlan
+from rerank.ranking import SlidingPlan
 
 TEXT_MODES = ("inline", "none")
 
@@ -33,14 +33,14 @@ class LabelConfig:
     base_url: Optional[str] = field(default=None, metadata={"help": "OpenAI-compatible endpoint for openai:MODEL."})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the API key."})
     timeout: float = field(default=120.0, metadata={"help": "Seconds per API request."})
-    prompt: str = field(default="lazyrank", metadata={"help": "Prompt preset of a local LLM teacher (rerank.presets.PRESETS), e.g. rank_zephyr for a RankZephyr checkpoint."})
+    prompt: str = field(default="lazyrank", metadata={"help": "Prompt preset of a local LLM teacher (rerank.prompting.presets.PRESETS), e.g. rank_zephyr for a RankZephyr checkpoint."})
     device: Optional[str] = field(default=None, metadata={"help": "Device of a local teacher model."})
     dtype: Optional[str] = field(default=None, metadata={"help": "dtype of a local teacher LLM."})
     max_passage_tokens: Optional[int] = field(default=100, metadata={"help": "Per-passage token budget of a local LLM teacher."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
     def __post_init__(self):
-        from ..presets import get_preset
+        from rerank.prompting.presets import get_preset
 
         get_preset(self.prompt)  # an unknown preset fails before any teacher loads
         for name in ("depth", "batch_size"):

@@ -10,13 +10,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-from ..distributed import detect, existing_shards, merge_appended, merge_shards, own_log, shutdown, union_ids
-from ..ranking import WindowRanker
-from ..resume import append_record
-from .candidates import load_candidates
-from .complete import iter_complete_labels, label_order
-from .config import LabelConfig
-from .records import label_record
+from rerank.data.resume import append_record
+from rerank.distributed import detect, existing_shards, merge_appended, merge_shards, own_log, shutdown, union_ids
+from rerank.labels.candidates import load_candidates
+from rerank.labels.complete import iter_complete_labels, label_order
+from rerank.labels.config import LabelConfig
+from rerank.labels.records import label_record
+from rerank.ranking import WindowRanker
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def run_labelling(config: LabelConfig, teacher: WindowRanker | None = None) -> d
         items = items[: config.max_queries]
     dp = detect()
     if teacher is None:
-        from ..teachers import build_teacher
+        from rerank.labels.teachers import build_teacher
 
         first_stage = {it.qid: {d: r for r, d in enumerate(it.docids)} for it in items}
         # Each GPU process puts a local teacher on its own GPU unless --device says otherwise.

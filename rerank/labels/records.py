@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..data import iter_jsonl
-from ..resume import recover_records
+from rerank.data.collection import iter_jsonl
+from rerank.data.resume import recover_records
 
 if TYPE_CHECKING:
-    from .complete import LabelOutcome
+    from rerank.labels.complete import LabelOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class LabelRecord:
 
 
 def _load_corpus(corpus: str | os.PathLike) -> dict[str, str]:
-    from ..data import _read_jsonl, load_collection
+    from rerank.data.collection import _read_jsonl, load_collection
 
     return load_collection(corpus).corpus if Path(corpus).is_dir() else _read_jsonl(Path(corpus))
 
@@ -86,7 +86,7 @@ def read_labels(path: str | os.PathLike, corpus: str | os.PathLike | dict | None
 
 
 def scan_done(path: str | os.PathLike) -> set[str]:
-    """Qids already labelled in ``path``; a torn last line is cut off in place (:mod:`rerank.resume`)."""
+    """Qids already labelled in ``path``; a torn last line is cut off in place (:mod:`rerank.data.resume`)."""
     return set(recover_records(path, project=lambda rec: str(rec["qid"])))
 
 

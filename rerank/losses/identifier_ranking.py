@@ -1,7 +1,7 @@
 """Ranking losses on single-pass identifier scores (the training side of ``scoring="single_pass"``).
 
 Inputs are ``scores[b, k]`` = log P(the answer starts with identifier k+1 | prompt) for every
-passage of a window (as :func:`rerank.engine.identifiers.score_identifiers` computes them), and
+passage of a window (as :func:`rerank.engine.single_pass.score_identifiers` computes them), and
 ``ranks[b, k]`` = the 1-based rank the label gives passage k (0 = padding, ignored).
 
 * ``ranknet`` (weighted, as in FIRST):

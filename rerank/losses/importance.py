@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..decoding import SEPARATOR as SEPARATOR_TEXT
-from ..prompts import end_of_turn_ids, format_ranking
+from rerank.prompting.identifiers import SEPARATOR as SEPARATOR_TEXT
+from rerank.prompting.prompts import end_of_turn_ids, format_ranking
 
 IGNORE_INDEX = -100
 
@@ -60,7 +60,7 @@ def _token_offsets(tokenizer, text: str, ids: list[int]) -> np.ndarray:
 
 
 def target_with_ranks(tokenizer, order: Sequence[int]) -> tuple[list[int], list[int]]:
-    """Response token ids for ``order`` (exactly :func:`rerank.prompts.encode_target`) and each token's rank.
+    """Response token ids for ``order`` (exactly :func:`rerank.prompting.prompts.encode_target`) and each token's rank.
 
     A token gets the rank of the first identifier ``[k]`` whose characters it overlaps (a token that
     also covers separator text, e.g. SmolLM2's `` [``, still spells part of the identifier); tokens

@@ -5,12 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar, Sequence
 
-from ..config import PruningConfig
-from ..decoding import TokenTable
-from ..engine.session import DenseSession, PrefillInfo
-from ..presets import PromptPreset
-from ..prompts import PromptEncoding
-from ..ranking import WindowRanking
+from rerank.config import PruningConfig
+from rerank.engine.decoding import TokenTable
+from rerank.engine.session import DenseSession, PrefillInfo
+from rerank.prompting.presets import PromptPreset
+from rerank.prompting.prompts import PromptEncoding
+from rerank.ranking import WindowRanking
 
 
 class Scorer(ABC):
@@ -51,7 +51,7 @@ class Scorer(ABC):
         """A fresh dense or pruned model session (see :mod:`rerank.engine.session`)."""
         if self.pruning is None:
             return DenseSession(self.model, self.tokenizer.pad_token_id)
-        from ..engine.pruning import PrunedSession  # the pruned engine loads transformers' model code
+        from rerank.engine.pruning import PrunedSession  # the pruned engine loads transformers' model code
 
         return PrunedSession(self.model, self.tokenizer.pad_token_id, self.pruning)
 

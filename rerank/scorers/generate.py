@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..decoding import complete_order
-from ..engine.generate import rank_prompts
-from ..prompts import PromptEncoding, encode_target
-from ..ranking import WindowRanking
-from .base import Scorer, call_costs
+from rerank.engine.generate import rank_prompts
+from rerank.prompting.identifiers import complete_order
+from rerank.prompting.prompts import PromptEncoding, encode_target
+from rerank.ranking import WindowRanking
+from rerank.scorers.base import Scorer, call_costs
 
 
 class GenerateScorer(Scorer):

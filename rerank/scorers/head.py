@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..config import PruningConfig
-from ..engine.head_pruning import score_positions_pruned
-from ..engine.passage_head import score_positions
-from ..prompts import PromptEncoding, relevance_token_ids
-from ..ranking import WindowRanking
-from .base import Scorer, rankings_by_score
+from rerank.config import PruningConfig
+from rerank.engine.head_pruning import score_positions_pruned
+from rerank.engine.passage_head import score_positions
+from rerank.prompting.prompts import PromptEncoding, relevance_token_ids
+from rerank.ranking import WindowRanking
+from rerank.scorers.base import Scorer, rankings_by_score
 
 
 class HeadScorer(Scorer):

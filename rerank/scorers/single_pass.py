@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..engine.identifiers import score_identifiers
-from ..prompts import PromptEncoding
-from ..ranking import WindowRanking
-from .base import Scorer, rankings_by_score
+from rerank.engine.single_pass import score_identifiers
+from rerank.prompting.prompts import PromptEncoding
+from rerank.ranking import WindowRanking
+from rerank.scorers.base import Scorer, rankings_by_score
 
 
 class SinglePassScorer(Scorer):

@@ -5,8 +5,8 @@
 * :func:`create_app` / ``rerank serve`` need the ``serve`` extra: ``pip install 'lazyrank[serve]'``.
 """
 
-from .batcher import BatcherClosedError, BatcherConfig, DynamicBatcher, QueueFullError, batcher_for
-from .scores import model_top_k, relevance_scores
+from rerank.batching import BatcherClosedError, BatcherConfig, DynamicBatcher, QueueFullError, batcher_for
+from rerank.serving.scores import model_top_k, relevance_scores
 
 __all__ = ["BatcherClosedError", "BatcherConfig", "DynamicBatcher", "QueueFullError", "ServerConfig", "batcher_for",
            "create_app", "model_top_k", "relevance_scores"]
@@ -15,7 +15,7 @@ __all__ = ["BatcherClosedError", "BatcherConfig", "DynamicBatcher", "QueueFullEr
 def __getattr__(name: str):
     # The app pulls in starlette and prometheus-client only when asked for.
     if name in ("ServerConfig", "create_app"):
-        from . import app
+        from rerank.serving import app
 
         return getattr(app, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

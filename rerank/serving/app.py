@@ -7,7 +7,7 @@ Routes (see ``docs/serving.md``):
 * ``GET /health`` (public), ``GET /metrics`` (public, Prometheus text), ``GET /info``.
 * ``GET /openapi.json`` and ``GET /docs`` (public): the OpenAPI document and Swagger UI over it.
 
-Every request is ranked through one :class:`~rerank.serving.batcher.DynamicBatcher`, so the model
+Every request is ranked through one :class:`~rerank.batching.DynamicBatcher`, so the model
 runs on its worker thread and never on the event loop.
 """
 
@@ -21,10 +21,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from .batcher import BatcherClosedError, BatcherConfig, DynamicBatcher, QueueFullError
-from .openapi import docs_page, openapi_document, swagger_asset, SWAGGER_ASSETS
-from .protocol import ApiError, cohere_response, parse_request, tei_response
-from .scores import model_top_k
+from rerank.batching import BatcherClosedError, BatcherConfig, DynamicBatcher, QueueFullError
+from rerank.serving.openapi import SWAGGER_ASSETS, docs_page, openapi_document, swagger_asset
+from rerank.serving.protocol import ApiError, cohere_response, parse_request, tei_response
+from rerank.serving.scores import model_top_k
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +121,8 @@ def create_app(reranker: Any, config: ServerConfig | None = None, *, info: dict 
     The batcher is at ``app.state.batcher``; it is closed (queued requests finished) on shutdown.
     """
     _require("starlette")
-    from starlette.applications import Starlette
     from starlette import responses
+    from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.routing import Route
@@ -177,7 +177,7 @@ def create_app(reranker: Any, config: ServerConfig | None = None, *, info: dict 
 
     tokenizer = getattr(reranker, "tokenizer", None)
     if tokenizer is not None:
-        from ..prompts import plain_text_tokenizer
+        from rerank.prompting.prompts import plain_text_tokenizer
 
         # a private copy: the worker thread keeps using the reranker's own to tokenise prompts
         tokenizer = plain_text_tokenizer(tokenizer)
@@ -245,7 +245,7 @@ def create_app(reranker: Any, config: ServerConfig | None = None, *, info: dict 
             return _error(exc, responses)
         rc = reranker.config
         pruning = getattr(rc, "pruning", None)
-        from .. import __version__
+        from rerank import __version__
 
         body = {
             "model": config.model_name,
@@ -271,7 +271,7 @@ def create_app(reranker: Any, config: ServerConfig | None = None, *, info: dict 
         data, content_type = metrics.render()
         return responses.Response(data, headers={"Content-Type": content_type})
 
-    from .. import __version__ as lazyrank_version
+    from rerank import __version__ as lazyrank_version
 
     schema = openapi_document(version=lazyrank_version, max_documents=config.max_documents,
                               max_query_tokens=config.max_query_tokens, secured=config.api_key is not None)

@@ -20,8 +20,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..results import RankingResult
-from .scores import relevance_scores
+from rerank.results import RankingResult
+from rerank.serving.scores import relevance_scores
 
 __all__ = ["ApiError", "RerankRequest", "parse_request", "cohere_response", "tei_response"]
 

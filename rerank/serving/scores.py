@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from ..results import RankingResult
-from ..scorers import scorer_class
+from rerank.results import RankingResult
+from rerank.scorers import scorer_class
 
 __all__ = ["relevance_scores", "model_top_k"]
 

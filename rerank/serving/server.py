@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any
 
-from .app import ServerConfig, _require, create_app
+from rerank.serving.app import ServerConfig, _require, create_app
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``rerank serve``."""
-    from ..config import SCORINGS, STRATEGIES
+    from rerank.config import SCORINGS, STRATEGIES
 
     defaults = ServerConfig()
     p = argparse.ArgumentParser(prog="rerank serve", description="Serve a LazyRank reranker over HTTP "
@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_reranker(args: argparse.Namespace) -> Any:
     """The :class:`~rerank.Reranker` the command line asks for."""
-    from ..config import PruningConfig
-    from ..reranker import Reranker
+    from rerank.config import PruningConfig
+    from rerank.reranker import Reranker
 
     pruning = PruningConfig.from_spec(args.pruning) if args.pruning else None
     # A service wants one prefill per request: the model's own recommendation, else single-pass.
@@ -104,7 +104,7 @@ def build_reranker(args: argparse.Namespace) -> Any:
 def serve_scoring(args: argparse.Namespace) -> str:
     """``--scoring``, else the model's recommendation (``head`` for the shipped default), else
     ``single_pass``: a service wants one prefill per request, never a decoded permutation by default."""
-    from ..models import recommended_settings
+    from rerank.models import recommended_settings
 
     return args.scoring or recommended_settings(args.model).get("scoring", "single_pass")
 
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: the server is reachable from other machines%s", args.host,
                        "" if config.api_key else f" and has no API key (--api_key_file or ${API_KEY_ENV})")
-    from .connections import header_timeout_protocol
+    from rerank.serving.connections import header_timeout_protocol
 
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                            timeout_graceful_shutdown=args.graceful_timeout, access_log=False,

@@ -6,7 +6,7 @@ pass over the prompt's KV cache with a tree attention mask (each node sees the p
 ancestors), so every identifier's full log-probability, multi-token or not, comes out of one prefill
 plus one small pass, never N separate forwards.
 
-The identifier spelling comes from the :class:`~rerank.decoding.TokenTable` (its ``ids`` format):
+The identifier spelling comes from the :class:`~rerank.engine.decoding.TokenTable` (its ``ids`` format):
 a table built with ``LETTERS`` gives the tree of ``[A]..[Z]`` (FIRST), so scoring reads letters
 with no separate code path. FIRST itself reads only the letter token after ``[``; here the closing
 ``]`` adds its (near-zero for a trained model) log-probability too, the same for every passage shape.
@@ -20,8 +20,8 @@ from typing import Sequence
 
 import torch
 
-from ..decoding import TokenTable, _Node
-from .session import PrefillInfo, Session
+from rerank.engine.decoding import TokenTable, _Node
+from rerank.engine.session import PrefillInfo, Session
 
 
 @dataclass

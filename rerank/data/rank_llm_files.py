@@ -105,7 +105,7 @@ def read_rank_llm_requests(path: str | os.PathLike) -> list[RankLLMRequest]:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: invalid JSON: {err}") from None
         return [_parse_record(obj, f"{path}[{i}]") for i, obj in enumerate(records)]
-    from .data import iter_jsonl
+    from rerank.data.collection import iter_jsonl
 
     return [_parse_record(obj, f"{path}:{number}") for number, obj in iter_jsonl(path)]
 
@@ -170,8 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Reranks a rank_llm requests file (e.g. from ``rerank retrieve --rank_llm_output`` or rank_llm's
     own retrieval) and writes rank_llm results, so runs move between the two toolkits.
     """
-    from .config import SCORINGS
-    from .presets import PRESETS
+    from rerank.config import SCORINGS
+    from rerank.prompting.presets import PRESETS
 
     ap = argparse.ArgumentParser(prog="rerank rank-llm", description="Rerank a rank_llm Request file into a Result file.")
     ap.add_argument("--input", required=True, help="rank_llm requests: a JSON list or JSONL.")
@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--scoring", default=None, choices=list(SCORINGS), help="Default: what the model recommends.")
     ap.add_argument("--top_k", type=int, default=None, help="Decide only the best k (generate decodes only k identifiers).")
     args = ap.parse_args(argv)
-    from .reranker import Reranker
+    from rerank.reranker import Reranker
 
     kwargs = {"scoring": args.scoring}
     if args.prompt:

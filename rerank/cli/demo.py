@@ -26,7 +26,7 @@ def run_demo(model: str | None = None, top_k: int | None = None, scoring: str | 
     """Rerank the built-in example with full ranking and return a printable report."""
     import time
 
-    from .reranker import Reranker
+    from rerank.reranker import Reranker
 
     start = time.perf_counter()
     # The demo's passages are hand-written, not a retriever's ranking: fusing with their order (the

@@ -141,7 +141,7 @@ def retrieve_collection(collection_dir: str, depth: int = 100, queries: dict[str
     ``queries`` defaults to the collection's own; ``index_dir`` caches the index (built once, then
     reloaded).
     """
-    from .data import load_collection
+    from rerank.data.collection import load_collection
 
     coll = load_collection(collection_dir)
     if not coll.corpus:
@@ -164,8 +164,8 @@ def retrieve_collection(collection_dir: str, depth: int = 100, queries: dict[str
 def write_rank_llm_requests(path: str, collection_dir: str, run: dict[str, list[tuple[str, float]]],
                             queries: dict[str, str] | None = None) -> None:
     """Write a BM25 run as rank_llm requests (query, candidates with score and ``doc.contents``)."""
-    from .data import load_collection
-    from .interchange import Candidate, RankLLMRequest, write_rank_llm_results
+    from rerank.data.collection import load_collection
+    from rerank.data.rank_llm_files import Candidate, RankLLMRequest, write_rank_llm_results
 
     coll = load_collection(collection_dir)
     queries = coll.queries if queries is None else queries
@@ -179,7 +179,7 @@ def write_rank_llm_requests(path: str, collection_dir: str, run: dict[str, list[
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``rerank retrieve --collection DIR [--queries FILE] [--depth 100] --output run.trec``."""
-    from .data import _read_jsonl, write_run
+    from rerank.data.collection import _read_jsonl, write_run
 
     ap = argparse.ArgumentParser(prog="rerank retrieve", description="BM25 first stage (bm25s) for a collection.")
     ap.add_argument("--collection", required=True, help="Folder with corpus.jsonl (shared or BEIR layout).")

@@ -3,7 +3,7 @@
 * :func:`msmarco_triple_lists`: one training list per MS MARCO training triple, filled with other
   triples' passages (``scripts/build_training_lists.py``, ``scripts/build_training_mix.py``);
 * :func:`ranking_settings`: what the records of a resumable ranking benchmark depend on, for
-  :func:`rerank.resume.check_same_settings` (``eval/bench_strategies.py``, ``eval/ablation_single_pass.py``).
+  :func:`rerank.data.resume.check_same_settings` (``eval/bench_strategies.py``, ``eval/ablation_single_pass.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-from .data import iter_jsonl
+from rerank.data.collection import iter_jsonl
 
 
 def msmarco_triple_lists(triples: str | Path, list_size: int, rng: random.Random) -> list[dict]:

@@ -3,7 +3,7 @@
 
     rerank demo                      # rerank the built-in example with the default model
     rerank eval --collection ../shared/data/msmarco-dl19 --depth 20 --strategy full
-    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m rerank.cli eval ...  # data-parallel
+    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m rerank.cli.commands eval ...  # data-parallel
     rerank labels ...                # complete listwise labels (see `rerank labels --help`)
     rerank train configs/train/default-cpu.yaml   # single process; use accelerate launch for more
     rerank retrieve --collection DIR --depth 100 --output run.trec   # BM25 first stage (bm25s)
@@ -34,7 +34,7 @@ def eval_main(argv: list[str] | None = None) -> dict:
     """``rerank eval``: rerank a first-stage run and print/write metrics."""
     from transformers import HfArgumentParser
 
-    from .evaluation import EvalConfig, evaluate, format_table
+    from rerank.evaluation import EvalConfig, evaluate, format_table
 
     parser = HfArgumentParser(EvalConfig, prog="rerank eval", description="Rerank a first-stage run and score it.")
     try:
@@ -42,7 +42,7 @@ def eval_main(argv: list[str] | None = None) -> dict:
     except (ValueError, TypeError) as exc:  # __post_init__ validation: a usage error, not a crash
         parser.error(str(exc))
     metrics = evaluate(cfg)
-    from .distributed import detect, shutdown
+    from rerank.distributed import detect, shutdown
 
     dp = detect()  # the context evaluate used: under `accelerate launch` only the main process reports
     shutdown(dp)
@@ -65,7 +65,7 @@ def demo_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scoring", default=None, choices=["generate", "single_pass", "head"],
                         help="default: what the model recommends (head for the shipped reranker)")
     args = parser.parse_args(argv)
-    from .demo import run_demo
+    from rerank.cli.demo import run_demo
 
     print(run_demo(args.model, args.top_k, args.scoring))
 
@@ -102,27 +102,27 @@ def _dispatch(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     command, rest = argv[0], argv[1:]
     if command == "labels":
-        from .labels import main as labels_main
+        from rerank.labels import main as labels_main
 
         return labels_main(rest) or 0
     if command == "retrieve":
-        from .retrieval import main as retrieve_main
+        from rerank.data.bm25 import main as retrieve_main
 
         return retrieve_main(rest) or 0
     if command == "generate-queries":
-        from .query_generation import main as generate_main
+        from rerank.labels.synthetic_queries import main as generate_main
 
         return generate_main(rest) or 0
     if command == "rank-llm":
-        from .interchange import main as rank_llm_main
+        from rerank.data.rank_llm_files import main as rank_llm_main
 
         return rank_llm_main(rest) or 0
     if command == "serve":
-        from .serving.server import main as serve_main
+        from rerank.serving.server import main as serve_main
 
         return serve_main(rest) or 0
     if command == "train":
-        from .train import main as train_main
+        from rerank.train import main as train_main
 
         return train_main(rest) or 0
     commands[command](rest)

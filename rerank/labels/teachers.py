@@ -26,10 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .decoding import parse_ranking
-from .keyed_http import KeyedClient, check_key_transport, is_loopback_url  # noqa: F401 - re-exported
-from .prompts import build_messages, sanitize
-from .ranking import Window, WindowRanking
+from rerank.keyed_http import KeyedClient, check_key_transport, is_loopback_url  # noqa: F401 - re-exported
+from rerank.prompting.identifiers import parse_ranking
+from rerank.prompting.prompts import build_messages, sanitize
+from rerank.ranking import Window, WindowRanking
 
 
 class TeacherError(RuntimeError):
@@ -121,7 +121,7 @@ class EmbeddingTeacher:
 class OpenAITeacher:
     """An OpenAI-compatible ``/chat/completions`` endpoint (the paper used GPT-4o), via urllib.
 
-    The prompt is our listwise prompt (:func:`rerank.prompts.build_messages`), passages cut to
+    The prompt is our listwise prompt (:func:`rerank.prompting.prompts.build_messages`), passages cut to
     ``max_passage_words`` words (no local tokenizer of the remote model). Free text is parsed with
     the tolerant parser; an answer naming fewer than ``min_coverage`` of the window's identifiers
     raises :class:`TeacherError` instead of being padded into a wrong label. The key is read from
@@ -193,7 +193,7 @@ class OpenAITeacher:
 
 def llm_teacher(model: str | None = None, **reranker_kwargs):
     """A local causal LM as a teacher: our own :class:`~rerank.Reranker` (it implements rank_windows)."""
-    from .reranker import Reranker
+    from rerank.reranker import Reranker
 
     return Reranker.from_pretrained(model, **reranker_kwargs)
 

@@ -6,7 +6,7 @@ prompt and 0.25.7 for the current template, gangiswag/llm-reranker 2d7cba4 for F
 RUC-NLPIR/fullrank 8395a7a for RankMistral100, sunnweiwei/RankGPT 0d62bc3): system message and how
 it is sent, instruction texts, passage line, example answer, identifier kind, the passage budget and
 its cleaning, the ``[n]`` -> ``(n)`` rewrite, ``ftfy.fix_text`` and the chat format used when the
-tokenizer has no chat template. :func:`rerank.prompts.encode_prompt` renders any preset; there is no
+tokenizer has no chat template. :func:`rerank.prompting.prompts.encode_prompt` renders any preset; there is no
 per-model prompt code.
 
 Example:
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .decoding import IdentifierFormat, identifier_format
+from rerank.prompting.identifiers import IdentifierFormat, identifier_format
 
 # System messages, verbatim (the period matters: RankZephyr has none, RankMistral100 has one).
 RANK_LLM_SYSTEM = "You are RankLLM, an intelligent assistant that can rank passages based on their relevancy to the query"

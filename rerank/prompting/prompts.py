@@ -5,7 +5,7 @@ ids together with the structure the engine needs (which tokens are passage bodie
 protected: template, instruction, query, identifiers). ``encode_target`` gives the response tokens
 for a ranking, so training sees exactly the prompt inference sees.
 
-Which prompt is rendered is a :class:`~rerank.presets.PromptPreset` (``preset=...``): LazyRank's own
+Which prompt is rendered is a :class:`~rerank.prompting.presets.PromptPreset` (``preset=...``): LazyRank's own
 (the default, unchanged) or the exact prompt of a published reranker (RankZephyr, RankVicuna, rank_llm
 0.25.7, FIRST, RankMistral100, RankGPT). Every preset goes through the same code below, so passage
 spans (pruning, head scoring) hold for all of them, ``ftfy`` included.
@@ -21,8 +21,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .decoding import LETTERS, NUMBERS, IdentifierFormat, format_ranking
-from .presets import PromptPreset, get_preset
+from rerank.prompting.identifiers import LETTERS, NUMBERS, IdentifierFormat, format_ranking
+from rerank.prompting.presets import PromptPreset, get_preset
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def encode_prompt(tokenizer, query: str, passages: Sequence[str], max_passage_to
         query, passages: the texts; passages are cleaned and cut as the preset says.
         max_passage_tokens: token budget per passage for token-budget presets (``"lazyrank"``);
             word-budget presets (the published ones) use their own word budget and ignore it.
-        preset: a preset name from :data:`rerank.presets.PRESETS` or a :class:`PromptPreset`
+        preset: a preset name from :data:`rerank.prompting.presets.PRESETS` or a :class:`PromptPreset`
             (None = ``"lazyrank"``, the default prompt, byte-identical to before presets existed).
         max_tokens: the context, for presets with rank_llm's shrink rule: while prompt tokens plus
             the answer length exceed it, the word budget drops by ``max(1, overflow // (n * 4))``

@@ -21,7 +21,6 @@ a killed run resumes where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -85,7 +84,7 @@ class LocalGenerator:
 
     def __init__(self, model: str | None = "base", device: str | None = None, max_new_tokens: int = 32,
                  batch_size: int = 8):
-        from .models import load_model_and_tokenizer
+        from rerank.models import load_model_and_tokenizer
 
         self.model, self.tokenizer = load_model_and_tokenizer(model, device=device)
         self.tokenizer.padding_side = "left"
@@ -129,7 +128,7 @@ class OpenAIGenerator:
 
     def __init__(self, model: str, base_url: str = "https://api.openai.com/v1", api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 60.0, max_new_tokens: int = 32, allow_insecure_key: bool = False):
-        from .keyed_http import KeyedClient
+        from rerank.keyed_http import KeyedClient
 
         self.name, self.model = f"openai:{model}", model
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -202,9 +201,9 @@ def generate_queries(cfg: GenerationConfig, generator: Generator | None = None, 
     """Run generation (resumable), cleaning and filtering; write the outputs; return a summary."""
     from tqdm.auto import tqdm
 
-    from .data import load_collection
-    from .resume import append_record, recover_records
-    from .retrieval import BM25Index
+    from rerank.data.bm25 import BM25Index
+    from rerank.data.collection import load_collection
+    from rerank.data.resume import append_record, recover_records
 
     coll = load_collection(cfg.collection)
     if not coll.corpus:

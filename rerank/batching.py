@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-from ..results import RankingResult
+from rerank.results import RankingResult
 
 logger = logging.getLogger(__name__)
 

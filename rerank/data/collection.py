@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 # The one resume mechanism for appended JSONL logs; imported here for the callers that know it as data.recover_records.
-from .resume import append_record, recover_records  # noqa: F401
+from rerank.data.resume import append_record, recover_records  # noqa: F401
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The one listwise prompt (inference, labelling, training) and the exact prompts of published checkpoints."""
