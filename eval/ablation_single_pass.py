@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rerank import PruningConfig, Reranker, RerankerConfig
 from rerank.data.collection import default_run_path, load_collection, read_run, recover_records
-from rerank.data.resume import append_record, check_same_settings, save_settings
+from rerank.data.resume import append_record, guard_records
 from rerank.data.script_support import ranking_settings
 from rerank.evaluation import compute_metrics, format_table
 
@@ -114,15 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.summarize_only:  # summarising ranks nothing, so it mixes nothing
         # Checked before any model loads, so a refused rerun fails at once.
         settings = resume_settings(args, models, variants, schedules)
-        settings_path = Path(args.output).with_suffix(".settings.json")
-        if records_path.is_file():
-            check_same_settings(
-                settings_path,
-                settings,
-                what=str(records_path),
-                advice="use another --output, or move the records away to start over",
-            )
-        save_settings(settings_path, settings, keep_saved=records_path.is_file())
+        guard_records(records_path, Path(args.output).with_suffix(".settings.json"), settings)
     done = {(r["model"], _depth(r), r["variant"], r["qid"]) for r in recover_records(records_path)}
     # Small models: load them all, and loop depth -> variant -> model, so a deadline cuts the
     # comparison evenly instead of dropping a whole model.

@@ -9,10 +9,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from tqdm.auto import tqdm
+
 from rerank.config import PruningConfig
 from rerank.data.collection import Collection, default_run_path, load_collection, read_run, write_run
 from rerank.data.resume import append_record, check_same_settings, save_settings
 from rerank.distributed import DataParallel, detect, existing_shards, load_union, merge_shards, own_log, remove_logs
+from rerank.reranker import Reranker
 
 logger = logging.getLogger(__name__)
 
@@ -131,17 +134,8 @@ def _resolve_model_settings(cfg: EvalConfig, reranker) -> None:
         setattr(cfg, name, given)
 
 
-def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = None, progress: bool = True) -> dict:
-    """Rerank the first-stage run of ``cfg.collection`` and score it; returns the metrics dict.
-
-    Writes ``rankings.jsonl`` (one record per query, appended as it goes: an interrupted run
-    resumes), ``run.trec`` and ``metrics.json`` into ``cfg.output_dir``. Under ``accelerate launch``
-    with N processes each ranks its share of the queries into a shard log and the main process merges
-    them into the same files (see :mod:`rerank.distributed`); ``metrics["processes"]`` is N.
-    """
-    from tqdm.auto import tqdm
-
-    collection = collection or load_collection(cfg.collection)
+def _judged_first_stage(cfg: EvalConfig, collection: Collection) -> tuple[dict[str, list[str]], list[str]]:
+    """The first-stage run to rerank and the queries to evaluate (judged, with text; ``limit_queries``)."""
     run_path = cfg.run or default_run_path(collection)
     if run_path is not None:
         first_stage = read_run(run_path)
@@ -152,16 +146,11 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
     qids = sorted(q for q in first_stage if q in collection.qrels and q in collection.queries)
     if not qids:
         raise ValueError(f"no query of {run_path} is both judged and in queries.jsonl")
-    if cfg.limit_queries:
-        qids = qids[: cfg.limit_queries]
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records_path = out_dir / "rankings.jsonl"
-    # Several processes under `accelerate launch`: each ranks every N-th remaining query into its own
-    # shard log; one process (the usual case) writes rankings.jsonl directly, as always.
-    dp = detect()
-    if cfg.strategy != "none":
-        _resolve_model_settings(cfg, reranker)
+    return first_stage, qids[: cfg.limit_queries] if cfg.limit_queries else qids
+
+
+def _open_logs(cfg: EvalConfig, out_dir: Path, records_path: Path, dp: DataParallel) -> tuple[dict, list[str], bool]:
+    """Check, repair or clear the ranking logs; (records done, their ids on every process, shards present)."""
     shards_present = bool(existing_shards(records_path))
     if cfg.resume and (records_path.exists() or shards_present):
         _check_same_ranking_setup(out_dir, cfg)  # every process checks: all fail alike, none waits forever
@@ -174,72 +163,57 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
         done = _load_done(records_path) if cfg.resume else {}
         save_settings(out_dir / "eval_config.json", asdict(cfg))
     done_ids = dp.broadcast(sorted(done) if dp.is_main else None)
-    shards_present = dp.broadcast(shards_present)
-    if cfg.strategy != "none" and reranker is None:
-        from rerank.reranker import Reranker
+    return done, done_ids, dp.broadcast(shards_present)
 
-        reranker = Reranker.from_pretrained(cfg.model, device=dp.device, dtype=cfg.dtype, precision=cfg.precision,
-                                            strategy=cfg.strategy,
-                                            window_size=cfg.window_size, stride=cfg.stride,
-                                            max_passage_tokens=cfg.max_passage_tokens, batch_size=cfg.batch_size,
-                                            scoring=cfg.scoring, first_stage_weight=cfg.first_stage_weight, prompt=cfg.prompt,
-                                            pruning=None if cfg.pruning is None else PruningConfig.from_spec(cfg.pruning))
-    finished = set(done_ids)
-    todo = dp.share([q for q in qids if q not in finished])
-    log_path = own_log(records_path, dp, shards_present)
-    if dp.distributed:
-        logger.info("process %d of %d: %d of the %d remaining queries", dp.rank, dp.world, len(todo),
-                    len(qids) - len(finished & set(qids)))
-    bar = tqdm(total=len(qids) if not dp.distributed else len(todo),
-               initial=len(qids) - len(todo) if not dp.distributed else 0,
-               desc=f"rerank {cfg.strategy}" + (f" [{dp.rank}/{dp.world}]" if dp.distributed else ""), unit="q",
-               disable=not progress or not dp.is_main)
-    with open(log_path, "a", encoding="utf-8") as fh:
-        for start in range(0, len(todo), max(1, cfg.batch_size)):
-            batch = todo[start:start + max(1, cfg.batch_size)]
-            cands = [[d for d in first_stage[q][: cfg.depth] if d in collection.corpus] for q in batch]
-            missing = [len(first_stage[q][: cfg.depth]) - len(c) for q, c in zip(batch, cands)]
-            if any(missing):
-                logger.warning("%d candidate ids are missing from the corpus and were skipped", sum(missing))
-            if cfg.strategy == "none":
-                results = [None] * len(batch)
-            else:
-                results = reranker.rerank_batch([collection.queries[q] for q in batch],
-                                                [[collection.corpus[d] for d in c] for c in cands],
-                                                top_k=cfg.rank_top_k)
-            for qid, cand, res in zip(batch, cands, results):
-                order = list(range(len(cand))) if res is None else res.order
-                rec = {"qid": qid, "ranking": [cand[i] for i in order],
-                       "stats": res.stats.to_dict() if res is not None else None}
-                append_record(fh, rec)
-                if log_path == records_path:
-                    done[qid] = rec
-                bar.update(1)
-    bar.close()
-    if log_path != records_path:
-        done = _merge_rankings(records_path, qids, dp)
-    missing_qids = [q for q in qids if q not in done]
-    if missing_qids:
-        raise RuntimeError(f"{records_path} lacks {len(missing_qids)} queries after the run (e.g. {missing_qids[0]!r}): "
-                           "a process stopped early; run the same command again to resume")
+
+def _load_reranker(cfg: EvalConfig, dp: DataParallel):
+    return Reranker.from_pretrained(cfg.model, device=dp.device, dtype=cfg.dtype, precision=cfg.precision,
+                                    strategy=cfg.strategy, window_size=cfg.window_size, stride=cfg.stride,
+                                    max_passage_tokens=cfg.max_passage_tokens, batch_size=cfg.batch_size,
+                                    scoring=cfg.scoring, first_stage_weight=cfg.first_stage_weight, prompt=cfg.prompt,
+                                    pruning=None if cfg.pruning is None else PruningConfig.from_spec(cfg.pruning))
+
+
+def _rank_into_log(cfg: EvalConfig, reranker, collection: Collection, first_stage: dict[str, list[str]],
+                   todo: list[str], fh, on_record) -> None:
+    """Rerank ``todo`` in batches, appending one record per query to ``fh``."""
+    for start in range(0, len(todo), max(1, cfg.batch_size)):
+        batch = todo[start:start + max(1, cfg.batch_size)]
+        cands = [[d for d in first_stage[q][: cfg.depth] if d in collection.corpus] for q in batch]
+        missing = [len(first_stage[q][: cfg.depth]) - len(c) for q, c in zip(batch, cands)]
+        if any(missing):
+            logger.warning("%d candidate ids are missing from the corpus and were skipped", sum(missing))
+        if cfg.strategy == "none":
+            results = [None] * len(batch)
+        else:
+            results = reranker.rerank_batch([collection.queries[q] for q in batch],
+                                            [[collection.corpus[d] for d in c] for c in cands],
+                                            top_k=cfg.rank_top_k)
+        for qid, cand, res in zip(batch, cands, results):
+            order = list(range(len(cand))) if res is None else res.order
+            rec = {"qid": qid, "ranking": [cand[i] for i in order],
+                   "stats": res.stats.to_dict() if res is not None else None}
+            append_record(fh, rec)
+            on_record(qid, rec)
+
+
+def _trec_run(qids: list[str], done: dict[str, dict], first_stage: dict[str, list[str]]) -> dict:
+    """Reranked heads, then the candidates beyond depth in their first-stage order; scores by rank."""
     run: dict[str, list[tuple[str, float]]] = {}
     for qid in qids:
         ranked = list(done[qid]["ranking"])
-        # Candidates beyond depth keep their first-stage order below the reranked head.
         seen = set(ranked)
         ranked += [d for d in first_stage[qid] if d not in seen]
         total = len(ranked)
         run[qid] = [(d, float(total - r)) for r, d in enumerate(ranked)]
-    if dp.is_main:
-        write_run(out_dir / "run.trec", run, tag=f"lazyrank-{cfg.strategy}")
-    metrics = compute_metrics(collection.qrels, run, collection.graded)
-    stats = [done[q]["stats"] for q in qids if done[q].get("stats")]
+    return run
 
+
+def _cost_summary(cfg: EvalConfig, reranker, stats: list[dict]) -> dict:
     def mean(key: str) -> float:
         return statistics.fmean(s[key] for s in stats) if stats else 0.0
 
-    metrics.update({
-        "queries": len(qids),
+    return {
         "seconds_per_query": mean("total_seconds"),
         "prefill_seconds_per_query": mean("prefill_seconds"),
         "decode_seconds_per_query": mean("decode_seconds"),
@@ -252,7 +226,61 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
                     if cfg.strategy != "none" else None),
         "pruning": cfg.pruning if cfg.strategy != "none" else None,
         "config": asdict(cfg),
-    })
+    }
+
+
+def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = None, progress: bool = True) -> dict:
+    """Rerank the first-stage run of ``cfg.collection`` and score it; returns the metrics dict.
+
+    Writes ``rankings.jsonl`` (one record per query, appended as it goes: an interrupted run
+    resumes), ``run.trec`` and ``metrics.json`` into ``cfg.output_dir``. Under ``accelerate launch``
+    with N processes each ranks its share of the queries into a shard log and the main process merges
+    them into the same files (see :mod:`rerank.distributed`); ``metrics["processes"]`` is N.
+    """
+    collection = collection or load_collection(cfg.collection)
+    first_stage, qids = _judged_first_stage(cfg, collection)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records_path = out_dir / "rankings.jsonl"
+    # Several processes under `accelerate launch`: each ranks every N-th remaining query into its own
+    # shard log; one process (the usual case) writes rankings.jsonl directly, as always.
+    dp = detect()
+    if cfg.strategy != "none":
+        _resolve_model_settings(cfg, reranker)
+    done, done_ids, shards_present = _open_logs(cfg, out_dir, records_path, dp)
+    if cfg.strategy != "none" and reranker is None:
+        reranker = _load_reranker(cfg, dp)
+    finished = set(done_ids)
+    todo = dp.share([q for q in qids if q not in finished])
+    log_path = own_log(records_path, dp, shards_present)
+    if dp.distributed:
+        logger.info("process %d of %d: %d of the %d remaining queries", dp.rank, dp.world, len(todo),
+                    len(qids) - len(finished & set(qids)))
+    bar = tqdm(total=len(qids) if not dp.distributed else len(todo),
+               initial=len(qids) - len(todo) if not dp.distributed else 0,
+               desc=f"rerank {cfg.strategy}" + (f" [{dp.rank}/{dp.world}]" if dp.distributed else ""), unit="q",
+               disable=not progress or not dp.is_main)
+
+    def on_record(qid: str, rec: dict) -> None:
+        if log_path == records_path:
+            done[qid] = rec
+        bar.update(1)
+
+    with open(log_path, "a", encoding="utf-8") as fh:
+        _rank_into_log(cfg, reranker, collection, first_stage, todo, fh, on_record)
+    bar.close()
+    if log_path != records_path:
+        done = _merge_rankings(records_path, qids, dp)
+    missing_qids = [q for q in qids if q not in done]
+    if missing_qids:
+        raise RuntimeError(f"{records_path} lacks {len(missing_qids)} queries after the run (e.g. {missing_qids[0]!r}): "
+                           "a process stopped early; run the same command again to resume")
+    run = _trec_run(qids, done, first_stage)
+    if dp.is_main:
+        write_run(out_dir / "run.trec", run, tag=f"lazyrank-{cfg.strategy}")
+    metrics = compute_metrics(collection.qrels, run, collection.graded)
+    metrics["queries"] = len(qids)
+    metrics.update(_cost_summary(cfg, reranker, [done[q]["stats"] for q in qids if done[q].get("stats")]))
     metrics["processes"] = dp.world
     if dp.is_main:
         with open(out_dir / "metrics.json", "w", encoding="utf-8") as fh:

@@ -175,3 +175,14 @@ def check_same_settings(path: str | os.PathLike, settings: Mapping[str, Any], *,
         changes = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
         where = what or str(Path(path).parent)
         raise ValueError(f"{where} holds records made with other settings ({changes})" + (f"; {advice}" if advice else ""))
+
+
+def guard_records(records_path: str | os.PathLike, settings_path: str | os.PathLike, settings: Mapping[str, Any]) -> None:
+    """Before appending to ``records_path``: refuse settings that differ from the ones its records were
+    made with, then save ``settings`` beside them (a benchmark's resumable records).
+    """
+    exists = Path(records_path).is_file()
+    if exists:
+        check_same_settings(settings_path, settings, what=str(records_path),
+                            advice="use another --output, or move the records away to start over")
+    save_settings(settings_path, settings, keep_saved=exists)

@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 
 from rerank.config import PruningConfig
-from rerank.engine.session import DenseSession, PrefillInfo, _sync, ragged_lengths
+from rerank.engine.session import DenseSession, PrefillInfo, _sync, step_tokens
 from rerank.engine.token_importance import last_rows_attention, passage_groups, select_survivors
 
 logger = logging.getLogger(__name__)
@@ -370,11 +370,7 @@ class PrunedSession:
             return self._dense.step(tokens, lengths)
         if self._last_positions is None:
             raise RuntimeError("step() called before prefill()")
-        tokens = tokens.to(self.device)
-        if tokens.dim() == 1:
-            tokens = tokens.view(-1, 1)
-        batch, width = tokens.shape
-        ragged = ragged_lengths(lengths, batch, width)
+        tokens, batch, width, ragged = step_tokens(tokens, lengths, self.device)
         positions = self._last_positions.view(-1, 1) + torch.arange(1, width + 1, device=self.device)
         if self._row_caches is not None:
             if width > 1 or ragged is not None:

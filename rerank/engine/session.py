@@ -81,6 +81,16 @@ def ragged_lengths(lengths: Sequence[int] | None, batch: int, width: int) -> lis
     return None if all(n == width for n in lengths) else lengths
 
 
+def step_tokens(tokens: torch.Tensor, lengths: Sequence[int] | None,
+                device: torch.device) -> tuple[torch.Tensor, int, int, list[int] | None]:
+    """A step's ``[B]`` or ``[B, L]`` tokens as ``[B, L]`` on ``device``, with B, L and the checked ragged lengths."""
+    tokens = tokens.to(device)
+    if tokens.dim() == 1:
+        tokens = tokens.view(-1, 1)
+    batch, width = tokens.shape
+    return tokens, batch, width, ragged_lengths(lengths, batch, width)
+
+
 class DenseSession:
     """The model's own forward with a ``DynamicCache``; rows are left-padded to one length.
 
@@ -149,11 +159,7 @@ class DenseSession:
         """
         if self.cache is None:
             raise RuntimeError("step() called before prefill()")
-        tokens = tokens.to(self.device)
-        if tokens.dim() == 1:
-            tokens = tokens.view(-1, 1)
-        batch, width = tokens.shape
-        ragged = ragged_lengths(lengths, batch, width)
+        tokens, batch, width, ragged = step_tokens(tokens, lengths, self.device)
         offsets = torch.arange(1, width + 1, device=self.device)
         # Padding gets positions too (it must have some); they are never seen, so any value works.
         positions = self.positions.view(-1, 1) + offsets

@@ -18,10 +18,13 @@ import hmac
 import json
 import logging
 import time
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from rerank import __version__
 from rerank.batching import BatcherClosedError, BatcherConfig, DynamicBatcher, QueueFullError
+from rerank.prompting.prompts import plain_text_tokenizer
 from rerank.serving.openapi import SWAGGER_ASSETS, docs_page, openapi_document, swagger_asset
 from rerank.serving.protocol import ApiError, cohere_response, parse_request, tei_response
 from rerank.serving.scores import model_top_k
@@ -115,148 +118,146 @@ def _error(exc: ApiError, responses: Any):
     return responses.JSONResponse(exc.body(), status_code=exc.status, headers=headers or None)
 
 
-def create_app(reranker: Any, config: ServerConfig | None = None, *, info: dict | None = None):
-    """A Starlette app serving ``reranker``; ``info`` adds fields to ``GET /info``.
+async def _read_body(request: Any, limit: int, timeout: float) -> bytes:
+    """The request body, refused over ``limit`` bytes (413) or when not in full within ``timeout`` s (408)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "payload_too_large", f"request body of {declared} bytes > limit of {limit} bytes")
+    body = bytearray()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    chunks = request.stream().__aiter__()
+    while True:  # chunked bodies are counted as they arrive; a stalled one is cut at the deadline
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), max(0.0, deadline - loop.time()))
+        except StopAsyncIteration:
+            return bytes(body)
+        except asyncio.TimeoutError:
+            raise ApiError(408, "timeout", f"request body not received in full within {timeout:g} s "
+                                           f"({len(body)} bytes arrived)") from None
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "payload_too_large", f"request body over the limit of {limit} bytes")
 
-    The batcher is at ``app.state.batcher``; it is closed (queued requests finished) on shutdown.
-    """
-    _require("starlette")
-    from starlette import responses
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.requests import Request
-    from starlette.routing import Route
 
-    config = config or ServerConfig()
-    scoring = getattr(reranker.config, "scoring", "generate")
-    metrics_holder: dict[str, _Metrics] = {}
-    batcher = DynamicBatcher(reranker, config.batcher_config(),
-                             on_batch=lambda n, s: metrics_holder["m"].on_batch(n, s))
-    metrics = _Metrics(batcher)
-    metrics_holder["m"] = metrics
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
 
-    def check_auth(request: Request) -> None:
-        if config.api_key is None:
+
+class _Service:
+    """What one app serves from (reranker, batcher, metrics, limits) and its route handlers."""
+
+    def __init__(self, reranker: Any, config: ServerConfig, info: dict | None):
+        from starlette import responses
+
+        self.responses = responses
+        self.reranker, self.config, self.info = reranker, config, info or {}
+        self.scoring = getattr(reranker.config, "scoring", "generate")
+        self.batcher = DynamicBatcher(reranker, config.batcher_config(), on_batch=self._on_batch)
+        self.metrics = _Metrics(self.batcher)
+        tokenizer = getattr(reranker, "tokenizer", None)
+        # a private copy: the worker thread keeps using the reranker's own to tokenise prompts
+        self.tokenizer = plain_text_tokenizer(tokenizer) if tokenizer is not None else None
+        self.schema = openapi_document(version=__version__, max_documents=config.max_documents,
+                                       max_query_tokens=config.max_query_tokens, secured=config.api_key is not None)
+
+    def _on_batch(self, size: int, seconds: float) -> None:
+        self.metrics.on_batch(size, seconds)
+
+    def error(self, exc: ApiError):
+        return _error(exc, self.responses)
+
+    def check_auth(self, request: Any) -> None:
+        if self.config.api_key is None:
             return  # clients always send some Bearer token; any is accepted
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.config.api_key.encode()):
             raise ApiError(401, "unauthorized", "missing or invalid API key (send 'Authorization: Bearer <key>')")
 
-    async def read_body(request: Request) -> bytes:
-        limit = config.max_request_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, "payload_too_large", f"request body of {declared} bytes > limit of {limit} bytes")
-        body = bytearray()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + config.body_timeout
-        chunks = request.stream().__aiter__()
-        while True:  # chunked bodies are counted as they arrive; a stalled one is cut at the deadline
-            try:
-                chunk = await asyncio.wait_for(chunks.__anext__(), max(0.0, deadline - loop.time()))
-            except StopAsyncIteration:
-                return bytes(body)
-            except asyncio.TimeoutError:
-                raise ApiError(408, "timeout", f"request body not received in full within {config.body_timeout:g} s "
-                                               f"({len(body)} bytes arrived)") from None
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, "payload_too_large", f"request body over the limit of {limit} bytes")
-
-    async def read_json(request: Request) -> Any:
-        body = await read_body(request)
-        try:
-            return json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise ApiError(400, "invalid_json", "the request body is not valid JSON: nested too deeply") from None
-        except ValueError as exc:  # e.g. an integer of more digits than Python converts
-            raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
-
-    tokenizer = getattr(reranker, "tokenizer", None)
-    if tokenizer is not None:
-        from rerank.prompting.prompts import plain_text_tokenizer
-
-        # a private copy: the worker thread keeps using the reranker's own to tokenise prompts
-        tokenizer = plain_text_tokenizer(tokenizer)
-
-    def query_tokens(query: str) -> int:
-        if tokenizer is None:  # a ranker without a tokenizer: UTF-8 bytes bound byte-level BPE tokens
+    def query_tokens(self, query: str) -> int:
+        if self.tokenizer is None:  # a ranker without a tokenizer: UTF-8 bytes bound byte-level BPE tokens
             return len(query.encode("utf-8"))
-        return len(tokenizer(query, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        return len(self.tokenizer(query, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
-    async def check_query_budget(query: str) -> None:
+    async def check_query_budget(self, query: str) -> None:
         # A long query is tokenised off the event loop (2 MB take seconds).
-        count = query_tokens(query) if len(query) <= 4096 else await asyncio.to_thread(query_tokens, query)
-        if count > config.max_query_tokens:
+        count = self.query_tokens(query) if len(query) <= 4096 else await asyncio.to_thread(self.query_tokens, query)
+        if count > self.config.max_query_tokens:
             raise ApiError(422, "validation", f"query is {count} tokens, over the budget of "
-                                              f"{config.max_query_tokens} tokens (max_query_tokens)")
+                                              f"{self.config.max_query_tokens} tokens (max_query_tokens)")
 
-    async def rerank_route(request: Request):
-        route = request.url.path
-        start = time.perf_counter()
+    async def rank(self, req: Any):
+        """Submit one parsed request to the batcher and wait for its result."""
+        top_k = model_top_k(self.scoring, req.returned) if req.top_n is not None else None
         try:
-            check_auth(request)
-            req = parse_request(await read_json(request), path=route, max_documents=config.max_documents)
-            await check_query_budget(req.query)
-            top_k = model_top_k(scoring, req.returned) if req.top_n is not None else None
-            try:
-                future = batcher.submit(req.query, req.texts, top_k)
-            except QueueFullError as exc:
-                raise ApiError(429, "overloaded", f"model is overloaded: {exc}") from None
-            except BatcherClosedError as exc:
-                raise ApiError(503, "unavailable", str(exc)) from None
-            try:
-                result = await asyncio.wrap_future(future)
-            except Exception as exc:  # one batch failed: only these requests get 500
-                logger.exception("ranking failed")
-                raise ApiError(500, "backend", f"ranking failed: {type(exc).__name__}: {exc}") from None
+            future = self.batcher.submit(req.query, req.texts, top_k)
+        except QueueFullError as exc:
+            raise ApiError(429, "overloaded", f"model is overloaded: {exc}") from None
+        except BatcherClosedError as exc:
+            raise ApiError(503, "unavailable", str(exc)) from None
+        try:
+            return await asyncio.wrap_future(future)
+        except Exception as exc:  # one batch failed: only these requests get 500
+            logger.exception("ranking failed")
+            raise ApiError(500, "backend", f"ranking failed: {type(exc).__name__}: {exc}") from None
+
+    async def rerank_route(self, request: Any):
+        route, start, metrics = request.url.path, time.perf_counter(), self.metrics
+        try:
+            self.check_auth(request)
+            body = _parse_json(await _read_body(request, self.config.max_request_bytes, self.config.body_timeout))
+            req = parse_request(body, path=route, max_documents=self.config.max_documents)
+            await self.check_query_budget(req.query)
+            result = await self.rank(req)
             metrics.prompt_tokens.inc(result.stats.prompt_tokens)
             metrics.documents.inc(len(req.texts))
             if req.dialect == "tei":
-                response = responses.JSONResponse(tei_response(req, result))
+                answer = tei_response(req, result)
             else:
-                version = "2" if route.startswith("/v2") else "1"
-                response = responses.JSONResponse(cohere_response(req, result, model_name=config.model_name,
-                                                                  api_version=version))
+                answer = cohere_response(req, result, model_name=self.config.model_name,
+                                         api_version="2" if route.startswith("/v2") else "1")
+            response = self.responses.JSONResponse(answer)
         except ApiError as exc:
             metrics.errors.labels(exc.kind).inc()
-            response = _error(exc, responses)
+            response = self.error(exc)
         except Exception as exc:  # a bug of ours: still one JSON answer, counted like any other
             logger.exception("unexpected error on %s", route)
             metrics.errors.labels("internal").inc()
-            response = _error(ApiError(500, "internal", f"{type(exc).__name__}: {exc}"), responses)
+            response = self.error(ApiError(500, "internal", f"{type(exc).__name__}: {exc}"))
         metrics.requests.labels(route, str(response.status_code)).inc()
         metrics.latency.labels(route).observe(time.perf_counter() - start)
         return response
 
-    async def health(request: Request):
-        if batcher.closed:
-            return _error(ApiError(503, "unhealthy", "shutting down"), responses)
-        return responses.JSONResponse({"status": "ok"})
+    async def health(self, request: Any):
+        if self.batcher.closed:
+            return self.error(ApiError(503, "unhealthy", "shutting down"))
+        return self.responses.JSONResponse({"status": "ok"})
 
-    async def info_route(request: Request):
+    async def info_route(self, request: Any):
         try:
-            check_auth(request)
+            self.check_auth(request)
         except ApiError as exc:
-            metrics.errors.labels(exc.kind).inc()
-            return _error(exc, responses)
-        rc = reranker.config
+            self.metrics.errors.labels(exc.kind).inc()
+            return self.error(exc)
+        rc, config = self.reranker.config, self.config
         pruning = getattr(rc, "pruning", None)
-        from rerank import __version__
-
         body = {
             "model": config.model_name,
             "version": __version__,
-            "scoring": scoring,
+            "scoring": self.scoring,
             "strategy": getattr(rc, "strategy", None),
             "pruning": asdict(pruning) if pruning is not None else None,
             "max_passage_tokens": getattr(rc, "max_passage_tokens", None),
-            "max_context": getattr(reranker, "max_context", None),
+            "max_context": getattr(self.reranker, "max_context", None),
             "limits": {"max_documents": config.max_documents, "max_request_bytes": config.max_request_bytes,
-                       "max_concurrent": config.max_concurrent, "max_batch_size": batcher.max_batch_size,
+                       "max_concurrent": config.max_concurrent, "max_batch_size": self.batcher.max_batch_size,
                        "max_wait_ms": config.max_wait_ms, "max_query_tokens": config.max_query_tokens,
                        "body_timeout": config.body_timeout},
             "auth": config.api_key is not None,
@@ -264,59 +265,65 @@ def create_app(reranker: Any, config: ServerConfig | None = None, *, info: dict 
             "relevance_score": "rank-derived 1 - r/N, or softmax of the model's scores over the request; "
                                "monotone in rank, in [0, 1]",
         }
-        body.update(info or {})
-        return responses.JSONResponse(body)
+        body.update(self.info)
+        return self.responses.JSONResponse(body)
 
-    async def metrics_route(request: Request):
-        data, content_type = metrics.render()
-        return responses.Response(data, headers={"Content-Type": content_type})
+    async def metrics_route(self, request: Any):
+        data, content_type = self.metrics.render()
+        return self.responses.Response(data, headers={"Content-Type": content_type})
 
-    from rerank import __version__ as lazyrank_version
+    async def openapi_route(self, request: Any):
+        return self.responses.JSONResponse(self.schema)
 
-    schema = openapi_document(version=lazyrank_version, max_documents=config.max_documents,
-                              max_query_tokens=config.max_query_tokens, secured=config.api_key is not None)
+    async def docs_route(self, request: Any):
+        return self.responses.HTMLResponse(docs_page())
 
-    async def openapi_route(request: Request):
-        return responses.JSONResponse(schema)
-
-    async def docs_route(request: Request):
-        return responses.HTMLResponse(docs_page())
-
-    async def docs_asset(request: Request):
+    async def docs_asset(self, request: Any):
         name = request.path_params["name"]
         try:
             path = swagger_asset(name)
         except ImportError as exc:
-            return _error(ApiError(404, "not_found", str(exc)), responses)
+            return self.error(ApiError(404, "not_found", str(exc)))
         if path is None:
-            return _error(ApiError(404, "not_found", f"no asset {name!r}"), responses)
-        return responses.Response(path.read_bytes(), media_type=SWAGGER_ASSETS[name],
-                                  headers={"Cache-Control": "public, max-age=86400"})
+            return self.error(ApiError(404, "not_found", f"no asset {name!r}"))
+        return self.responses.Response(path.read_bytes(), media_type=SWAGGER_ASSETS[name],
+                                       headers={"Cache-Control": "public, max-age=86400"})
 
-    async def http_error(request: Request, exc: HTTPException):
+    async def http_error(self, request: Any, exc: Any):
         kinds = {404: "not_found", 405: "method_not_allowed"}
-        return _error(ApiError(exc.status_code, kinds.get(exc.status_code, "http"), str(exc.detail)), responses)
+        return self.error(ApiError(exc.status_code, kinds.get(exc.status_code, "http"), str(exc.detail)))
 
-    async def internal_error(request: Request, exc: Exception):
-        metrics.errors.labels("internal").inc()
-        return _error(ApiError(500, "internal", f"{type(exc).__name__}: {exc}"), responses)
-
-    from contextlib import asynccontextmanager
+    async def internal_error(self, request: Any, exc: Exception):
+        self.metrics.errors.labels("internal").inc()
+        return self.error(ApiError(500, "internal", f"{type(exc).__name__}: {exc}"))
 
     @asynccontextmanager
-    async def lifespan(app):
+    async def lifespan(self, app: Any):
         yield
         # The server has stopped taking connections and in-flight requests are done (uvicorn
         # drains them first); close() finishes anything still queued and stops the worker.
-        await asyncio.to_thread(batcher.close, True, 60.0)
+        await asyncio.to_thread(self.batcher.close, True, 60.0)
 
-    routes = [Route(path, rerank_route, methods=["POST"]) for path in RERANK_ROUTES]
-    routes += [Route("/health", health, methods=["GET"]), Route("/info", info_route, methods=["GET"]),
-               Route("/metrics", metrics_route, methods=["GET"]), Route("/openapi.json", openapi_route, methods=["GET"]),
-               Route("/docs", docs_route, methods=["GET"]), Route("/docs/assets/{name}", docs_asset, methods=["GET"])]
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error, Exception: internal_error})
-    app.state.batcher = batcher
-    app.state.config = config
-    app.state.metrics = metrics
+
+def create_app(reranker: Any, config: ServerConfig | None = None, *, info: dict | None = None):
+    """A Starlette app serving ``reranker``; ``info`` adds fields to ``GET /info``.
+
+    The batcher is at ``app.state.batcher``; it is closed (queued requests finished) on shutdown.
+    """
+    _require("starlette")
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.routing import Route
+
+    service = _Service(reranker, config or ServerConfig(), info)
+    routes = [Route(path, service.rerank_route, methods=["POST"]) for path in RERANK_ROUTES]
+    routes += [Route(path, handler, methods=["GET"]) for path, handler in (
+        ("/health", service.health), ("/info", service.info_route), ("/metrics", service.metrics_route),
+        ("/openapi.json", service.openapi_route), ("/docs", service.docs_route),
+        ("/docs/assets/{name}", service.docs_asset))]
+    app = Starlette(routes=routes, lifespan=service.lifespan,
+                    exception_handlers={HTTPException: service.http_error, Exception: service.internal_error})
+    app.state.batcher = service.batcher
+    app.state.config = service.config
+    app.state.metrics = service.metrics
     return app
