@@ -31,7 +31,7 @@ EOF
 
 for name in lm joint; do
     extra=()
-    [ "$name" = joint ] && extra=(--ranking_loss ranknet)
+    [ "$name" = joint ] && extra=(--objective identifier_ranking --ranking_loss ranknet)
     if [ ! -f "$OUT/$name/adapter_model.safetensors" ]; then
         stamp "train $name"
         $PY -m rerank.train configs/train/smollm-gpu.yaml --train_file "$LABELS" --output_dir "$OUT/$name" \

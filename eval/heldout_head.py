@@ -36,11 +36,14 @@ def main(argv: list[str] | None = None) -> dict:
         required=True,
         help="NAME=PATH ('base' = raw SmolLM2-135M-Instruct, 'default' = base + the shipped weights).",
     )
-    ap.add_argument("--config", default="configs/train/head-cpu.yaml", help="The training YAML (data, split, loss).")
+    ap.add_argument(
+        "--config", default="configs/train/head-cpu.yaml", help="The training YAML (data, split, objective)."
+    )
     ap.add_argument("--limit", type=int, default=None, help="Only the first N held-out lists.")
     ap.add_argument("--out", default="eval/results/heldout_head_cpu.json")
     args = ap.parse_args(argv)
-    targs = parse_args([args.config, "--output_dir", "/tmp/lazyrank-heldout-unused"])
+    config = parse_args([args.config, "--output_dir", "/tmp/lazyrank-heldout-unused"])
+    targs, head = config.args, config.objective.head
     if targs.eval_fraction <= 0:
         ap.error(f"{args.config} holds out nothing (eval_fraction 0)")
     results = {
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
         _, heldout = split_heldout(dataset, targs.eval_fraction, targs.seed)
         if args.limit:
             heldout = heldout.select(range(min(args.limit, len(heldout))))
-        loss = PassageHeadLoss(targs.head_loss or "ranknet", targs.head_teacher_weight, targs.head_teacher_temperature)
+        loss = PassageHeadLoss(head.head_rank_loss, head.head_teacher_weight, head.head_teacher_temperature)
         yes, no = relevance_token_ids(tok)
         rank_terms, kl_terms, correct, pairs = [], [], 0, 0
         for row in tqdm(heldout, desc=name):

@@ -53,7 +53,7 @@ def train(work: Path, labels: Path, loss: str, steps: int, extra: list[str]) -> 
             str(out),
             "--max_steps",
             str(steps),
-            "--loss",
+            "--objective",
             loss,
             "--save_steps",
             "1000000",
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval_queries", type=int, default=43, help="DL19 queries evaluated (first K, sorted by qid).")
     ap.add_argument("--free_queries", type=int, default=10, help="Of those, how many also get an unconstrained answer.")
     ap.add_argument("--depth", type=int, default=20, help="BM25 candidates per DL19 query (old spelling: --top_n)")
-    ap.add_argument("--losses", nargs="+", default=["importance", "lm"])
+    ap.add_argument("--losses", nargs="+", default=["importance", "lm"], help="Objectives to train (importance, lm).")
     ap.add_argument("--train_args", nargs=argparse.REMAINDER, default=[], help="Extra rerank.train overrides.")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     work = REPO / args.work

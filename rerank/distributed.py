@@ -132,16 +132,31 @@ def detect() -> DataParallel:
     return _CONTEXTS[world]
 
 
-def shutdown(dp: DataParallel) -> None:
-    """Destroy the process group while the interpreter is still fully alive (after a final barrier).
+def shutdown_process_groups(barrier: bool = True) -> None:
+    """Destroy every process group while the interpreter is still fully alive.
 
-    Why: gloo groups left to C++ static destruction at exit can end a successful run with
-    ``std::terminate`` (see ``rerank.train.shutdown_distributed``). Call only on success: after a
-    failure the other processes may never reach the barrier.
+    Why: each process group (the default one and the subgroups DeepSpeed creates) is also held by
+    torch's C++ group registry, a process-wide static that only ``destroy_process_group`` empties.
+    Left alone, the gloo groups and their worker threads are destroyed during C++ static destruction
+    at exit, in an unspecified order relative to the objects they use; when a joinable
+    ``std::thread`` is destroyed first the runtime calls ``std::terminate`` ("terminate called
+    without an active exception", rc 1) after a successful run. The barrier first keeps a fast
+    process from tearing down while a slower one is still inside a collective (pass
+    ``barrier=False`` after a failure: the other processes may never arrive).
     """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if barrier:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+def shutdown(dp: DataParallel) -> None:
+    """End a successful data-parallel job: :func:`shutdown_process_groups` after a final barrier."""
     if dp.distributed:
-        dp.wait()
-        dp.state.destroy_process_group()
+        shutdown_process_groups()
 
 
 # ---------------------------------------------------------------------------------------------- shard logs

@@ -198,6 +198,52 @@ def choose_attn_implementation(device: torch.device) -> str:
     return "sdpa"
 
 
+def load_tokenizer(path: str):
+    """The tokenizer of a model folder or hub id, with a pad token (the end-of-sequence one if it has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str, *, dtype: torch.dtype, attn_implementation: str):
+    """A causal LM from a model folder or hub id, as it is stored (no device move, no adapter).
+
+    Training calls this while a DeepSpeed ZeRO-3 config is alive, so the weights are partitioned
+    as they load; inference moves the model afterwards.
+    """
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+
+
+def load_for_training(model: str | os.PathLike | None, *, dtype: torch.dtype, attn_implementation: str | None = None,
+                      lora=None, init_adapter: str | None = None, gradient_checkpointing: bool = False):
+    """``(model, tokenizer)`` to fine-tune: the base model (None = the converted default), plus LoRA.
+
+    ``lora`` is a :class:`peft.LoraConfig`, or a callable ``num_layers -> LoraConfig`` (a fresh adapter
+    whose layers depend on the depth); ``init_adapter`` continues that adapter folder instead (its
+    own rank, targets and layers win). Neither = full fine-tuning.
+    """
+    path = str(model or default_model_path())
+    attn = attn_implementation or choose_attn_implementation(resolve_device(None))
+    tokenizer = load_tokenizer(path)
+    lm = load_causal_lm(path, dtype=dtype, attn_implementation=attn)
+    lm.config.use_cache = False
+    if lora is None and init_adapter is None:
+        return lm, tokenizer
+    from peft import PeftModel, get_peft_model
+
+    if gradient_checkpointing:
+        lm.enable_input_require_grads()  # checkpointed blocks need a grad path through frozen embeddings
+    if init_adapter:
+        return PeftModel.from_pretrained(lm, init_adapter, is_trainable=True), tokenizer
+    config = lora(lm.config.num_hidden_layers) if callable(lora) else lora
+    return get_peft_model(lm, config), tokenizer
+
+
 def load_model_and_tokenizer(model: str | os.PathLike | None = None, *, device=None, dtype=None,
                              attn_implementation: str | None = None):
     """Load a causal LM and its tokenizer for reranking.
@@ -210,8 +256,6 @@ def load_model_and_tokenizer(model: str | os.PathLike | None = None, *, device=N
     Example:
         >>> model, tok = load_model_and_tokenizer()          # doctest: +SKIP
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     attn = attn_implementation or choose_attn_implementation(dev)
@@ -220,7 +264,7 @@ def load_model_and_tokenizer(model: str | os.PathLike | None = None, *, device=N
         model = shipped  # an adapter folder like any other: base = the converted default model
     if model is None or str(model) in BASE_MODEL_ALIASES:
         path = str(default_model_path())
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn)
+        lm = load_causal_lm(path, dtype=torch_dtype, attn_implementation=attn)
     elif (Path(str(model)) / "adapter_config.json").is_file():
         try:
             from peft import PeftModel
@@ -231,16 +275,14 @@ def load_model_and_tokenizer(model: str | os.PathLike | None = None, *, device=N
         # --init_adapter) name it "SmolLM2-135M-Instruct": that is our converted file, not a hub id.
         base_name = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
         base_path = str(default_model_path()) if base_name in (None, *BASE_MODEL_ALIASES) else base_name
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype, attn_implementation=attn)
+        base = load_causal_lm(base_path, dtype=torch_dtype, attn_implementation=attn)
         lm = PeftModel.from_pretrained(base, adapter).merge_and_unload()
         # The tokenizer travels with a training run's output; a packaged adapter uses the base's.
         path = adapter if (Path(adapter) / "tokenizer_config.json").is_file() else base_path
     else:
         path = str(model)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        lm = load_causal_lm(path, dtype=torch_dtype, attn_implementation=attn)
+    tokenizer = load_tokenizer(path)
     if getattr(lm.config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         logger.warning("Model type %r is untested; supported: %s", lm.config.model_type, SUPPORTED_MODEL_TYPES)
     lm.to(dev).eval()

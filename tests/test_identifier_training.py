@@ -1,5 +1,7 @@
 """The packed prompt+target+tree forward: LM loss unchanged, identifier scores equal inference."""
 
+import json
+
 import pytest
 import torch
 from test_training import _restore_accelerate_env, label_file, tiny_dir  # noqa: F401  (shared fixtures)
@@ -92,14 +94,17 @@ def test_joint_objective_trains(tmp_path, tiny_dir, label_file):  # noqa: F811
     from rerank.train import parse_args, train
 
     args = ["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "16",
-            "--max_steps", "2", "--logging_steps", "1", "--report_to", "none", "--ranking_loss", "listmle",
-            "--ranking_loss_weight", "0.5", "--output_dir", str(tmp_path / "joint")]
+            "--max_steps", "2", "--logging_steps", "1", "--report_to", "none", "--objective", "identifier_ranking",
+            "--ranking_loss", "listmle", "--ranking_weight", "0.5", "--output_dir", str(tmp_path / "joint")]
     metrics = train(parse_args(args))
     assert metrics["global_step"] == 2
     logged = [h for h in metrics["log_history"] if "loss" in h]
     # each logged step carries both terms, and they add up to the loss with the weight
     assert all(h["lm_loss"] + 0.5 * h["ranking_loss"] == pytest.approx(h["loss"], abs=2e-3) for h in logged)
     assert metrics["tokens_seen"] < 2 * 2 * 4096  # real tokens, not entries of the 4-D mask
+    recommended = json.loads((tmp_path / "joint" / "lazyrank.json").read_text())
+    assert recommended["reranker"]["scoring"] == "single_pass"
+    assert recommended["trained_with"]["objective"] == "identifier_ranking"
     with pytest.raises(ValueError, match="ranking_loss"):
         parse_args(args[:-2] + ["--ranking_loss", "hinge", "--output_dir", str(tmp_path / "x")])
 
@@ -112,14 +117,16 @@ def test_trainer_loss_with_tail_logits_equals_full_logits(tmp_path, tokenizer, t
 
     from rerank.losses import ImportanceAwareLoss
     from rerank.losses.identifier_ranking import IdentifierRankingLoss
-    from rerank.train import ListwiseTrainer, first_scored_position
+    from rerank.objectives import IdentifierRankingObjective, LanguageModelObjective, first_scored_position
+    from rerank.train import ListwiseTrainer
 
     opts = ExampleOptions(max_passage_tokens=16, identifier_tree=joint)
     feats = [encode_example(tokenizer, r, opts) for r in records()]
     batch = ListwiseCollator(tokenizer.pad_token_id)(feats)
     lm_loss, rank_loss = ImportanceAwareLoss(), IdentifierRankingLoss("ranknet")
+    objective = IdentifierRankingObjective(lm_loss, rank_loss) if joint else LanguageModelObjective(lm_loss)
     trainer = ListwiseTrainer(model=tiny_model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
-                              loss_fn=lm_loss, ranking_loss=rank_loss if joint else None)
+                              objective=objective)
     assert first_scored_position(batch["labels"]) > 10  # the prompt really is skipped
     with torch.no_grad():
         got = float(trainer.compute_loss(tiny_model, {k: v.clone() for k, v in batch.items()}))

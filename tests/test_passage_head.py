@@ -96,6 +96,34 @@ def test_head_example_and_batch_columns(tokenizer):
     assert math.isnan(batch["teacher_scores"][1, 0]) and math.isnan(batch["teacher_scores"][1, 2])
 
 
+@pytest.mark.parametrize("lm_term", [None, "importance"])
+def test_head_objective_reads_only_its_positions(tiny_model, tokenizer, lm_term):
+    """The head objective projects only the passage ends (and the response, with an LM term) to the
+    vocabulary; its loss is head_weight * head loss (+ LM loss) computed from every position's logits."""
+    from rerank.losses import ImportanceAwareLoss
+    from rerank.objectives import PassageHeadObjective
+
+    recs = [LabelRecord("q", "bees", ["a", "b", "c"], ["c", "a", "b"], {"a": DOCS[0], "b": DOCS[1], "c": DOCS[2]},
+                        {"a": 0.5, "b": 0.1, "c": 0.9}),
+            LabelRecord("r", "rope", ["a", "b"], ["b", "a"], {"a": DOCS[3], "b": DOCS[1]})]
+    opts = ExampleOptions(passage_head=True, include_target=lm_term is not None)
+    batch = ListwiseCollator(tokenizer.pad_token_id)([encode_example(tokenizer, r, opts) for r in recs])
+    head, lm = PassageHeadLoss("ranknet"), ImportanceAwareLoss() if lm_term else None
+    objective = PassageHeadObjective(head, relevance_token_ids(tokenizer), weight=2.0, lm_loss=lm)
+    assert objective.example_options()["include_target"] is (lm_term is not None)
+    with torch.no_grad():
+        out = objective(tiny_model, {k: v.clone() for k, v in batch.items()})
+        logits = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        ends = batch["head_positions"]
+        picked = logits.gather(1, ends[..., None].expand(-1, -1, logits.size(-1)))
+        scores = relevance_from_logits(picked, *relevance_token_ids(tokenizer))
+        want = 2.0 * head(scores, batch["passage_ranks"], batch["teacher_scores"])
+        if lm:
+            want = want + lm(logits, batch["labels"], batch["rank_ids"])
+    assert float(out.loss) == pytest.approx(float(want), rel=1e-5)
+    assert set(out.terms) == {"rank_loss", "teacher_kl"} | ({"lm_loss"} if lm else set())
+
+
 def test_head_training_learns_and_ships_its_scoring(tmp_path, tokenizer):
     """A tiny model trained with the head loss fits its lists (held-out loss falls below the
     starting loss), writes lazyrank.json, and from_pretrained(folder) ranks with scoring='head'."""
@@ -115,7 +143,7 @@ def test_head_training_learns_and_ships_its_scoring(tmp_path, tokenizer):
     labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
     args = parse_args([f"--model_name_or_path={folder}", f"--train_file={labels}", f"--output_dir={out}",
-                       "--loss=none", "--head_loss=ranknet", "--max_steps=30", "--learning_rate=3e-3",
+                       "--objective=head", "--head_lm_loss=none", "--head_rank_loss=ranknet", "--max_steps=30", "--learning_rate=3e-3",
                        "--per_device_train_batch_size=2", "--lora_r=8", "--lora_target_modules", "q_proj", "v_proj",
                        "o_proj", "down_proj", "--report_to=none", "--save_strategy=no", "--logging_steps=5",
                        "--lora_layers_from=0.5"])

@@ -113,15 +113,44 @@ def test_parse_args_yaml_and_overrides(tmp_path):
     cfg = tmp_path / "x.yaml"
     cfg.write_text("train_file: a.jsonl\noutput_dir: out\nmax_passage_tokens: 50\nlora_target_modules: [q_proj]\n"
                    "learning_rate: 1.0e-4\nreport_to: none\n")
-    args = parse_args([str(cfg), "--max_steps", "3", "--lora_target_modules", "q_proj", "v_proj",
-                       "--use_lora", "false", "--loss", "lm"])
+    config = parse_args([str(cfg), "--max_steps", "3", "--lora_target_modules", "q_proj", "v_proj",
+                         "--use_lora", "false", "--objective", "lm"])
+    args, lora = config.args, config.lora
     assert (args.train_file, args.max_passage_tokens, args.learning_rate, args.max_steps) == ("a.jsonl", 50, 1e-4, 3)
-    assert args.lora_target_modules == ["q_proj", "v_proj"] and args.use_lora is False and args.loss == "lm"
+    assert lora.lora_target_modules == ["q_proj", "v_proj"] and lora.use_lora is False
+    assert config.objective.name == "lm" and config.objective.scoring == "generate"
     assert args.remove_unused_columns is False
-    with pytest.raises(ValueError, match="loss must be"):
-        parse_args([str(cfg), "--loss", "focal"])
+    with pytest.raises(ValueError, match="objective must be"):
+        parse_args([str(cfg), "--objective", "focal"])
+    (tmp_path / "old.yaml").write_text(cfg.read_text() + "loss: lm\n")
+    with pytest.raises(ValueError, match="not used by the HfArgumentParser: \\['loss'\\]"):  # one spelling per flag
+        parse_args([str(tmp_path / "old.yaml")])
     shipped = parse_args([str(REPO / "configs/train/default-cpu.yaml"), "--output_dir", str(tmp_path / "o")])
-    assert shipped.use_lora and shipped.loss == "importance"
+    assert shipped.lora.use_lora and shipped.objective.name == "importance"
+    peft = shipped.lora.peft_config(30)
+    assert (peft.r, peft.lora_alpha, peft.lora_dropout, sorted(peft.target_modules), peft.layers_to_transform) == (
+        8, 16, 0.05, ["k_proj", "o_proj", "q_proj", "v_proj"], None)
+    head = parse_args([str(REPO / "configs/train/head-cpu.yaml"), "--output_dir", str(tmp_path / "h")])
+    assert head.objective.scoring == "head" and head.lora.peft_config(30).layers_to_transform == list(range(15, 30))
+
+
+def test_each_objective_validates_its_own_options(tmp_path):
+    from rerank.objectives import HeadArguments, IdentifierRankingArguments, LanguageModelArguments
+    from rerank.train import parse_args
+
+    with pytest.raises(ValueError, match="ranking_loss must be"):
+        IdentifierRankingArguments(ranking_loss="hinge")
+    with pytest.raises(ValueError, match="ranking_lm_loss must be"):
+        IdentifierRankingArguments(ranking_lm_loss="none")  # the tree is packed after the target
+    with pytest.raises(ValueError, match="head_lm_loss must be"):
+        HeadArguments(head_lm_loss="focal")
+    with pytest.raises(ValueError, match="head_weight must be"):
+        HeadArguments(head_weight=0)
+    with pytest.raises(ValueError, match="loss_normalize"):
+        LanguageModelArguments(loss_normalize="rows")
+    with pytest.raises(ValueError, match="flash-attention"):
+        parse_args(["--train_file", "a.jsonl", "--output_dir", str(tmp_path), "--objective", "identifier_ranking",
+                    "--attn_implementation", "flash_attention_2"])
 
 
 class _Crash(TrainerCallback):
@@ -156,6 +185,13 @@ def test_train_resume_and_load(tmp_path, tiny_dir, label_file):
     assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["global_step"] == 4
     # same data order and state: steps 3-4 reproduce the uninterrupted run's losses
     assert _losses(resumed)[-2:] == _losses(full)[-2:]
+    # Resuming on other labels or another objective is refused before anything trains, naming the change.
+    other = Path(out) / "other.jsonl"
+    other.write_text(Path(label_file).read_text())
+    with pytest.raises(ValueError, match=r"objective: 'importance' -> 'lm'"):
+        train(parse_args(base + ["--output_dir", out, "--resume_from_checkpoint", "auto", "--objective", "lm"]))
+    with pytest.raises(ValueError, match=r"train_file: .*synthetic.qrels.jsonl' -> .*other.jsonl'"):
+        train(parse_args(base + ["--output_dir", out, "--resume_from_checkpoint", "auto", "--train_file", str(other)]))
     rr = Reranker.from_pretrained(out, max_passage_tokens=24)  # LoRA adapter folder, merged on load
     assert sorted(rr.rerank("what is rope", ["a rope", "a cable", "a fish"]).order) == [0, 1, 2]
 
@@ -253,7 +289,7 @@ def test_full_finetune_output_loads(tmp_path, tiny_dir, label_file):
 
     out = tmp_path / "full"
     metrics = train(parse_args(["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
-                                "--max_steps", "1", "--use_lora", "false", "--loss", "lm", "--output_dir", str(out),
+                                "--max_steps", "1", "--use_lora", "false", "--objective", "lm", "--output_dir", str(out),
                                 "--report_to", "none", "--save_strategy", "no"]))
     assert metrics["global_step"] == 1 and not metrics["use_lora"]
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()

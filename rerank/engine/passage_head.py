@@ -4,7 +4,7 @@ Every passage of the prompt is followed by a protected separator token (the newl
 next identifier). At that position a causal LM has read the instruction with the query and the
 passage itself (and the passages before it), so its final hidden state is a natural place to read
 that passage's relevance: score_k = logit(``yes``) - logit(``no``) of the LM head at passage k's end.
-A trained model learns this (``rerank train --head_loss ...``); no new parameters are needed, so the
+A trained model learns this (``rerank train --objective head``); no new parameters are needed, so the
 model stays a plain causal LM (or a LoRA adapter), and all N scores come from ONE forward pass with
 no decoding at all. The design is close to jina-reranker-v3's "last but not late" interaction,
 with the LM head as the readout.
