@@ -18,7 +18,7 @@ PY=${PYTHON:-python3}
 TRAIN_MIN=${TRAIN_MIN:-1.5}
 ABLATION_MIN=${ABLATION_MIN:-3.5}
 PRUNE_BENCH_S=${PRUNE_BENCH_S:-75}
-# COLLECTION (default ../shared/data/msmarco-dl19), DEVICE (default cuda), TRAIN_ARGS (extra rerank.train overrides), EXTRA_MODELS (NAME=PATH ...) adjust it.
+# COLLECTION (default ../shared/data/msmarco-dl19), DEVICE (default cuda), TRAIN_ARGS (extra rerank.training.train overrides), EXTRA_MODELS (NAME=PATH ...) adjust it.
 mkdir -p "$OUT"
 stamp() { echo "[$(date +%T)] $*"; }
 
@@ -34,7 +34,7 @@ for name in lm joint; do
     [ "$name" = joint ] && extra=(--objective identifier_ranking --ranking_loss ranknet)
     if [ ! -f "$OUT/$name/adapter_model.safetensors" ]; then
         stamp "train $name"
-        $PY -m rerank.train configs/train/smollm-gpu.yaml --train_file "$LABELS" --output_dir "$OUT/$name" \
+        $PY -m rerank.training.train configs/train/smollm-gpu.yaml --train_file "$LABELS" --output_dir "$OUT/$name" \
             --max_train_minutes "$TRAIN_MIN" "${extra[@]}" ${TRAIN_ARGS:-} > "$OUT/train_$name.log" 2>&1
         echo "rc=$?"; grep -E "'loss'|train_runtime|max_train_minutes|Error|error" "$OUT/train_$name.log" | tail -n 8
     fi

@@ -23,11 +23,11 @@ def main(argv: list[str] | None = None) -> dict:
     from tqdm import tqdm
 
     from rerank.engine.passage_head import score_positions
-    from rerank.losses.passage_head import PassageHeadLoss
     from rerank.models import load_model_and_tokenizer
     from rerank.prompting.prompts import relevance_token_ids
-    from rerank.train import parse_args, split_heldout
-    from rerank.training_data import ExampleOptions, build_dataset
+    from rerank.training.data import ExampleOptions, build_dataset
+    from rerank.training.losses.passage_head import PassageHeadLoss
+    from rerank.training.train import parse_args, split_heldout
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(

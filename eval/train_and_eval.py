@@ -45,7 +45,7 @@ def train(work: Path, labels: Path, loss: str, steps: int, extra: list[str]) -> 
         cmd = [
             sys.executable,
             "-m",
-            "rerank.train",
+            "rerank.training.train",
             "configs/train/default-cpu.yaml",
             "--train_file",
             str(labels),
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     ap.add_argument("--free_queries", type=int, default=10, help="Of those, how many also get an unconstrained answer.")
     ap.add_argument("--depth", type=int, default=20, help="BM25 candidates per DL19 query (old spelling: --top_n)")
     ap.add_argument("--losses", nargs="+", default=["importance", "lm"], help="Objectives to train (importance, lm).")
-    ap.add_argument("--train_args", nargs=argparse.REMAINDER, default=[], help="Extra rerank.train overrides.")
+    ap.add_argument("--train_args", nargs=argparse.REMAINDER, default=[], help="Extra rerank.training.train overrides.")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     work = REPO / args.work
     work.mkdir(parents=True, exist_ok=True)

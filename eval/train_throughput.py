@@ -1,6 +1,6 @@
 """Training cost of the default model on this machine: LoRA vs full fine-tuning, 1 vs 2 processes.
 
-Runs ``rerank.train`` for a few steps per setting (2 processes through ``accelerate launch`` with
+Runs ``rerank.training.train`` for a few steps per setting (2 processes through ``accelerate launch`` with
 configs/accelerate/cpu_ddp.yaml or cpu_zero2.yaml) and collects each run's train_metrics.json:
 mean step time after the first (warm-up) step, tokens/s (all ranks), peak RSS of rank 0.
 
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = {  # name -> (accelerate config or None, extra rerank.train overrides)
+SETTINGS = {  # name -> (accelerate config or None, extra rerank.training.train overrides)
     "lora-1proc": (None, []),
     "lora-2proc-ddp": ("configs/accelerate/cpu_ddp.yaml", []),
     "full-1proc": (None, ["--use_lora", "false", "--learning_rate", "1e-5"]),
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         out = REPO / args.work / name
         train = [
             "-m",
-            "rerank.train",
+            "rerank.training.train",
             "configs/train/default-cpu.yaml",
             "--train_file",
             args.train_file,

@@ -34,7 +34,7 @@ segment() {  # DIR MAX_STEPS STOP_AT [more train args]
   local dir=$1 max_steps=$2 stop_at=$3
   shift 3
   if [ "$(last_step "$dir")" -ge "$stop_at" ]; then return 0; fi
-  $PY -m rerank.train configs/train/head-cpu.yaml --train_file "$OUT/train.jsonl" --output_dir "$dir" \
+  $PY -m rerank.training.train configs/train/head-cpu.yaml --train_file "$OUT/train.jsonl" --output_dir "$dir" \
       --max_steps "$max_steps" --stop_at_step "$stop_at" --save_steps 50 --resume_from_checkpoint auto \
       ${MAX_TRAIN_MINUTES:+--max_train_minutes "$MAX_TRAIN_MINUTES"} ${EXTRA_TRAIN_ARGS:-} "$@"
   if [ "$(last_step "$dir")" -lt "$stop_at" ]; then

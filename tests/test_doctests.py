@@ -7,11 +7,11 @@ import pytest
 import rerank.config
 import rerank.engine.decoding
 import rerank.fusion
-import rerank.losses.identifier_ranking
 import rerank.ranking
+import rerank.training.losses.identifier_ranking
 
 
-@pytest.mark.parametrize("module", [rerank.engine.decoding, rerank.fusion, rerank.ranking, rerank.config, rerank.losses.identifier_ranking])
+@pytest.mark.parametrize("module", [rerank.engine.decoding, rerank.fusion, rerank.ranking, rerank.config, rerank.training.losses.identifier_ranking])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rerank.losses.identifier_ranking import IdentifierRankingLoss
+from rerank.training.losses.identifier_ranking import IdentifierRankingLoss
 
 
 def test_ranknet_hand_computed():

@@ -10,9 +10,9 @@ from rerank.engine import DenseSession
 from rerank.engine.decoding import TokenTable
 from rerank.engine.single_pass import identifier_scores, score_identifiers
 from rerank.labels import LabelRecord
-from rerank.losses import LMLoss
 from rerank.prompting.prompts import encode_prompt
-from rerank.training_data import ExampleOptions, ListwiseCollator, encode_example
+from rerank.training.data import ExampleOptions, ListwiseCollator, encode_example
+from rerank.training.losses import LMLoss
 
 
 def records():
@@ -69,7 +69,7 @@ def test_ranking_loss_overfits_one_batch(packed, tokenizer):
     different lengths (so with padding) within a few dozen steps."""
     from support import make_tiny_llama
 
-    from rerank.losses.identifier_ranking import IdentifierRankingLoss
+    from rerank.training.losses.identifier_ranking import IdentifierRankingLoss
 
     torch.manual_seed(0)
     model = make_tiny_llama(len(tokenizer), layers=2).train()
@@ -91,7 +91,7 @@ def test_ranking_loss_overfits_one_batch(packed, tokenizer):
 
 
 def test_joint_objective_trains(tmp_path, tiny_dir, label_file):  # noqa: F811
-    from rerank.train import parse_args, train
+    from rerank.training.train import parse_args, train
 
     args = ["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "16",
             "--max_steps", "2", "--logging_steps", "1", "--report_to", "none", "--objective", "identifier_ranking",
@@ -115,10 +115,10 @@ def test_trainer_loss_with_tail_logits_equals_full_logits(tmp_path, tokenizer, t
     one computed from every position's logits."""
     from transformers import TrainingArguments
 
-    from rerank.losses import ImportanceAwareLoss
-    from rerank.losses.identifier_ranking import IdentifierRankingLoss
-    from rerank.objectives import IdentifierRankingObjective, LanguageModelObjective, first_scored_position
-    from rerank.train import ListwiseTrainer
+    from rerank.training.losses import ImportanceAwareLoss
+    from rerank.training.losses.identifier_ranking import IdentifierRankingLoss
+    from rerank.training.objectives import IdentifierRankingObjective, LanguageModelObjective, first_scored_position
+    from rerank.training.train import ListwiseTrainer
 
     opts = ExampleOptions(max_passage_tokens=16, identifier_tree=joint)
     feats = [encode_example(tokenizer, r, opts) for r in records()]

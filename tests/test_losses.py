@@ -7,8 +7,15 @@ import math
 import pytest
 import torch
 
-from rerank.losses import IGNORE_INDEX, ImportanceAwareLoss, LMLoss, build_loss, rank_weights, target_with_ranks
 from rerank.prompting.prompts import encode_target, format_ranking
+from rerank.training.losses import (
+    IGNORE_INDEX,
+    ImportanceAwareLoss,
+    LMLoss,
+    build_loss,
+    rank_weights,
+    target_with_ranks,
+)
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ from support import make_tiny_llama
 from rerank import Reranker, RerankerConfig
 from rerank.engine.passage_head import relevance_from_logits, score_positions
 from rerank.labels import LabelRecord
-from rerank.losses.passage_head import PassageHeadLoss
 from rerank.prompting.prompts import encode_prompt, relevance_token_ids
-from rerank.training_data import ExampleOptions, ListwiseCollator, encode_example
+from rerank.training.data import ExampleOptions, ListwiseCollator, encode_example
+from rerank.training.losses.passage_head import PassageHeadLoss
 
 DOCS = ["Bees shiver their flight muscles to keep the hive warm.", "Paris is the capital of France.",
         "A cluster of bees keeps the queen warm in winter.", "Rope is made of twisted fibres."]
@@ -100,8 +100,8 @@ def test_head_example_and_batch_columns(tokenizer):
 def test_head_objective_reads_only_its_positions(tiny_model, tokenizer, lm_term):
     """The head objective projects only the passage ends (and the response, with an LM term) to the
     vocabulary; its loss is head_weight * head loss (+ LM loss) computed from every position's logits."""
-    from rerank.losses import ImportanceAwareLoss
-    from rerank.objectives import PassageHeadObjective
+    from rerank.training.losses import ImportanceAwareLoss
+    from rerank.training.objectives import PassageHeadObjective
 
     recs = [LabelRecord("q", "bees", ["a", "b", "c"], ["c", "a", "b"], {"a": DOCS[0], "b": DOCS[1], "c": DOCS[2]},
                         {"a": 0.5, "b": 0.1, "c": 0.9}),
@@ -127,7 +127,7 @@ def test_head_objective_reads_only_its_positions(tiny_model, tokenizer, lm_term)
 def test_head_training_learns_and_ships_its_scoring(tmp_path, tokenizer):
     """A tiny model trained with the head loss fits its lists (held-out loss falls below the
     starting loss), writes lazyrank.json, and from_pretrained(folder) ranks with scoring='head'."""
-    from rerank.train import parse_args, train
+    from rerank.training.train import parse_args, train
 
     folder = tmp_path / "tiny"
     make_tiny_llama(len(tokenizer), layers=2).save_pretrained(folder)

@@ -425,7 +425,7 @@ def test_training_examples_use_the_preset_prompt_and_its_answer(tokenizer):
     """A numeric preset trains on exactly the prompt inference renders for it, and on its answer."""
     from rerank.labels import LabelRecord
     from rerank.prompting.prompts import encode_prompt, encode_target
-    from rerank.training_data import ExampleOptions, encode_example
+    from rerank.training.data import ExampleOptions, encode_example
 
     rec = LabelRecord(qid="q", query="bees warm", initial_list=["a", "b", "c"], final_list=["c", "a", "b"],
                       passages={"a": "paris", "b": "rope", "c": "bees keep warm"})

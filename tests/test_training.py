@@ -14,16 +14,16 @@ from support import make_tiny_llama
 from transformers import TrainerCallback
 
 from rerank.labels import LabelConfig, LabelRecord, run_labelling
-from rerank.losses import IGNORE_INDEX
 from rerank.prompting.prompts import encode_prompt, encode_target
-from rerank.training_data import ExampleOptions, ListwiseCollator, build_dataset, encode_example
+from rerank.training.data import ExampleOptions, ListwiseCollator, build_dataset, encode_example
+from rerank.training.losses import IGNORE_INDEX
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
 def _restore_accelerate_env(monkeypatch):
-    """rerank.train sets ACCELERATE_USE_CPU for CPU runs; keep it from leaking into later tests."""
+    """rerank.training.train sets ACCELERATE_USE_CPU for CPU runs; keep it from leaking into later tests."""
     monkeypatch.setenv("ACCELERATE_USE_CPU", os.environ.get("ACCELERATE_USE_CPU", ""))
     if not os.environ["ACCELERATE_USE_CPU"]:
         monkeypatch.delenv("ACCELERATE_USE_CPU")
@@ -96,7 +96,7 @@ def test_shuffle_and_top_k_keep_the_target_consistent(tokenizer):
 
 
 def test_dataset_collator_and_length_filter(tokenizer, label_file, caplog):
-    caplog.set_level("INFO", logger="rerank.training_data")
+    caplog.set_level("INFO", logger="rerank.training.data")
     ds = build_dataset(tokenizer, label_file, ExampleOptions(max_passage_tokens=30, max_seq_length=600))
     assert 0 < len(ds) <= 16
     assert "over max_seq_length=600 dropped" in caplog.text
@@ -108,7 +108,7 @@ def test_dataset_collator_and_length_filter(tokenizer, label_file, caplog):
 
 
 def test_parse_args_yaml_and_overrides(tmp_path):
-    from rerank.train import parse_args
+    from rerank.training.train import parse_args
 
     cfg = tmp_path / "x.yaml"
     cfg.write_text("train_file: a.jsonl\noutput_dir: out\nmax_passage_tokens: 50\nlora_target_modules: [q_proj]\n"
@@ -135,8 +135,8 @@ def test_parse_args_yaml_and_overrides(tmp_path):
 
 
 def test_each_objective_validates_its_own_options(tmp_path):
-    from rerank.objectives import HeadArguments, IdentifierRankingArguments, LanguageModelArguments
-    from rerank.train import parse_args
+    from rerank.training.objectives import HeadArguments, IdentifierRankingArguments, LanguageModelArguments
+    from rerank.training.train import parse_args
 
     with pytest.raises(ValueError, match="ranking_loss must be"):
         IdentifierRankingArguments(ranking_loss="hinge")
@@ -170,7 +170,7 @@ def _losses(metrics):
 
 def test_train_resume_and_load(tmp_path, tiny_dir, label_file):
     from rerank import Reranker
-    from rerank.train import parse_args, train
+    from rerank.training.train import parse_args, train
 
     base = ["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
             "--max_steps", "4", "--save_steps", "2", "--logging_steps", "1", "--learning_rate", "5e-3",
@@ -197,7 +197,7 @@ def test_train_resume_and_load(tmp_path, tiny_dir, label_file):
 
 
 def test_max_train_minutes_stops_and_saves(tmp_path, tiny_dir, label_file):
-    from rerank.train import parse_args, train
+    from rerank.training.train import parse_args, train
 
     out = tmp_path / "budget"
     metrics = train(parse_args(["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
@@ -214,7 +214,7 @@ def test_init_adapter_continues_a_trained_lora(tmp_path, tiny_dir, label_file):
     """Domain adaptation starts from a trained adapter: its weights, not a fresh LoRA (whose B is zero)."""
     from safetensors.torch import load_file
 
-    from rerank.train import load_model, parse_args, train
+    from rerank.training.train import load_model, parse_args, train
 
     common = ["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
               "--report_to", "none", "--save_strategy", "no", "--learning_rate", "5e-3", "--lora_r", "4"]
@@ -241,7 +241,7 @@ def test_an_adapter_naming_the_default_model_loads_on_the_converted_file(tmp_pat
     """The shipped adapter (and one continued from it) names "SmolLM2-135M-Instruct": our converted
     folder, not a hub id. Loading such a folder offline must use that file, with the adapter applied."""
     import rerank.models as models
-    from rerank.train import parse_args, train
+    from rerank.training.train import parse_args, train
 
     trained = tmp_path / "trained"
     train(parse_args(["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
@@ -268,7 +268,7 @@ def test_an_adapter_naming_the_default_model_loads_on_the_converted_file(tmp_pat
 
 def test_stop_at_step_keeps_the_schedule_of_max_steps(tmp_path, tiny_dir, label_file):
     """A segment cut at step k of an n-step run: same LR as the n-step schedule there, saved, resumable."""
-    from rerank.train import parse_args, train
+    from rerank.training.train import parse_args, train
 
     out = tmp_path / "cut"
     common = ["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
@@ -285,7 +285,7 @@ def test_stop_at_step_keeps_the_schedule_of_max_steps(tmp_path, tiny_dir, label_
 
 def test_full_finetune_output_loads(tmp_path, tiny_dir, label_file):
     from rerank import Reranker
-    from rerank.train import parse_args, train
+    from rerank.training.train import parse_args, train
 
     out = tmp_path / "full"
     metrics = train(parse_args(["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
@@ -305,7 +305,7 @@ def test_two_process_zero3_cpu(tmp_path, tiny_dir, label_file):
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"), OMP_NUM_THREADS="1",
                HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu_zero3.yaml",
-           "-m", "rerank.train", "configs/train/default-cpu.yaml", "--model_name_or_path", tiny_dir,
+           "-m", "rerank.training.train", "configs/train/default-cpu.yaml", "--model_name_or_path", tiny_dir,
            "--train_file", label_file, "--output_dir", str(out), "--max_steps", "3", "--save_steps", "100",
            "--max_passage_tokens", "24", "--gradient_accumulation_steps", "1", "--warmup_steps", "0"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -122,7 +122,7 @@ def _dispatch(argv: list[str]) -> int:
 
         return serve_main(rest) or 0
     if command == "train":
-        from rerank.train import main as train_main
+        from rerank.training.train import main as train_main
 
         return train_main(rest) or 0
     commands[command](rest)

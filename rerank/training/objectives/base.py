@@ -3,7 +3,7 @@
 An objective owns the model's forward pass for one batch: it takes the batch keys it needs (the
 collator's ``labels``, ``rank_ids`` and its own extras), asks the model for logits at only the
 positions its loss reads (``logits_to_keep``), and returns the loss with the terms worth logging
-apart. The Trainer only calls it (:class:`rerank.train.ListwiseTrainer`).
+apart. The Trainer only calls it (:class:`rerank.training.train.ListwiseTrainer`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from rerank.losses import IGNORE_INDEX
+from rerank.training.losses import IGNORE_INDEX
 
 if TYPE_CHECKING:  # the config names every objective: importing it here would be circular
-    from rerank.objectives import ObjectiveConfig
+    from rerank.training.objectives import ObjectiveConfig
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def example_options(self) -> dict[str, bool]:
-        """The :class:`rerank.training_data.ExampleOptions` switches this objective needs."""
+        """The :class:`rerank.training.data.ExampleOptions` switches this objective needs."""
         raise NotImplementedError
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:

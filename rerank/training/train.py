@@ -1,12 +1,12 @@
 """Fine-tune a listwise reranker on complete labels (``rerank train``).
 
 A thin :class:`transformers.Trainer` subclass whose ``compute_loss`` calls the selected objective
-(:mod:`rerank.objectives`) and logs the terms it returns; the arguments (:mod:`rerank.train_args`)
+(:mod:`rerank.training.objectives`) and logs the terms it returns; the arguments (:mod:`rerank.training.arguments`)
 come from a YAML file with command-line overrides. accelerate, DeepSpeed (ZeRO-2/3) and peft do the
 rest::
 
-    python -m rerank.train configs/train/default-cpu.yaml --max_steps 3
-    accelerate launch --config_file configs/accelerate/cpu_zero3.yaml -m rerank.train \\
+    python -m rerank.training.train configs/train/default-cpu.yaml --max_steps 3
+    accelerate launch --config_file configs/accelerate/cpu_zero3.yaml -m rerank.training.train \\
         configs/train/default-cpu.yaml --output_dir runs/x --max_steps 5
 
 On a machine without CUDA the script trains on CPU by itself (``use_cpu`` plus
@@ -32,8 +32,8 @@ from transformers import Trainer, TrainerCallback
 from rerank.data.resume import check_same_settings, save_settings
 from rerank.distributed import shutdown_process_groups
 from rerank.models import RECOMMENDED_SETTINGS_FILE, load_for_training
-from rerank.objectives import Objective
-from rerank.train_args import LazyRankTrainingArguments, TrainConfig, parse_args
+from rerank.training.arguments import LazyRankTrainingArguments, TrainConfig, parse_args
+from rerank.training.objectives import Objective
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ __all__ = ["ListwiseTrainer", "TrainConfig", "load_model", "main", "parse_args",
 
 
 class ListwiseTrainer(Trainer):
-    """Trainer whose loss is a training objective (:mod:`rerank.objectives`), with its terms logged apart."""
+    """Trainer whose loss is a training objective (:mod:`rerank.training.objectives`), with its terms logged apart."""
 
     def __init__(self, *args, objective: Objective, **kwargs):
         super().__init__(*args, **kwargs)
@@ -251,7 +251,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     """Build data, model, objective and trainer from ``config``, train (resuming if asked), save; returns metrics."""
     from transformers import set_seed
 
-    from rerank.training_data import ExampleOptions, ListwiseCollator, build_dataset
+    from rerank.training.data import ExampleOptions, ListwiseCollator, build_dataset
 
     args = config.args
     checkpoint = resolve_checkpoint(args)

@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rerank.objectives.base import Objective, ObjectiveOutput, first_scored_position
-from rerank.objectives.identifier_ranking import IdentifierRankingArguments, IdentifierRankingObjective
-from rerank.objectives.language_model import LanguageModelArguments, LanguageModelObjective
-from rerank.objectives.passage_head import HeadArguments, PassageHeadObjective
+from rerank.training.objectives.base import Objective, ObjectiveOutput, first_scored_position
+from rerank.training.objectives.identifier_ranking import IdentifierRankingArguments, IdentifierRankingObjective
+from rerank.training.objectives.language_model import LanguageModelArguments, LanguageModelObjective
+from rerank.training.objectives.passage_head import HeadArguments, PassageHeadObjective
 
 _CLASSES: dict[str, type[Objective]] = {
     "importance": LanguageModelObjective,

@@ -4,7 +4,7 @@
 :class:`LMLoss` (plain response-token NLL, for the ablation).
 """
 
-from rerank.losses.importance import IGNORE_INDEX, ImportanceAwareLoss, LMLoss, rank_weights, target_with_ranks
+from rerank.training.losses.importance import IGNORE_INDEX, ImportanceAwareLoss, LMLoss, rank_weights, target_with_ranks
 
 LOSSES = ("importance", "lm")
 

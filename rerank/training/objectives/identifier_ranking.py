@@ -1,11 +1,11 @@
 """Single-pass identifier ranking (``objective: identifier_ranking``): the LM term plus a ranking loss.
 
 Each example packs, after the response, a tree of every passage's identifier tokens
-(:mod:`rerank.identifier_training`), so one forward pass also gives
+(:mod:`rerank.training.single_pass_data`), so one forward pass also gives
 ``s_k = log P(the answer starts with identifier k | prompt)`` for every passage k
 (:func:`rerank.engine.single_pass.identifier_scores`). With ``L_lm`` the LM objective's loss
-(:mod:`rerank.objectives.language_model`, ``ranking_lm_loss: importance | lm``) and ``L_rank`` one of
-:mod:`rerank.losses.identifier_ranking`'s losses on ``s`` against the label ranks::
+(:mod:`rerank.training.objectives.language_model`, ``ranking_lm_loss: importance | lm``) and ``L_rank`` one of
+:mod:`rerank.training.losses.identifier_ranking`'s losses on ``s`` against the label ranks::
 
     L = L_lm + ranking_weight * L_rank(s, r)
 
@@ -22,12 +22,12 @@ import torch
 from torch import nn
 
 from rerank.engine.single_pass import identifier_scores
-from rerank.losses import LOSSES
-from rerank.losses.identifier_ranking import RANKING_LOSSES, IdentifierRankingLoss
-from rerank.objectives.base import Objective, ObjectiveOutput, lm_forward
+from rerank.training.losses import LOSSES
+from rerank.training.losses.identifier_ranking import RANKING_LOSSES, IdentifierRankingLoss
+from rerank.training.objectives.base import Objective, ObjectiveOutput, lm_forward
 
 if TYPE_CHECKING:
-    from rerank.objectives import ObjectiveConfig
+    from rerank.training.objectives import ObjectiveConfig
 
 TREE_KEYS = ("edge_source", "edge_token", "path_matrix", "passage_ranks")
 

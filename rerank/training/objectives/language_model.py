@@ -1,7 +1,7 @@
 """The importance-aware LM objective (``objective: importance``) and its plain-NLL ablation (``lm``).
 
 The model is trained to write the label's ranking ``[a] > [b] > ... <end>``; every response token's
-negative log-likelihood is weighted by the rank its identifier has (:mod:`rerank.losses.importance`)::
+negative log-likelihood is weighted by the rank its identifier has (:mod:`rerank.training.losses.importance`)::
 
     L = - sum_i w_i * log p(y_i | x, y_<i) / D
     w_i = 1 + 1 / log2(r_i + 1)  on identifier tokens at output rank r_i,  alpha on separators and <end>
@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from rerank.losses import LOSSES, ImportanceAwareLoss, build_loss
-from rerank.objectives.base import Objective, ObjectiveOutput, lm_forward
+from rerank.training.losses import LOSSES, ImportanceAwareLoss, build_loss
+from rerank.training.objectives.base import Objective, ObjectiveOutput, lm_forward
 
 if TYPE_CHECKING:
-    from rerank.objectives import ObjectiveConfig
+    from rerank.training.objectives import ObjectiveConfig
 
 
 @dataclass

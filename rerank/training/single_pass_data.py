@@ -6,7 +6,7 @@ at inference). A 4-D mask lets prompt and target attend causally as usual, and l
 see the prompt and its own ancestors only, never the target; tree nodes take positions
 ``prompt_length + depth``. So the target's LM loss is exactly the unpacked one, and the logits at
 the last prompt position and at the tree nodes give ``log P([k] | prompt)`` for every passage,
-which :class:`rerank.losses.identifier_ranking.IdentifierRankingLoss` compares with the label
+which :class:`rerank.training.losses.identifier_ranking.IdentifierRankingLoss` compares with the label
 (scored by :func:`rerank.engine.single_pass.identifier_scores`, the same function inference uses).
 """
 
@@ -43,7 +43,7 @@ def pack_batch(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.T
     (``[B, N, M]``: 1 where node m lies on passage k's path), ``passage_ranks`` (``[B, N]``, 0 = pad)
     and ``num_tokens`` (``[B]``, real tokens per row, for throughput accounting).
     """
-    from rerank.losses import IGNORE_INDEX
+    from rerank.training.losses import IGNORE_INDEX
 
     batch = len(features)
     lengths = [len(f["input_ids"]) + len(f["tree_ids"]) for f in features]

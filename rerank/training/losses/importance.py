@@ -125,7 +125,7 @@ class ImportanceAwareLoss(nn.Module):
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, rank_ids: torch.Tensor | None = None) -> torch.Tensor:
         if rank_ids is None:
             if not self.uniform:
-                raise ValueError("ImportanceAwareLoss needs rank_ids (see rerank.training_data)")
+                raise ValueError("ImportanceAwareLoss needs rank_ids (see rerank.training.data)")
             rank_ids = torch.zeros_like(labels)
         logits = logits[:, :-1, :]
         targets = labels[:, 1:]

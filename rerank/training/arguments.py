@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-from rerank.objectives import (
+from rerank.training.objectives import (
     HeadArguments,
     IdentifierRankingArguments,
     LanguageModelArguments,

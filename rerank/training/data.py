@@ -4,7 +4,7 @@ Each label becomes one example built with :func:`rerank.prompting.prompts.encode
 template, same per-passage token budget as inference) followed by the target ``[a] > [b] > ...``
 and end-of-turn. ``labels`` is -100 on the prompt so only response tokens carry loss; ``rank_ids``
 gives each response token the output rank of the identifier it spells (0 for separators / end),
-which :class:`rerank.losses.ImportanceAwareLoss` turns into weights.
+which :class:`rerank.training.losses.ImportanceAwareLoss` turns into weights.
 
 Augmentation (deterministic per example and seed, so a resumed run sees the same data):
 ``shuffle_initial_order`` presents the candidates in a random order (the paper found strong
@@ -20,10 +20,10 @@ from typing import Sequence
 
 import torch
 
-from rerank.identifier_training import pack_batch, tree_features
 from rerank.labels.records import LabelRecord, read_labels
-from rerank.losses import IGNORE_INDEX, target_with_ranks
 from rerank.prompting.prompts import encode_prompt, encode_target, end_of_turn_ids
+from rerank.training.losses import IGNORE_INDEX, target_with_ranks
+from rerank.training.single_pass_data import pack_batch, tree_features
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def build_dataset(tokenizer, train_file: str, options: ExampleOptions, corpus_fi
 class ListwiseCollator:
     """Right-pads a batch: input_ids with ``pad_token_id``, labels with -100, rank_ids with 0.
 
-    Examples carrying an identifier tree are packed by :func:`rerank.identifier_training.pack_batch`.
+    Examples carrying an identifier tree are packed by :func:`rerank.training.single_pass_data.pack_batch`.
     """
 
     pad_token_id: int

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rerank.losses.identifier_ranking import IdentifierRankingLoss
+from rerank.training.losses.identifier_ranking import IdentifierRankingLoss
 
 
 class PassageHeadLoss(nn.Module):

@@ -2,7 +2,7 @@
 
 The prompt marks each passage's end; there the model's ``s_k = logit(yes) - logit(no)`` is passage
 k's relevance (:func:`rerank.engine.passage_head.relevance_from_logits`). With
-:class:`rerank.losses.passage_head.PassageHeadLoss` on the label ranks ``r`` and the teacher scores
+:class:`rerank.training.losses.passage_head.PassageHeadLoss` on the label ranks ``r`` and the teacher scores
 ``t`` (temperature ``T``, weight ``lambda``), and ``L_lm`` the LM objective's loss on the response
 when ``head_lm_loss`` names one (``none``: the examples hold the prompt only)::
 
@@ -22,14 +22,14 @@ import torch
 from torch import nn
 
 from rerank.engine.passage_head import relevance_from_logits
-from rerank.losses import LOSSES
-from rerank.losses.identifier_ranking import RANKING_LOSSES
-from rerank.losses.passage_head import PassageHeadLoss
-from rerank.objectives.base import Objective, ObjectiveOutput, first_scored_position
 from rerank.prompting.prompts import relevance_token_ids
+from rerank.training.losses import LOSSES
+from rerank.training.losses.identifier_ranking import RANKING_LOSSES
+from rerank.training.losses.passage_head import PassageHeadLoss
+from rerank.training.objectives.base import Objective, ObjectiveOutput, first_scored_position
 
 if TYPE_CHECKING:
-    from rerank.objectives import ObjectiveConfig
+    from rerank.training.objectives import ObjectiveConfig
 
 HEAD_LM_LOSSES = (*LOSSES, "none")
 

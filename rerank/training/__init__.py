@@ -1,0 +1,1 @@
+"""Training: arguments, the thin Trainer, listwise data and collators, objectives and their losses."""
