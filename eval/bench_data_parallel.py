@@ -5,9 +5,9 @@
 
 Runs the same `rerank eval` command twice as fresh subprocesses, on the same 2 cores:
 
-* ``one_process``: ``OMP_NUM_THREADS=2 python -m rerank.cli.commands eval ...`` (torch splits each matmul over 2 threads);
+* ``one_process``: ``OMP_NUM_THREADS=2 python -m rerank.cli eval ...`` (torch splits each matmul over 2 threads);
 * ``two_processes``: ``OMP_NUM_THREADS=1 accelerate launch --config_file configs/accelerate/cpu_2proc.yaml
-  -m rerank.cli.commands eval ...`` (each process ranks every other query).
+  -m rerank.cli eval ...`` (each process ranks every other query).
 
 Wall time includes process start and model loading (what a user waits for); ``rerank_seconds``
 is the busiest process's summed per-query ranking time from rankings.jsonl (``rerank_seconds_by_process``

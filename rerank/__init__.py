@@ -5,6 +5,14 @@ from rerank.ranking import Window, WindowRanker, WindowRanking
 from rerank.reranker import Reranker
 from rerank.results import RankingResult, RankingStats
 
-__all__ = ["PruningConfig", "RankingResult", "RankingStats", "Reranker", "RerankerConfig", "Window",
-           "WindowRanker", "WindowRanking"]
+__all__ = [
+    "PruningConfig",
+    "RankingResult",
+    "RankingStats",
+    "Reranker",
+    "RerankerConfig",
+    "Window",
+    "WindowRanker",
+    "WindowRanking",
+]
 __version__ = "0.1.0"

@@ -21,8 +21,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from rerank.results import RankingResult
 
@@ -43,14 +44,42 @@ class BatcherClosedError(RuntimeError):
 class BatcherConfig:
     """How requests are grouped into batched model calls."""
 
-    max_batch_size: Optional[int] = field(default=None, metadata={"help": "Most requests (prompts) ranked in one rerank_batch call; None = the reranker's batch_size. 1 turns dynamic batching off."})
-    max_wait_ms: float = field(default=5.0, metadata={"help": "How long the first request of a batch waits for others to join (ms); 0 = take only what is already queued."})
-    max_pending: int = field(default=512, metadata={"help": "Most requests outstanding (queued or being ranked) before submit raises QueueFullError."})
-    idle_timeout_s: Optional[float] = field(default=None, metadata={"help": "The worker thread exits after this many idle seconds and restarts on the next request; None = it lives until close()."})
+    max_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Most requests (prompts) ranked in one rerank_batch call; None = the reranker's batch_size. 1 turns "
+                "dynamic batching off."
+            )
+        },
+    )
+    max_wait_ms: float = field(
+        default=5.0,
+        metadata={
+            "help": (
+                "How long the first request of a batch waits for others to join (ms); 0 = take only what is already "
+                "queued."
+            )
+        },
+    )
+    max_pending: int = field(
+        default=512,
+        metadata={"help": "Most requests outstanding (queued or being ranked) before submit raises QueueFullError."},
+    )
+    idle_timeout_s: float | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "The worker thread exits after this many idle seconds and restarts on the next request; None = it "
+                "lives until close()."
+            )
+        },
+    )
 
     def __post_init__(self):
-        if self.max_batch_size is not None and (not isinstance(self.max_batch_size, int)
-                                                or isinstance(self.max_batch_size, bool) or self.max_batch_size < 1):
+        if self.max_batch_size is not None and (
+            not isinstance(self.max_batch_size, int) or isinstance(self.max_batch_size, bool) or self.max_batch_size < 1
+        ):
             raise ValueError(f"max_batch_size must be a positive integer or None, got {self.max_batch_size!r}")
         if not isinstance(self.max_wait_ms, (int, float)) or isinstance(self.max_wait_ms, bool) or self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be a number >= 0, got {self.max_wait_ms!r}")
@@ -64,7 +93,7 @@ class BatcherConfig:
 class _Item:
     query: str
     documents: list[str]
-    top_k: Optional[int]
+    top_k: int | None
     future: concurrent.futures.Future
     arrived: float
 
@@ -78,8 +107,13 @@ class DynamicBatcher:
         >>> batcher.close()                                                 # doctest: +SKIP
     """
 
-    def __init__(self, reranker: Any, config: BatcherConfig | None = None, *,
-                 on_batch: Callable[[int, float], None] | None = None):
+    def __init__(
+        self,
+        reranker: Any,
+        config: BatcherConfig | None = None,
+        *,
+        on_batch: Callable[[int, float], None] | None = None,
+    ):
         self.reranker = reranker
         self.config = config or BatcherConfig()
         self.max_batch_size = self.config.max_batch_size or int(getattr(reranker.config, "batch_size", 1))
@@ -128,8 +162,9 @@ class DynamicBatcher:
             self._cond.notify()
         return future
 
-    def rerank(self, query: str, documents: Sequence[str], top_k: int | None = None,
-               timeout: float | None = None) -> RankingResult:
+    def rerank(
+        self, query: str, documents: Sequence[str], top_k: int | None = None, timeout: float | None = None
+    ) -> RankingResult:
         """Blocking :meth:`submit` (from a thread that is not the worker)."""
         return self.submit(query, documents, top_k).result(timeout)
 
@@ -200,19 +235,24 @@ class DynamicBatcher:
             item.future.set_result(result)
 
     def _rank(self, items: list[_Item]) -> None:
-        groups: dict[Optional[int], list[_Item]] = {}
+        groups: dict[int | None, list[_Item]] = {}
         for item in items:
             groups.setdefault(item.top_k, []).append(item)
         for top_k, group in groups.items():
             try:
-                results = self.reranker.rerank_batch([i.query for i in group], [i.documents for i in group],
-                                                     top_k=top_k)
+                results = self.reranker.rerank_batch(
+                    [i.query for i in group], [i.documents for i in group], top_k=top_k
+                )
             except BaseException as exc:  # noqa: BLE001 - isolated below, the worker must survive
                 if len(group) == 1:
                     self._finish(group[0], exc=exc)
                     continue
-                logger.warning("a batch of %d requests failed (%s: %s); ranking them one by one",
-                               len(group), type(exc).__name__, exc)
+                logger.warning(
+                    "a batch of %d requests failed (%s: %s); ranking them one by one",
+                    len(group),
+                    type(exc).__name__,
+                    exc,
+                )
                 for item in group:
                     try:
                         one = self.reranker.rerank_batch([item.query], [item.documents], top_k=top_k)[0]
@@ -253,7 +293,8 @@ def batcher_for(reranker: Any) -> DynamicBatcher:
         with _ATTACH_LOCK:
             batcher = getattr(reranker, _ATTR, None)
             if batcher is None:
-                batcher = DynamicBatcher(reranker, BatcherConfig(max_wait_ms=2.0, max_pending=1_000_000,
-                                                                 idle_timeout_s=30.0))
+                batcher = DynamicBatcher(
+                    reranker, BatcherConfig(max_wait_ms=2.0, max_pending=1_000_000, idle_timeout_s=30.0)
+                )
                 setattr(reranker, _ATTR, batcher)
     return batcher

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from rerank.prompting.presets import get_preset
 from rerank.scorers import SCORINGS
@@ -33,20 +32,70 @@ class PruningConfig:
         [0.5, 0.2]
     """
 
-    layer_fractions: list[float] = field(default_factory=lambda: [0.1, 0.33, 0.67],
-                                         metadata={"help": "Depths (fractions of the layer count, strictly increasing, in (0,1)) before which pruning happens; rounded to a layer index."})
-    keep_ratios: list[float] = field(default_factory=lambda: [0.5, 0.25, 0.1],
-                                     metadata={"help": "Fraction of the prompt's prunable tokens kept from each depth on; in (0,1], non-increasing. 1.0 everywhere = exact unpruned result."})
-    granularity: str = field(default="token", metadata={"help": "'token' keeps the best single tokens; 'passage' keeps or drops whole passage bodies (ranked by mean token score, up to the same token budget)."})
-    budget: str = field(default="global", metadata={"help": "'global': one budget over all passage-body tokens; 'per_passage': each passage keeps keep_ratio of its own body tokens (token granularity only)."})
-    score_window: int = field(default=1, metadata={"help": "How many final prompt tokens' attention rows score the candidates (averaged over rows and heads)."})
-    protect_structure: bool = field(default=True, metadata={"help": "Never prune template, instruction, query or identifiers; off = every token but the last competes."})
-    allow_unsupported_fallback: bool = field(default=False, metadata={"help": "On an unsupported model (architecture, eager attention, sliding window), run unpruned with a warning instead of raising."})
+    layer_fractions: list[float] = field(
+        default_factory=lambda: [0.1, 0.33, 0.67],
+        metadata={
+            "help": (
+                "Depths (fractions of the layer count, strictly increasing, in (0,1)) before which pruning happens; "
+                "rounded to a layer index."
+            )
+        },
+    )
+    keep_ratios: list[float] = field(
+        default_factory=lambda: [0.5, 0.25, 0.1],
+        metadata={
+            "help": (
+                "Fraction of the prompt's prunable tokens kept from each depth on; in (0,1], non-increasing. 1.0 "
+                "everywhere = exact unpruned result."
+            )
+        },
+    )
+    granularity: str = field(
+        default="token",
+        metadata={
+            "help": (
+                "'token' keeps the best single tokens; 'passage' keeps or drops whole passage bodies (ranked by mean "
+                "token score, up to the same token budget)."
+            )
+        },
+    )
+    budget: str = field(
+        default="global",
+        metadata={
+            "help": (
+                "'global': one budget over all passage-body tokens; 'per_passage': each passage keeps keep_ratio of "
+                "its own body tokens (token granularity only)."
+            )
+        },
+    )
+    score_window: int = field(
+        default=1,
+        metadata={
+            "help": "How many final prompt tokens' attention rows score the candidates (averaged over rows and heads)."
+        },
+    )
+    protect_structure: bool = field(
+        default=True,
+        metadata={
+            "help": "Never prune template, instruction, query or identifiers; off = every token but the last competes."
+        },
+    )
+    allow_unsupported_fallback: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "On an unsupported model (architecture, eager attention, sliding window), run unpruned with a "
+                "warning instead of raising."
+            )
+        },
+    )
 
     def __post_init__(self):
         if len(self.layer_fractions) != len(self.keep_ratios):
-            raise ValueError(f"layer_fractions ({len(self.layer_fractions)}) and keep_ratios "
-                             f"({len(self.keep_ratios)}) must have the same length")
+            raise ValueError(
+                f"layer_fractions ({len(self.layer_fractions)}) and keep_ratios "
+                f"({len(self.keep_ratios)}) must have the same length"
+            )
         if not self.layer_fractions:
             raise ValueError("layer_fractions must not be empty (use pruning=None for no pruning)")
         if any(not 0.0 < f < 1.0 for f in self.layer_fractions):
@@ -62,21 +111,27 @@ class PruningConfig:
         if self.budget not in ("global", "per_passage"):
             raise ValueError(f"budget must be 'global' or 'per_passage', got {self.budget!r}")
         if self.budget == "per_passage" and self.granularity != "token":
-            raise ValueError("budget='per_passage' keeps a share of each passage's tokens: it needs granularity='token'")
+            raise ValueError(
+                "budget='per_passage' keeps a share of each passage's tokens: it needs granularity='token'"
+            )
         if self.score_window < 1:
             raise ValueError(f"score_window must be >= 1, got {self.score_window}")
 
     def check_head_scoring(self) -> None:
         """Refuse a schedule that would drop what head scoring reads (passage ends, query), naming why."""
         if not self.protect_structure:
-            raise ValueError("scoring='head' reads every passage's end and the query: pruning with "
-                             "protect_structure=False could drop them; keep protect_structure=True")
+            raise ValueError(
+                "scoring='head' reads every passage's end and the query: pruning with "
+                "protect_structure=False could drop them; keep protect_structure=True"
+            )
         if self.granularity != "token":
-            raise ValueError("scoring='head' scores every passage: granularity='passage' would drop whole passage "
-                             "bodies and leave their ends reading nothing; use granularity='token'")
+            raise ValueError(
+                "scoring='head' scores every passage: granularity='passage' would drop whole passage "
+                "bodies and leave their ends reading nothing; use granularity='token'"
+            )
 
     @classmethod
-    def from_spec(cls, spec: str) -> "PruningConfig":
+    def from_spec(cls, spec: str) -> PruningConfig:
         """A schedule from a preset name (``"default"``, ``"fast"``) or ``"depth:keep,..."`` pairs.
 
         This is the form command lines and YAML files take (``rerank eval --pruning fast``).
@@ -97,8 +152,10 @@ class PruningConfig:
             if any(len(p) != 2 for p in pairs):
                 raise ValueError
         except ValueError:
-            raise ValueError(f"pruning spec must be one of {sorted(PRUNING_PRESETS)} or depth:keep pairs like "
-                             f"'0.1:0.5,0.33:0.25', got {spec!r}") from None
+            raise ValueError(
+                f"pruning spec must be one of {sorted(PRUNING_PRESETS)} or depth:keep pairs like "
+                f"'0.1:0.5,0.33:0.25', got {spec!r}"
+            ) from None
         return cls(layer_fractions=list(fractions), keep_ratios=list(keeps))
 
 
@@ -116,22 +173,101 @@ class RerankerConfig:
 
     # model, device and dtype are a record of what Reranker.from_pretrained loaded; Reranker itself
     # ranks with the model object it is given and never reads them.
-    model: Optional[str] = field(default=None, metadata={"help": "Record only: the model from_pretrained loaded (path or hub id; None = the default). Reranker(model, tokenizer, config) ignores it."})
-    device: Optional[str] = field(default=None, metadata={"help": "Record only: the device from_pretrained was asked for (None = cuda if available else cpu). Reranker ignores it."})
-    dtype: Optional[str] = field(default=None, metadata={"help": "Record only: the dtype from_pretrained was asked for (float32 | bfloat16 | float16; None = bf16 on GPU, fp32 on CPU). Reranker ignores it."})
-    precision: Optional[str] = field(default=None, metadata={"help": "Record only: the CPU precision from_pretrained ran the model in (fp32 | bf16 | int8, rerank.precision); None on GPU or with an explicit dtype."})
-    strategy: str = field(default="full", metadata={"help": "'full': all passages in one prompt; 'sliding': back-to-front windows."})
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Record only: the model from_pretrained loaded (path or hub id; None = the default). Reranker(model, "
+                "tokenizer, config) ignores it."
+            )
+        },
+    )
+    device: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Record only: the device from_pretrained was asked for (None = cuda if available else cpu). Reranker "
+                "ignores it."
+            )
+        },
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Record only: the dtype from_pretrained was asked for (float32 | bfloat16 | float16; None = bf16 on "
+                "GPU, fp32 on CPU). Reranker ignores it."
+            )
+        },
+    )
+    precision: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Record only: the CPU precision from_pretrained ran the model in (fp32 | bf16 | int8, "
+                "rerank.precision); None on GPU or with an explicit dtype."
+            )
+        },
+    )
+    strategy: str = field(
+        default="full", metadata={"help": "'full': all passages in one prompt; 'sliding': back-to-front windows."}
+    )
     window_size: int = field(default=20, metadata={"help": "Passages per window for the sliding strategy."})
     stride: int = field(default=10, metadata={"help": "Step between sliding windows."})
-    num_passes: int = field(default=1, metadata={"help": "Sliding passes over the list (each fixes the next `stride` ranks better)."})
-    max_passage_tokens: Optional[int] = field(default=100, metadata={"help": "Token budget per passage (same in training, labelling and inference); None = no cut."})
-    on_overflow: str = field(default="sliding", metadata={"help": "When a full prompt exceeds the context: 'sliding' falls back to windows (noted in stats), 'error' raises."})
+    num_passes: int = field(
+        default=1, metadata={"help": "Sliding passes over the list (each fixes the next `stride` ranks better)."}
+    )
+    max_passage_tokens: int | None = field(
+        default=100,
+        metadata={"help": "Token budget per passage (same in training, labelling and inference); None = no cut."},
+    )
+    on_overflow: str = field(
+        default="sliding",
+        metadata={
+            "help": (
+                "When a full prompt exceeds the context: 'sliding' falls back to windows (noted in stats), 'error' "
+                "raises."
+            )
+        },
+    )
     batch_size: int = field(default=4, metadata={"help": "Prompts decoded together by rank_batch."})
-    max_context: Optional[int] = field(default=None, metadata={"help": "Override of the model's context length (tokens) used for the overflow check."})
-    pruning: Optional[PruningConfig] = field(default=None, metadata={"help": "Prefill pruning schedule; None = exact unpruned prefill."})
-    scoring: str = field(default="generate", metadata={"help": "'generate': decode the permutation; 'single_pass': order by log P(first identifier = [k]) from one prefill; 'head': order by the relevance each passage's end token reads out (logit yes - no), from one prefill (needs a model trained for it)."})
-    first_stage_weight: float = field(default=0.0, metadata={"help": "Fuse the model's ranking with the input (first-stage) order by weighted reciprocal-rank fusion (rerank.fusion): 0 = the model alone, 1 = the input order. Scores become the fused values (score_kind 'fused')."})
-    prompt: str = field(default="lazyrank", metadata={"help": "Prompt preset (rerank.prompting.presets.PRESETS): 'lazyrank' (default, LazyRank models) or the exact prompt of a published checkpoint: 'rank_zephyr', 'rank_vicuna', 'rank_llm_v2', 'first' and 'first_mistral' (letters, at most 26 passages per window), 'rank_mistral100', 'rank_gpt'. Word-budget presets ignore max_passage_tokens."})
+    max_context: int | None = field(
+        default=None, metadata={"help": "Override of the model's context length (tokens) used for the overflow check."}
+    )
+    pruning: PruningConfig | None = field(
+        default=None, metadata={"help": "Prefill pruning schedule; None = exact unpruned prefill."}
+    )
+    scoring: str = field(
+        default="generate",
+        metadata={
+            "help": (
+                "'generate': decode the permutation; 'single_pass': order by log P(first identifier = [k]) from one "
+                "prefill; 'head': order by the relevance each passage's end token reads out (logit yes - no), from "
+                "one prefill (needs a model trained for it)."
+            )
+        },
+    )
+    first_stage_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": (
+                "Fuse the model's ranking with the input (first-stage) order by weighted reciprocal-rank fusion "
+                "(rerank.fusion): 0 = the model alone, 1 = the input order. Scores become the fused values "
+                "(score_kind 'fused')."
+            )
+        },
+    )
+    prompt: str = field(
+        default="lazyrank",
+        metadata={
+            "help": (
+                "Prompt preset (rerank.prompting.presets.PRESETS): 'lazyrank' (default, LazyRank models) or the "
+                "exact prompt of a published checkpoint: 'rank_zephyr', 'rank_vicuna', 'rank_llm_v2', 'first' and "
+                "'first_mistral' (letters, at most 26 passages per window), 'rank_mistral100', 'rank_gpt'. "
+                "Word-budget presets ignore max_passage_tokens."
+            )
+        },
+    )
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -146,7 +282,9 @@ class RerankerConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.stride > self.window_size:
             raise ValueError(f"stride ({self.stride}) must not exceed window_size ({self.window_size})")
-        if self.max_passage_tokens is not None and (not isinstance(self.max_passage_tokens, int) or self.max_passage_tokens < 1):
+        if self.max_passage_tokens is not None and (
+            not isinstance(self.max_passage_tokens, int) or self.max_passage_tokens < 1
+        ):
             raise ValueError(f"max_passage_tokens must be a positive integer or None, got {self.max_passage_tokens!r}")
         if self.pruning is not None and not isinstance(self.pruning, PruningConfig):
             if isinstance(self.pruning, dict):
@@ -158,8 +296,10 @@ class RerankerConfig:
             raise TypeError(f"prompt must be a preset name (str), got {type(self.prompt).__name__}")
         limit = preset.ids.max_count
         if limit is not None and self.window_size > limit:
-            raise ValueError(f"prompt={self.prompt!r} uses {preset.identifiers} identifiers (at most {limit} "
-                             f"passages per window), got window_size={self.window_size}")
+            raise ValueError(
+                f"prompt={self.prompt!r} uses {preset.identifiers} identifiers (at most {limit} "
+                f"passages per window), got window_size={self.window_size}"
+            )
         from rerank.fusion import check_weight
 
         self.first_stage_weight = check_weight(self.first_stage_weight)

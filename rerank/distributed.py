@@ -21,9 +21,10 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from rerank.data.resume import append_record, recover_records
 
@@ -58,7 +59,7 @@ class DataParallel:
 
     def share(self, todo: Sequence[T]) -> list[T]:
         """This process's part of the ordered ``todo`` list: items rank, rank + N, rank + 2N, ..."""
-        return list(todo[self.rank::self.world])
+        return list(todo[self.rank :: self.world])
 
     def wait(self) -> None:
         """Barrier: return when every process got here (no-op for one process)."""
@@ -114,8 +115,11 @@ def detect() -> DataParallel:
     if world <= 1:
         if _truthy(os.environ.get("ACCELERATE_USE_CPU")) and os.environ.get("MASTER_ADDR"):
             # accelerate's simple launcher sets MASTER_ADDR for --num_processes > 1 but starts one process.
-            logger.warning("running as ONE process: `accelerate launch --cpu` starts only one; use "
-                           "`accelerate launch --config_file %s` for several CPU processes", CPU_CONFIG)
+            logger.warning(
+                "running as ONE process: `accelerate launch --cpu` starts only one; use "
+                "`accelerate launch --config_file %s` for several CPU processes",
+                CPU_CONFIG,
+            )
         return DataParallel()
     import torch
     from accelerate import PartialState
@@ -123,11 +127,14 @@ def detect() -> DataParallel:
     cpu = not torch.cuda.is_available() or _truthy(os.environ.get("ACCELERATE_USE_CPU"))
     state = PartialState(cpu=True, backend="gloo") if cpu else PartialState()
     if state.num_processes != world:
-        raise RuntimeError(f"accelerate set up {state.num_processes} process(es) but the launcher started {world}: "
-                           f"launch with `accelerate launch --config_file {CPU_CONFIG}` (CPU) or --multi_gpu (GPUs)")
+        raise RuntimeError(
+            f"accelerate set up {state.num_processes} process(es) but the launcher started {world}: "
+            f"launch with `accelerate launch --config_file {CPU_CONFIG}` (CPU) or --multi_gpu (GPUs)"
+        )
     device = None if state.device.type == "cpu" else str(state.device)
-    logger.info("data-parallel process %d of %d (%s, device %s)", state.process_index, world, state.backend,
-                device or "cpu")
+    logger.info(
+        "data-parallel process %d of %d (%s, device %s)", state.process_index, world, state.backend, device or "cpu"
+    )
     _CONTEXTS[world] = DataParallel(rank=state.process_index, world=world, device=device, state=state)
     return _CONTEXTS[world]
 
@@ -237,8 +244,9 @@ def _line_offsets(path: Path, key: Callable[[dict], str]) -> dict[str, int]:
     return offsets
 
 
-def merge_shards(path: str | os.PathLike, order: Sequence[str], key: Callable[[dict], str], *,
-                 ensure_ascii: bool = True) -> int:
+def merge_shards(
+    path: str | os.PathLike, order: Sequence[str], key: Callable[[dict], str], *, ensure_ascii: bool = True
+) -> int:
     """Append to ``path`` the shard records it lacks, in ``order`` (ids), then remove the shards.
 
     Only appends (good records are never rewritten, :mod:`rerank.data.resume`): a merge killed midway

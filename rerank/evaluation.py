@@ -7,7 +7,6 @@ import logging
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from tqdm.auto import tqdm
 
@@ -25,22 +24,74 @@ class EvalConfig:
     """What to rerank and how; one row of a results table."""
 
     collection: str = field(metadata={"help": "Collection folder (shared-data or BEIR layout) or an ir_datasets id."})
-    run: Optional[str] = field(default=None, metadata={"help": "First-stage TREC run; default: the folder's run.bm25.trec / run.given.trec."})
-    depth: int = field(default=100, metadata={"help": "First-stage candidates reranked per query (old spelling: --top-k)."})
-    strategy: str = field(default="full", metadata={"help": "full | sliding | none (none = score the first-stage run as is)."})
-    model: Optional[str] = field(default=None, metadata={"help": "Model path or hub id; None = the default SmolLM2 model."})
-    limit_queries: Optional[int] = field(default=None, metadata={"help": "Evaluate only the first N judged queries (sorted by qid)."})
-    output_dir: str = field(default="runs/eval", metadata={"help": "Where rankings.jsonl, run.trec and metrics.json go."})
+    run: str | None = field(
+        default=None, metadata={"help": "First-stage TREC run; default: the folder's run.bm25.trec / run.given.trec."}
+    )
+    depth: int = field(
+        default=100, metadata={"help": "First-stage candidates reranked per query (old spelling: --top-k)."}
+    )
+    strategy: str = field(
+        default="full", metadata={"help": "full | sliding | none (none = score the first-stage run as is)."}
+    )
+    model: str | None = field(
+        default=None, metadata={"help": "Model path or hub id; None = the default SmolLM2 model."}
+    )
+    limit_queries: int | None = field(
+        default=None, metadata={"help": "Evaluate only the first N judged queries (sorted by qid)."}
+    )
+    output_dir: str = field(
+        default="runs/eval", metadata={"help": "Where rankings.jsonl, run.trec and metrics.json go."}
+    )
     window_size: int = field(default=20, metadata={"help": "Sliding window size."})
     stride: int = field(default=10, metadata={"help": "Sliding window stride."})
-    max_passage_tokens: Optional[int] = field(default=100, metadata={"help": "Token budget per passage."})
-    scoring: Optional[str] = field(default=None, metadata={"help": "generate (decode the permutation) | single_pass (identifier log-probs from one prefill) | head (per-passage readout, one prefill); None = what the model recommends (head for the shipped default, else generate)."})
-    prompt: str = field(default="lazyrank", metadata={"help": "Prompt preset (rerank.prompting.presets.PRESETS), e.g. rank_zephyr for RankZephyr checkpoints."})
-    first_stage_weight: Optional[float] = field(default=None, metadata={"help": "Fusion of the model's ranking with the first-stage order (rerank.fusion; 0 = model alone, 1 = first stage); None = what the model recommends, else 0."})
-    pruning: Optional[str] = field(default=None, metadata={"help": "Prefill pruning: a preset ('default', 'fast') or depth:keep pairs like '0.1:0.5,0.33:0.25'; None = unpruned."})
-    rank_top_k: Optional[int] = field(default=None, metadata={"help": "The top_k passed to Reranker.rerank(): decide only the best k (generate decodes only k identifiers); the rest keep the model's remaining order. None = all."})
-    dtype: Optional[str] = field(default=None, metadata={"help": "Model dtype (float32, bfloat16)."})
-    precision: Optional[str] = field(default=None, metadata={"help": "CPU precision (auto | fp32 | bf16 | int8, rerank.precision); None = auto."})
+    max_passage_tokens: int | None = field(default=100, metadata={"help": "Token budget per passage."})
+    scoring: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "generate (decode the permutation) | single_pass (identifier log-probs from one prefill) | head "
+                "(per-passage readout, one prefill); None = what the model recommends (head for the shipped default, "
+                "else generate)."
+            )
+        },
+    )
+    prompt: str = field(
+        default="lazyrank",
+        metadata={
+            "help": "Prompt preset (rerank.prompting.presets.PRESETS), e.g. rank_zephyr for RankZephyr checkpoints."
+        },
+    )
+    first_stage_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Fusion of the model's ranking with the first-stage order (rerank.fusion; 0 = model alone, 1 = first "
+                "stage); None = what the model recommends, else 0."
+            )
+        },
+    )
+    pruning: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Prefill pruning: a preset ('default', 'fast') or depth:keep pairs like '0.1:0.5,0.33:0.25'; None = "
+                "unpruned."
+            )
+        },
+    )
+    rank_top_k: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "The top_k passed to Reranker.rerank(): decide only the best k (generate decodes only k "
+                "identifiers); the rest keep the model's remaining order. None = all."
+            )
+        },
+    )
+    dtype: str | None = field(default=None, metadata={"help": "Model dtype (float32, bfloat16)."})
+    precision: str | None = field(
+        default=None, metadata={"help": "CPU precision (auto | fp32 | bf16 | int8, rerank.precision); None = auto."}
+    )
     batch_size: int = field(default=1, metadata={"help": "Queries decoded together."})
     resume: bool = field(default=True, metadata={"help": "Skip queries already in output_dir/rankings.jsonl."})
 
@@ -76,7 +127,9 @@ def standard_measures(graded: bool) -> dict:
     return {"ndcg@10": nDCG @ 10, "rr@10": RR(rel=rel) @ 10, "recall@100": R(rel=rel) @ 100}
 
 
-def compute_metrics(qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]], graded: bool) -> dict[str, float]:
+def compute_metrics(
+    qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]], graded: bool
+) -> dict[str, float]:
     """nDCG@10, RR@10 and R@100 with ir-measures (binary measures at rel >= 2 when graded)."""
     import ir_measures
 
@@ -94,8 +147,12 @@ _RESUME_FREE_FIELDS = {"output_dir", "resume", "limit_queries", "batch_size"}
 def _check_same_ranking_setup(out_dir: Path, cfg: EvalConfig) -> None:
     """Refuse to resume rankings made under another setup (model, scoring, pruning, ...): mixing
     them would report metrics of no single system."""
-    check_same_settings(out_dir / "eval_config.json", asdict(cfg), ignore=_RESUME_FREE_FIELDS,
-                        advice="use another --output_dir, or --no_resume to start over there")
+    check_same_settings(
+        out_dir / "eval_config.json",
+        asdict(cfg),
+        ignore=_RESUME_FREE_FIELDS,
+        advice="use another --output_dir, or --no_resume to start over there",
+    )
 
 
 def _load_done(path: Path) -> dict[str, dict]:
@@ -167,18 +224,29 @@ def _open_logs(cfg: EvalConfig, out_dir: Path, records_path: Path, dp: DataParal
 
 
 def _load_reranker(cfg: EvalConfig, dp: DataParallel):
-    return Reranker.from_pretrained(cfg.model, device=dp.device, dtype=cfg.dtype, precision=cfg.precision,
-                                    strategy=cfg.strategy, window_size=cfg.window_size, stride=cfg.stride,
-                                    max_passage_tokens=cfg.max_passage_tokens, batch_size=cfg.batch_size,
-                                    scoring=cfg.scoring, first_stage_weight=cfg.first_stage_weight, prompt=cfg.prompt,
-                                    pruning=None if cfg.pruning is None else PruningConfig.from_spec(cfg.pruning))
+    return Reranker.from_pretrained(
+        cfg.model,
+        device=dp.device,
+        dtype=cfg.dtype,
+        precision=cfg.precision,
+        strategy=cfg.strategy,
+        window_size=cfg.window_size,
+        stride=cfg.stride,
+        max_passage_tokens=cfg.max_passage_tokens,
+        batch_size=cfg.batch_size,
+        scoring=cfg.scoring,
+        first_stage_weight=cfg.first_stage_weight,
+        prompt=cfg.prompt,
+        pruning=None if cfg.pruning is None else PruningConfig.from_spec(cfg.pruning),
+    )
 
 
-def _rank_into_log(cfg: EvalConfig, reranker, collection: Collection, first_stage: dict[str, list[str]],
-                   todo: list[str], fh, on_record) -> None:
+def _rank_into_log(
+    cfg: EvalConfig, reranker, collection: Collection, first_stage: dict[str, list[str]], todo: list[str], fh, on_record
+) -> None:
     """Rerank ``todo`` in batches, appending one record per query to ``fh``."""
     for start in range(0, len(todo), max(1, cfg.batch_size)):
-        batch = todo[start:start + max(1, cfg.batch_size)]
+        batch = todo[start : start + max(1, cfg.batch_size)]
         cands = [[d for d in first_stage[q][: cfg.depth] if d in collection.corpus] for q in batch]
         missing = [len(first_stage[q][: cfg.depth]) - len(c) for q, c in zip(batch, cands)]
         if any(missing):
@@ -186,13 +254,18 @@ def _rank_into_log(cfg: EvalConfig, reranker, collection: Collection, first_stag
         if cfg.strategy == "none":
             results = [None] * len(batch)
         else:
-            results = reranker.rerank_batch([collection.queries[q] for q in batch],
-                                            [[collection.corpus[d] for d in c] for c in cands],
-                                            top_k=cfg.rank_top_k)
+            results = reranker.rerank_batch(
+                [collection.queries[q] for q in batch],
+                [[collection.corpus[d] for d in c] for c in cands],
+                top_k=cfg.rank_top_k,
+            )
         for qid, cand, res in zip(batch, cands, results):
             order = list(range(len(cand))) if res is None else res.order
-            rec = {"qid": qid, "ranking": [cand[i] for i in order],
-                   "stats": res.stats.to_dict() if res is not None else None}
+            rec = {
+                "qid": qid,
+                "ranking": [cand[i] for i in order],
+                "stats": res.stats.to_dict() if res is not None else None,
+            }
             append_record(fh, rec)
             on_record(qid, rec)
 
@@ -222,8 +295,9 @@ def _cost_summary(cfg: EvalConfig, reranker, stats: list[dict]) -> dict:
         "llm_calls_per_query": mean("llm_calls"),
         "computed_fraction": mean("computed_fraction") if stats else 1.0,
         "fallbacks": sum(1 for s in stats if s.get("fallback")),
-        "scoring": (getattr(getattr(reranker, "config", None), "scoring", cfg.scoring)
-                    if cfg.strategy != "none" else None),
+        "scoring": (
+            getattr(getattr(reranker, "config", None), "scoring", cfg.scoring) if cfg.strategy != "none" else None
+        ),
         "pruning": cfg.pruning if cfg.strategy != "none" else None,
         "config": asdict(cfg),
     }
@@ -254,12 +328,20 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
     todo = dp.share([q for q in qids if q not in finished])
     log_path = own_log(records_path, dp, shards_present)
     if dp.distributed:
-        logger.info("process %d of %d: %d of the %d remaining queries", dp.rank, dp.world, len(todo),
-                    len(qids) - len(finished & set(qids)))
-    bar = tqdm(total=len(qids) if not dp.distributed else len(todo),
-               initial=len(qids) - len(todo) if not dp.distributed else 0,
-               desc=f"rerank {cfg.strategy}" + (f" [{dp.rank}/{dp.world}]" if dp.distributed else ""), unit="q",
-               disable=not progress or not dp.is_main)
+        logger.info(
+            "process %d of %d: %d of the %d remaining queries",
+            dp.rank,
+            dp.world,
+            len(todo),
+            len(qids) - len(finished & set(qids)),
+        )
+    bar = tqdm(
+        total=len(qids) if not dp.distributed else len(todo),
+        initial=len(qids) - len(todo) if not dp.distributed else 0,
+        desc=f"rerank {cfg.strategy}" + (f" [{dp.rank}/{dp.world}]" if dp.distributed else ""),
+        unit="q",
+        disable=not progress or not dp.is_main,
+    )
 
     def on_record(qid: str, rec: dict) -> None:
         if log_path == records_path:
@@ -273,8 +355,10 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
         done = _merge_rankings(records_path, qids, dp)
     missing_qids = [q for q in qids if q not in done]
     if missing_qids:
-        raise RuntimeError(f"{records_path} lacks {len(missing_qids)} queries after the run (e.g. {missing_qids[0]!r}): "
-                           "a process stopped early; run the same command again to resume")
+        raise RuntimeError(
+            f"{records_path} lacks {len(missing_qids)} queries after the run (e.g. {missing_qids[0]!r}): "
+            "a process stopped early; run the same command again to resume"
+        )
     run = _trec_run(qids, done, first_stage)
     if dp.is_main:
         write_run(out_dir / "run.trec", run, tag=f"lazyrank-{cfg.strategy}")
@@ -290,6 +374,7 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
 
 def format_table(rows: list[dict], columns: list[str]) -> str:
     """A plain-text table of metric rows."""
+
     def cell(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 

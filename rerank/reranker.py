@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import fields
-from typing import Any, Sequence
+from typing import Any
 
 from rerank.batching import batcher_for
 from rerank.config import PruningConfig, RerankerConfig
@@ -44,8 +45,10 @@ def _check_batch(queries: Any, documents: Any) -> tuple[list[str], list[list[str
         raise TypeError(f"documents must be a list of lists of str, got {type(documents).__name__}")
     if len(queries) != len(documents):
         raise ValueError(f"queries ({len(queries)}) and documents ({len(documents)}) must have the same length")
-    return ([_check_query(q, f"queries[{i}]") for i, q in enumerate(queries)],
-            [_check_documents(d, f"documents[{i}]") for i, d in enumerate(documents)])
+    return (
+        [_check_query(q, f"queries[{i}]") for i, q in enumerate(queries)],
+        [_check_documents(d, f"documents[{i}]") for i, d in enumerate(documents)],
+    )
 
 
 def _check_top_k(top_k: Any) -> int | None:
@@ -80,10 +83,20 @@ class Reranker:
             _pruning.check_supported(model, self.config.pruning)
 
     @classmethod
-    def from_pretrained(cls, model: str | None = None, *, device=None, dtype=None, precision: str | None = None,
-                        strategy: str = "full",
-                        window_size: int = 20, stride: int = 10, max_passage_tokens: int | None = 100,
-                        pruning: PruningConfig | None = None, **kwargs) -> "Reranker":
+    def from_pretrained(
+        cls,
+        model: str | None = None,
+        *,
+        device=None,
+        dtype=None,
+        precision: str | None = None,
+        strategy: str = "full",
+        window_size: int = 20,
+        stride: int = 10,
+        max_passage_tokens: int | None = 100,
+        pruning: PruningConfig | None = None,
+        **kwargs,
+    ) -> Reranker:
         """Load a model and build a reranker.
 
         ``model=None`` is the shipped default reranker (SmolLM2-135M-Instruct + the packaged LoRA
@@ -108,10 +121,17 @@ class Reranker:
                 kwargs[name] = value
         if kwargs.get("scoring") is None:
             kwargs["scoring"] = "generate"
-        config = RerankerConfig(model=model, device=None if device is None else str(device),
-                                dtype=None if dtype is None else str(dtype).replace("torch.", ""),
-                                strategy=strategy, window_size=window_size, stride=stride,
-                                max_passage_tokens=max_passage_tokens, pruning=pruning, **kwargs)
+        config = RerankerConfig(
+            model=model,
+            device=None if device is None else str(device),
+            dtype=None if dtype is None else str(dtype).replace("torch.", ""),
+            strategy=strategy,
+            window_size=window_size,
+            stride=stride,
+            max_passage_tokens=max_passage_tokens,
+            pruning=pruning,
+            **kwargs,
+        )
         if precision not in (None, "auto") and dtype is not None:
             raise ValueError(f"give dtype ({dtype!r}) or precision ({precision!r}), not both")
         lm, tok = load_model_and_tokenizer(model, device=device, dtype=dtype)
@@ -130,10 +150,15 @@ class Reranker:
             # rank_llm's shrink-to-fit is a window rule: a full-list prompt over the context falls
             # back to sliding windows (on_overflow) rather than being squeezed to a few words each.
             shrink = self.preset.shrink_to_fit and len(window.passages) <= self.config.window_size
-            window.cache["encoding"] = encode_prompt(self.tokenizer, window.query, window.passages,
-                                                     self.config.max_passage_tokens, self.preset,
-                                                     max_tokens=self.max_context if shrink else None,
-                                                     answer_tokens=self.answer_budget(len(window.passages)) if shrink else None)
+            window.cache["encoding"] = encode_prompt(
+                self.tokenizer,
+                window.query,
+                window.passages,
+                self.config.max_passage_tokens,
+                self.preset,
+                max_tokens=self.max_context if shrink else None,
+                answer_tokens=self.answer_budget(len(window.passages)) if shrink else None,
+            )
         return window.cache["encoding"]
 
     def answer_budget(self, num: int) -> int:
@@ -172,13 +197,14 @@ class Reranker:
                         f"a window of {len(w.passages)} passages needs {len(self.encode(w).input_ids)} prompt tokens "
                         f"plus {self.answer_budget(len(w.passages))} answer tokens, over the context of "
                         f"{self.max_context}; lower max_passage_tokens or window_size, or shorten the query "
-                        "(it is written twice and never cut)")
+                        "(it is written twice and never cut)"
+                    )
                 todo.append(i)
         # Similar lengths together keep left padding small.
         todo.sort(key=lambda i: len(self.encode(windows[i]).input_ids))
         size = self.config.batch_size
         for chunk_start in range(0, len(todo), size):
-            chunk = todo[chunk_start:chunk_start + size]
+            chunk = todo[chunk_start : chunk_start + size]
             encs = [self.encode(windows[i]) for i in chunk]
             for i, ranking in zip(chunk, self.scorer.rank(encs, [windows[i].top_k for i in chunk])):
                 results[i] = ranking
@@ -203,9 +229,14 @@ class Reranker:
             elif self.fits(w):
                 routes["full"].append(i)
             elif self.config.on_overflow == "sliding":
-                logger.warning("query %d: %d passages (%s) exceed the %d-token context or the identifiers; "
-                               "falling back to sliding windows", i, len(w.passages), self._prompt_size(w),
-                               self.max_context)
+                logger.warning(
+                    "query %d: %d passages (%s) exceed the %d-token context or the identifiers; "
+                    "falling back to sliding windows",
+                    i,
+                    len(w.passages),
+                    self._prompt_size(w),
+                    self.max_context,
+                )
                 stats[i].fallback = "sliding"
                 routes["sliding"].append(i)
             else:
@@ -213,18 +244,22 @@ class Reranker:
                     f"query {i}: {len(w.passages)} passages need {len(self.encode(w).input_ids)} prompt tokens "
                     f"(+{self.answer_budget(len(w.passages))} answer), over the {self.max_context}-token context; "
                     "set on_overflow='sliding', lower max_passage_tokens, pass fewer documents, or shorten the "
-                    "query (it is written twice and never cut)")
+                    "query (it is written twice and never cut)"
+                )
         return routes
 
     def _rank_in_chunks(self, windows: Sequence[Window], on_call) -> list[list[float]]:
         """Per-passage scores of each window, scored in consecutive chunks of ``window_size``."""
         size = self.config.window_size
         pieces = [(j, offset) for j, w in enumerate(windows) for offset in range(0, len(w.passages), size)]
-        chunks = [Window(query=windows[j].query, passages=windows[j].passages[o:o + size]) for j, o in pieces]
+        chunks = [Window(query=windows[j].query, passages=windows[j].passages[o : o + size]) for j, o in pieces]
         # rank_windows needs no model for a one-passage window; a last chunk of one still needs its score.
         scored = self.rank_windows([c for c in chunks if len(c.passages) > 1])
-        singles = self.scorer.rank([self.encode(c) for c in chunks if len(c.passages) == 1], [None]) \
-            if any(len(c.passages) == 1 for c in chunks) else []
+        singles = (
+            self.scorer.rank([self.encode(c) for c in chunks if len(c.passages) == 1], [None])
+            if any(len(c.passages) == 1 for c in chunks)
+            else []
+        )
         merged: list[list[float]] = [[] for _ in windows]
         many, one = iter(scored), iter(singles)
         for (j, _), chunk in zip(pieces, chunks):
@@ -243,8 +278,9 @@ class Reranker:
         return RankingResult.from_order(order, ranked, stats)
 
     # ------------------------------------------------------------------ public API
-    def rerank_batch(self, queries: Sequence[str], documents: Sequence[Sequence[str]],
-                     top_k: int | None = None) -> list[RankingResult]:
+    def rerank_batch(
+        self, queries: Sequence[str], documents: Sequence[Sequence[str]], top_k: int | None = None
+    ) -> list[RankingResult]:
         """Rerank several queries, batching LLM calls across them."""
         queries, docs = _check_batch(queries, documents)
         top_k = _check_top_k(top_k)
@@ -255,8 +291,15 @@ class Reranker:
         model_scores: list[list[float] | None] = [None] * len(queries)
 
         def account(i: int, r: WindowRanking) -> None:
-            stats[i].add_call(r.prompt_tokens, r.generated_tokens, r.prefill_seconds, r.decode_seconds,
-                              r.constraint_seconds, r.kept_tokens, r.computed_fraction)
+            stats[i].add_call(
+                r.prompt_tokens,
+                r.generated_tokens,
+                r.prefill_seconds,
+                r.decode_seconds,
+                r.constraint_seconds,
+                r.kept_tokens,
+                r.computed_fraction,
+            )
             stats[i].truncated_passages += r.truncated_passages
 
         windows = [Window(query=q, passages=d, top_k=top_k) for q, d in zip(queries, docs)]
@@ -271,9 +314,15 @@ class Reranker:
                 orders[i] = sorted(range(len(scores)), key=lambda k: (-scores[k], k))
                 ranked[i], model_scores[i] = len(scores), scores
         if sliding:
-            got = sliding_orders(self, [windows[i] for i in sliding], self.config.window_size, self.config.stride,
-                                 self.config.num_passes, on_call=lambda j, r: account(sliding[j], r),
-                                 top_k=top_k)
+            got = sliding_orders(
+                self,
+                [windows[i] for i in sliding],
+                self.config.window_size,
+                self.config.stride,
+                self.config.num_passes,
+                on_call=lambda j, r: account(sliding[j], r),
+                top_k=top_k,
+            )
             for i, order in zip(sliding, got):
                 orders[i], ranked[i] = order, len(order) if top_k is None else min(top_k, len(order))
         elapsed = (time.perf_counter() - start) / max(1, len(queries))
@@ -286,8 +335,9 @@ class Reranker:
         return self.rerank_batch([_check_query(query)], [_check_documents(documents)], top_k=top_k)[0]
 
     @staticmethod
-    def _as_rank_output(result: RankingResult, documents: Sequence[str], top_k: int | None,
-                        return_documents: bool) -> list[dict]:
+    def _as_rank_output(
+        result: RankingResult, documents: Sequence[str], top_k: int | None, return_documents: bool
+    ) -> list[dict]:
         order = result.order if top_k is None else result.order[:top_k]
         out = []
         for index in order:
@@ -297,8 +347,9 @@ class Reranker:
             out.append(item)
         return out
 
-    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
-             return_documents: bool = False) -> list[dict]:
+    def rank(
+        self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False
+    ) -> list[dict]:
         """sentence-transformers-style ranking: ``[{"corpus_id", "score", ("text")}]`` best first.
 
         With ``top_k`` only the best ``top_k`` entries are decoded and returned.
@@ -307,8 +358,13 @@ class Reranker:
         result = self.rerank(query, documents, top_k=top_k)
         return self._as_rank_output(result, documents, top_k, return_documents)
 
-    def rank_batch(self, queries: Sequence[str], documents: Sequence[Sequence[str]], top_k: int | None = None,
-                   return_documents: bool = False) -> list[list[dict]]:
+    def rank_batch(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[Sequence[str]],
+        top_k: int | None = None,
+        return_documents: bool = False,
+    ) -> list[list[dict]]:
         """:meth:`rank` for several queries, LLM calls batched across them."""
         results = self.rerank_batch(queries, documents, top_k=top_k)
         return [self._as_rank_output(r, d, top_k, return_documents) for r, d in zip(results, documents)]
@@ -323,15 +379,21 @@ class Reranker:
         query, documents, top_k = _check_query(query), _check_documents(documents), _check_top_k(top_k)
         return await batcher_for(self).arerank(query, documents, top_k)
 
-    async def arank(self, query: str, documents: Sequence[str], top_k: int | None = None,
-                    return_documents: bool = False) -> list[dict]:
+    async def arank(
+        self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False
+    ) -> list[dict]:
         """Async :meth:`rank` (``[{"corpus_id", "score", ("text")}]`` best first)."""
         documents = _check_documents(documents)
         result = await self.arerank(query, documents, top_k=top_k)
         return self._as_rank_output(result, documents, top_k, return_documents)
 
-    async def arank_batch(self, queries: Sequence[str], documents: Sequence[Sequence[str]],
-                          top_k: int | None = None, return_documents: bool = False) -> list[list[dict]]:
+    async def arank_batch(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[Sequence[str]],
+        top_k: int | None = None,
+        return_documents: bool = False,
+    ) -> list[list[dict]]:
         """Async :meth:`rank_batch`: the queries are submitted together and batched with other callers'."""
         import asyncio
 

@@ -22,15 +22,23 @@ class RankingStats:
     strategy: str = "full"
     fallback: str | None = None
 
-    def add_call(self, prompt_tokens: int, generated_tokens: int, prefill_seconds: float, decode_seconds: float,
-                 constraint_seconds: float = 0.0, kept_tokens: int | None = None,
-                 computed_fraction: float = 1.0) -> None:
+    def add_call(
+        self,
+        prompt_tokens: int,
+        generated_tokens: int,
+        prefill_seconds: float,
+        decode_seconds: float,
+        constraint_seconds: float = 0.0,
+        kept_tokens: int | None = None,
+        computed_fraction: float = 1.0,
+    ) -> None:
         """Accumulate one LLM call; ``computed_fraction`` is averaged weighted by prompt tokens."""
         kept = prompt_tokens if kept_tokens is None else kept_tokens
         total = self.prompt_tokens + prompt_tokens
         if total:
-            self.computed_fraction = (self.computed_fraction * self.prompt_tokens
-                                      + computed_fraction * prompt_tokens) / total
+            self.computed_fraction = (
+                self.computed_fraction * self.prompt_tokens + computed_fraction * prompt_tokens
+            ) / total
         self.prompt_tokens = total
         self.kept_tokens += kept
         self.generated_tokens += generated_tokens
@@ -73,14 +81,16 @@ class RankingResult:
     score_kind: str = "rank"
 
     @classmethod
-    def from_scores(cls, order: list[int], scores: list[float], ranked_by_model: int,
-                    stats: RankingStats, kind: str = "log_prob") -> "RankingResult":
+    def from_scores(
+        cls, order: list[int], scores: list[float], ranked_by_model: int, stats: RankingStats, kind: str = "log_prob"
+    ) -> RankingResult:
         """A result whose scores are the model's own (``kind``: "log_prob", "head_logit" or "fused")."""
-        return cls(order=list(order), scores=list(scores), ranked_by_model=ranked_by_model, stats=stats,
-                   score_kind=kind)
+        return cls(
+            order=list(order), scores=list(scores), ranked_by_model=ranked_by_model, stats=stats, score_kind=kind
+        )
 
     @classmethod
-    def from_order(cls, order: list[int], ranked_by_model: int, stats: RankingStats) -> "RankingResult":
+    def from_order(cls, order: list[int], ranked_by_model: int, stats: RankingStats) -> RankingResult:
         n = len(order)
         scores = [0.0] * n
         for rank, index in enumerate(order):

@@ -21,13 +21,32 @@ BEE_DOCS = [
 
 def request_set(count: int = 20) -> list[tuple[str, list[str], int | None]]:
     """Distinct (query, documents, top_n) requests: different lengths, orders and cuts."""
-    words = ["bees", "honey", "winter", "paris", "bread", "stocks", "penguins", "tower", "muscles", "heat",
-             "rivers", "mountains", "violins", "tomatoes", "satellites", "glaciers"]
+    words = [
+        "bees",
+        "honey",
+        "winter",
+        "paris",
+        "bread",
+        "stocks",
+        "penguins",
+        "tower",
+        "muscles",
+        "heat",
+        "rivers",
+        "mountains",
+        "violins",
+        "tomatoes",
+        "satellites",
+        "glaciers",
+    ]
     out = []
     for i in range(count):
         n = 3 + i % 6
-        docs = [f"Passage {j} of set {i}: a note on {words[(i * 3 + j * 5) % len(words)]} and "
-                f"{words[(i + j * 7) % len(words)]}." for j in range(n)]
+        docs = [
+            f"Passage {j} of set {i}: a note on {words[(i * 3 + j * 5) % len(words)]} and "
+            f"{words[(i + j * 7) % len(words)]}."
+            for j in range(n)
+        ]
         top_n = [None, 2, 0, 3, 1][i % 5]
         out.append((f"query {i} about {words[i % len(words)]}", docs, top_n))
     return out
@@ -67,11 +86,19 @@ class LiveServer:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                                    timeout_graceful_shutdown=graceful_timeout, **uvicorn_options))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=graceful_timeout,
+                **uvicorn_options,
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:

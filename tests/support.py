@@ -23,10 +23,19 @@ def make_tiny_llama(vocab_size: int, *, layers: int = 4, seed: int = 0, max_posi
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                         max_position_embeddings=max_positions, rope_theta=10000.0, tie_word_embeddings=True,
-                         attn_implementation="sdpa")
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=max_positions,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
     model = LlamaForCausalLM(config)
     model.eval()
     return model

@@ -60,10 +60,12 @@ def test_ragged_steps_equal_unpadded_rows_and_padding_stays_hidden(tiny_model, t
     chosen = encs[:3]
     prompts, masks = [e.input_ids for e in chosen], [e.prunable_mask() for e in chosen]
     # (tokens, lengths) per step; row 2 feeds nothing in the third step, everyone one token in the last.
-    steps = [([[7, 8, 9], [5, 0, 0], [11, 12, 0]], [3, 1, 2]),
-             ([[13], [14], [15]], None),
-             ([[16, 17], [18, 19], [0, 0]], [2, 2, 0]),
-             ([[20], [21], [22]], None)]
+    steps = [
+        ([[7, 8, 9], [5, 0, 0], [11, 12, 0]], [3, 1, 2]),
+        ([[13], [14], [15]], None),
+        ([[16, 17], [18, 19], [0, 0]], [2, 2, 0]),
+        ([[20], [21], [22]], None),
+    ]
     batch = make_session(kind, tiny_model, tokenizer.pad_token_id)
     batch.prefill(prompts, masks)
     got = [batch.step(torch.tensor(t), n) for t, n in steps]
@@ -71,11 +73,11 @@ def test_ragged_steps_equal_unpadded_rows_and_padding_stays_hidden(tiny_model, t
         alone = make_session(kind, tiny_model, tokenizer.pad_token_id)
         alone.prefill([prompt], [mask])
         for index, (tokens, lengths) in enumerate(steps):
-            real = tokens[row][:lengths[row]] if lengths is not None else tokens[row]
+            real = tokens[row][: lengths[row]] if lengths is not None else tokens[row]
             if not real:
                 continue
             want = alone.step(torch.tensor([real]))
-            torch.testing.assert_close(got[index][row:row + 1], want, atol=1e-4, rtol=0)
+            torch.testing.assert_close(got[index][row : row + 1], want, atol=1e-4, rtol=0)
         assert int(batch.positions[row]) == int(alone.positions[0])
 
 
@@ -87,8 +89,15 @@ def test_batched_jump_forward_equals_token_by_token(tiny_model, tokenizer, encs,
     top_k = [None, 3, 7, 2]
     spy = Spy(make_session(kind, tiny_model, tokenizer.pad_token_id))
     jump = rank_prompts(spy, prompts, nums, table, top_k=top_k, prunable=masks)
-    plain = rank_prompts(make_session(kind, tiny_model, tokenizer.pad_token_id), prompts, nums, table,
-                         top_k=top_k, prunable=masks, jump_forward=False)
+    plain = rank_prompts(
+        make_session(kind, tiny_model, tokenizer.pad_token_id),
+        prompts,
+        nums,
+        table,
+        top_k=top_k,
+        prunable=masks,
+        jump_forward=False,
+    )
     assert jump.identifiers == plain.identifiers
     assert jump.generated_tokens == plain.generated_tokens
     assert [len(ids) for ids in jump.identifiers] == [12, 3, 7, 2]
@@ -101,8 +110,15 @@ def test_batched_jump_forward_equals_token_by_token(tiny_model, tokenizer, encs,
     assert max(width for width, _ in spy.steps) > 1
     # Each ranking is also what the prompt decodes to on its own, token by token.
     for row in range(len(prompts)):
-        alone = rank_prompts(make_session(kind, tiny_model, tokenizer.pad_token_id), [prompts[row]], [nums[row]],
-                             table, top_k=[top_k[row]], prunable=[masks[row]], jump_forward=False)
+        alone = rank_prompts(
+            make_session(kind, tiny_model, tokenizer.pad_token_id),
+            [prompts[row]],
+            [nums[row]],
+            table,
+            top_k=[top_k[row]],
+            prunable=[masks[row]],
+            jump_forward=False,
+        )
         assert alone.identifiers[0] == jump.identifiers[row]
 
 
@@ -124,14 +140,23 @@ def test_batch_without_ragged_steps_falls_back_to_token_by_token(tiny_model, tok
 
 def test_pruned_per_row_caches_decode_token_by_token(tiny_model, tokenizer, encs, table):
     """Per-row caches (the flash-attention layout) cannot take padded steps: batches fall back, exactly."""
-    prompts, nums, masks = ([e.input_ids for e in encs[:2]], [e.num_passages for e in encs[:2]],
-                            [e.prunable_mask() for e in encs[:2]])
+    prompts, nums, masks = (
+        [e.input_ids for e in encs[:2]],
+        [e.num_passages for e in encs[:2]],
+        [e.prunable_mask() for e in encs[:2]],
+    )
     rows = PrunedSession(tiny_model, tokenizer.pad_token_id, PRUNE)
     rows._masked_batches = False  # what flash attention selects; single-token steps are exact under sdpa too
     assert not rows.ragged_step
     out = rank_prompts(rows, prompts, nums, table, prunable=masks)
-    ref = rank_prompts(PrunedSession(tiny_model, tokenizer.pad_token_id, PRUNE), prompts, nums, table,
-                       prunable=masks, jump_forward=False)
+    ref = rank_prompts(
+        PrunedSession(tiny_model, tokenizer.pad_token_id, PRUNE),
+        prompts,
+        nums,
+        table,
+        prunable=masks,
+        jump_forward=False,
+    )
     assert out.identifiers == ref.identifiers and out.forward_passes == ref.forward_passes
     with pytest.raises(ValueError, match="sdpa"):
         rows.step(torch.tensor([[1], [2]]), [1, 0])

@@ -52,8 +52,20 @@ def test_missing_inputs_are_named(tmp_path, capsys, monkeypatch):
     assert cli.main(["retrieve", "--collection", "no-such-dataset", "--output", "x.trec"]) == 1
     assert "'no-such-dataset' is neither a collection folder nor an ir_datasets id" in _error_line(capsys)
     coll = _collection(tmp_path / "ok", '{"_id": "d1", "text": "tides and moon"}\n')
-    assert cli.main(["retrieve", "--collection", str(coll), "--queries", str(tmp_path / "q.jsonl"),
-                     "--output", str(tmp_path / "run.trec")]) == 1
+    assert (
+        cli.main(
+            [
+                "retrieve",
+                "--collection",
+                str(coll),
+                "--queries",
+                str(tmp_path / "q.jsonl"),
+                "--output",
+                str(tmp_path / "run.trec"),
+            ]
+        )
+        == 1
+    )
     assert f"No such file or directory: '{tmp_path / 'q.jsonl'}'" in _error_line(capsys)
 
 
@@ -71,10 +83,25 @@ def test_debug_flag_and_variable_show_the_traceback(tmp_path, monkeypatch):
 def test_the_command_exits_non_zero_with_one_line(tmp_path):
     coll = _collection(tmp_path / "empty", "")
     env = {k: v for k, v in os.environ.items() if k != "LAZYRANK_DEBUG"}
-    proc = subprocess.run([sys.executable, "-m", "rerank.cli", "retrieve", "--collection", str(coll),
-                           "--output", str(tmp_path / "run.trec")], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rerank.cli",
+            "retrieve",
+            "--collection",
+            str(coll),
+            "--output",
+            str(tmp_path / "run.trec"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         f"rerank retrieve: error: {coll / 'corpus.jsonl'} holds no passage: nothing to index "
-        "(--debug or LAZYRANK_DEBUG=1 for the traceback)"]
+        "(--debug or LAZYRANK_DEBUG=1 for the traceback)"
+    ]

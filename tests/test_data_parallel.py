@@ -35,14 +35,17 @@ def write_collection(root: Path, queries: int = 7) -> Path:
     """Queries with 3..11 candidates each: label passes (and so the write order) differ per query."""
     root.mkdir()
     lists = {f"q{q}": [f"d{q}-{i}" for i in range(3 + (q * 5) % 9)] for q in range(queries)}
-    corpus = {d: f"{d} about {TOPICS[i % 8]} and {TOPICS[(i * 3) % 8]}" for docs in lists.values()
-              for i, d in enumerate(docs)}
+    corpus = {
+        d: f"{d} about {TOPICS[i % 8]} and {TOPICS[(i * 3) % 8]}" for docs in lists.values() for i, d in enumerate(docs)
+    }
     (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in corpus.items()))
-    (root / "queries.jsonl").write_text("".join(
-        json.dumps({"_id": q, "text": f"what about {TOPICS[int(q[1:]) % 8]}"}) + "\n" for q in lists))
+    (root / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": f"what about {TOPICS[int(q[1:]) % 8]}"}) + "\n" for q in lists)
+    )
     (root / "qrels.txt").write_text("".join(f"{q} 0 {docs[int(q[1:]) % len(docs)]} 1\n" for q, docs in lists.items()))
-    (root / "run.bm25.trec").write_text("".join(f"{q} Q0 {d} {r + 1} {100 - r} bm25\n"
-                                                for q, docs in lists.items() for r, d in enumerate(docs)))
+    (root / "run.bm25.trec").write_text(
+        "".join(f"{q} Q0 {d} {r + 1} {100 - r} bm25\n" for q, docs in lists.items() for r, d in enumerate(docs))
+    )
     return root
 
 
@@ -61,25 +64,66 @@ def tiny_dir(tmp_path_factory, tokenizer) -> str:
 
 
 def eval_args(collection: str, model: str, out: Path) -> list[str]:
-    return ["eval", "--collection", collection, "--model", model, "--top_k", "8", "--scoring", "single_pass",
-            "--max_passage_tokens", "16", "--output_dir", str(out)]
+    return [
+        "eval",
+        "--collection",
+        collection,
+        "--model",
+        model,
+        "--depth",
+        "8",
+        "--scoring",
+        "single_pass",
+        "--max_passage_tokens",
+        "16",
+        "--output_dir",
+        str(out),
+    ]
 
 
 def eval_config(collection: str, model: str, out: Path) -> EvalConfig:
-    return EvalConfig(collection=collection, model=model, depth=8, scoring="single_pass", max_passage_tokens=16,
-                      output_dir=str(out))
+    return EvalConfig(
+        collection=collection, model=model, depth=8, scoring="single_pass", max_passage_tokens=16, output_dir=str(out)
+    )
 
 
 def label_config(collection: str, teacher: str, out: Path) -> LabelConfig:
     # window 4 / stride 2 / batch 3: several passes, and queries of a batch finish in another order
-    return LabelConfig(input=collection, teacher=teacher, output=str(out), depth=8, window_size=4, stride=2,
-                       batch_size=3, max_passage_tokens=16, progress=False)
+    return LabelConfig(
+        input=collection,
+        teacher=teacher,
+        output=str(out),
+        depth=8,
+        window_size=4,
+        stride=2,
+        batch_size=3,
+        max_passage_tokens=16,
+        progress=False,
+    )
 
 
 def label_args(cfg: LabelConfig) -> list[str]:
-    return ["labels", "--input", cfg.input, "--teacher", cfg.teacher, "--output", cfg.output, "--depth", str(cfg.depth),
-            "--window_size", str(cfg.window_size), "--stride", str(cfg.stride), "--batch_size", str(cfg.batch_size),
-            "--max_passage_tokens", str(cfg.max_passage_tokens), "--progress", "false"]
+    return [
+        "labels",
+        "--input",
+        cfg.input,
+        "--teacher",
+        cfg.teacher,
+        "--output",
+        cfg.output,
+        "--depth",
+        str(cfg.depth),
+        "--window_size",
+        str(cfg.window_size),
+        "--stride",
+        str(cfg.stride),
+        "--batch_size",
+        str(cfg.batch_size),
+        "--max_passage_tokens",
+        str(cfg.max_passage_tokens),
+        "--progress",
+        "false",
+    ]
 
 
 # A launcher target that stops one process hard (os._exit: no cleanup, like a crash) after it has
@@ -104,9 +148,10 @@ CRASH_WRAPPER = textwrap.dedent("""
 """)
 
 
-def launch(args: list[str], tmp_path: Path, *, crash_rank: int | None = None, crash_after: int = 1,
-           processes: int = 2) -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m rerank.cli.commands ARGS` (or the crash wrapper)."""
+def launch(
+    args: list[str], tmp_path: Path, *, crash_rank: int | None = None, crash_after: int = 1, processes: int = 2
+) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m rerank.cli ARGS` (or the crash wrapper)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.pop("ACCELERATE_USE_CPU", None)
     target = ["-m", "rerank.cli"]
@@ -115,22 +160,32 @@ def launch(args: list[str], tmp_path: Path, *, crash_rank: int | None = None, cr
         wrapper.write_text(CRASH_WRAPPER)
         target = [str(wrapper)]
         env.update(CRASH_RANK=str(crash_rank), CRASH_AFTER=str(crash_after), PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG),
-           "--num_processes", str(processes), "--main_process_port", str(29500 + random.randrange(1000)),
-           *target, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(CPU_CONFIG),
+        "--num_processes",
+        str(processes),
+        "--main_process_port",
+        str(29500 + random.randrange(1000)),
+        *target,
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     (tmp_path / f"launch-{len(list(tmp_path.glob('launch-*')))}.log").write_text(proc.stdout + proc.stderr)
     return proc
 
 
 def log_tail(proc: subprocess.CompletedProcess) -> str:
-    return "\n".join(l for l in (proc.stdout + proc.stderr).splitlines() if "Warning" not in l)[-3000:]
+    return "\n".join(line for line in (proc.stdout + proc.stderr).splitlines() if "Warning" not in line)[-3000:]
 
 
 def same_records(a: Path, b: Path) -> None:
     lines_a, lines_b = a.read_text().splitlines(), b.read_text().splitlines()
-    assert [json.loads(l)["qid"] for l in lines_a] == [json.loads(l)["qid"] for l in lines_b]
-    assert [without_timings(l) for l in lines_a] == [without_timings(l) for l in lines_b]
+    assert [json.loads(line)["qid"] for line in lines_a] == [json.loads(line)["qid"] for line in lines_b]
+    assert [without_timings(line) for line in lines_a] == [without_timings(line) for line in lines_b]
 
 
 def same_eval_output(one: Path, many: Path, processes: int) -> None:
@@ -138,8 +193,17 @@ def same_eval_output(one: Path, many: Path, processes: int) -> None:
     same_records(one / "rankings.jsonl", many / "rankings.jsonl")
     m1, mn = (json.loads((d / "metrics.json").read_text()) for d in (one, many))
     assert (m1["processes"], mn["processes"]) == (1, processes)
-    for key in ("ndcg@10", "rr@10", "recall@100", "queries", "prompt_tokens_per_query", "llm_calls_per_query",
-                "computed_fraction", "fallbacks", "scoring"):
+    for key in (
+        "ndcg@10",
+        "rr@10",
+        "recall@100",
+        "queries",
+        "prompt_tokens_per_query",
+        "llm_calls_per_query",
+        "computed_fraction",
+        "fallbacks",
+        "scoring",
+    ):
         assert m1[key] == mn[key], key
     assert existing_shards(many / "rankings.jsonl") == []
 
@@ -151,11 +215,20 @@ def test_shard_names_and_discovery(tmp_path):
     assert shard_path(tmp_path / "x.embed.jsonl", 0, 3).name == "x.embed.shard-0-of-3.jsonl"
     with pytest.raises(ValueError, match="rank must be in"):
         shard_path(merged, 2, 2)
-    for name in ("rankings.shard-1-of-2.jsonl", "rankings.shard-0-of-3.jsonl", "rankings.shard-0-of-2.jsonl",
-                 "other.shard-0-of-2.jsonl", "rankings.shard-x-of-2.jsonl", "rankings.jsonl.errors.jsonl"):
+    for name in (
+        "rankings.shard-1-of-2.jsonl",
+        "rankings.shard-0-of-3.jsonl",
+        "rankings.shard-0-of-2.jsonl",
+        "other.shard-0-of-2.jsonl",
+        "rankings.shard-x-of-2.jsonl",
+        "rankings.jsonl.errors.jsonl",
+    ):
         (tmp_path / name).write_text("")
     assert [p.name for p in existing_shards(merged)] == [
-        "rankings.shard-0-of-2.jsonl", "rankings.shard-1-of-2.jsonl", "rankings.shard-0-of-3.jsonl"]
+        "rankings.shard-0-of-2.jsonl",
+        "rankings.shard-1-of-2.jsonl",
+        "rankings.shard-0-of-3.jsonl",
+    ]
     # one plain process writes the merged file itself (as always); with shards left over, a shard
     assert own_log(merged, DataParallel(), shards_present=False) == merged
     assert own_log(merged, DataParallel(), shards_present=True).name == "rankings.shard-0-of-1.jsonl"
@@ -182,13 +255,19 @@ class LengthTeacher:
     """Deterministic: prefers longer passage texts."""
 
     def rank_windows(self, windows):
-        return [WindowRanking(order=sorted(range(len(w.passages)), key=lambda i: (-len(w.passages[i]), i)),
-                              ranked=len(w.passages)) for w in windows]
+        return [
+            WindowRanking(
+                order=sorted(range(len(w.passages)), key=lambda i: (-len(w.passages[i]), i)), ranked=len(w.passages)
+            )
+            for w in windows
+        ]
 
 
 def test_label_order_is_the_order_one_process_writes(tmp_path):
-    items = [Candidates(f"q{k}", "q", [f"d{i}" for i in range(n)], ["x" * ((i * 7) % 5) for i in range(n)])
-             for k, n in enumerate([30, 3, 12, 25, 1, 9, 14])]
+    items = [
+        Candidates(f"q{k}", "q", [f"d{i}" for i in range(n)], ["x" * ((i * 7) % 5) for i in range(n)])
+        for k, n in enumerate([30, 3, 12, 25, 1, 9, 14])
+    ]
     cfg = LabelConfig(input="unused", output="unused", teacher="x", window_size=6, stride=3, batch_size=3)
     written = [o.item.qid for o in iter_complete_labels(LengthTeacher(), items, 6, 3, None, 3)]
     assert written != [it.qid for it in items]  # a batch's short lists finish (and are written) first
@@ -255,13 +334,16 @@ def test_two_processes_evaluate_like_one(tmp_path, collection, tiny_dir):
 
 @pytest.mark.multiproc
 def test_two_processes_label_like_one(tmp_path, collection, tiny_dir):
-    one, two = label_config(collection, tiny_dir, tmp_path / "one.jsonl"), label_config(collection, tiny_dir, tmp_path / "two.jsonl")
+    one, two = (
+        label_config(collection, tiny_dir, tmp_path / "one.jsonl"),
+        label_config(collection, tiny_dir, tmp_path / "two.jsonl"),
+    )
     summary_one = run_labelling(one)
     proc = launch(label_args(two), tmp_path)
     assert proc.returncode == 0, log_tail(proc)
-    summary_two = json.loads([l for l in proc.stdout.splitlines() if l.startswith("{")][-1])
+    summary_two = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     same_records(Path(one.output), Path(two.output))
-    qids = [json.loads(l)["qid"] for l in Path(one.output).read_text().splitlines()]
+    qids = [json.loads(line)["qid"] for line in Path(one.output).read_text().splitlines()]
     assert qids != sorted(qids, key=lambda q: int(q[1:]))  # the write order is not input order: merge kept it
     for key in ("queries", "labelled", "failed", "calls", "prompt_tokens", "generated_tokens"):
         assert summary_one[key] == summary_two[key], key
@@ -279,8 +361,9 @@ def test_killed_two_process_eval_resumes_to_the_same_output(tmp_path, collection
     assert len(shard_path(two / "rankings.jsonl", 1, 2).read_text().splitlines()) == 1
     with open(shard_path(two / "rankings.jsonl", 0, 2), "a") as fh:
         fh.write('{"qid": "q6", "rank')  # and a torn line, as a kill during a write leaves
-    done = sum(1 for p in existing_shards(two / "rankings.jsonl") for l in p.read_text().splitlines()
-               if l.endswith("}"))  # complete records only
+    done = sum(
+        1 for p in existing_shards(two / "rankings.jsonl") for line in p.read_text().splitlines() if line.endswith("}")
+    )  # complete records only
     proc = launch(eval_args(collection, tiny_dir, two), tmp_path)
     assert proc.returncode == 0, log_tail(proc)
     assert f"of the {7 - done} remaining" in proc.stdout + proc.stderr  # finished queries were not redone
@@ -289,7 +372,10 @@ def test_killed_two_process_eval_resumes_to_the_same_output(tmp_path, collection
 
 @pytest.mark.multiproc
 def test_killed_two_process_labels_resume_with_one_process(tmp_path, collection, tiny_dir):
-    one, two = label_config(collection, tiny_dir, tmp_path / "one.jsonl"), label_config(collection, tiny_dir, tmp_path / "two.jsonl")
+    one, two = (
+        label_config(collection, tiny_dir, tmp_path / "one.jsonl"),
+        label_config(collection, tiny_dir, tmp_path / "two.jsonl"),
+    )
     run_labelling(one)
     crashed = launch(label_args(two), tmp_path, crash_rank=0, crash_after=2)
     assert crashed.returncode != 0 and not Path(two.output).exists()

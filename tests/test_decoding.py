@@ -11,14 +11,14 @@ from rerank.prompting.identifiers import complete_order, is_permutation, parse_r
 def test_constraint_accepts_canonical_and_rejects_invalid():
     c = PermutationConstraint(12)
     assert c.feed("[12] > [")
-    assert not c.feed("12")          # already emitted
-    assert not c.feed("13")          # out of range
-    assert not c.feed("0")           # leading zero
-    assert not c.feed("]")           # empty identifier
+    assert not c.feed("12")  # already emitted
+    assert not c.feed("13")  # out of range
+    assert not c.feed("0")  # leading zero
+    assert not c.feed("]")  # empty identifier
     assert c.feed("1")
-    assert c.feed("]")               # [1] is fine
+    assert c.feed("]")  # [1] is fine
     assert c.emitted == [12, 1]
-    assert not c.feed(">")           # separator must be " > "
+    assert not c.feed(">")  # separator must be " > "
     assert c.feed(" > [")
 
 
@@ -27,8 +27,8 @@ def test_prefix_of_a_remaining_identifier_only():
     for k in (10, 11, 12):
         assert c.feed(f"[{k}] > ")
     c.feed("[")
-    assert c.feed("1")               # [1] still open
-    assert not c.feed("0")           # [10] used up
+    assert c.feed("1")  # [1] still open
+    assert not c.feed("0")  # [10] used up
     assert c.feed("]")
 
 

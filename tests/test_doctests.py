@@ -11,7 +11,10 @@ import rerank.ranking
 import rerank.training.losses.identifier_ranking
 
 
-@pytest.mark.parametrize("module", [rerank.engine.decoding, rerank.fusion, rerank.ranking, rerank.config, rerank.training.losses.identifier_ranking])
+@pytest.mark.parametrize(
+    "module",
+    [rerank.engine.decoding, rerank.fusion, rerank.ranking, rerank.config, rerank.training.losses.identifier_ranking],
+)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -26,6 +26,7 @@ def test_metrics_hand_computed():
     m = compute_metrics(qrels, run, graded=True)
     # trec_eval's nDCG uses linear gains: DCG = 1/log2(2) + 3/log2(3); ideal = 3/1 + 1/log2(3)
     import math
+
     assert m["ndcg@10"] == pytest.approx((1 + 3 / math.log2(3)) / (3 + 1 / math.log2(3)))
     assert m["rr@10"] == pytest.approx(0.5)  # rel>=2 only "a", at rank 2
     assert m["recall@100"] == pytest.approx(1.0)
@@ -54,10 +55,12 @@ def test_both_layouts_load(tmp_path, beir):
 def test_evaluation_resumes_and_tolerates_torn_line(tmp_path, tiny_reranker):
     write_collection(tmp_path / "c")
     (tmp_path / "c" / "queries.jsonl").write_text(
-        json.dumps({"_id": "q1", "text": "doc 2"}) + "\n" + json.dumps({"_id": "q2", "text": "doc 1"}) + "\n")
+        json.dumps({"_id": "q1", "text": "doc 2"}) + "\n" + json.dumps({"_id": "q2", "text": "doc 1"}) + "\n"
+    )
     (tmp_path / "c" / "qrels.txt").write_text("q1 0 d2 1\nq2 0 d1 1\n")
-    (tmp_path / "c" / "run.bm25.trec").write_text("".join(
-        f"{q} Q0 d{i} {i + 1} {10 - i} bm25\n" for q in ("q1", "q2") for i in range(4)))
+    (tmp_path / "c" / "run.bm25.trec").write_text(
+        "".join(f"{q} Q0 d{i} {i + 1} {10 - i} bm25\n" for q in ("q1", "q2") for i in range(4))
+    )
     out = tmp_path / "out"
     cfg = EvalConfig(collection=str(tmp_path / "c"), strategy="full", output_dir=str(out), depth=3)
     m1 = evaluate(cfg, reranker=tiny_reranker, progress=False)
@@ -74,10 +77,18 @@ def test_evaluation_resumes_and_tolerates_torn_line(tmp_path, tiny_reranker):
     assert run["q1"][-1] == "d3"
     # resuming under another ranking setup would mix two systems' rankings: refused, by name
     with pytest.raises(ValueError, match="scoring: 'generate' -> 'single_pass'"):
-        evaluate(EvalConfig(collection=str(tmp_path / "c"), strategy="full", output_dir=str(out), depth=3,
-                            scoring="single_pass"), reranker=tiny_reranker, progress=False)
-    evaluate(EvalConfig(collection=str(tmp_path / "c"), strategy="full", output_dir=str(out), depth=3,
-                        batch_size=2), reranker=tiny_reranker, progress=False)  # batching changes no ranking
+        evaluate(
+            EvalConfig(
+                collection=str(tmp_path / "c"), strategy="full", output_dir=str(out), depth=3, scoring="single_pass"
+            ),
+            reranker=tiny_reranker,
+            progress=False,
+        )
+    evaluate(
+        EvalConfig(collection=str(tmp_path / "c"), strategy="full", output_dir=str(out), depth=3, batch_size=2),
+        reranker=tiny_reranker,
+        progress=False,
+    )  # batching changes no ranking
 
 
 def test_readers_name_file_and_line(tmp_path):
@@ -106,11 +117,14 @@ def test_eval_config_validation():
         EvalConfig(collection="x", strategy="bm25")
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["eval", "--collection", "x", "--pruning", "quick"], "pruning spec"),
-    (["eval", "--collection", "x", "--strategy", "bm25"], "strategy"),
-    (["labels", "--input", "x", "--output", "y", "--teacher", "qrels", "--stride", "0"], "stride"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["eval", "--collection", "x", "--pruning", "quick"], "pruning spec"),
+        (["eval", "--collection", "x", "--strategy", "bm25"], "strategy"),
+        (["labels", "--input", "x", "--output", "y", "--teacher", "qrels", "--stride", "0"], "stride"),
+    ],
+)
 def test_cli_config_errors_are_usage_errors(argv, needle, capsys):
     from rerank.cli.commands import main
 
@@ -144,8 +158,17 @@ def test_first_stage_weight_one_returns_the_first_stage_and_is_recorded(tmp_path
     make_tiny_llama(len(tokenizer), layers=2).save_pretrained(model)
     tokenizer.save_pretrained(model)
     out = tmp_path / "out"
-    evaluate(EvalConfig(collection=str(tmp_path / "c"), model=str(model), scoring="single_pass", depth=4,
-                        first_stage_weight=1.0, output_dir=str(out)), progress=False)
+    evaluate(
+        EvalConfig(
+            collection=str(tmp_path / "c"),
+            model=str(model),
+            scoring="single_pass",
+            depth=4,
+            first_stage_weight=1.0,
+            output_dir=str(out),
+        ),
+        progress=False,
+    )
     assert read_run(out / "run.trec")["q1"] == ["d0", "d1", "d2", "d3"]
     assert json.loads((out / "eval_config.json").read_text())["first_stage_weight"] == 1.0
     with pytest.raises(ValueError, match="first_stage_weight"):

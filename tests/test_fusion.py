@@ -10,16 +10,23 @@ from rerank import Reranker, RerankerConfig
 from rerank.fusion import RRF_K, fuse_with_first_stage
 from rerank.serving.scores import relevance_scores
 
-DOCS = ["Bees shiver their flight muscles to keep the hive warm.", "Paris is the capital of France.",
-        "A cluster of bees keeps the queen warm in winter.", "Rope is made of twisted fibres.",
-        "Honey is stored as winter fuel."]
+DOCS = [
+    "Bees shiver their flight muscles to keep the hive warm.",
+    "Paris is the capital of France.",
+    "A cluster of bees keeps the queen warm in winter.",
+    "Rope is made of twisted fibres.",
+    "Honey is stored as winter fuel.",
+]
 
 
 def test_fused_scores_hand_computed():
     order, scores = fuse_with_first_stage([2, 0, 1], weight=0.25)
     # doc 0: model rank 2, input rank 1; doc 1: 3 and 2; doc 2: 1 and 3.
-    want = [0.75 / (RRF_K + 2) + 0.25 / (RRF_K + 1), 0.75 / (RRF_K + 3) + 0.25 / (RRF_K + 2),
-            0.75 / (RRF_K + 1) + 0.25 / (RRF_K + 3)]
+    want = [
+        0.75 / (RRF_K + 2) + 0.25 / (RRF_K + 1),
+        0.75 / (RRF_K + 3) + 0.25 / (RRF_K + 2),
+        0.75 / (RRF_K + 1) + 0.25 / (RRF_K + 3),
+    ]
     assert scores == pytest.approx(want, abs=1e-15)
     assert order == [2, 0, 1]
     assert all(scores[a] >= scores[b] for a, b in zip(order, order[1:]))
@@ -53,12 +60,15 @@ def test_bad_model_order_is_refused():
 @pytest.mark.parametrize("scoring", ["head", "single_pass", "generate"])
 def test_reranker_fuses_its_own_ranking(tiny_model, tokenizer, scoring):
     plain = Reranker(tiny_model, tokenizer, RerankerConfig(scoring=scoring)).rerank("bees warm", DOCS)
-    fused = Reranker(tiny_model, tokenizer, RerankerConfig(scoring=scoring, first_stage_weight=0.5)).rerank("bees warm", DOCS)
+    fused = Reranker(tiny_model, tokenizer, RerankerConfig(scoring=scoring, first_stage_weight=0.5)).rerank(
+        "bees warm", DOCS
+    )
     order, scores = fuse_with_first_stage(plain.order, 0.5)
     assert fused.order == order and fused.scores == pytest.approx(scores)
     assert fused.score_kind == "fused" and fused.ranked_by_model == len(DOCS)
     assert Reranker(tiny_model, tokenizer, RerankerConfig(scoring=scoring, first_stage_weight=1.0)).rerank(
-        "bees warm", DOCS).order == list(range(len(DOCS)))
+        "bees warm", DOCS
+    ).order == list(range(len(DOCS)))
     relevance = relevance_scores(fused)  # what the HTTP server returns: in [0, 1], monotone in rank
     along = [relevance[i] for i in fused.order]
     assert along == pytest.approx([1 - r / len(DOCS) for r in range(len(DOCS))])  # by rank, not a flat softmax

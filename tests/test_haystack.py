@@ -20,9 +20,17 @@ from rerank import Reranker, RerankerConfig  # noqa: E402
 from rerank.integrations.haystack import LazyRankRanker  # noqa: E402
 
 QUERY = "how do bees keep warm in winter"
-CORPUS = [Document(content=text, meta={"title": f"note {i}", "n": i}, id=f"doc{i}") for i, text in enumerate(
-    BEE_DOCS + ["Bees fan their wings to cool the hive in summer.", "Winter coats keep people warm.",
-                "Wasps do not store honey for the winter."])]
+CORPUS = [
+    Document(content=text, meta={"title": f"note {i}", "n": i}, id=f"doc{i}")
+    for i, text in enumerate(
+        BEE_DOCS
+        + [
+            "Bees fan their wings to cool the hive in summer.",
+            "Winter coats keep people warm.",
+            "Wasps do not store honey for the winter.",
+        ]
+    )
+]
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +108,9 @@ def test_warm_up_loads_once_and_run_overrides(model_dir, reference):
 
 def test_meta_fields_are_ranked_with_the_content(sp_reranker):
     docs = CORPUS[:6]
-    ranker = LazyRankRanker(reranker=sp_reranker, top_k=None, meta_fields_to_embed=["title", "missing"],
-                            embedding_separator=" | ")
+    ranker = LazyRankRanker(
+        reranker=sp_reranker, top_k=None, meta_fields_to_embed=["title", "missing"], embedding_separator=" | "
+    )
     texts = [f"{d.meta['title']} | {d.content}" for d in docs]
     assert [d.id for d in ranker.run(QUERY, docs)["documents"]] == expected_ids(sp_reranker, docs, None, texts)
 

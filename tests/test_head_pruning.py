@@ -13,8 +13,10 @@ from rerank.engine.passage_head import score_positions
 from rerank.engine.token_importance import reader_attention, select_survivors
 from rerank.prompting.prompts import encode_prompt, relevance_token_ids
 
-DOCS = [f"passage {i}: the {['llama', 'rope', 'river', 'engine'][i % 4]} has {i} legs and lives near water"
-        for i in range(7)]
+DOCS = [
+    f"passage {i}: the {['llama', 'rope', 'river', 'engine'][i % 4]} has {i} legs and lives near water"
+    for i in range(7)
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +66,11 @@ def test_keep_everything_equals_the_dense_readout(tiny_model, tokenizer, enc):
     """A schedule keeping every token is the exact dense head score (the tail after the last
     passage end is never computed: a causal readout cannot depend on it)."""
     yes, no = relevance_token_ids(tokenizer)
-    dense = score_positions(tiny_model, [enc.input_ids], [enc.passage_end_positions()], yes, no,
-                            tokenizer.pad_token_id)
+    dense = score_positions(tiny_model, [enc.input_ids], [enc.passage_end_positions()], yes, no, tokenizer.pad_token_id)
     keep_all = PruningConfig(layer_fractions=[0.3, 0.6], keep_ratios=[1.0, 1.0])
-    pruned = score_positions_pruned(tiny_model, [enc.input_ids], [enc.passage_end_positions()],
-                                    [enc.prunable_mask()], yes, no, keep_all)
+    pruned = score_positions_pruned(
+        tiny_model, [enc.input_ids], [enc.passage_end_positions()], [enc.prunable_mask()], yes, no, keep_all
+    )
     assert pruned.scores[0] == pytest.approx(dense.scores[0], abs=1e-4)
     tail = len(enc.input_ids) - 1 - enc.passage_end_positions()[-1]
     assert pruned.prefill.computed_fraction == pytest.approx(1 - tail / len(enc.input_ids))
@@ -78,8 +80,9 @@ def test_keep_everything_equals_the_dense_readout(tiny_model, tokenizer, enc):
 def test_pruned_token_counts_follow_the_budget(tiny_model, tokenizer, enc, budget):
     yes, no = relevance_token_ids(tokenizer)
     config = PruningConfig(layer_fractions=[0.25, 0.5], keep_ratios=[0.5, 0.2], budget=budget)
-    out = score_positions_pruned(tiny_model, [enc.input_ids], [enc.passage_end_positions()],
-                                 [enc.prunable_mask()], yes, no, config)
+    out = score_positions_pruned(
+        tiny_model, [enc.input_ids], [enc.passage_end_positions()], [enc.prunable_mask()], yes, no, config
+    )
     assert len(out.scores[0]) == len(DOCS) and all(math.isfinite(s) for s in out.scores[0])
     length = enc.passage_end_positions()[-1] + 1
     sizes = [end - start for start, end in enc.passage_spans]
@@ -102,8 +105,9 @@ def test_reranker_runs_head_scoring_pruned_in_batches(tiny_model, tokenizer):
         assert res.stats.computed_fraction < 1.0 and res.score_kind == "head_logit"
 
 
-@pytest.mark.parametrize("kwargs, word", [(dict(protect_structure=False), "protect_structure"),
-                                          (dict(granularity="passage"), "granularity")])
+@pytest.mark.parametrize(
+    "kwargs, word", [(dict(protect_structure=False), "protect_structure"), (dict(granularity="passage"), "granularity")]
+)
 def test_head_scoring_refuses_schedules_that_drop_what_it_reads(tiny_model, tokenizer, kwargs, word):
     with pytest.raises(ValueError, match=word):
         Reranker(tiny_model, tokenizer, RerankerConfig(scoring="head", pruning=PruningConfig(**kwargs)))

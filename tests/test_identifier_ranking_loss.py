@@ -42,7 +42,9 @@ def test_listmle_hand_computed_and_padding_ignored():
     r = torch.tensor([[2, 1, 3, 0]])  # last is padding
     # order by rank: passages 1, 0, 2
     a, b, c = 2.0, 0.5, -1.0
-    want = -((a - math.log(math.exp(a) + math.exp(b) + math.exp(c))) + (b - math.log(math.exp(b) + math.exp(c))) + 0.0) / 3
+    want = (
+        -((a - math.log(math.exp(a) + math.exp(b) + math.exp(c))) + (b - math.log(math.exp(b) + math.exp(c))) + 0.0) / 3
+    )
     assert float(IdentifierRankingLoss("listmle")(s, r)) == pytest.approx(want, rel=1e-6)
 
 

@@ -16,8 +16,13 @@ from rerank.training.losses import LMLoss
 
 
 def records():
-    a = LabelRecord("q1", "what is rope", [f"d{i}" for i in range(12)], [f"d{i}" for i in (3, 11, 0, 1, 2, 4, 5, 6, 7, 8, 9, 10)],
-                    {f"d{i}": f"passage {i} about rope and cable" for i in range(12)})
+    a = LabelRecord(
+        "q1",
+        "what is rope",
+        [f"d{i}" for i in range(12)],
+        [f"d{i}" for i in (3, 11, 0, 1, 2, 4, 5, 6, 7, 8, 9, 10)],
+        {f"d{i}": f"passage {i} about rope and cable" for i in range(12)},
+    )
     b = LabelRecord("q2", "fish", ["x", "y", "z"], ["z", "x", "y"], {"x": "a fish", "y": "a dog", "z": "a big fish"})
     return [a, b]
 
@@ -40,14 +45,16 @@ def test_tree_columns_and_ranks(packed):
 def test_packed_scores_equal_inference_single_pass(packed, tokenizer, tiny_model):
     feats, batch = packed
     with torch.no_grad():
-        out = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         position_ids=batch["position_ids"])
+        out = tiny_model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+        )
     scores = identifier_scores(out.logits, batch["edge_source"], batch["edge_token"], batch["path_matrix"])
     table = TokenTable.for_tokenizer(tokenizer)
     for row, rec in enumerate(records()):
         enc = encode_prompt(tokenizer, rec.query, [rec.passages[d] for d in rec.initial_list], 16)
-        want = score_identifiers(DenseSession(tiny_model, tokenizer.pad_token_id), [enc.input_ids],
-                                 [enc.num_passages], table).scores[0]
+        want = score_identifiers(
+            DenseSession(tiny_model, tokenizer.pad_token_id), [enc.input_ids], [enc.num_passages], table
+        ).scores[0]
         assert scores[row, : len(want)].tolist() == pytest.approx(want, abs=1e-4)
 
 
@@ -57,11 +64,13 @@ def test_lm_loss_is_unchanged_by_the_tree(packed, tokenizer, tiny_model):
     plain = ListwiseCollator(tokenizer.pad_token_id)(plain_feats)
     loss = LMLoss()
     with torch.no_grad():
-        packed_logits = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                   position_ids=batch["position_ids"]).logits
+        packed_logits = tiny_model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+        ).logits
         plain_logits = tiny_model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits
     assert float(loss(packed_logits, batch["labels"], batch["rank_ids"])) == pytest.approx(
-        float(loss(plain_logits, plain["labels"], plain["rank_ids"])), abs=1e-5)
+        float(loss(plain_logits, plain["labels"], plain["rank_ids"])), abs=1e-5
+    )
 
 
 def test_ranking_loss_overfits_one_batch(packed, tokenizer):
@@ -78,10 +87,13 @@ def test_ranking_loss_overfits_one_batch(packed, tokenizer):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     values = []
     for _ in range(30):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=batch["position_ids"]).logits
-        loss = loss_fn(identifier_scores(logits, batch["edge_source"], batch["edge_token"], batch["path_matrix"]),
-                       batch["passage_ranks"])
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+        ).logits
+        loss = loss_fn(
+            identifier_scores(logits, batch["edge_source"], batch["edge_token"], batch["path_matrix"]),
+            batch["passage_ranks"],
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -93,9 +105,28 @@ def test_ranking_loss_overfits_one_batch(packed, tokenizer):
 def test_joint_objective_trains(tmp_path, tiny_dir, label_file):  # noqa: F811
     from rerank.training.train import parse_args, train
 
-    args = ["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "16",
-            "--max_steps", "2", "--logging_steps", "1", "--report_to", "none", "--objective", "identifier_ranking",
-            "--ranking_loss", "listmle", "--ranking_weight", "0.5", "--output_dir", str(tmp_path / "joint")]
+    args = [
+        "--model_name_or_path",
+        tiny_dir,
+        "--train_file",
+        label_file,
+        "--max_passage_tokens",
+        "16",
+        "--max_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--objective",
+        "identifier_ranking",
+        "--ranking_loss",
+        "listmle",
+        "--ranking_weight",
+        "0.5",
+        "--output_dir",
+        str(tmp_path / "joint"),
+    ]
     metrics = train(parse_args(args))
     assert metrics["global_step"] == 2
     logged = [h for h in metrics["log_history"] if "loss" in h]
@@ -125,8 +156,11 @@ def test_trainer_loss_with_tail_logits_equals_full_logits(tmp_path, tokenizer, t
     batch = ListwiseCollator(tokenizer.pad_token_id)(feats)
     lm_loss, rank_loss = ImportanceAwareLoss(), IdentifierRankingLoss("ranknet")
     objective = IdentifierRankingObjective(lm_loss, rank_loss) if joint else LanguageModelObjective(lm_loss)
-    trainer = ListwiseTrainer(model=tiny_model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
-                              objective=objective)
+    trainer = ListwiseTrainer(
+        model=tiny_model,
+        args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
+        objective=objective,
+    )
     assert first_scored_position(batch["labels"]) > 10  # the prompt really is skipped
     with torch.no_grad():
         got = float(trainer.compute_loss(tiny_model, {k: v.clone() for k, v in batch.items()}))
@@ -134,6 +168,8 @@ def test_trainer_loss_with_tail_logits_equals_full_logits(tmp_path, tokenizer, t
         logits = tiny_model(**model_inputs).logits
         want = lm_loss(logits, batch["labels"], batch["rank_ids"])
         if joint:
-            want = want + rank_loss(identifier_scores(logits, batch["edge_source"], batch["edge_token"], batch["path_matrix"]),
-                                    batch["passage_ranks"])
+            want = want + rank_loss(
+                identifier_scores(logits, batch["edge_source"], batch["edge_token"], batch["path_matrix"]),
+                batch["passage_ranks"],
+            )
     assert got == pytest.approx(float(want), rel=1e-5, abs=1e-6)

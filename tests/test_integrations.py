@@ -112,9 +112,11 @@ def test_llamaindex_postprocessor_sync_and_async(sp, server, expected, where):
     target, kw = targets(sp, server)[where]
     order, rel = expected
     post = LazyRankPostprocessor(target, top_n=3, **kw)
-    outs = [post.postprocess_nodes(_nodes(), query_str=QUERY),
-            post.postprocess_nodes(_nodes(), QueryBundle(QUERY)),
-            asyncio.run(post.apostprocess_nodes(_nodes(), query_str=QUERY))]
+    outs = [
+        post.postprocess_nodes(_nodes(), query_str=QUERY),
+        post.postprocess_nodes(_nodes(), QueryBundle(QUERY)),
+        asyncio.run(post.apostprocess_nodes(_nodes(), query_str=QUERY)),
+    ]
     for out in outs:
         assert [n.node.node_id for n in out] == [f"n{i}" for i in order[:3]]
         assert [n.score for n in out] == pytest.approx([rel[i] for i in order[:3]], abs=1e-4)
@@ -166,10 +168,13 @@ def test_http_client_errors_carry_status(server):
     assert err.value.status == 422
 
 
-@pytest.mark.parametrize("module, blocked, extra", [
-    ("rerank.integrations.langchain", "langchain_core.documents", "lazyrank[langchain]"),
-    ("rerank.integrations.llamaindex", "llama_index.core.postprocessor.types", "lazyrank[llamaindex]"),
-])
+@pytest.mark.parametrize(
+    "module, blocked, extra",
+    [
+        ("rerank.integrations.langchain", "langchain_core.documents", "lazyrank[langchain]"),
+        ("rerank.integrations.llamaindex", "llama_index.core.postprocessor.types", "lazyrank[llamaindex]"),
+    ],
+)
 def test_missing_framework_names_the_extra(monkeypatch, module, blocked, extra):
     monkeypatch.setitem(sys.modules, blocked, None)  # makes `import` of it fail
     monkeypatch.delitem(sys.modules, module, raising=False)

@@ -29,8 +29,12 @@ class ScoreTeacher:
         for w in windows:
             if self.fail(w):
                 raise TeacherError(f"boom {w.qid}")
-            out.append(WindowRanking(order=sorted(range(len(w.passages)), key=lambda i: -self.scores[w.passages[i]]),
-                                     ranked=len(w.passages)))
+            out.append(
+                WindowRanking(
+                    order=sorted(range(len(w.passages)), key=lambda i: -self.scores[w.passages[i]]),
+                    ranked=len(w.passages),
+                )
+            )
         return out
 
 
@@ -62,8 +66,12 @@ def test_single_pass_is_not_complete_but_multipass_is():
 def test_batched_queries_match_one_by_one():
     items = [_item(f"q{k}", n, seed=k) for k, n in enumerate([100, 7, 45, 1, 30])]
     scores = {t: s for _, sc in items for t, s in sc.items()}
-    batched = {o.item.qid: o.order for o in iter_complete_labels(ScoreTeacher(scores), [i for i, _ in items], batch_size=8)}
-    single = {o.item.qid: o.order for o in iter_complete_labels(ScoreTeacher(scores), [i for i, _ in items], batch_size=1)}
+    batched = {
+        o.item.qid: o.order for o in iter_complete_labels(ScoreTeacher(scores), [i for i, _ in items], batch_size=8)
+    }
+    single = {
+        o.item.qid: o.order for o in iter_complete_labels(ScoreTeacher(scores), [i for i, _ in items], batch_size=1)
+    }
     assert batched == single and set(batched) == {"q0", "q1", "q2", "q3", "q4"}
 
 
@@ -88,8 +96,16 @@ def test_qrels_teacher_sorts_dl19_by_grade_ties_by_first_stage(tmp_path):
 def _jsonl_input(path, items):
     with open(path, "w") as fh:
         for it, _ in items:
-            fh.write(json.dumps({"qid": it.qid, "query": it.query,
-                                 "candidates": [{"docid": d, "text": t} for d, t in zip(it.docids, it.texts)]}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "qid": it.qid,
+                        "query": it.query,
+                        "candidates": [{"docid": d, "text": t} for d, t in zip(it.docids, it.texts)],
+                    }
+                )
+                + "\n"
+            )
 
 
 def test_resume_skips_done_and_repairs_a_truncated_line(tmp_path):
@@ -131,8 +147,10 @@ def test_teacher_failures_are_retried_then_recorded(tmp_path):
             return True
         return False
 
-    summary = run_labelling(LabelConfig(input=str(src), output=str(out), teacher="x", progress=False,
-                                        max_retries=2, retry_wait=0.0), teacher=ScoreTeacher(scores, fail))
+    summary = run_labelling(
+        LabelConfig(input=str(src), output=str(out), teacher="x", progress=False, max_retries=2, retry_wait=0.0),
+        teacher=ScoreTeacher(scores, fail),
+    )
     assert (summary["labelled"], summary["failed"]) == (2, 1)
     labelled = {json.loads(x)["qid"]: json.loads(x) for x in out.read_text().splitlines()}
     assert set(labelled) == {"q0", "q2"} and labelled["q0"]["stats"]["retries"] == 1
@@ -155,12 +173,18 @@ def test_a_non_permutation_answer_is_an_error_not_a_label():
 
 def test_read_labels_errors_and_released_format(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"qid": "1", "query": "q", "initial_list": ["a"], "final_list": ["a"], "passages": {"a": "A"}}\n{oops\n')
+    bad.write_text(
+        '{"qid": "1", "query": "q", "initial_list": ["a"], "final_list": ["a"], "passages": {"a": "A"}}\n{oops\n'
+    )
     with pytest.raises(ValueError, match=r"bad.jsonl:2: invalid JSON"):
         read_labels(bad)
     perm = tmp_path / "perm.jsonl"
-    perm.write_text('{"qid": "1", "query": "q", "initial_list": ["a", "b"], "final_list": ["a", "a"], "passages": {"a": "A", "b": "B"}}\n'
-                    '{"qid": "2", "query": "q", "initial_list": ["a", "b"], "final_list": ["b", "a"], "passages": {"a": "A", "b": "B"}}\n')
+    perm.write_text(
+        '{"qid": "1", "query": "q", "initial_list": ["a", "b"], "final_list": ["a", "a"], '
+        '"passages": {"a": "A", "b": "B"}}\n'
+        '{"qid": "2", "query": "q", "initial_list": ["a", "b"], "final_list": ["b", "a"], '
+        '"passages": {"a": "A", "b": "B"}}\n'
+    )
     with pytest.raises(ValueError, match=r"perm.jsonl:1: final_list is not a permutation"):
         read_labels(perm)
     records, skipped = read_labels(perm, on_invalid="skip")
@@ -191,8 +215,9 @@ class _FakeChat(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).seen.append((self.headers.get("Authorization"), body))
         text = type(self).replies.pop(0) if type(self).replies else "[1]"
-        payload = json.dumps({"choices": [{"message": {"content": text}}],
-                              "usage": {"prompt_tokens": 100, "completion_tokens": 9}}).encode()
+        payload = json.dumps(
+            {"choices": [{"message": {"content": text}}], "usage": {"prompt_tokens": 100, "completion_tokens": 9}}
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -234,7 +259,16 @@ def test_embedding_teacher_ranks_by_similarity():
     from rerank.ranking import Window
 
     teacher = EmbeddingTeacher()
-    (r,) = teacher.rank_windows([Window(query="how tall is the eiffel tower",
-                                        passages=["Bananas are yellow fruit.", "The Eiffel Tower is 330 metres tall.",
-                                                  "Paris is the capital of France."])])
+    (r,) = teacher.rank_windows(
+        [
+            Window(
+                query="how tall is the eiffel tower",
+                passages=[
+                    "Bananas are yellow fruit.",
+                    "The Eiffel Tower is 330 metres tall.",
+                    "Paris is the capital of France.",
+                ],
+            )
+        ]
+    )
     assert r.order[0] == 1 and sorted(r.order) == [0, 1, 2]

@@ -87,7 +87,9 @@ def test_loss_hand_computed_smollm2(tokenizer):
     assert ImportanceAwareLoss(normalize="weights")(logits, labels, rank_ids).item() == pytest.approx(log_v, rel=1e-6)
     assert LMLoss()(logits, labels, rank_ids).item() == pytest.approx(log_v, rel=1e-6)
     # alpha = 0.5 halves the two rank-0 tokens: (12.89279 - 1) / 8
-    assert ImportanceAwareLoss(alpha=0.5)(logits, labels, rank_ids).item() == pytest.approx(11.89279 / 8 * log_v, rel=1e-5)
+    assert ImportanceAwareLoss(alpha=0.5)(logits, labels, rank_ids).item() == pytest.approx(
+        11.89279 / 8 * log_v, rel=1e-5
+    )
 
 
 def test_loss_hand_computed_word_level(word_tokenizer):
@@ -101,18 +103,21 @@ def test_loss_hand_computed_nonuniform():
     # vocab 2; position t predicts labels[t+1]. Logits [0, ln 3] give p(0)=1/4, p(1)=3/4.
     logits = torch.tensor([[[0.0, math.log(3.0)]] * 4])
     labels = torch.tensor([[IGNORE_INDEX, 1, 0, 1]])  # response tokens at t=1..3: nll ln(4/3), ln 4, ln(4/3)
-    rank_ids = torch.tensor([[0, 1, 0, 2]])           # weights 2, 1 (alpha), 1.63093
-    a, b = math.log(4 / 3), math.log(4)               # 0.287682, 1.386294
-    expected = (2 * a + 1 * b + 1.630930 * a) / 3     # = (0.575364 + 1.386294 + 0.469193) / 3 = 0.810283
+    rank_ids = torch.tensor([[0, 1, 0, 2]])  # weights 2, 1 (alpha), 1.63093
+    a, b = math.log(4 / 3), math.log(4)  # 0.287682, 1.386294
+    expected = (2 * a + 1 * b + 1.630930 * a) / 3  # = (0.575364 + 1.386294 + 0.469193) / 3 = 0.810283
     assert ImportanceAwareLoss()(logits, labels, rank_ids).item() == pytest.approx(expected, rel=1e-5)
     assert expected == pytest.approx(0.810283, abs=1e-6)
     assert ImportanceAwareLoss(normalize="weights")(logits, labels, rank_ids).item() == pytest.approx(
-        (2 * a + b + 1.630930 * a) / 4.630930, rel=1e-5)
+        (2 * a + b + 1.630930 * a) / 4.630930, rel=1e-5
+    )
 
 
 def test_padding_and_prompt_are_ignored():
     logits = torch.randn(2, 5, 7)
-    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 4, IGNORE_INDEX], [IGNORE_INDEX, 3, 4, IGNORE_INDEX, IGNORE_INDEX]])
+    labels = torch.tensor(
+        [[IGNORE_INDEX, IGNORE_INDEX, 3, 4, IGNORE_INDEX], [IGNORE_INDEX, 3, 4, IGNORE_INDEX, IGNORE_INDEX]]
+    )
     ranks = torch.tensor([[0, 0, 1, 0, 0], [0, 1, 0, 0, 0]])
     loss = ImportanceAwareLoss()(logits, labels, ranks)
     # changing logits that predict ignored positions must not change the loss
@@ -135,7 +140,9 @@ def test_lm_loss_equals_the_models_own_loss(tiny_model):
 
 def test_gradient_and_builder():
     logits = torch.randn(1, 4, 5, requires_grad=True)
-    loss = build_loss("importance", alpha=1.0)(logits, torch.tensor([[IGNORE_INDEX, 1, 2, 3]]), torch.tensor([[0, 1, 0, 2]]))
+    loss = build_loss("importance", alpha=1.0)(
+        logits, torch.tensor([[IGNORE_INDEX, 1, 2, 3]]), torch.tensor([[0, 1, 0, 2]])
+    )
     loss.backward()
     assert logits.grad[0, 3].abs().sum() == 0  # the last position predicts nothing
     assert logits.grad[0, :3].abs().sum() > 0

@@ -62,8 +62,10 @@ def test_real_answers_validate_against_the_document(server):
     url = server.url
     cases = [
         ("/v1/rerank", {"query": "bees", "documents": BEE_DOCS[:4], "top_n": 2, "return_documents": True}),
-        ("/v1/rerank", {"query": "bees", "documents": [{"text": BEE_DOCS[0], "id": 7}, BEE_DOCS[1]],
-                        "return_documents": True}),
+        (
+            "/v1/rerank",
+            {"query": "bees", "documents": [{"text": BEE_DOCS[0], "id": 7}, BEE_DOCS[1]], "return_documents": True},
+        ),
         ("/v2/rerank", {"model": "m", "query": "bees", "documents": BEE_DOCS[:3]}),
         ("/rerank", {"query": "bees", "documents": BEE_DOCS[:3]}),
         ("/rerank", {"query": "bees", "texts": BEE_DOCS[:3], "return_text": True}),

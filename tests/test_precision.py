@@ -50,8 +50,9 @@ def test_int8_quantizes_the_decoder_and_keeps_the_head(tokenizer):
     linears = [m for m in quantized.model.modules() if type(m).__name__ == "Linear"]
     assert linears and all(type(m).__module__.startswith("torch.ao.nn.quantized") for m in linears)
     assert type(quantized.lm_head) is torch.nn.Linear  # the readout stays fp32
-    enc = encode_prompt(tokenizer, "bees", ["Bees keep warm by shivering.", "Paris is in France.",
-                                            "The hive stays warm in winter."], 50)
+    enc = encode_prompt(
+        tokenizer, "bees", ["Bees keep warm by shivering.", "Paris is in France.", "The hive stays warm in winter."], 50
+    )
     yes, no = relevance_token_ids(tokenizer)
     dense = score_positions(model, [enc.input_ids], [enc.passage_end_positions()], yes, no, 0).scores[0]
     approx = score_positions(quantized, [enc.input_ids], [enc.passage_end_positions()], yes, no, 0).scores[0]

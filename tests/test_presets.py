@@ -26,19 +26,23 @@ from rerank.prompting.prompts import encode_prompt, encode_target, fix_text_keep
 ftfy = pytest.importorskip("ftfy", reason="ftfy is a dependency of the published-reranker presets")
 
 # HuggingFaceH4/zephyr-7b-beta's chat template (RankZephyr and FIRST ship it).
-ZEPHYR_JINJA = ("{% for message in messages %}\n{% if message['role'] == 'user' %}\n"
-                "{{ '<|user|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n"
-                "{{ '<|system|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n"
-                "{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
-                "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
+ZEPHYR_JINJA = (
+    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n"
+    "{{ '<|user|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n"
+    "{{ '<|system|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n"
+    "{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
+    "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
+)
 # A template with no system turn (the word never appears): FIRST then prepends the system message.
 NO_SYSTEM_JINJA = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}<assistant>"
 
 RANK_LLM_SYS = "You are RankLLM, an intelligent assistant that can rank passages based on their relevancy to the query"
-PAPER_POST = ("Search Query: {q}.\nRank the {n} passages above based on their relevance to the search query. All the "
-              "passages should be included and listed using identifiers, in descending order of relevance. The "
-              "output format should be [] > [], e.g., {ex}, Only respond with the ranking results, do not say any "
-              "word or explain.")
+PAPER_POST = (
+    "Search Query: {q}.\nRank the {n} passages above based on their relevance to the search query. All the "
+    "passages should be included and listed using identifiers, in descending order of relevance. The "
+    "output format should be [] > [], e.g., {ex}, Only respond with the ranking results, do not say any "
+    "word or explain."
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +78,9 @@ def lines_in_text(text: str, labels: list[str]) -> list[str]:
 
 # ------------------------------------------------------------------ registry and config
 def test_registry_and_unknown_names():
-    assert {"lazyrank", "rank_zephyr", "rank_vicuna", "rank_llm_v2", "first", "rank_mistral100", "rank_gpt"} <= set(PRESETS)
+    assert {"lazyrank", "rank_zephyr", "rank_vicuna", "rank_llm_v2", "first", "rank_mistral100", "rank_gpt"} <= set(
+        PRESETS
+    )
     assert get_preset(None) is PRESETS["lazyrank"]
     with pytest.raises(ValueError, match="known presets: .*rank_zephyr"):
         get_preset("rankzephyr")
@@ -84,16 +90,26 @@ def test_registry_and_unknown_names():
         RerankerConfig(prompt="first", window_size=30, stride=10)
     assert RerankerConfig(prompt="first").prompt == "first"
     with pytest.raises(ValueError, match="multi_turn"):
-        PromptPreset(name="x", checkpoints="", system=None, prefix="", passage="[{id}] {text}", post="",
-                     example="", multi_turn=True)
+        PromptPreset(
+            name="x",
+            checkpoints="",
+            system=None,
+            prefix="",
+            passage="[{id}] {text}",
+            post="",
+            example="",
+            multi_turn=True,
+        )
 
 
 # ------------------------------------------------------------------ hand-written strings (PRESETS.md)
 def test_rank_zephyr_exact_with_template_and_fallback(zephyr_tok, plain_tok):
     q, docs = "what is [1] rope", ["Title: Content:  a [2] b  ", "c"]
-    user = ("I will provide you with 2 passages, each indicated by a numerical identifier []. Rank the passages "
-            "based on their relevance to the search query: what is [1] rope.\n\n"     # query not rewritten
-            "[1] a (2) b\n[2] c\n" + PAPER_POST.format(q="what is [1] rope", n=2, ex="[2] > [1]"))
+    user = (
+        "I will provide you with 2 passages, each indicated by a numerical identifier []. Rank the passages "
+        "based on their relevance to the search query: what is [1] rope.\n\n"  # query not rewritten
+        "[1] a (2) b\n[2] c\n" + PAPER_POST.format(q="what is [1] rope", n=2, ex="[2] > [1]")
+    )
     want = f"<|system|>\n{RANK_LLM_SYS}</s>\n<|user|>\n{user}</s>\n<|assistant|>\n"
     for tok in (zephyr_tok, plain_tok):  # Zephyr's jinja template and the FastChat format string agree
         enc = encode_prompt(tok, q, docs, preset="rank_zephyr")
@@ -102,11 +118,15 @@ def test_rank_zephyr_exact_with_template_and_fallback(zephyr_tok, plain_tok):
 
 
 def test_rank_vicuna_exact_even_with_a_chat_template(tokenizer, plain_tok):
-    sys_msg = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-               "detailed, and polite answers to the user's questions.")
-    user = ("I will provide you with 1 passages, each indicated by a numerical identifier []. Rank the passages "
-            "based on their relevance to the search query: q.\n\n[1] only one\n"
-            + PAPER_POST.format(q="q", n=1, ex="[4] > [2]"))
+    sys_msg = (
+        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+        "detailed, and polite answers to the user's questions."
+    )
+    user = (
+        "I will provide you with 1 passages, each indicated by a numerical identifier []. Rank the passages "
+        "based on their relevance to the search query: q.\n\n[1] only one\n"
+        + PAPER_POST.format(q="q", n=1, ex="[4] > [2]")
+    )
     for tok in (tokenizer, plain_tok):
         enc = encode_prompt(tok, "q", ["only   one"], preset="rank_vicuna")
         assert enc.text == f"{sys_msg} USER: {user} ASSISTANT:"
@@ -117,10 +137,11 @@ def test_rank_vicuna_exact_even_with_a_chat_template(tokenizer, plain_tok):
 def test_rank_mistral100_exact(tokenizer):
     long = " ".join(f"w{i}" for i in range(150))
     enc = encode_prompt(tokenizer, "  q [7] ", [long, "x"], preset="rank_mistral100")
-    user = ("I will provide you with 2 passages, each indicated by a numerical identifier []. Rank the passages "
-            "based on their relevance to the search query: q (7).\n\n"                # stripped and rewritten
-            "[1] " + " ".join(f"w{i}" for i in range(100)) + "\n[2] x\n"
-            + PAPER_POST.format(q="q (7)", n=2, ex="[2] > [1]"))
+    user = (
+        "I will provide you with 2 passages, each indicated by a numerical identifier []. Rank the passages "
+        "based on their relevance to the search query: q (7).\n\n"  # stripped and rewritten
+        "[1] " + " ".join(f"w{i}" for i in range(100)) + "\n[2] x\n" + PAPER_POST.format(q="q (7)", n=2, ex="[2] > [1]")
+    )
     assert enc.text == f"[INST] {RANK_LLM_SYS}.\n{user} [/INST]"
     assert enc.truncated_passages == 1
     assert bodies(enc, tokenizer)[0].split()[-1] == "w99"
@@ -130,9 +151,11 @@ def test_first_letters_and_system_placement(zephyr_tok, tokenizer):
     tok = copy.deepcopy(tokenizer)
     tok.chat_template = NO_SYSTEM_JINJA
     docs = ["see [A] and [3]", "b", "c"]
-    user = ("I will provide you with 3 passages, each indicated by a alphabetical identifier []. Rank the passages "
-            "based on their relevance to the search query: q [B].\n\n"
-            "[A] see (A) and [3]\n[B] b\n[C] c\n" + PAPER_POST.format(q="q [B]", n=3, ex="[B] > [A]"))
+    user = (
+        "I will provide you with 3 passages, each indicated by a alphabetical identifier []. Rank the passages "
+        "based on their relevance to the search query: q [B].\n\n"
+        "[A] see (A) and [3]\n[B] b\n[C] c\n" + PAPER_POST.format(q="q [B]", n=3, ex="[B] > [A]")
+    )
     with_system = encode_prompt(zephyr_tok, "q [B]", docs, preset="first")
     assert with_system.text == f"<|system|>\n{RANK_LLM_SYS}</s>\n<|user|>\n{user}</s>\n<|assistant|>\n"
     prepended = encode_prompt(tok, "q [B]", docs, preset="first")
@@ -155,20 +178,29 @@ def test_letters_refuse_more_than_26(tokenizer):
 def test_rank_gpt_multi_turn(tokenizer):
     enc = encode_prompt(tokenizer, "q [1]", ["Title: Content: a [2]", "b " * 400], preset="rank_gpt")
     messages = [
-        {"role": "system", "content": "You are RankGPT, an intelligent assistant that can rank passages based on "
-                                      "their relevancy to the query."},
-        {"role": "user", "content": "I will provide you with 2 passages, each indicated by number identifier []. \n"
-                                    "Rank the passages based on their relevance to query: q [1]."},
+        {
+            "role": "system",
+            "content": "You are RankGPT, an intelligent assistant that can rank passages based on "
+            "their relevancy to the query.",
+        },
+        {
+            "role": "user",
+            "content": "I will provide you with 2 passages, each indicated by number identifier []. \n"
+            "Rank the passages based on their relevance to query: q [1].",
+        },
         {"role": "assistant", "content": "Okay, please provide the passages."},
-        {"role": "user", "content": "[1] a [2]"},                       # no rewriting in RankGPT
+        {"role": "user", "content": "[1] a [2]"},  # no rewriting in RankGPT
         {"role": "assistant", "content": "Received passage [1]."},
-        {"role": "user", "content": "[2] " + " ".join(["b"] * 300)},    # 300 words
+        {"role": "user", "content": "[2] " + " ".join(["b"] * 300)},  # 300 words
         {"role": "assistant", "content": "Received passage [2]."},
-        {"role": "user", "content": "Search Query: q [1]. \nRank the 2 passages above based on their relevance to the "
-                                    "search query. The passages should be listed in descending order using identifiers. "
-                                    "The most relevant passages should be listed first. The output format should be "
-                                    "[] > [], e.g., [1] > [2]. Only response the ranking results, do not say any word "
-                                    "or explain."},
+        {
+            "role": "user",
+            "content": "Search Query: q [1]. \nRank the 2 passages above based on their relevance to the "
+            "search query. The passages should be listed in descending order using identifiers. "
+            "The most relevant passages should be listed first. The output format should be "
+            "[] > [], e.g., [1] > [2]. Only response the ranking results, do not say any word "
+            "or explain.",
+        },
     ]
     assert enc.text == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert bodies(enc, tokenizer) == ["a [2]", " ".join(["b"] * 300)]
@@ -222,8 +254,11 @@ def _import_rank_llm():
         os_llm = importlib.import_module("rank_llm.rerank.listwise.rank_listwise_os_llm")
         data = importlib.import_module("rank_llm.data")
         import yaml
-        templates = {name: yaml.safe_load(open(os.path.join(root, "rerank", "prompt_templates", f"{name}.yaml")))
-                     for name in ("rank_zephyr_template", "rank_zephyr_alpha_template")}
+
+        templates = {
+            name: yaml.safe_load(open(os.path.join(root, "rerank", "prompt_templates", f"{name}.yaml")))
+            for name in ("rank_zephyr_template", "rank_zephyr_alpha_template")
+        }
     except Exception as err:  # pragma: no cover - depends on the installed rank_llm
         pytest.skip(f"rank_llm 0.25.7 prompt code cannot be imported without its heavy deps: {err!r}")
     finally:
@@ -242,14 +277,24 @@ def reference_prompt(rank_llm_ref, tok, query, docs, use_alpha=False, context=40
     """rank_llm's own RankListwiseOSLLM.create_prompt (truncation, shrink loop, chat template, fix_text)."""
     single, os_llm, data, templates = rank_llm_ref
     handler = single.SingleTurnListwiseInferenceHandler(
-        templates["rank_zephyr_alpha_template" if use_alpha else "rank_zephyr_template"])
-    result = data.Result(query=data.Query(text=query, qid="q1"),
-                         candidates=[data.Candidate(docid=str(i), score=-float(i), doc=doc) for i, doc in enumerate(docs)])
+        templates["rank_zephyr_alpha_template" if use_alpha else "rank_zephyr_template"]
+    )
+    result = data.Result(
+        query=data.Query(text=query, qid="q1"),
+        candidates=[data.Candidate(docid=str(i), score=-float(i), doc=doc) for i, doc in enumerate(docs)],
+    )
     n = len(docs)
     # create_prompt needs only these attributes of the vLLM-backed reranker.
-    fake = types.SimpleNamespace(_inference_handler=handler, _tokenizer=tok, _use_alpha=use_alpha,
-                                 _num_few_shot_examples=0, _examples=[], _is_thinking=False, _window_size=n,
-                                 _output_token_estimate=None)
+    fake = types.SimpleNamespace(
+        _inference_handler=handler,
+        _tokenizer=tok,
+        _use_alpha=use_alpha,
+        _num_few_shot_examples=0,
+        _examples=[],
+        _is_thinking=False,
+        _window_size=n,
+        _output_token_estimate=None,
+    )
     fake.max_tokens = lambda: context
     fake.num_output_tokens = lambda w=None: os_llm.RankListwiseOSLLM.num_output_tokens(fake, w)
     fake.get_num_tokens = lambda p: os_llm.RankListwiseOSLLM.get_num_tokens(fake, p)
@@ -281,18 +326,22 @@ def test_rank_llm_v2_token_exact(case, rank_llm_ref, zephyr_tok):
     query = "what is [1] the “best” ＦＵＬＬ query"
     use_alpha, context = False, 4096
     if case == "edge":
-        docs = [{"contents": "see [3] and [12] “curly” ＦＵＬＬ ﬁne &amp; <tag>"}, {"title": "", "text": "no title"},
-                {"title": "Title", "segment": "  spaced\r\ntext  "}, {"contents": ""}]
+        docs = [
+            {"contents": "see [3] and [12] “curly” ＦＵＬＬ ﬁne &amp; <tag>"},
+            {"title": "", "text": "no title"},
+            {"title": "Title", "segment": "  spaced\r\ntext  "},
+            {"contents": ""},
+        ]
     elif case == "one":
-        docs = [{"contents": " ".join(["w"] * 7000)}]          # one passage: budget 6000 words
+        docs = [{"contents": " ".join(["w"] * 7000)}]  # one passage: budget 6000 words
     elif case == "twenty_long":
-        docs = _random_docs(rng, 20, 400)                      # over the 300-word budget
+        docs = _random_docs(rng, 20, 400)  # over the 300-word budget
     elif case == "hundred":
-        docs = _random_docs(rng, 100, 80)                      # 60 words each, over 4096 -> shrinks
+        docs = _random_docs(rng, 100, 80)  # 60 words each, over 4096 -> shrinks
     elif case == "shrink":
         docs, context = _random_docs(rng, 10, 300), 1500
     else:
-        docs, use_alpha = _random_docs(rng, 20, 40), True      # FirstMistral's alphabetical template
+        docs, use_alpha = _random_docs(rng, 20, 40), True  # FirstMistral's alphabetical template
     preset = "first_mistral" if use_alpha else "rank_llm_v2"
     want = reference_prompt(rank_llm_ref, zephyr_tok, query, docs, use_alpha, context)
     enc = encode_prompt(zephyr_tok, query, [as_text(d) for d in docs], preset=preset, max_tokens=context)
@@ -394,8 +443,9 @@ def test_bos_added_once(plain_tok):
     tok = copy.deepcopy(plain_tok)
     bos = "<|endoftext|>"
     tok.bos_token = bos
-    tok.backend_tokenizer.post_processor = TemplateProcessing(single=f"{bos} $A",
-                                                              special_tokens=[(bos, tok.convert_tokens_to_ids(bos))])
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tok.convert_tokens_to_ids(bos))]
+    )
     docs = ["first body", "second [1] body"]
     enc = encode_prompt(tok, "q", docs, preset="rank_vicuna")
     assert enc.input_ids[0] == tok.bos_token_id and enc.input_ids[1] != tok.bos_token_id
@@ -427,16 +477,21 @@ def test_training_examples_use_the_preset_prompt_and_its_answer(tokenizer):
     from rerank.prompting.prompts import encode_prompt, encode_target
     from rerank.training.data import ExampleOptions, encode_example
 
-    rec = LabelRecord(qid="q", query="bees warm", initial_list=["a", "b", "c"], final_list=["c", "a", "b"],
-                      passages={"a": "paris", "b": "rope", "c": "bees keep warm"})
+    rec = LabelRecord(
+        qid="q",
+        query="bees warm",
+        initial_list=["a", "b", "c"],
+        final_list=["c", "a", "b"],
+        passages={"a": "paris", "b": "rope", "c": "bees keep warm"},
+    )
     plain = encode_example(tokenizer, rec, ExampleOptions())
     ex = encode_example(tokenizer, rec, ExampleOptions(prompt="rank_mistral100"))
     prompt = encode_prompt(tokenizer, "bees warm", ["paris", "rope", "bees keep warm"], 100, preset="rank_mistral100")
-    assert ex["input_ids"][:len(prompt.input_ids)] == prompt.input_ids != plain["input_ids"][:len(prompt.input_ids)]
-    target = ex["input_ids"][len(prompt.input_ids):]
+    assert ex["input_ids"][: len(prompt.input_ids)] == prompt.input_ids != plain["input_ids"][: len(prompt.input_ids)]
+    target = ex["input_ids"][len(prompt.input_ids) :]
     assert target == encode_target(tokenizer, [2, 0, 1], "rank_mistral100")
-    assert ex["labels"][len(prompt.input_ids):] == target and set(ex["labels"][:len(prompt.input_ids)]) == {-100}
-    assert ex["rank_ids"][-len(target):] == plain["rank_ids"][-len(target):]  # [3] first: rank 1, ...
+    assert ex["labels"][len(prompt.input_ids) :] == target and set(ex["labels"][: len(prompt.input_ids)]) == {-100}
+    assert ex["rank_ids"][-len(target) :] == plain["rank_ids"][-len(target) :]  # [3] first: rank 1, ...
     with pytest.raises(ValueError, match="letter identifiers"):
         ExampleOptions(prompt="first")
 

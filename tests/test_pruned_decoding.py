@@ -38,8 +38,17 @@ def test_pruned_jump_forward_equals_token_by_token(tiny_model, tokenizer, encs):
 
     table = TokenTable.for_tokenizer(tokenizer)
     enc = encs[0]
-    runs = [rank_prompts(PrunedSession(tiny_model, tokenizer.pad_token_id, PRUNE), [enc.input_ids], [12], table,
-                         prunable=[enc.prunable_mask()], jump_forward=jump) for jump in (True, False)]
+    runs = [
+        rank_prompts(
+            PrunedSession(tiny_model, tokenizer.pad_token_id, PRUNE),
+            [enc.input_ids],
+            [12],
+            table,
+            prunable=[enc.prunable_mask()],
+            jump_forward=jump,
+        )
+        for jump in (True, False)
+    ]
     assert runs[0].identifiers == runs[1].identifiers
     assert runs[0].forward_passes < runs[1].forward_passes
 
@@ -50,7 +59,11 @@ def test_pruned_single_pass_keep_all_equals_dense(tiny_model, tokenizer, encs, b
 
     table = TokenTable.for_tokenizer(tokenizer)
     chosen = encs[:batch]
-    ids, nums, masks = [e.input_ids for e in chosen], [e.num_passages for e in chosen], [e.prunable_mask() for e in chosen]
+    ids, nums, masks = (
+        [e.input_ids for e in chosen],
+        [e.num_passages for e in chosen],
+        [e.prunable_mask() for e in chosen],
+    )
     dense = score_identifiers(DenseSession(tiny_model, tokenizer.pad_token_id), ids, nums, table)
     pruned = score_identifiers(PrunedSession(tiny_model, tokenizer.pad_token_id, KEEP_ALL), ids, nums, table, masks)
     for d, p in zip(dense.scores, pruned.scores):
@@ -61,16 +74,28 @@ def test_pruned_single_pass_batch_equals_rows(tiny_model, tokenizer, encs):
     from rerank.engine.decoding import TokenTable
 
     table = TokenTable.for_tokenizer(tokenizer)
-    both = score_identifiers(PrunedSession(tiny_model, tokenizer.pad_token_id, PRUNE), [e.input_ids for e in encs],
-                             [e.num_passages for e in encs], table, [e.prunable_mask() for e in encs])
+    both = score_identifiers(
+        PrunedSession(tiny_model, tokenizer.pad_token_id, PRUNE),
+        [e.input_ids for e in encs],
+        [e.num_passages for e in encs],
+        table,
+        [e.prunable_mask() for e in encs],
+    )
     for row, enc in enumerate(encs):
-        alone = score_identifiers(PrunedSession(tiny_model, tokenizer.pad_token_id, PRUNE), [enc.input_ids],
-                                  [enc.num_passages], table, [enc.prunable_mask()])
+        alone = score_identifiers(
+            PrunedSession(tiny_model, tokenizer.pad_token_id, PRUNE),
+            [enc.input_ids],
+            [enc.num_passages],
+            table,
+            [enc.prunable_mask()],
+        )
         assert both.scores[row] == pytest.approx(alone.scores[0], abs=1e-4)
 
 
 def test_reranker_single_pass_with_pruning(tiny_model, tokenizer):
-    rr = Reranker(tiny_model, tokenizer, RerankerConfig(scoring="single_pass", pruning=PruningConfig(), max_passage_tokens=30))
+    rr = Reranker(
+        tiny_model, tokenizer, RerankerConfig(scoring="single_pass", pruning=PruningConfig(), max_passage_tokens=30)
+    )
     res = rr.rerank("subject 3", DOCS)
     assert sorted(res.order) == list(range(12))
     assert res.stats.computed_fraction < 1.0 and res.stats.generated_tokens == 0
@@ -83,8 +108,18 @@ def test_pruned_batched_jump_forward_equals_token_by_token(tiny_model, tokenizer
 
     table = TokenTable.for_tokenizer(tokenizer)
     ids, nums, masks = [e.input_ids for e in encs], [e.num_passages for e in encs], [e.prunable_mask() for e in encs]
-    runs = [rank_prompts(PrunedSession(tiny_model, tokenizer.pad_token_id, PRUNE), ids, nums, table,
-                         top_k=[None, 4], prunable=masks, jump_forward=jump) for jump in (True, False)]
+    runs = [
+        rank_prompts(
+            PrunedSession(tiny_model, tokenizer.pad_token_id, PRUNE),
+            ids,
+            nums,
+            table,
+            top_k=[None, 4],
+            prunable=masks,
+            jump_forward=jump,
+        )
+        for jump in (True, False)
+    ]
     assert runs[0].identifiers == runs[1].identifiers
     assert [len(r) for r in runs[0].identifiers] == [12, 4]
     assert runs[0].forward_passes < runs[1].forward_passes

@@ -13,8 +13,10 @@ from rerank.engine.session import DenseSession
 from rerank.engine.token_importance import last_rows_attention, passage_groups, select_survivors
 from rerank.prompting.prompts import encode_prompt
 
-DOCS = [f"passage {i}: the {['llama', 'rope', 'river', 'engine'][i % 4]} has {i} legs and lives near water"
-        for i in range(9)]
+DOCS = [
+    f"passage {i}: the {['llama', 'rope', 'river', 'engine'][i % 4]} has {i} legs and lives near water"
+    for i in range(9)
+]
 KEEP_ALL = PruningConfig(layer_fractions=[0.3, 0.6], keep_ratios=[1.0, 1.0])
 SCHEDULES = [
     PruningConfig(),
@@ -40,8 +42,9 @@ def _forward_logits(model, ids):
 
 
 # ---------------------------------------------------------------- exactness
-@pytest.mark.parametrize("config", [KEEP_ALL, PruningConfig(layer_fractions=[0.5], keep_ratios=[1.0], granularity="passage",
-                                                            score_window=4)])
+@pytest.mark.parametrize(
+    "config", [KEEP_ALL, PruningConfig(layer_fractions=[0.5], keep_ratios=[1.0], granularity="passage", score_window=4)]
+)
 def test_keep_everything_matches_model_forward(tiny_model, tokenizer, enc, config):
     session = PrunedSession(tiny_model, tokenizer.pad_token_id, config)
     logits = session.prefill([enc.input_ids], [enc.prunable_mask()])
@@ -53,7 +56,10 @@ def test_keep_everything_matches_model_forward(tiny_model, tokenizer, enc, confi
 def test_keep_everything_decodes_like_dense_batched(tiny_model, tokenizer, enc, enc_short):
     prompts = [enc.input_ids, enc_short.input_ids]
     masks = [enc.prunable_mask(), enc_short.prunable_mask()]
-    pruned, dense = PrunedSession(tiny_model, tokenizer.pad_token_id, KEEP_ALL), DenseSession(tiny_model, tokenizer.pad_token_id)
+    pruned, dense = (
+        PrunedSession(tiny_model, tokenizer.pad_token_id, KEEP_ALL),
+        DenseSession(tiny_model, tokenizer.pad_token_id),
+    )
     a, b = pruned.prefill(prompts, masks), dense.prefill(prompts, masks)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     # One Session convention: ``positions`` is each row's last filled position, in both engines.
@@ -80,9 +86,17 @@ def test_other_families_keep_everything(tokenizer, enc_short, model_type):
     import transformers
 
     torch.manual_seed(0)
-    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=4096,
-                  attn_implementation="sdpa")
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=4096,
+        attn_implementation="sdpa",
+    )
     if model_type == "qwen2":
         config = transformers.Qwen2Config(**common)
     elif model_type == "qwen3":
@@ -165,12 +179,12 @@ def test_batched_decode_matches_row_by_row(tiny_model, tokenizer, enc, enc_short
     singles = [PrunedSession(tiny_model, tokenizer.pad_token_id, config) for _ in prompts]
     single_logits = [s.prefill([p], [m]) for s, p, m in zip(singles, prompts, masks)]
     for row in range(2):
-        torch.testing.assert_close(logits[row:row + 1], single_logits[row], atol=1e-4, rtol=0)
+        torch.testing.assert_close(logits[row : row + 1], single_logits[row], atol=1e-4, rtol=0)
     for _ in range(3):
         tokens = logits.argmax(-1)
         logits = batch.step(tokens)
         for row, s in enumerate(singles):
-            torch.testing.assert_close(logits[row:row + 1], s.step(tokens[row:row + 1]), atol=1e-4, rtol=0)
+            torch.testing.assert_close(logits[row : row + 1], s.step(tokens[row : row + 1]), atol=1e-4, rtol=0)
 
 
 def test_decode_continues_at_next_original_position(tiny_model, tokenizer, enc):
@@ -184,9 +198,11 @@ def test_decode_continues_at_next_original_position(tiny_model, tokenizer, enc):
     next_token = logits.argmax(-1)
     with torch.inference_mode():
         # An explicit mask keeps transformers from reading gapped positions as packed sequences.
-        out = tiny_model(input_ids=torch.cat([ids, next_token[None]], dim=1),
-                         attention_mask=torch.ones(1, ids.shape[1] + 1, dtype=torch.long),
-                         position_ids=torch.cat([kept, torch.tensor([len(enc.input_ids)])])[None])
+        out = tiny_model(
+            input_ids=torch.cat([ids, next_token[None]], dim=1),
+            attention_mask=torch.ones(1, ids.shape[1] + 1, dtype=torch.long),
+            position_ids=torch.cat([kept, torch.tensor([len(enc.input_ids)])])[None],
+        )
     torch.testing.assert_close(logits, out.logits[:, -2].float(), atol=1e-4, rtol=0)
     torch.testing.assert_close(session.step(next_token), out.logits[:, -1].float(), atol=1e-4, rtol=0)
 
@@ -233,19 +249,22 @@ def test_layer_schedule_rounds_and_merges():
 
 
 # ---------------------------------------------------------------- configuration and support
-@pytest.mark.parametrize("kwargs", [
-    dict(layer_fractions=[0.0], keep_ratios=[0.5]),
-    dict(layer_fractions=[1.0], keep_ratios=[0.5]),
-    dict(layer_fractions=[0.5, 0.2], keep_ratios=[0.5, 0.3]),
-    dict(layer_fractions=[0.2, 0.2], keep_ratios=[0.5, 0.3]),
-    dict(layer_fractions=[0.2], keep_ratios=[0.0]),
-    dict(layer_fractions=[0.2], keep_ratios=[1.5]),
-    dict(layer_fractions=[0.2, 0.5], keep_ratios=[0.3, 0.5]),
-    dict(layer_fractions=[0.2], keep_ratios=[0.3, 0.2]),
-    dict(layer_fractions=[], keep_ratios=[]),
-    dict(granularity="sentence"),
-    dict(score_window=0),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(layer_fractions=[0.0], keep_ratios=[0.5]),
+        dict(layer_fractions=[1.0], keep_ratios=[0.5]),
+        dict(layer_fractions=[0.5, 0.2], keep_ratios=[0.5, 0.3]),
+        dict(layer_fractions=[0.2, 0.2], keep_ratios=[0.5, 0.3]),
+        dict(layer_fractions=[0.2], keep_ratios=[0.0]),
+        dict(layer_fractions=[0.2], keep_ratios=[1.5]),
+        dict(layer_fractions=[0.2, 0.5], keep_ratios=[0.3, 0.5]),
+        dict(layer_fractions=[0.2], keep_ratios=[0.3, 0.2]),
+        dict(layer_fractions=[], keep_ratios=[]),
+        dict(granularity="sentence"),
+        dict(score_window=0),
+    ],
+)
 def test_bad_configs_raise(kwargs):
     with pytest.raises(ValueError):
         PruningConfig(**kwargs)
@@ -255,7 +274,9 @@ def test_from_spec_presets_and_pairs():
     assert PruningConfig.from_spec("default") == PruningConfig()
     fast = PruningConfig.from_spec("fast")
     assert fast.layer_fractions == [0.04, 0.2, 0.5] and fast.keep_ratios == [0.2, 0.08, 0.03]
-    assert PruningConfig.from_spec("0.2:0.5, 0.6:0.1") == PruningConfig(layer_fractions=[0.2, 0.6], keep_ratios=[0.5, 0.1])
+    assert PruningConfig.from_spec("0.2:0.5, 0.6:0.1") == PruningConfig(
+        layer_fractions=[0.2, 0.6], keep_ratios=[0.5, 0.1]
+    )
     for bad in ("quick", "0.2", "0.2:0.5:0.1", "a:b", ""):
         with pytest.raises(ValueError, match="pruning spec"):
             PruningConfig.from_spec(bad)
@@ -270,7 +291,9 @@ def unsupported_models(tokenizer):
     from support import make_tiny_llama
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=2048)).eval()
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=2048)
+    ).eval()
     eager = make_tiny_llama(len(tokenizer), layers=2)
     eager.config._attn_implementation = "eager"
     return {"gpt2": gpt2, "eager-llama": eager}
@@ -335,8 +358,10 @@ def test_real_model_pruning_keeps_the_next_token_distribution_close(base_reranke
     from rerank.ranking import Window
 
     rr = base_reranker
-    docs = [f"{t} is a topic discussed in passage {i}, which says little else of note." for i, t in
-            enumerate(["rope", "llamas", "rivers", "engines", "the moon", "bread", "chess", "volcanoes"] * 3)]
+    docs = [
+        f"{t} is a topic discussed in passage {i}, which says little else of note."
+        for i, t in enumerate(["rope", "llamas", "rivers", "engines", "the moon", "bread", "chess", "volcanoes"] * 3)
+    ]
     enc = rr.encode(Window(query="how are volcanoes formed", passages=docs))
     bracket = rr.tokenizer.convert_tokens_to_ids("[")
     pad = rr.tokenizer.pad_token_id

@@ -20,8 +20,12 @@ from rerank import Reranker, RerankerConfig  # noqa: E402
 from rerank.integrations.pyterrier import LazyRankReranker  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-RIVER_DOCS = ["The Nile flows north into the Mediterranean.", "Bread rises because yeast makes gas.",
-              "The Amazon carries more water than any other river.", "Rivers carve valleys over millennia."]
+RIVER_DOCS = [
+    "The Nile flows north into the Mediterranean.",
+    "Bread rises because yeast makes gas.",
+    "The Amazon carries more water than any other river.",
+    "Rivers carve valleys over millennia.",
+]
 TOPICS = {"q1": ("how do bees keep warm", BEE_DOCS), "q2": ("which river is the largest", RIVER_DOCS)}
 
 
@@ -32,16 +36,27 @@ def sp(tiny_model, tokenizer):
 
 def results_frame() -> pd.DataFrame:
     """A first-stage results frame; rows shuffled so only `rank` tells the first-stage order."""
-    rows = [{"qid": qid, "query": query, "docno": f"{qid}-d{i}", "text": text, "rank": i, "score": 10.0 - i,
-             "source": f"s{i}"}
-            for qid, (query, docs) in TOPICS.items() for i, text in enumerate(docs)]
+    rows = [
+        {
+            "qid": qid,
+            "query": query,
+            "docno": f"{qid}-d{i}",
+            "text": text,
+            "rank": i,
+            "score": 10.0 - i,
+            "source": f"s{i}",
+        }
+        for qid, (query, docs) in TOPICS.items()
+        for i, text in enumerate(docs)
+    ]
     return pd.DataFrame(rows).sample(frac=1.0, random_state=0).reset_index(drop=True)
 
 
 def expected_docnos(reranker: Reranker) -> dict[str, list[str]]:
     """Each query's docnos in the order Reranker.rank gives, the documents read in first-stage order."""
-    return {qid: [f"{qid}-d{r['corpus_id']}" for r in reranker.rank(query, docs)]
-            for qid, (query, docs) in TOPICS.items()}
+    return {
+        qid: [f"{qid}-d{r['corpus_id']}" for r in reranker.rank(query, docs)] for qid, (query, docs) in TOPICS.items()
+    }
 
 
 def test_reranks_each_query_like_reranker_rank(sp):
@@ -82,12 +97,25 @@ def test_experiment_with_baseline_and_holm(sp):
 
     frame = results_frame()
     topics = pd.DataFrame([{"qid": q, "query": query} for q, (query, _) in TOPICS.items()])
-    qrels = pd.DataFrame([{"qid": "q1", "docno": "q1-d2", "label": 2}, {"qid": "q1", "docno": "q1-d0", "label": 1},
-                          {"qid": "q2", "docno": "q2-d2", "label": 1}])
+    qrels = pd.DataFrame(
+        [
+            {"qid": "q1", "docno": "q1-d2", "label": 2},
+            {"qid": "q1", "docno": "q1-d0", "label": 1},
+            {"qid": "q2", "docno": "q2-d2", "label": 1},
+        ]
+    )
     first_stage = pt.Transformer.from_df(frame.drop(columns=["query"]))
     lazyrank = LazyRankReranker(sp)
-    table = pt.Experiment([first_stage, first_stage >> lazyrank], topics, qrels, [nDCG @ 10],
-                          names=["first stage", repr(lazyrank)], baseline=0, correction="holm", validate="error")
+    table = pt.Experiment(
+        [first_stage, first_stage >> lazyrank],
+        topics,
+        qrels,
+        [nDCG @ 10],
+        names=["first stage", repr(lazyrank)],
+        baseline=0,
+        correction="holm",
+        validate="error",
+    )
     # By hand: each query's docnos in Reranker.rank's order, scored n - r.
     run = {qid: {d: float(len(docs) - r) for r, d in enumerate(docs)} for qid, docs in expected_docnos(sp).items()}
     qrels_dict = {"q1": {"q1-d2": 2, "q1-d0": 1}, "q2": {"q2-d2": 1}}
@@ -154,13 +182,22 @@ def _recipe_matches_rerank_eval(reranker, tmp_path, queries: int, depth: int) ->
     folder = shared_data("msmarco-dl19")
     recipe = _recipe()
     collection = load_collection(folder)
-    report = recipe.run(collection, default_run_path(collection), {"BM25": None, "reranked": reranker},
-                        queries=queries, depth=depth)
-    metrics = evaluate(EvalConfig(collection=folder, depth=depth, limit_queries=queries,
-                                  output_dir=str(tmp_path / "eval")), reranker=reranker, collection=collection,
-                       progress=False)
-    bm25 = evaluate(EvalConfig(collection=folder, depth=depth, limit_queries=queries, strategy="none",
-                               output_dir=str(tmp_path / "bm25")), collection=collection, progress=False)
+    report = recipe.run(
+        collection, default_run_path(collection), {"BM25": None, "reranked": reranker}, queries=queries, depth=depth
+    )
+    metrics = evaluate(
+        EvalConfig(collection=folder, depth=depth, limit_queries=queries, output_dir=str(tmp_path / "eval")),
+        reranker=reranker,
+        collection=collection,
+        progress=False,
+    )
+    bm25 = evaluate(
+        EvalConfig(
+            collection=folder, depth=depth, limit_queries=queries, strategy="none", output_dir=str(tmp_path / "bm25")
+        ),
+        collection=collection,
+        progress=False,
+    )
     table = {row["name"]: row for row in report["table"]}
     assert report["measures"] == {"nDCG@10": "ndcg@10", "RR(rel=2)@10": "rr@10", "R(rel=2)@100": "recall@100"}
     for column, key in report["measures"].items():  # every reported measure, the BM25 tail included

@@ -16,8 +16,12 @@ from rerank.labels.synthetic_queries import (
     generate_queries,
 )
 
-CORPUS = {"d1": "Bees shiver to keep the hive warm in winter.", "d2": "Paris is the capital of France.",
-          "d3": "Honey bees cluster around the queen.", "d4": "Ropes are made of twisted fibres."}
+CORPUS = {
+    "d1": "Bees shiver to keep the hive warm in winter.",
+    "d2": "Paris is the capital of France.",
+    "d3": "Honey bees cluster around the queen.",
+    "d4": "Ropes are made of twisted fibres.",
+}
 
 
 def test_clean_query_rules():
@@ -66,10 +70,12 @@ def test_filters_count_and_resume(tmp_path):
     coll = _collection(tmp_path)
     out = tmp_path / "q" / "queries.jsonl"
     cfg = GenerationConfig(collection=str(coll), output=str(out), batch_size=2, round_trip_depth=1, depth=3)
-    answers = [("bees warm hive winter", -0.5),      # d1: comes back first -> kept
-               ("capital of germany", -0.2),         # d2: shares 'capital' -> d2 first -> kept
-               ("", float("nan")),                   # d3: no answer -> dropped as empty
-               ("stock market prices", -1.0)]        # d4: its passage does not come back -> dropped
+    answers = [
+        ("bees warm hive winter", -0.5),  # d1: comes back first -> kept
+        ("capital of germany", -0.2),  # d2: shares 'capital' -> d2 first -> kept
+        ("", float("nan")),  # d3: no answer -> dropped as empty
+        ("stock market prices", -1.0),
+    ]  # d4: its passage does not come back -> dropped
     gen = ScriptedGenerator(answers)
     summary = generate_queries(cfg, generator=gen, progress=False)
     assert summary["generated"] == 4 and summary["dropped_by_reason"] == {"empty": 1}
@@ -81,8 +87,11 @@ def test_filters_count_and_resume(tmp_path):
     cands = [json.loads(line) for line in (tmp_path / "q" / "queries.candidates.jsonl").read_text().splitlines()]
     assert cands[0]["candidates"][0]["docid"] == "d1"
     # Resume: everything is in the raw log, so nothing is generated again; keep_fraction re-filters.
-    again = generate_queries(GenerationConfig(collection=str(coll), output=str(out), round_trip_depth=1,
-                                              keep_fraction=0.5), generator=ScriptedGenerator([]), progress=False)
+    again = generate_queries(
+        GenerationConfig(collection=str(coll), output=str(out), round_trip_depth=1, keep_fraction=0.5),
+        generator=ScriptedGenerator([]),
+        progress=False,
+    )
     assert again["kept"] == 1
     assert json.loads(out.read_text().splitlines()[0])["source"] == "d2"  # the higher log-probability
 
@@ -94,8 +103,9 @@ def test_interrupted_run_resumes_without_losing_generations(tmp_path):
     first = json.dumps({"source": "d1", "k": 0, "raw": "bees", "query": None, "status": "too_short", "logprob": -1.0})
     raw.write_text(first + "\n" + '{"source": "d2", "k"')  # killed mid-write
     gen = ScriptedGenerator([("capital of france", -0.1), ("honey bees queen", -0.1), ("twisted ropes", -0.1)])
-    summary = generate_queries(GenerationConfig(collection=str(coll), output=str(out), round_trip_depth=0),
-                               generator=gen, progress=False)
+    summary = generate_queries(
+        GenerationConfig(collection=str(coll), output=str(out), round_trip_depth=0), generator=gen, progress=False
+    )
     assert summary["generated"] == 4 and summary["dropped_by_reason"] == {"too_short": 1}
     assert len(raw.read_text().splitlines()) == 4
 
@@ -110,8 +120,11 @@ def test_local_generator_with_a_real_tiny_model(tmp_path, tokenizer):
     for text, logp in answers:
         assert isinstance(text, str) and logp <= 0.0
     coll = _collection(tmp_path)
-    summary = generate_queries(GenerationConfig(collection=str(coll), output=str(tmp_path / "g.jsonl"),
-                                                round_trip_depth=0), generator=gen, progress=False)
+    summary = generate_queries(
+        GenerationConfig(collection=str(coll), output=str(tmp_path / "g.jsonl"), round_trip_depth=0),
+        generator=gen,
+        progress=False,
+    )
     assert summary["generated"] == 4  # random weights write junk: dropped and counted, never a crash
     assert summary["clean"] + sum(summary["dropped_by_reason"].values()) == 4
 

@@ -87,8 +87,9 @@ def test_shipped_default_ranks_by_relevance(real_reranker):
     """The shipped weights must move relevant passages up, not return the input order."""
     assert real_reranker.config.scoring == "head"
     assert real_reranker.config.first_stage_weight > 0  # the shipped recommendation (lazyrank.json)
-    alone = Reranker(real_reranker.model, real_reranker.tokenizer,
-                     RerankerConfig(scoring="head", first_stage_weight=0.0))
+    alone = Reranker(
+        real_reranker.model, real_reranker.tokenizer, RerankerConfig(scoring="head", first_stage_weight=0.0)
+    )
     res = alone.rerank(DEMO_QUERY, DEMO_PASSAGES)
     assert res.score_kind == "head_logit" and res.stats.llm_calls == 1
     assert res.order != list(range(len(DEMO_PASSAGES)))
@@ -106,8 +107,10 @@ def test_shipped_default_ranks_by_relevance(real_reranker):
 def test_raw_base_model_stays_reachable_by_name(real_reranker):
     base = Reranker.from_pretrained("base")
     assert base.config.scoring == "generate"
+
     # The shipped adapter is merged into the default's later layers (15..29) only.
     def weight(rr, layer):
         return rr.model.model.layers[layer].mlp.down_proj.weight
+
     assert torch.equal(weight(base, 0), weight(real_reranker, 0))
     assert not torch.equal(weight(base, 29), weight(real_reranker, 29))

@@ -52,8 +52,10 @@ def test_jump_forward_equals_token_by_token_with_fewer_passes(tiny_model, tokeni
 
     table = TokenTable.for_tokenizer(tokenizer)
     enc = encode_prompt(tokenizer, "q", DOCS, 20)
-    runs = [rank_prompts(DenseSession(tiny_model, tokenizer.pad_token_id), [enc.input_ids], [12], table,
-                         jump_forward=jump) for jump in (True, False)]
+    runs = [
+        rank_prompts(DenseSession(tiny_model, tokenizer.pad_token_id), [enc.input_ids], [12], table, jump_forward=jump)
+        for jump in (True, False)
+    ]
     assert runs[0].identifiers == runs[1].identifiers
     assert runs[0].generated_tokens == runs[1].generated_tokens
     assert runs[1].forward_passes == runs[1].generated_tokens[0] - 1
@@ -98,9 +100,9 @@ def test_sliding_is_the_models_own_window_rankings_back_to_front(tiny_model, tok
     res = sliding.rerank("topic 1", DOCS)
     order, starts = list(range(len(DOCS))), window_starts(len(DOCS), 4, 2)
     for start in starts:
-        ids = order[start:start + 4]
+        ids = order[start : start + 4]
         window_order = full.rerank("topic 1", [DOCS[i] for i in ids]).order
-        order[start:start + 4] = [ids[k] for k in window_order]
+        order[start : start + 4] = [ids[k] for k in window_order]
     assert res.order == order and res.stats.llm_calls == len(starts) == 5
     assert order != list(range(len(DOCS)))  # the windows did reorder: the comparison is not vacuous
     # A window as large as the list is the one-call case: exactly the full ranking.
@@ -123,22 +125,29 @@ class LargestFirstRanker:
     def rank_windows(self, windows):
         from rerank.ranking import WindowRanking
 
-        return [WindowRanking(order=sorted(range(len(w.passages)), key=lambda i: -int(w.passages[i])),
-                              ranked=len(w.passages)) for w in windows]
+        return [
+            WindowRanking(
+                order=sorted(range(len(w.passages)), key=lambda i: -int(w.passages[i])), ranked=len(w.passages)
+            )
+            for w in windows
+        ]
 
 
 def test_one_sliding_pass_fixes_the_top_stride():
     orders = sliding_orders(LargestFirstRanker(), [Window("q", [str(i) for i in range(10)])], window_size=4, stride=2)
     assert orders[0][:2] == [9, 8]  # like one bubble-sort pass: the best `stride` reach the top
     assert orders[0][2:] != sorted(orders[0][2:], reverse=True)  # the rest is not fully sorted by one pass
-    full = sliding_orders(LargestFirstRanker(), [Window("q", [str(i) for i in range(10)])], window_size=4,
-                          stride=2, num_passes=5)
+    full = sliding_orders(
+        LargestFirstRanker(), [Window("q", [str(i) for i in range(10)])], window_size=4, stride=2, num_passes=5
+    )
     assert full[0] == list(range(9, -1, -1))
 
 
 def test_overflow_falls_back_to_sliding_or_raises(tiny_model, tokenizer):
     docs = [" ".join(["long"] * 60) + f" {i}" for i in range(10)]
-    rr = Reranker(tiny_model, tokenizer, RerankerConfig(max_context=500, window_size=4, stride=2, max_passage_tokens=60))
+    rr = Reranker(
+        tiny_model, tokenizer, RerankerConfig(max_context=500, window_size=4, stride=2, max_passage_tokens=60)
+    )
     res = rr.rerank("q", docs)
     assert res.stats.fallback == "sliding" and res.stats.llm_calls > 1
     assert is_permutation(res.order, 10)
@@ -157,13 +166,16 @@ def test_edge_inputs(tiny_reranker):
     assert res.stats.truncated_passages == 1
 
 
-@pytest.mark.parametrize("call, exc, name", [
-    (lambda r: r.rerank(3, ["a"]), TypeError, "query"),
-    (lambda r: r.rerank("q", "a single string"), TypeError, "documents"),
-    (lambda r: r.rerank("q", ["a", 5]), TypeError, r"documents\[1\]"),
-    (lambda r: r.rerank("q", ["a"], top_k=0), ValueError, "top_k"),
-    (lambda r: r.rerank_batch(["q"], [["a"], ["b"]]), ValueError, "same length"),
-])
+@pytest.mark.parametrize(
+    "call, exc, name",
+    [
+        (lambda r: r.rerank(3, ["a"]), TypeError, "query"),
+        (lambda r: r.rerank("q", "a single string"), TypeError, "documents"),
+        (lambda r: r.rerank("q", ["a", 5]), TypeError, r"documents\[1\]"),
+        (lambda r: r.rerank("q", ["a"], top_k=0), ValueError, "top_k"),
+        (lambda r: r.rerank_batch(["q"], [["a"], ["b"]]), ValueError, "same length"),
+    ],
+)
 def test_bad_input_names_the_argument(tiny_reranker, call, exc, name):
     with pytest.raises(exc, match=name):
         call(tiny_reranker)

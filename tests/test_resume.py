@@ -47,8 +47,16 @@ def test_torn_tail_is_cut_and_the_next_append_starts_a_fresh_line(tmp_path):
     assert len(log.read_text().splitlines()) == len(GOOD) + 2
 
 
-@pytest.mark.parametrize("tail", [b'{"qid"', b"\x00\x00\x00\x00", b"{broken\n   \n", b'["not", "an", "object"]\n',
-                                  b'\n\n{"qid": "q9", "caf' + "\u00e9".encode()[:1]])
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b'{"qid"',
+        b"\x00\x00\x00\x00",
+        b"{broken\n   \n",
+        b'["not", "an", "object"]\n',
+        b'\n\n{"qid": "q9", "caf' + "\u00e9".encode()[:1],
+    ],
+)
 def test_every_kind_of_bad_last_line_is_cut(tmp_path, tail):
     """Torn JSON, the zero bytes a power loss can leave, trailing blank lines, a non-object, a cut
     UTF-8 character."""
@@ -136,13 +144,17 @@ def test_check_same_settings_names_every_change(tmp_path):
     save_settings(path, {"model": "a", "budget": 100, "pruning": (0.1, 0.5), "batch_size": 8})
     assert not (tmp_path / "settings.json.tmp").exists()
     # tuples compare as the lists they were saved as; ignored and new keys are no change
-    check_same_settings(path, {"model": "a", "pruning": (0.1, 0.5), "batch_size": 1, "new_field": 3},
-                        ignore={"batch_size"})
+    check_same_settings(
+        path, {"model": "a", "pruning": (0.1, 0.5), "batch_size": 1, "new_field": 3}, ignore={"batch_size"}
+    )
     with pytest.raises(ValueError) as exc:
-        check_same_settings(path, {"model": "b", "budget": 60, "batch_size": 1}, what="out/records.jsonl",
-                            advice="use another --output")
-    assert str(exc.value) == ("out/records.jsonl holds records made with other settings "
-                              "(batch_size: 8 -> 1, budget: 100 -> 60, model: 'a' -> 'b'); use another --output")
+        check_same_settings(
+            path, {"model": "b", "budget": 60, "batch_size": 1}, what="out/records.jsonl", advice="use another --output"
+        )
+    assert str(exc.value) == (
+        "out/records.jsonl holds records made with other settings "
+        "(batch_size: 8 -> 1, budget: 100 -> 60, model: 'a' -> 'b'); use another --output"
+    )
 
 
 def test_save_settings_can_keep_what_a_rerun_does_not_cover(tmp_path):
@@ -188,12 +200,25 @@ def tiny_dir(tmp_path_factory, tokenizer):
 def test_bench_strategies_refuses_another_model_or_budget(tmp_path, tiny_collection, tiny_dir, capsys):
     bench = _script("bench_strategies")
     out = tmp_path / "s.json"
-    base = ["--collection", tiny_collection, "--groups", "3:1", "--max_passage_tokens", "20", "--variants", "full",
-            "--output", str(out)]
+    base = [
+        "--collection",
+        tiny_collection,
+        "--groups",
+        "3:1",
+        "--max_passage_tokens",
+        "20",
+        "--variants",
+        "full",
+        "--output",
+        str(out),
+    ]
     first = bench.main(base + ["--model", tiny_dir])
     assert [r["queries"] for r in first["rows"]] == [1]
-    with pytest.raises(ValueError, match=r"s\.records\.jsonl holds records made with other settings \(model: "
-                                         r"'.*tiny.*' -> 'other/model'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"s\.records\.jsonl holds records made with other settings \(model: "
+        r"'.*tiny.*' -> 'other/model'\)",
+    ):
         bench.main(base + ["--model", "other/model"])  # refused before any model loads
     with pytest.raises(ValueError, match=r"max_passage_tokens\[3:1\]: 20 -> 30"):
         bench.main([a if a != "20" else "30" for a in base] + ["--model", tiny_dir])
@@ -211,8 +236,21 @@ def test_bench_strategies_refuses_another_model_or_budget(tmp_path, tiny_collect
 def test_ablation_refuses_a_name_pointing_at_another_model(tmp_path, tiny_collection, tiny_dir, capsys):
     ablation = _script("ablation_single_pass")
     out = tmp_path / "a.json"
-    base = ["--collection", tiny_collection, "--groups", "3", "--budgets", "20", "--variants", "generate",
-            "--schedules", "--batch_size", "2", "--output", str(out)]
+    base = [
+        "--collection",
+        tiny_collection,
+        "--groups",
+        "3",
+        "--budgets",
+        "20",
+        "--variants",
+        "generate",
+        "--schedules",
+        "--batch_size",
+        "2",
+        "--output",
+        str(out),
+    ]
     first = ablation.main(base + ["--models", f"lm={tiny_dir}"])
     assert [r["queries"] for r in first["rows"]] == [1]
     with pytest.raises(ValueError, match=r"model\[lm\]: '.*tiny.*' -> 'elsewhere'"):

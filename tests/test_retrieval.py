@@ -9,14 +9,18 @@ from support import shared_data
 
 from rerank.data.bm25 import BM25Config, BM25Index, main
 
-CORPUS = {"d1": "Bees shiver to keep the hive warm in winter.", "d2": "Paris is the capital of France.",
-          "d3": "Honey bees cluster around the queen.", "d4": "Ropes are made of twisted fibres."}
+CORPUS = {
+    "d1": "Bees shiver to keep the hive warm in winter.",
+    "d2": "Paris is the capital of France.",
+    "d3": "Honey bees cluster around the queen.",
+    "d4": "Ropes are made of twisted fibres.",
+}
 
 
 def test_ranks_by_term_overlap_and_drops_zero_scores():
     index = BM25Index.build(CORPUS, show_progress=False)
     (hits,) = index.search(["bees keep warm"], depth=4, show_progress=False)
-    assert [d for d, _ in hits][:2] == ["d1", "d3"]           # d1 matches bee, keep, warm; d3 only bee
+    assert [d for d, _ in hits][:2] == ["d1", "d3"]  # d1 matches bee, keep, warm; d3 only bee
     assert all(s > 0 for _, s in hits) and {d for d, _ in hits} == {"d1", "d3"}
     assert hits[0][1] > hits[1][1]
 
@@ -36,9 +40,9 @@ def test_score_given_docids_matches_search_and_refuses_unknown_ones():
     index = BM25Index.build(CORPUS, show_progress=False)
     (hits,) = index.search(["bees keep warm"], depth=4, show_progress=False)
     scores = index.score("bees keep warm", ["d4", "d3", "d1", "d2"])
-    assert scores[0] == 0.0 and scores[3] == 0.0            # no shared term
+    assert scores[0] == 0.0 and scores[3] == 0.0  # no shared term
     assert scores[2] == pytest.approx(dict(hits)["d1"]) and scores[1] == pytest.approx(dict(hits)["d3"])
-    assert index.score("zebra quantum", ["d1", "d2"]) == [0.0, 0.0]   # no indexed term at all
+    assert index.score("zebra quantum", ["d1", "d2"]) == [0.0, 0.0]  # no indexed term at all
     with pytest.raises(KeyError, match="not in this BM25 index.*'d9'"):
         index.score("bees", ["d1", "d9"])
 
@@ -58,7 +62,9 @@ def test_cli_writes_a_run(tmp_path):
     (coll / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in CORPUS.items()))
     (coll / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "bees warm"}) + "\n")
     out = tmp_path / "run.trec"
-    assert main(["--collection", str(coll), "--depth", "2", "--output", str(out), "--index_dir", str(tmp_path / "i")]) == 0
+    assert (
+        main(["--collection", str(coll), "--depth", "2", "--output", str(out), "--index_dir", str(tmp_path / "i")]) == 0
+    )
     lines = out.read_text().split("\n")
     assert lines[0].split()[:4] == ["q1", "Q0", "d1", "1"]
     assert (tmp_path / "i" / "lazyrank_index.json").is_file()
@@ -74,8 +80,9 @@ def test_reproduces_the_shipped_scifact_run():
     run = retrieve_collection(folder, depth=100, queries={q: coll.queries[q] for q in coll.qrels})
     ours = compute_metrics(coll.qrels, run, coll.graded)["ndcg@10"]
     shipped = read_run(f"{folder}/run.bm25.trec")
-    theirs = compute_metrics(coll.qrels, {q: [(d, -i) for i, d in enumerate(v)] for q, v in shipped.items()},
-                             coll.graded)["ndcg@10"]
+    theirs = compute_metrics(
+        coll.qrels, {q: [(d, -i) for i, d in enumerate(v)] for q, v in shipped.items()}, coll.graded
+    )["ndcg@10"]
     assert theirs == pytest.approx(0.6762, abs=1e-4)
     assert ours == pytest.approx(theirs, abs=0.005)
 
@@ -93,8 +100,21 @@ def test_cli_rank_llm_round_trip(tmp_path, tokenizer):
     (coll / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in CORPUS.items()))
     (coll / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "bees warm"}) + "\n")
     requests = tmp_path / "requests.jsonl"
-    assert main(["--collection", str(coll), "--depth", "3", "--output", str(tmp_path / "run.trec"),
-                 "--rank_llm_output", str(requests)]) == 0
+    assert (
+        main(
+            [
+                "--collection",
+                str(coll),
+                "--depth",
+                "3",
+                "--output",
+                str(tmp_path / "run.trec"),
+                "--rank_llm_output",
+                str(requests),
+            ]
+        )
+        == 0
+    )
     (req,) = read_rank_llm_requests(requests)
     assert req.query == "bees warm" and req.candidates[0].docid == "d1"
     assert [c.doc["contents"] for c in req.candidates] == [CORPUS[c.docid] for c in req.candidates]
@@ -102,8 +122,24 @@ def test_cli_rank_llm_round_trip(tmp_path, tokenizer):
     make_tiny_llama(len(tokenizer), layers=2).save_pretrained(model)
     tokenizer.save_pretrained(model)
     results = tmp_path / "results.json"
-    assert cli_main(["rank-llm", "--input", str(requests), "--output", str(results), "--model", str(model),
-                     "--prompt", "rank_zephyr", "--scoring", "single_pass"]) == 0
+    assert (
+        cli_main(
+            [
+                "rank-llm",
+                "--input",
+                str(requests),
+                "--output",
+                str(results),
+                "--model",
+                str(model),
+                "--prompt",
+                "rank_zephyr",
+                "--scoring",
+                "single_pass",
+            ]
+        )
+        == 0
+    )
     (res,) = read_rank_llm_requests(results)
     assert sorted(c.docid for c in res.candidates) == sorted(c.docid for c in req.candidates)
     assert {c.docid: c.score for c in res.candidates} == {c.docid: c.score for c in req.candidates}

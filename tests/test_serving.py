@@ -44,8 +44,13 @@ def ref(rr, query, docs, top_n=None):
 
 # ---------------------------------------------------------------------------------------- scores
 def _result(order, scores, ranked=None, kind="log_prob"):
-    return RankingResult(order=order, scores=scores, ranked_by_model=len(order) if ranked is None else ranked,
-                         stats=RankingStats(), score_kind=kind)
+    return RankingResult(
+        order=order,
+        scores=scores,
+        ranked_by_model=len(order) if ranked is None else ranked,
+        stats=RankingStats(),
+        score_kind=kind,
+    )
 
 
 def test_relevance_rank_derived_is_one_minus_r_over_n():
@@ -163,8 +168,9 @@ def test_async_api_equals_sync_and_batches_concurrent_callers(sp):
         assert r.order == alone.order and r.scores == pytest.approx(alone.scores, abs=1e-4)
     want = sp.rank(reqs[0][0], reqs[0][1], top_k=2, return_documents=True)
     assert [x["corpus_id"] for x in ranked] == [x["corpus_id"] for x in want] and ranked[0]["text"] == want[0]["text"]
-    assert [[x["corpus_id"] for x in b] for b in batch] == \
-        [[x["corpus_id"] for x in sp.rank(q, d, top_k=2)] for q, d, _ in reqs[:3]]
+    assert [[x["corpus_id"] for x in b] for b in batch] == [
+        [x["corpus_id"] for x in sp.rank(q, d, top_k=2)] for q, d, _ in reqs[:3]
+    ]
 
 
 def test_async_api_never_blocks_the_event_loop(sp):
@@ -283,8 +289,9 @@ def test_tei_dialect(live, sp):
 def test_relevance_score_in_unit_interval_for_generate_scoring(tiny_reranker):
     app = create_app(tiny_reranker, ServerConfig(max_wait_ms=1))
     with LiveServer(app) as server:
-        data = httpx.post(server.url + "/v1/rerank", json={"query": "bees", "documents": BEE_DOCS[:4],
-                                                          "top_n": 2}).json()
+        data = httpx.post(
+            server.url + "/v1/rerank", json={"query": "bees", "documents": BEE_DOCS[:4], "top_n": 2}
+        ).json()
     want = tiny_reranker.rerank("bees", BEE_DOCS[:4], top_k=2)  # top_n is passed on: only 2 decoded
     assert_matches(data["results"], want, 2)
     assert [r["relevance_score"] for r in data["results"]] == [1.0, 0.75]
@@ -294,16 +301,29 @@ def test_health_info_metrics(live):
     assert httpx.get(live.url + "/health").json() == {"status": "ok"}
     info = httpx.get(live.url + "/info").json()
     assert info["model"] == "tiny" and info["scoring"] == "single_pass" and info["pruning"] is None
-    assert info["limits"] == {"max_documents": 1000, "max_request_bytes": 2_000_000, "max_concurrent": 512,
-                              "max_batch_size": 16, "max_wait_ms": 10, "max_query_tokens": 512, "body_timeout": 30.0}
+    assert info["limits"] == {
+        "max_documents": 1000,
+        "max_request_bytes": 2_000_000,
+        "max_concurrent": 512,
+        "max_batch_size": 16,
+        "max_wait_ms": 10,
+        "max_query_tokens": 512,
+        "body_timeout": 30.0,
+    }
     httpx.post(live.url + "/v1/rerank", json={"query": "q", "documents": ["a", "b"]})
     httpx.post(live.url + "/v1/rerank", json={"query": 3, "documents": ["a"]})
     resp = httpx.get(live.url + "/metrics")
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
     text = resp.text
-    for name in ("lazyrank_requests_total", 'lazyrank_errors_total{kind="validation"}', "lazyrank_queue_depth",
-                 "lazyrank_batch_size_bucket", "lazyrank_request_latency_seconds_bucket",
-                 "lazyrank_prompt_tokens_total", "lazyrank_requests_in_flight"):
+    for name in (
+        "lazyrank_requests_total",
+        'lazyrank_errors_total{kind="validation"}',
+        "lazyrank_queue_depth",
+        "lazyrank_batch_size_bucket",
+        "lazyrank_request_latency_seconds_bucket",
+        "lazyrank_prompt_tokens_total",
+        "lazyrank_requests_in_flight",
+    ):
         assert name in text, name
     assert 'lazyrank_requests_total{route="/v1/rerank",status="200"}' in text
 
@@ -347,8 +367,9 @@ def test_validation_errors_name_the_field(live):
     for body, field in cases:
         _assert_error(_post(url, body), 422, "validation", field)
     _assert_error(_post(live.url + "/rerank", {"query": "q", "texts": ["a", 1]}), 422, "validation", "texts[1]")
-    _assert_error(_post(url, {"query": "q", "documents": [f"d{i}" for i in range(1001)]}), 422, "validation",
-                  "documents")
+    _assert_error(
+        _post(url, {"query": "q", "documents": [f"d{i}" for i in range(1001)]}), 422, "validation", "documents"
+    )
     _assert_error(_post(url, {"query": "q", "documents": []}), 400, "empty", "documents")
     _assert_error(_post(live.url + "/rerank", {"query": "q", "texts": []}), 400, "empty", "texts")
     _assert_error(_post(url, content=b"{not json", headers={"content-type": "application/json"}), 400, "invalid_json")
@@ -372,15 +393,30 @@ def test_client_mistakes_are_4xx_naming_the_field(live, tokenizer):
     _assert_error(_post(url, {"query": "tides " * 10_000, "documents": ["a"]}), 422, "validation", "max_query_tokens")
     _assert_error(_post(url, {"query": "", "documents": ["a"]}), 422, "validation", "query must not be empty")
     _assert_error(_post(url, {"query": " \n ", "documents": ["a"]}), 422, "validation", "query must not be empty")
-    _assert_error(_post(url, content=b'{"query": "a\\ud800", "documents": ["a"]}', headers=raw), 422, "validation",
-                  "query holds a lone surrogate")
-    _assert_error(_post(url, content=b'{"query": "q", "documents": ["a", {"text": "\\udfff b"}]}', headers=raw), 422,
-                  "validation", "documents[1] holds a lone surrogate")
-    _assert_error(_post(live.url + "/rerank", content=b'{"query": "q", "texts": ["\\ud800"]}', headers=raw), 422,
-                  "validation", "texts[0]")
+    _assert_error(
+        _post(url, content=b'{"query": "a\\ud800", "documents": ["a"]}', headers=raw),
+        422,
+        "validation",
+        "query holds a lone surrogate",
+    )
+    _assert_error(
+        _post(url, content=b'{"query": "q", "documents": ["a", {"text": "\\udfff b"}]}', headers=raw),
+        422,
+        "validation",
+        "documents[1] holds a lone surrogate",
+    )
+    _assert_error(
+        _post(live.url + "/rerank", content=b'{"query": "q", "texts": ["\\ud800"]}', headers=raw),
+        422,
+        "validation",
+        "texts[0]",
+    )
     _assert_error(_post(url, content=b"[" * 200_000 + b"]" * 200_000, headers=raw), 400, "invalid_json", "nested")
-    _assert_error(_post(url, content=b'{"query": "q", "documents": ["a"], "top_n": ' + b"9" * 5000 + b"}",
-                        headers=raw), 400, "invalid_json")
+    _assert_error(
+        _post(url, content=b'{"query": "q", "documents": ["a"], "top_n": ' + b"9" * 5000 + b"}", headers=raw),
+        400,
+        "invalid_json",
+    )
     after = sum(_metric(live.url, counted + d) for d in ("0", "2"))
     assert after - before == 7  # every /v1/rerank answer above counted (the TEI one is on /rerank), no 500
     _still_serving(live.url)
@@ -408,8 +444,10 @@ def _read_until_closed(sock: socket.socket) -> bytes:
 
 def test_stalled_bodies_get_408_and_the_server_stays_healthy(sp):
     with LiveServer(create_app(sp, ServerConfig(body_timeout=0.5))) as server:
-        head = (b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 100\r\n\r\n{\"query\": ")
+        head = (
+            b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"query": '
+        )
         start = time.monotonic()
         socks = [_stall(server.port, head) for _ in range(20)]
         answers = [_read_until_closed(s) for s in socks]  # the server answers, then closes each
@@ -441,8 +479,17 @@ def test_stalled_headers_are_closed_and_connections_are_capped(sp):
 
 
 def test_parse_request_rank_fields_and_ignored_fields():
-    req = parse_request({"query": "q", "documents": [{"title": "T", "body": "B", "x": 1}], "rank_fields": ["title", "body"],
-                         "max_chunks_per_doc": 10, "priority": 3}, path="/v1/rerank", max_documents=10)
+    req = parse_request(
+        {
+            "query": "q",
+            "documents": [{"title": "T", "body": "B", "x": 1}],
+            "rank_fields": ["title", "body"],
+            "max_chunks_per_doc": 10,
+            "priority": 3,
+        },
+        path="/v1/rerank",
+        max_documents=10,
+    )
     assert req.texts == ["title: T\nbody: B"] and req.echo[0]["x"] == 1
     with pytest.raises(ApiError):
         parse_request({"query": "q", "texts": ["a"]}, path="/v1/rerank", max_documents=10)  # TEI only on /rerank
@@ -471,23 +518,32 @@ def test_api_key_request_size_and_document_limits(sp):
                 yield b" " * 1000
 
         _assert_error(httpx.post(url, content=chunks(), headers=good), 413, "payload_too_large")
-        _assert_error(_post(url, {"query": "q", "documents": ["a"] * 6}, headers=good), 422, "validation",
-                      "maximum allowed batch size 5")
+        _assert_error(
+            _post(url, {"query": "q", "documents": ["a"] * 6}, headers=good),
+            422,
+            "validation",
+            "maximum allowed batch size 5",
+        )
         _still_serving(server.url, headers=good)
         cohere = pytest.importorskip("cohere")
         with pytest.raises(cohere.UnauthorizedError):
             cohere.ClientV2(api_key="wrong", base_url=server.url, max_retries=0).rerank(
-                model="m", query="q", documents=["a", "b"])
+                model="m", query="q", documents=["a", "b"]
+            )
 
 
 def test_overload_answers_429_and_recovers(sp):
     slow = Flaky(sp, delay=0.4)
     with LiveServer(create_app(slow, ServerConfig(max_concurrent=2, max_batch_size=1, max_wait_ms=0))) as server:
+
         async def main():
             async with httpx.AsyncClient(timeout=60) as client:
-                return await asyncio.gather(*(client.post(server.url + "/v1/rerank",
-                                                          json={"query": f"q{i}", "documents": BEE_DOCS})
-                                              for i in range(8)))
+                return await asyncio.gather(
+                    *(
+                        client.post(server.url + "/v1/rerank", json={"query": f"q{i}", "documents": BEE_DOCS})
+                        for i in range(8)
+                    )
+                )
 
         statuses = sorted(r.status_code for r in asyncio.run(main()))
         assert statuses.count(200) >= 2 and statuses.count(429) >= 1 and set(statuses) <= {200, 429}, statuses
@@ -501,11 +557,15 @@ def test_overload_answers_429_and_recovers(sp):
 def test_failing_batch_answers_500_only_for_its_requests(sp):
     flaky = Flaky(sp, fail_on="boom")
     with LiveServer(create_app(flaky, ServerConfig(max_batch_size=8, max_wait_ms=150))) as server:
+
         async def main():
             async with httpx.AsyncClient(timeout=60) as client:
-                return await asyncio.gather(*(client.post(server.url + "/v2/rerank",
-                                                          json={"model": "m", "query": q, "documents": BEE_DOCS})
-                                              for q in ("bees", "boom", "winter", "boom too")))
+                return await asyncio.gather(
+                    *(
+                        client.post(server.url + "/v2/rerank", json={"model": "m", "query": q, "documents": BEE_DOCS})
+                        for q in ("bees", "boom", "winter", "boom too")
+                    )
+                )
 
         responses = asyncio.run(main())
         assert [r.status_code for r in responses] == [200, 500, 200, 500]
@@ -559,8 +619,9 @@ def test_graceful_shutdown_finishes_in_flight_requests(sp):
     results: list = []
 
     def call(i):
-        results.append(httpx.post(server.url + "/v1/rerank", json={"query": f"q{i}", "documents": BEE_DOCS},
-                                  timeout=60))
+        results.append(
+            httpx.post(server.url + "/v1/rerank", json={"query": f"q{i}", "documents": BEE_DOCS}, timeout=60)
+        )
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
     for t in threads:
@@ -590,9 +651,27 @@ def test_rerank_serve_command_end_to_end(tiny_model, tokenizer, tmp_path):
     tokenizer.save_pretrained(model_dir)
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "rerank.cli", "serve", "--model", str(model_dir), "--port", str(port),
-                             "--model_name", "tiny-cli", "--max_wait_ms", "1500", "--log_level", "warning"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rerank.cli",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--model_name",
+            "tiny-cli",
+            "--max_wait_ms",
+            "1500",
+            "--log_level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -609,8 +688,11 @@ def test_rerank_serve_command_end_to_end(tiny_model, tokenizer, tmp_path):
         assert info["model"] == "tiny-cli" and info["scoring"] == "single_pass"
         # This request waits 1.5 s for batch mates; SIGTERM arrives meanwhile and it must still be answered.
         holder: list = []
-        t = threading.Thread(target=lambda: holder.append(
-            httpx.post(url + "/v1/rerank", json={"query": "bees", "documents": BEE_DOCS, "top_n": 2}, timeout=60)))
+        t = threading.Thread(
+            target=lambda: holder.append(
+                httpx.post(url + "/v1/rerank", json={"query": "bees", "documents": BEE_DOCS, "top_n": 2}, timeout=60)
+            )
+        )
         t.start()
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)

@@ -35,7 +35,9 @@ def teacher_forced(model, prompt, seq):
 
 @pytest.mark.parametrize("which", ["digits", "numbers"])
 def test_batched_tree_scores_equal_teacher_forcing(which, tokenizer, tiny_model, number_tokenizer):
-    tok, model = (tokenizer, tiny_model) if which == "digits" else (number_tokenizer, make_tiny_llama(len(number_tokenizer)))
+    tok, model = (
+        (tokenizer, tiny_model) if which == "digits" else (number_tokenizer, make_tiny_llama(len(number_tokenizer)))
+    )
     table = TokenTable.for_tokenizer(tok)
     assert table.canonical.available
     first, _ = table.canonical.pieces(12)
@@ -43,8 +45,10 @@ def test_batched_tree_scores_equal_teacher_forcing(which, tokenizer, tiny_model,
         assert len(first[12]) == 3  # "[", "12", "]"
     else:
         assert len(first[12]) == 4  # "[", "1", "2", "]"
-    encs = [encode_prompt(tok, "q a", [f"doc {i} a b" for i in range(12)], 20),
-            encode_prompt(tok, "q", ["doc a", "doc b", "a b"], 20)]  # shorter: left-padded in the batch
+    encs = [
+        encode_prompt(tok, "q a", [f"doc {i} a b" for i in range(12)], 20),
+        encode_prompt(tok, "q", ["doc a", "doc b", "a b"], 20),
+    ]  # shorter: left-padded in the batch
     out = score_identifiers(DenseSession(model, tok.pad_token_id), [e.input_ids for e in encs], [12, 3], table)
     for row, enc in enumerate(encs):
         want = [teacher_forced(model, enc.input_ids, first[k]) for k in range(1, enc.num_passages + 1)]
@@ -69,7 +73,9 @@ def test_single_pass_reranker_orders_by_score(tiny_model, tokenizer):
 
 
 def test_single_pass_sliding_uses_the_same_primitive(tiny_model, tokenizer):
-    rr = Reranker(tiny_model, tokenizer, RerankerConfig(scoring="single_pass", strategy="sliding", window_size=6, stride=3))
+    rr = Reranker(
+        tiny_model, tokenizer, RerankerConfig(scoring="single_pass", strategy="sliding", window_size=6, stride=3)
+    )
     res = rr.rerank("query", [f"passage {i}" for i in range(12)])
     assert is_permutation(res.order, 12) and res.stats.llm_calls == 3
 

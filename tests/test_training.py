@@ -44,23 +44,35 @@ def label_file(tmp_path_factory):
     training tests never depend on ../shared/data and never skip."""
     root = tmp_path_factory.mktemp("collection")
     topics = ["rope", "bees", "rivers", "engines", "the moon", "bread", "chess", "volcanoes"]
-    lists = {f"q{q}": [f"d{q}-{i}" for i in range(4 + 8 * (q % 4))] for q in range(16)}  # some prompts exceed 600 tokens
-    corpus = {d: f"passage {d} is about {topics[i % 8]}: " + " ".join(topics[(i + k) % 8] for k in range(40))
-              for docs in lists.values() for i, d in enumerate(docs)}
+    lists = {
+        f"q{q}": [f"d{q}-{i}" for i in range(4 + 8 * (q % 4))] for q in range(16)
+    }  # some prompts exceed 600 tokens
+    corpus = {
+        d: f"passage {d} is about {topics[i % 8]}: " + " ".join(topics[(i + k) % 8] for k in range(40))
+        for docs in lists.values()
+        for i, d in enumerate(docs)
+    }
     (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in corpus.items()))
-    (root / "queries.jsonl").write_text("".join(
-        json.dumps({"_id": q, "text": f"what is known about {topics[int(q[1:]) % 8]}"}) + "\n" for q in lists))
+    (root / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": f"what is known about {topics[int(q[1:]) % 8]}"}) + "\n" for q in lists)
+    )
     (root / "qrels.txt").write_text("".join(f"{q} 0 {docs[int(q[1:]) % len(docs)]} 1\n" for q, docs in lists.items()))
-    (root / "run.bm25.trec").write_text("".join(f"{q} Q0 {d} {r + 1} {100 - r} bm25\n"
-                                                for q, docs in lists.items() for r, d in enumerate(docs)))
+    (root / "run.bm25.trec").write_text(
+        "".join(f"{q} Q0 {d} {r + 1} {100 - r} bm25\n" for q, docs in lists.items() for r, d in enumerate(docs))
+    )
     out = tmp_path_factory.mktemp("labels") / "synthetic.qrels.jsonl"
     run_labelling(LabelConfig(input=str(root), output=str(out), teacher="qrels", progress=False))
     return str(out)
 
 
 def _record():
-    return LabelRecord("q1", "what is [2] rope", ["a", "b", "c"], ["c", "a", "b"],
-                       {"a": "A rope is [1] thick.", "b": "Cable " * 50, "c": "Rope: twisted fibres."})
+    return LabelRecord(
+        "q1",
+        "what is [2] rope",
+        ["a", "b", "c"],
+        ["c", "a", "b"],
+        {"a": "A rope is [1] thick.", "b": "Cable " * 50, "c": "Rope: twisted fibres."},
+    )
 
 
 def test_example_is_the_inference_prompt_plus_target(tokenizer):
@@ -77,8 +89,13 @@ def test_example_is_the_inference_prompt_plus_target(tokenizer):
 
 
 def test_shuffle_and_top_k_keep_the_target_consistent(tokenizer):
-    rec = LabelRecord("q", "query", [f"d{i}" for i in range(8)], [f"d{i}" for i in (5, 2, 7, 0, 1, 3, 4, 6)],
-                      {f"d{i}": f"passage number {i}" for i in range(8)})
+    rec = LabelRecord(
+        "q",
+        "query",
+        [f"d{i}" for i in range(8)],
+        [f"d{i}" for i in (5, 2, 7, 0, 1, 3, 4, 6)],
+        {f"d{i}": f"passage number {i}" for i in range(8)},
+    )
     opts = ExampleOptions(max_passage_tokens=10, shuffle_initial_order=True, seed=3)
     a, b = encode_example(tokenizer, rec, opts, index=4), encode_example(tokenizer, rec, opts, index=4)
     assert a == b  # deterministic: a resumed run sees the same data
@@ -103,7 +120,9 @@ def test_dataset_collator_and_length_filter(tokenizer, label_file, caplog):
     batch = ListwiseCollator(tokenizer.pad_token_id)([ds[0], ds[1]])
     short = int(batch["attention_mask"].sum(1).argmin())
     pad = batch["attention_mask"][short] == 0
-    assert pad.any() and (batch["labels"][short][pad] == IGNORE_INDEX).all() and (batch["rank_ids"][short][pad] == 0).all()
+    assert (
+        pad.any() and (batch["labels"][short][pad] == IGNORE_INDEX).all() and (batch["rank_ids"][short][pad] == 0).all()
+    )
     assert ((batch["rank_ids"] > 0) <= (batch["labels"] != IGNORE_INDEX)).all()
 
 
@@ -111,10 +130,24 @@ def test_parse_args_yaml_and_overrides(tmp_path):
     from rerank.training.train import parse_args
 
     cfg = tmp_path / "x.yaml"
-    cfg.write_text("train_file: a.jsonl\noutput_dir: out\nmax_passage_tokens: 50\nlora_target_modules: [q_proj]\n"
-                   "learning_rate: 1.0e-4\nreport_to: none\n")
-    config = parse_args([str(cfg), "--max_steps", "3", "--lora_target_modules", "q_proj", "v_proj",
-                         "--use_lora", "false", "--objective", "lm"])
+    cfg.write_text(
+        "train_file: a.jsonl\noutput_dir: out\nmax_passage_tokens: 50\nlora_target_modules: [q_proj]\n"
+        "learning_rate: 1.0e-4\nreport_to: none\n"
+    )
+    config = parse_args(
+        [
+            str(cfg),
+            "--max_steps",
+            "3",
+            "--lora_target_modules",
+            "q_proj",
+            "v_proj",
+            "--use_lora",
+            "false",
+            "--objective",
+            "lm",
+        ]
+    )
     args, lora = config.args, config.lora
     assert (args.train_file, args.max_passage_tokens, args.learning_rate, args.max_steps) == ("a.jsonl", 50, 1e-4, 3)
     assert lora.lora_target_modules == ["q_proj", "v_proj"] and lora.use_lora is False
@@ -129,7 +162,12 @@ def test_parse_args_yaml_and_overrides(tmp_path):
     assert shipped.lora.use_lora and shipped.objective.name == "importance"
     peft = shipped.lora.peft_config(30)
     assert (peft.r, peft.lora_alpha, peft.lora_dropout, sorted(peft.target_modules), peft.layers_to_transform) == (
-        8, 16, 0.05, ["k_proj", "o_proj", "q_proj", "v_proj"], None)
+        8,
+        16,
+        0.05,
+        ["k_proj", "o_proj", "q_proj", "v_proj"],
+        None,
+    )
     head = parse_args([str(REPO / "configs/train/head-cpu.yaml"), "--output_dir", str(tmp_path / "h")])
     assert head.objective.scoring == "head" and head.lora.peft_config(30).layers_to_transform == list(range(15, 30))
 
@@ -149,8 +187,18 @@ def test_each_objective_validates_its_own_options(tmp_path):
     with pytest.raises(ValueError, match="loss_normalize"):
         LanguageModelArguments(loss_normalize="rows")
     with pytest.raises(ValueError, match="flash-attention"):
-        parse_args(["--train_file", "a.jsonl", "--output_dir", str(tmp_path), "--objective", "identifier_ranking",
-                    "--attn_implementation", "flash_attention_2"])
+        parse_args(
+            [
+                "--train_file",
+                "a.jsonl",
+                "--output_dir",
+                str(tmp_path),
+                "--objective",
+                "identifier_ranking",
+                "--attn_implementation",
+                "flash_attention_2",
+            ]
+        )
 
 
 class _Crash(TrainerCallback):
@@ -172,9 +220,30 @@ def test_train_resume_and_load(tmp_path, tiny_dir, label_file):
     from rerank import Reranker
     from rerank.training.train import parse_args, train
 
-    base = ["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
-            "--max_steps", "4", "--save_steps", "2", "--logging_steps", "1", "--learning_rate", "5e-3",
-            "--per_device_train_batch_size", "2", "--report_to", "none", "--seed", "7", "--shuffle_initial_order", "true"]
+    base = [
+        "--model_name_or_path",
+        tiny_dir,
+        "--train_file",
+        label_file,
+        "--max_passage_tokens",
+        "24",
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--learning_rate",
+        "5e-3",
+        "--per_device_train_batch_size",
+        "2",
+        "--report_to",
+        "none",
+        "--seed",
+        "7",
+        "--shuffle_initial_order",
+        "true",
+    ]
     full = train(parse_args(base + ["--output_dir", str(tmp_path / "a")]))
     assert full["global_step"] == 4 and len(_losses(full)) == 4
     out = str(tmp_path / "b")
@@ -200,9 +269,28 @@ def test_max_train_minutes_stops_and_saves(tmp_path, tiny_dir, label_file):
     from rerank.training.train import parse_args, train
 
     out = tmp_path / "budget"
-    metrics = train(parse_args(["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
-                                "--max_steps", "50", "--max_train_minutes", "1e-9", "--output_dir", str(out),
-                                "--report_to", "none", "--save_strategy", "no"]))
+    metrics = train(
+        parse_args(
+            [
+                "--model_name_or_path",
+                tiny_dir,
+                "--train_file",
+                label_file,
+                "--max_passage_tokens",
+                "24",
+                "--max_steps",
+                "50",
+                "--max_train_minutes",
+                "1e-9",
+                "--output_dir",
+                str(out),
+                "--report_to",
+                "none",
+                "--save_strategy",
+                "no",
+            ]
+        )
+    )
     # the budget is spent before the first step ends: exactly one step, then the usual final save
     assert (metrics["global_step"], metrics["max_steps"]) == (1, 50)
     assert (out / "adapter_model.safetensors").is_file()
@@ -216,13 +304,28 @@ def test_init_adapter_continues_a_trained_lora(tmp_path, tiny_dir, label_file):
 
     from rerank.training.train import load_model, parse_args, train
 
-    common = ["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
-              "--report_to", "none", "--save_strategy", "no", "--learning_rate", "5e-3", "--lora_r", "4"]
+    common = [
+        "--model_name_or_path",
+        tiny_dir,
+        "--train_file",
+        label_file,
+        "--max_passage_tokens",
+        "24",
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--learning_rate",
+        "5e-3",
+        "--lora_r",
+        "4",
+    ]
     first = tmp_path / "first"
     train(parse_args(common + ["--max_steps", "2", "--output_dir", str(first)]))
     saved = load_file(first / "adapter_model.safetensors")
-    model, _ = load_model(parse_args(common + ["--output_dir", str(tmp_path / "x"), "--init_adapter", str(first),
-                                               "--lora_r", "8"]))
+    model, _ = load_model(
+        parse_args(common + ["--output_dir", str(tmp_path / "x"), "--init_adapter", str(first), "--lora_r", "8"])
+    )
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     state = {k: v for k, v in model.state_dict().items() if "lora_" in k}
     assert trainable and all("lora_" in n for n in trainable)
@@ -244,9 +347,30 @@ def test_an_adapter_naming_the_default_model_loads_on_the_converted_file(tmp_pat
     from rerank.training.train import parse_args, train
 
     trained = tmp_path / "trained"
-    train(parse_args(["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
-                      "--report_to", "none", "--save_strategy", "no", "--learning_rate", "5e-2", "--lora_r", "4",
-                      "--max_steps", "2", "--output_dir", str(trained)]))
+    train(
+        parse_args(
+            [
+                "--model_name_or_path",
+                tiny_dir,
+                "--train_file",
+                label_file,
+                "--max_passage_tokens",
+                "24",
+                "--report_to",
+                "none",
+                "--save_strategy",
+                "no",
+                "--learning_rate",
+                "5e-2",
+                "--lora_r",
+                "4",
+                "--max_steps",
+                "2",
+                "--output_dir",
+                str(trained),
+            ]
+        )
+    )
     packaged = tmp_path / "packaged"  # like rerank/weights/: adapter files only, no tokenizer
     packaged.mkdir()
     for name in ("adapter_model.safetensors", "adapter_config.json"):
@@ -271,9 +395,28 @@ def test_stop_at_step_keeps_the_schedule_of_max_steps(tmp_path, tiny_dir, label_
     from rerank.training.train import parse_args, train
 
     out = tmp_path / "cut"
-    common = ["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
-              "--max_steps", "8", "--learning_rate", "1e-3", "--lr_scheduler_type", "linear", "--logging_steps", "1",
-              "--output_dir", str(out), "--report_to", "none", "--save_strategy", "no"]
+    common = [
+        "--model_name_or_path",
+        tiny_dir,
+        "--train_file",
+        label_file,
+        "--max_passage_tokens",
+        "24",
+        "--max_steps",
+        "8",
+        "--learning_rate",
+        "1e-3",
+        "--lr_scheduler_type",
+        "linear",
+        "--logging_steps",
+        "1",
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+    ]
     metrics = train(parse_args(common + ["--stop_at_step", "3"]))
     assert (metrics["global_step"], metrics["max_steps"]) == (3, 8)
     lrs = [h["learning_rate"] for h in metrics["log_history"] if "learning_rate" in h]
@@ -288,9 +431,30 @@ def test_full_finetune_output_loads(tmp_path, tiny_dir, label_file):
     from rerank.training.train import parse_args, train
 
     out = tmp_path / "full"
-    metrics = train(parse_args(["--model_name_or_path", tiny_dir, "--train_file", label_file, "--max_passage_tokens", "24",
-                                "--max_steps", "1", "--use_lora", "false", "--objective", "lm", "--output_dir", str(out),
-                                "--report_to", "none", "--save_strategy", "no"]))
+    metrics = train(
+        parse_args(
+            [
+                "--model_name_or_path",
+                tiny_dir,
+                "--train_file",
+                label_file,
+                "--max_passage_tokens",
+                "24",
+                "--max_steps",
+                "1",
+                "--use_lora",
+                "false",
+                "--objective",
+                "lm",
+                "--output_dir",
+                str(out),
+                "--report_to",
+                "none",
+                "--save_strategy",
+                "no",
+            ]
+        )
+    )
     assert metrics["global_step"] == 1 and not metrics["use_lora"]
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     assert Reranker.from_pretrained(str(out)).model.config.num_hidden_layers == 2
@@ -302,19 +466,48 @@ def test_two_process_zero3_cpu(tmp_path, tiny_dir, label_file):
     from rerank import Reranker
 
     out = tmp_path / "z3"
-    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"), OMP_NUM_THREADS="1",
-               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu_zero3.yaml",
-           "-m", "rerank.training.train", "configs/train/default-cpu.yaml", "--model_name_or_path", tiny_dir,
-           "--train_file", label_file, "--output_dir", str(out), "--max_steps", "3", "--save_steps", "100",
-           "--max_passage_tokens", "24", "--gradient_accumulation_steps", "1", "--warmup_steps", "0"]
+    env = dict(
+        os.environ,
+        TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"),
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "configs/accelerate/cpu_zero3.yaml",
+        "-m",
+        "rerank.training.train",
+        "configs/train/default-cpu.yaml",
+        "--model_name_or_path",
+        tiny_dir,
+        "--train_file",
+        label_file,
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "3",
+        "--save_steps",
+        "100",
+        "--max_passage_tokens",
+        "24",
+        "--gradient_accumulation_steps",
+        "1",
+        "--warmup_steps",
+        "0",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     (tmp_path / "launch.log").write_text(log)
-    key_lines = "\n".join(l for l in log.splitlines() if any(k in l for k in ("Error", "terminate", "Traceback", "rc=")))
+    key_lines = "\n".join(
+        line for line in log.splitlines() if any(k in line for k in ("Error", "terminate", "Traceback", "rc="))
+    )
     assert proc.returncode == 0, f"rc={proc.returncode}\n{key_lines[-3000:]}\n...\n{log[-1500:]}"
     assert "terminate called" not in log
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["distributed_type"].endswith("DEEPSPEED")
-    assert metrics["global_step"] == 3 and all(torch.isfinite(torch.tensor(l)) for _, l in _losses(metrics))
+    assert metrics["global_step"] == 3 and all(torch.isfinite(torch.tensor(loss)) for _, loss in _losses(metrics))
     assert sorted(Reranker.from_pretrained(str(out), max_passage_tokens=24).rerank("q", ["a", "b"]).order) == [0, 1]

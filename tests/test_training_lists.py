@@ -25,11 +25,13 @@ def test_ensemble_is_the_mean_z_score_on_the_cosine_scale(builder):
     # z(cos) = [-1.2247, 0, 1.2247], z(bm25) = [-1.2247, 1.2247, 0]; std(cos) = 0.16330, mean 0.3
     ens = builder.ensemble_scores(cos, bm25, 0.5)
     assert ens == pytest.approx([0.3 - 0.2, 0.3 + 0.1, 0.3 + 0.1], abs=1e-9)
-    assert builder.ensemble_scores(cos, bm25, 0.0) == pytest.approx(cos)       # MiniLM alone
+    assert builder.ensemble_scores(cos, bm25, 0.0) == pytest.approx(cos)  # MiniLM alone
     only_bm25 = builder.ensemble_scores(cos, bm25, 1.0)
-    assert sorted(range(3), key=lambda i: -only_bm25[i]) == [1, 2, 0]          # BM25's order
-    assert sum(only_bm25) / 3 == pytest.approx(0.3)                            # cosine mean kept
-    assert builder.ensemble_scores(cos, [2.0, 2.0, 2.0], 0.5) == pytest.approx([0.2, 0.3, 0.4])  # BM25 ties: half weight of cos
+    assert sorted(range(3), key=lambda i: -only_bm25[i]) == [1, 2, 0]  # BM25's order
+    assert sum(only_bm25) / 3 == pytest.approx(0.3)  # cosine mean kept
+    assert builder.ensemble_scores(cos, [2.0, 2.0, 2.0], 0.5) == pytest.approx(
+        [0.2, 0.3, 0.4]
+    )  # BM25 ties: half weight of cos
     assert builder.ensemble_scores([0.4, 0.4], [1.0, 0.0], 0.5) == [0.4, 0.4]  # no cosine spread: unchanged
 
 
@@ -37,13 +39,18 @@ def test_judged_passages_are_lifted_above_every_unjudged_one(builder):
     scores = {"a": 0.1, "b": 0.7, "c": 0.3}
     boosted = builder.boost_judged(scores, {"a": 2, "c": 1, "b": 0}, 0.1)
     assert boosted == {"a": pytest.approx(0.9), "b": 0.7, "c": pytest.approx(0.8)}
-    assert builder.boost_judged(scores, {"a": 1}, 0.0) == scores             # off
-    assert builder.boost_judged(scores, {}, 0.1) == scores                   # nothing judged
+    assert builder.boost_judged(scores, {"a": 1}, 0.0) == scores  # off
+    assert builder.boost_judged(scores, {}, 0.1) == scores  # nothing judged
 
 
 def test_list_bm25_scores_each_source_over_its_own_passages(builder):
-    pools = {"msmarco": {"m0-pos": "bees warm the hive by shivering", "m0-neg": "rivers flow to the sea",
-                         "m1-pos": "honey is stored in combs"}}
+    pools = {
+        "msmarco": {
+            "m0-pos": "bees warm the hive by shivering",
+            "m0-neg": "rivers flow to the sea",
+            "m1-pos": "honey is stored in combs",
+        }
+    }
     score = builder.ListBM25(pools)
     item = {"qid": "msmarco-0", "query": "how do bees warm the hive", "initial_list": ["m0-neg", "m0-pos"]}
     neg, pos = score(item)
@@ -57,8 +64,12 @@ def test_label_quality_is_the_library_ndcg(builder):
     run = {"q": [("x", 2.0), ("r", 1.0)]}
     assert builder.ndcg10({"q": {"r": 1, "x": 0}}, run) == pytest.approx(1 / math.log2(3))
     assert builder.ndcg10({"q": {"r": 1}}, {"q": [("r", 2.0), ("x", 1.0)]}) == 1.0
-    assert builder.ndcg10({"q": {"x": 1, "r": 2}}, run) == pytest.approx((1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3)))
-    assert builder.ndcg10({"q": {"r": 1}, "p": {"x": 0}}, {**run, "p": [("x", 1.0)]}) == pytest.approx(0.5 / math.log2(3))
+    assert builder.ndcg10({"q": {"x": 1, "r": 2}}, run) == pytest.approx(
+        (1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3))
+    )
+    assert builder.ndcg10({"q": {"r": 1}, "p": {"x": 0}}, {**run, "p": [("x", 1.0)]}) == pytest.approx(
+        0.5 / math.log2(3)
+    )
 
 
 def test_model_card_names_every_label_file_the_segments_trained_on(tmp_path):
@@ -66,8 +77,18 @@ def test_model_card_names_every_label_file_the_segments_trained_on(tmp_path):
     package = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(package)
     summary = tmp_path / "train-ensemble.summary.json"
-    summary.write_text(json.dumps({"lists": 3, "by_source": {"selqa": 2, "scifact": 1}, "teacher": "ensemble",
-                                   "bm25_weight": 0.5, "judged_boost": 0.1, "scifact_depth": 20}))
+    summary.write_text(
+        json.dumps(
+            {
+                "lists": 3,
+                "by_source": {"selqa": 2, "scifact": 1},
+                "teacher": "ensemble",
+                "bm25_weight": 0.5,
+                "judged_boost": 0.1,
+                "scifact_depth": 20,
+            }
+        )
+    )
     line = package.data_line(["default", str(summary)])
     assert line.startswith("* Data:") and line.count("judged-relevant first") == 2
     assert "BM25 top-10" in line and "BM25 top-20" in line and "selqa 2, scifact 1" in line
@@ -76,9 +97,14 @@ def test_model_card_names_every_label_file_the_segments_trained_on(tmp_path):
     assert "Never msmarco-dl19" in line
 
 
-@pytest.mark.parametrize("flags, message", [(["--bm25_weight", "1.5"], "bm25_weight"),
-                                            (["--judged_boost", "-0.1"], "judged_boost"),
-                                            (["--teacher", "oracle"], "teacher")])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--bm25_weight", "1.5"], "bm25_weight"),
+        (["--judged_boost", "-0.1"], "judged_boost"),
+        (["--teacher", "oracle"], "teacher"),
+    ],
+)
 def test_bad_flags_are_refused_before_any_work(builder, flags, message, capsys):
     with pytest.raises(SystemExit):
         builder.main(["--out", "/nonexistent/never-written.jsonl", *flags])

@@ -1,4 +1,4 @@
-"""`python -m rerank.cli.commands ...`: the `rerank` command."""
+"""`python -m rerank.cli ...`: the `rerank` command."""
 
 import sys
 

@@ -3,7 +3,7 @@
 
     rerank demo                      # rerank the built-in example with the default model
     rerank eval --collection ../shared/data/msmarco-dl19 --depth 20 --strategy full
-    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m rerank.cli.commands eval ...  # data-parallel
+    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m rerank.cli eval ...  # data-parallel
     rerank labels ...                # complete listwise labels (see `rerank labels --help`)
     rerank train configs/train/default-cpu.yaml   # single process; use accelerate launch for more
     rerank retrieve --collection DIR --depth 100 --output run.trec   # BM25 first stage (bm25s)
@@ -49,9 +49,25 @@ def eval_main(argv: list[str] | None = None) -> dict:
     if not dp.is_main:
         return metrics
     row = {"strategy": cfg.strategy, "depth": cfg.depth, **{k: v for k, v in metrics.items() if k != "config"}}
-    print(format_table([row], ["strategy", "scoring", "pruning", "depth", "queries", "ndcg@10", "rr@10", "recall@100",
-                               "seconds_per_query", "prompt_tokens_per_query", "generated_tokens_per_query",
-                               "llm_calls_per_query"]))
+    print(
+        format_table(
+            [row],
+            [
+                "strategy",
+                "scoring",
+                "pruning",
+                "depth",
+                "queries",
+                "ndcg@10",
+                "rr@10",
+                "recall@100",
+                "seconds_per_query",
+                "prompt_tokens_per_query",
+                "generated_tokens_per_query",
+                "llm_calls_per_query",
+            ],
+        )
+    )
     print(f"wrote {cfg.output_dir}/metrics.json and run.trec")
     return metrics
 
@@ -59,11 +75,18 @@ def eval_main(argv: list[str] | None = None) -> dict:
 def demo_main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="rerank demo", description="Rerank the built-in example.")
-    parser.add_argument("--model", default=None,
-                        help="model path or hub id (default: the shipped reranker; 'base' = raw SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model path or hub id (default: the shipped reranker; 'base' = raw SmolLM2-135M-Instruct)",
+    )
     parser.add_argument("--top_k", type=int, default=None, help="return only the best k (generate: decode only k)")
-    parser.add_argument("--scoring", default=None, choices=["generate", "single_pass", "head"],
-                        help="default: what the model recommends (head for the shipped reranker)")
+    parser.add_argument(
+        "--scoring",
+        default=None,
+        choices=["generate", "single_pass", "head"],
+        help="default: what the model recommends (head for the shipped reranker)",
+    )
     args = parser.parse_args(argv)
     from rerank.cli.demo import run_demo
 
@@ -72,8 +95,9 @@ def demo_main(argv: list[str] | None = None) -> None:
 
 def _one_line(exc: BaseException) -> str:
     """The exception's message on one line (a KeyError's key unquoted)."""
-    text = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str) \
-        else str(exc)
+    text = (
+        exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
+    )
     return " ".join((text or type(exc).__name__).split())
 
 
@@ -88,15 +112,20 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         command = argv[0] if argv else ""
-        print(f"rerank {command}: error: {_one_line(exc)} (--debug or LAZYRANK_DEBUG=1 for the traceback)",
-              file=sys.stderr)
+        print(
+            f"rerank {command}: error: {_one_line(exc)} (--debug or LAZYRANK_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 
 def _dispatch(argv: list[str]) -> int:
     commands = {"demo": demo_main, "eval": eval_main}
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in ("demo", "eval", "labels", "train", "serve",
-                                                                      "retrieve", "generate-queries", "rank-llm"):
+    if (
+        not argv
+        or argv[0] in ("-h", "--help")
+        or argv[0] not in ("demo", "eval", "labels", "train", "serve", "retrieve", "generate-queries", "rank-llm")
+    ):
         print(__doc__)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -36,12 +36,20 @@ def run_demo(model: str | None = None, top_k: int | None = None, scoring: str | 
     result = reranker.rerank(DEMO_QUERY, DEMO_PASSAGES, top_k=top_k)
     s = result.stats
     name = "default (SmolLM2-135M-Instruct + shipped weights)" if model is None else model
-    lines = [f"query: {DEMO_QUERY}", f"model: {name}, scoring={reranker.config.scoring}, first-stage fusion off (loaded in {load:.1f} s)", ""]
+    lines = [
+        f"query: {DEMO_QUERY}",
+        f"model: {name}, scoring={reranker.config.scoring}, first-stage fusion off (loaded in {load:.1f} s)",
+        "",
+    ]
     for rank, index in enumerate(result.order, start=1):
         text = DEMO_PASSAGES[index]
-        lines.append(f"{rank:>2}. [{index + 1:>2}] score={result.scores[index]:+.3f}  {text[:90]}{'...' if len(text) > 90 else ''}")
-    lines += ["", f"strategy={s.strategy} llm_calls={s.llm_calls} prompt_tokens={s.prompt_tokens} "
-                  f"generated_tokens={s.generated_tokens}",
-              f"prefill {s.prefill_seconds:.2f} s + decode {s.decode_seconds:.2f} s = {s.total_seconds:.2f} s "
-              f"(constraint {1000 * s.constraint_seconds:.1f} ms)"]
+        more = "..." if len(text) > 90 else ""
+        lines.append(f"{rank:>2}. [{index + 1:>2}] score={result.scores[index]:+.3f}  {text[:90]}{more}")
+    lines += [
+        "",
+        f"strategy={s.strategy} llm_calls={s.llm_calls} prompt_tokens={s.prompt_tokens} "
+        f"generated_tokens={s.generated_tokens}",
+        f"prefill {s.prefill_seconds:.2f} s + decode {s.decode_seconds:.2f} s = {s.total_seconds:.2f} s "
+        f"(constraint {1000 * s.constraint_seconds:.1f} ms)",
+    ]
     return "\n".join(lines)

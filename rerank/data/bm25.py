@@ -19,10 +19,10 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
 
 _INDEX_META = "lazyrank_index.json"
 
@@ -42,8 +42,12 @@ class BM25Config:
 
     k1: float = field(default=0.9, metadata={"help": "BM25 term-frequency saturation."})
     b: float = field(default=0.4, metadata={"help": "BM25 length normalisation."})
-    method: str = field(default="lucene", metadata={"help": "bm25s scoring variant: lucene | robertson | atire | bm25l | bm25+."})
-    stemmer: str | None = field(default="english", metadata={"help": "PyStemmer (Snowball) language; None = no stemming."})
+    method: str = field(
+        default="lucene", metadata={"help": "bm25s scoring variant: lucene | robertson | atire | bm25l | bm25+."}
+    )
+    stemmer: str | None = field(
+        default="english", metadata={"help": "PyStemmer (Snowball) language; None = no stemming."}
+    )
     stopwords: str | None = field(default="en", metadata={"help": "bm25s stop-word list; None = keep every token."})
 
     def __post_init__(self):
@@ -64,7 +68,7 @@ class BM25Index:
         return Stemmer.Stemmer(self.config.stemmer) if self.config.stemmer else None
 
     @classmethod
-    def build(cls, corpus: dict[str, str], config: BM25Config | None = None, show_progress: bool = True) -> "BM25Index":
+    def build(cls, corpus: dict[str, str], config: BM25Config | None = None, show_progress: bool = True) -> BM25Index:
         """Tokenise and index every passage of ``corpus``."""
         bm25s, _ = _require_bm25s()
         config = config or BM25Config()
@@ -72,8 +76,12 @@ class BM25Index:
             raise ValueError("cannot index an empty corpus")
         docids = list(corpus)
         index = cls(None, docids, config)
-        tokens = bm25s.tokenize([corpus[d] for d in docids], stopwords=config.stopwords, stemmer=index._stemmer(),
-                                show_progress=show_progress)
+        tokens = bm25s.tokenize(
+            [corpus[d] for d in docids],
+            stopwords=config.stopwords,
+            stemmer=index._stemmer(),
+            show_progress=show_progress,
+        )
         index.retriever = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
         index.retriever.index(tokens, show_progress=show_progress)
         return index
@@ -85,7 +93,7 @@ class BM25Index:
         (folder / _INDEX_META).write_text(json.dumps(meta), encoding="utf-8")
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "BM25Index":
+    def load(cls, folder: str | os.PathLike) -> BM25Index:
         bm25s, _ = _require_bm25s()
         folder = Path(folder)
         meta_path = folder / _INDEX_META
@@ -97,15 +105,22 @@ class BM25Index:
     def _tokenize_queries(self, queries: Sequence[str], return_ids: bool):
         """Queries tokenised as the corpus was (same stop words and stemmer)."""
         bm25s, _ = _require_bm25s()
-        return bm25s.tokenize(list(queries), stopwords=self.config.stopwords, stemmer=self._stemmer(),
-                              return_ids=return_ids, show_progress=False)
+        return bm25s.tokenize(
+            list(queries),
+            stopwords=self.config.stopwords,
+            stemmer=self._stemmer(),
+            return_ids=return_ids,
+            show_progress=False,
+        )
 
     @cached_property
     def _rows(self) -> dict[str, int]:
         """docid -> row in the index, built on first use (only ``score`` needs it)."""
         return {d: i for i, d in enumerate(self.docids)}
 
-    def search(self, queries: Sequence[str], depth: int = 100, show_progress: bool = True) -> list[list[tuple[str, float]]]:
+    def search(
+        self, queries: Sequence[str], depth: int = 100, show_progress: bool = True
+    ) -> list[list[tuple[str, float]]]:
         """Top ``depth`` ``(docid, score)`` per query, best first (fewer when the corpus is smaller)."""
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
@@ -134,8 +149,13 @@ class BM25Index:
         return [float(all_scores[self._rows[d]]) for d in docids]
 
 
-def retrieve_collection(collection_dir: str, depth: int = 100, queries: dict[str, str] | None = None,
-                        index_dir: str | None = None, config: BM25Config | None = None) -> dict[str, list[tuple[str, float]]]:
+def retrieve_collection(
+    collection_dir: str,
+    depth: int = 100,
+    queries: dict[str, str] | None = None,
+    index_dir: str | None = None,
+    config: BM25Config | None = None,
+) -> dict[str, list[tuple[str, float]]]:
     """BM25 run ``{qid: [(docid, score), ...]}`` over a collection folder (shared or BEIR layout).
 
     ``queries`` defaults to the collection's own; ``index_dir`` caches the index (built once, then
@@ -161,18 +181,23 @@ def retrieve_collection(collection_dir: str, depth: int = 100, queries: dict[str
     return dict(zip(qids, hits))
 
 
-def write_rank_llm_requests(path: str, collection_dir: str, run: dict[str, list[tuple[str, float]]],
-                            queries: dict[str, str] | None = None) -> None:
+def write_rank_llm_requests(
+    path: str, collection_dir: str, run: dict[str, list[tuple[str, float]]], queries: dict[str, str] | None = None
+) -> None:
     """Write a BM25 run as rank_llm requests (query, candidates with score and ``doc.contents``)."""
     from rerank.data.collection import load_collection
     from rerank.data.rank_llm_files import Candidate, RankLLMRequest, write_rank_llm_results
 
     coll = load_collection(collection_dir)
     queries = coll.queries if queries is None else queries
-    requests = [RankLLMRequest(qid=qid, query=queries[qid],
-                               candidates=[Candidate(docid=d, score=float(sc), doc={"contents": coll.corpus[d]})
-                                           for d, sc in hits])
-                for qid, hits in run.items()]
+    requests = [
+        RankLLMRequest(
+            qid=qid,
+            query=queries[qid],
+            candidates=[Candidate(docid=d, score=float(sc), doc={"contents": coll.corpus[d]}) for d, sc in hits],
+        )
+        for qid, hits in run.items()
+    ]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_rank_llm_results(path, requests)
 
@@ -187,8 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--depth", type=int, default=100, help="Candidates per query (old spelling: --top-k).")
     ap.add_argument("--output", required=True, help="TREC run file to write.")
     ap.add_argument("--index_dir", default=None, help="Save the index here (or load it if present).")
-    ap.add_argument("--rank_llm_output", default=None,
-                    help="Also write the candidates as rank_llm requests (JSONL or a JSON list) for `rerank rank-llm`.")
+    ap.add_argument(
+        "--rank_llm_output",
+        default=None,
+        help="Also write the candidates as rank_llm requests (JSONL or a JSON list) for `rerank rank-llm`.",
+    )
     ap.add_argument("--k1", type=float, default=0.9)
     ap.add_argument("--b", type=float, default=0.4)
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))

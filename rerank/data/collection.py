@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 # The one resume mechanism for appended JSONL logs; imported here for the callers that know it as data.recover_records.
 from rerank.data.resume import append_record, recover_records  # noqa: F401
@@ -67,7 +67,9 @@ def read_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
             elif len(parts) == 3:
                 qid, docid, rel = parts
             else:
-                raise ValueError(f"{path}:{lineno}: expected 'qid 0 docid rel' or 'qid docid rel', got {line.strip()!r}")
+                raise ValueError(
+                    f"{path}:{lineno}: expected 'qid 0 docid rel' or 'qid docid rel', got {line.strip()!r}"
+                )
             try:
                 grade = int(float(rel))
             except ValueError:
@@ -125,10 +127,15 @@ def load_collection(source: str | os.PathLike) -> Collection:
     for name in ("corpus.jsonl", "queries.jsonl"):
         if not (path / name).is_file():
             raise FileNotFoundError(f"collection folder {path} has no {name}")
-    qrels_path = next((p for p in (path / "qrels.txt", path / "qrels" / "test.tsv", path / "qrels" / "dev.tsv")
-                       if p.is_file()), None)
-    return Collection(corpus=_read_jsonl(path / "corpus.jsonl"), queries=_read_jsonl(path / "queries.jsonl"),
-                      qrels=read_qrels(qrels_path) if qrels_path else {}, path=str(path))
+    qrels_path = next(
+        (p for p in (path / "qrels.txt", path / "qrels" / "test.tsv", path / "qrels" / "dev.tsv") if p.is_file()), None
+    )
+    return Collection(
+        corpus=_read_jsonl(path / "corpus.jsonl"),
+        queries=_read_jsonl(path / "queries.jsonl"),
+        qrels=read_qrels(qrels_path) if qrels_path else {},
+        path=str(path),
+    )
 
 
 def default_run_path(collection: Collection) -> Path | None:
@@ -144,8 +151,9 @@ def _load_ir_datasets(dataset_id: str) -> Collection:
     try:
         import ir_datasets
     except ImportError:
-        raise ImportError(f"{dataset_id!r} is not a folder; loading ir_datasets ids needs the extra: "
-                          "pip install 'lazyrank[irds]'") from None
+        raise ImportError(
+            f"{dataset_id!r} is not a folder; loading ir_datasets ids needs the extra: pip install 'lazyrank[irds]'"
+        ) from None
     try:
         ds = ir_datasets.load(dataset_id)
     except KeyError:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 # rank_llm's _convert_doc_to_prompt_content looks for the text under these keys, in this order.
 TEXT_KEYS = ("text", "segment", "contents", "content", "body", "passage")
@@ -131,9 +132,13 @@ def reranked(request: RankLLMRequest, order: Sequence[int], scores: Sequence[flo
     return RankLLMRequest(qid=request.qid, query=request.query, candidates=candidates)
 
 
-def write_rank_llm_results(path: str | os.PathLike, requests: Sequence[RankLLMRequest],
-                           orders: Iterable[Sequence[int]] | None = None,
-                           scores: Iterable[Sequence[float] | None] | None = None, jsonl: bool | None = None) -> None:
+def write_rank_llm_results(
+    path: str | os.PathLike,
+    requests: Sequence[RankLLMRequest],
+    orders: Iterable[Sequence[int]] | None = None,
+    scores: Iterable[Sequence[float] | None] | None = None,
+    jsonl: bool | None = None,
+) -> None:
     """Write rank_llm results: each request's candidates in its order (None = as they are).
 
     ``jsonl=None`` picks JSONL for a ``.jsonl`` path, else a JSON list (rank_llm's two formats).
@@ -154,8 +159,9 @@ def write_rank_llm_results(path: str | os.PathLike, requests: Sequence[RankLLMRe
             f.write(json.dumps(records, indent=2, ensure_ascii=False))
 
 
-def rerank_rank_llm_file(reranker, in_path: str | os.PathLike, out_path: str | os.PathLike,
-                         top_k: int | None = None) -> list[RankLLMRequest]:
+def rerank_rank_llm_file(
+    reranker, in_path: str | os.PathLike, out_path: str | os.PathLike, top_k: int | None = None
+) -> list[RankLLMRequest]:
     """Rerank every request of a rank_llm file with ``reranker`` and write the results file."""
     requests = read_rank_llm_requests(in_path)
     results = reranker.rerank_batch([r.query for r in requests], [r.texts() for r in requests], top_k=top_k)
@@ -173,13 +179,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rerank.config import SCORINGS
     from rerank.prompting.presets import PRESETS
 
-    ap = argparse.ArgumentParser(prog="rerank rank-llm", description="Rerank a rank_llm Request file into a Result file.")
+    ap = argparse.ArgumentParser(
+        prog="rerank rank-llm", description="Rerank a rank_llm Request file into a Result file."
+    )
     ap.add_argument("--input", required=True, help="rank_llm requests: a JSON list or JSONL.")
     ap.add_argument("--output", required=True, help="rank_llm results to write (.jsonl = JSONL, else a JSON list).")
-    ap.add_argument("--model", default=None, help="Model path or hub id; default: the shipped reranker; 'base' = raw base.")
+    ap.add_argument(
+        "--model", default=None, help="Model path or hub id; default: the shipped reranker; 'base' = raw base."
+    )
     ap.add_argument("--prompt", default=None, choices=sorted(PRESETS), help="Prompt preset (default: the model's).")
     ap.add_argument("--scoring", default=None, choices=list(SCORINGS), help="Default: what the model recommends.")
-    ap.add_argument("--top_k", type=int, default=None, help="Decide only the best k (generate decodes only k identifiers).")
+    ap.add_argument(
+        "--top_k", type=int, default=None, help="Decide only the best k (generate decodes only k identifiers)."
+    )
     args = ap.parse_args(argv)
     from rerank.reranker import Reranker
 

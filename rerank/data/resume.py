@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Mapping
+from typing import IO, Any
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,9 @@ def _cut_off(path: Path, length: int, lineno: int, size: int) -> None:
     Truncation never touches the bytes before ``length``: a crash during it leaves either the old
     file (the torn tail is cut on the next resume) or the repaired one.
     """
-    logger.warning("%s:%d: cutting off a torn last line (%d bytes) left by an interrupted run",
-                   path, lineno, size - length)
+    logger.warning(
+        "%s:%d: cutting off a torn last line (%d bytes) left by an interrupted run", path, lineno, size - length
+    )
     with open(path, "r+b") as fh:
         os.truncate(fh.fileno(), length)
         os.fsync(fh.fileno())
@@ -82,9 +84,9 @@ def recover_records(path: str | os.PathLike, project: Callable[[dict], Any] | No
     if not path.is_file():
         return []
     records: list[Any] = []
-    good_end = 0                               # byte offset just past the last good record's line
+    good_end = 0  # byte offset just past the last good record's line
     last_good_has_newline = True
-    bad: tuple[int, str] | None = None         # (line, reason) of a bad line not yet known to be the last
+    bad: tuple[int, str] | None = None  # (line, reason) of a bad line not yet known to be the last
     size = 0
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
@@ -92,8 +94,10 @@ def recover_records(path: str | os.PathLike, project: Callable[[dict], Any] | No
             if not raw.strip():
                 continue
             if bad is not None:  # a record follows the bad line, so it was no torn tail
-                raise ValueError(f"{path}:{bad[0]}: {bad[1]}, with more records after it: only the last line "
-                                 "can be torn by an interrupted run; fix or remove that line")
+                raise ValueError(
+                    f"{path}:{bad[0]}: {bad[1]}, with more records after it: only the last line "
+                    "can be torn by an interrupted run; fix or remove that line"
+                )
             try:
                 record = _parse_line(raw)
             except _BadLine as exc:
@@ -155,8 +159,14 @@ def save_settings(path: str | os.PathLike, settings: Mapping[str, Any], *, keep_
     os.replace(tmp, path)
 
 
-def check_same_settings(path: str | os.PathLike, settings: Mapping[str, Any], *, ignore: Iterable[str] = (),
-                        what: str | None = None, advice: str = "") -> None:
+def check_same_settings(
+    path: str | os.PathLike,
+    settings: Mapping[str, Any],
+    *,
+    ignore: Iterable[str] = (),
+    what: str | None = None,
+    advice: str = "",
+) -> None:
     """Refuse to resume records made under other settings: mixing them would measure no single system.
 
     Compares the settings saved at ``path`` with ``settings`` and raises ``ValueError`` listing
@@ -174,15 +184,23 @@ def check_same_settings(path: str | os.PathLike, settings: Mapping[str, Any], *,
     if changed:
         changes = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed)
         where = what or str(Path(path).parent)
-        raise ValueError(f"{where} holds records made with other settings ({changes})" + (f"; {advice}" if advice else ""))
+        raise ValueError(
+            f"{where} holds records made with other settings ({changes})" + (f"; {advice}" if advice else "")
+        )
 
 
-def guard_records(records_path: str | os.PathLike, settings_path: str | os.PathLike, settings: Mapping[str, Any]) -> None:
+def guard_records(
+    records_path: str | os.PathLike, settings_path: str | os.PathLike, settings: Mapping[str, Any]
+) -> None:
     """Before appending to ``records_path``: refuse settings that differ from the ones its records were
     made with, then save ``settings`` beside them (a benchmark's resumable records).
     """
     exists = Path(records_path).is_file()
     if exists:
-        check_same_settings(settings_path, settings, what=str(records_path),
-                            advice="use another --output, or move the records away to start over")
+        check_same_settings(
+            settings_path,
+            settings,
+            what=str(records_path),
+            advice="use another --output, or move the records away to start over",
+        )
     save_settings(settings_path, settings, keep_saved=exists)

@@ -5,5 +5,15 @@ from rerank.engine.pruning import PrunedSession, UnsupportedModelError, check_su
 from rerank.engine.session import DenseSession, PrefillInfo, Session
 from rerank.engine.single_pass import IdentifierScores, score_identifiers
 
-__all__ = ["DecodeOutput", "DenseSession", "IdentifierScores", "PrefillInfo", "PrunedSession", "Session", "UnsupportedModelError",
-           "check_supported", "rank_prompts", "score_identifiers"]
+__all__ = [
+    "DecodeOutput",
+    "DenseSession",
+    "IdentifierScores",
+    "PrefillInfo",
+    "PrunedSession",
+    "Session",
+    "UnsupportedModelError",
+    "check_supported",
+    "rank_prompts",
+    "score_identifiers",
+]

@@ -35,7 +35,7 @@ def _token_texts(tokenizer, ids: IdentifierFormat = NUMBERS) -> dict[int, str]:
     for tok_id, text in enumerate(decoded):
         if tok_id in special or not text.startswith(anchor):
             continue
-        piece = text[len(anchor):]
+        piece = text[len(anchor) :]
         if piece and set(piece) <= alphabet:
             texts[tok_id] = piece
     return texts
@@ -53,12 +53,14 @@ class TokenTable:
         self.ids = ids
         self.items: list[tuple[int, str]] = sorted(_token_texts(tokenizer, ids).items())
         if not self.items:
-            raise ValueError(f"tokenizer has no tokens for '[', {ids.kind} characters and ']'; cannot constrain rankings")
+            raise ValueError(
+                f"tokenizer has no tokens for '[', {ids.kind} characters and ']'; cannot constrain rankings"
+            )
         self.texts = dict(self.items)
         self.canonical = CanonicalPieces(tokenizer, ids)
 
     @classmethod
-    def for_tokenizer(cls, tokenizer, ids: IdentifierFormat = NUMBERS) -> "TokenTable":
+    def for_tokenizer(cls, tokenizer, ids: IdentifierFormat = NUMBERS) -> TokenTable:
         # Stored on the tokenizer itself so it lives and dies with it (one table per identifier format).
         tables = getattr(tokenizer, "_lazyrank_token_tables", None)
         if tables is None:
@@ -207,7 +209,7 @@ class _Node:
 
     def __init__(self):
         self.children: dict[int, _Node] = {}
-        self.count = 0          # identifiers still available below this node
+        self.count = 0  # identifiers still available below this node
         self.leaf: int | None = None
 
 
@@ -268,7 +270,7 @@ class CanonicalPieces:
             pair = self._encode(f"{b(other)}{SEPARATOR}{b(k)}")
             if pair[: len(head)] != head or len(pair) == len(head):
                 raise ValueError(f"tokenizer merges across the boundary before identifier {k}")
-            self._first[k], self._after[k] = tuple(first), tuple(pair[len(head):])
+            self._first[k], self._after[k] = tuple(first), tuple(pair[len(head) :])
         return ({k: self._first[k] for k in range(1, num + 1)}, {k: self._after[k] for k in range(1, num + 1)})
 
     def tries(self, num: int) -> tuple[_Node, _Node, dict, dict]:
@@ -295,7 +297,7 @@ class CanonicalConstraint:
         if not 1 <= self.stop_after <= num:
             raise ValueError(f"stop_after must be in [1, {num}], got {self.stop_after}")
         self.first, self.after, self._first_seq, self._after_seq = pieces.tries(num)
-        self.used: dict[int, int] = {}   # id(node) -> identifiers already taken below it
+        self.used: dict[int, int] = {}  # id(node) -> identifiers already taken below it
         self.emitted: list[int] = []
         self.node = self.first
 

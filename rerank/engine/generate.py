@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -24,9 +24,16 @@ class DecodeOutput:
     forward_passes: int = 0
 
 
-def rank_prompts(session: Session, prompts: Sequence[Sequence[int]], num_passages: Sequence[int],
-                 table: TokenTable, *, top_k: Sequence[int | None] | None = None,
-                 prunable: Sequence[Sequence[bool]] | None = None, jump_forward: bool = True) -> DecodeOutput:
+def rank_prompts(
+    session: Session,
+    prompts: Sequence[Sequence[int]],
+    num_passages: Sequence[int],
+    table: TokenTable,
+    *,
+    top_k: Sequence[int | None] | None = None,
+    prunable: Sequence[Sequence[bool]] | None = None,
+    jump_forward: bool = True,
+) -> DecodeOutput:
     """Prefill ``prompts`` and greedily decode a valid ranking for each.
 
     Row ``i`` emits exactly ``min(top_k[i], num_passages[i])`` distinct identifiers from
@@ -45,8 +52,7 @@ def rank_prompts(session: Session, prompts: Sequence[Sequence[int]], num_passage
     if len(prompts) != len(num_passages):
         raise ValueError("prompts and num_passages must have the same length")
     top_k = list(top_k) if top_k is not None else [None] * len(prompts)
-    constraints = [table.constraint(n, None if k is None else max(1, min(k, n)))
-                   for n, k in zip(num_passages, top_k)]
+    constraints = [table.constraint(n, None if k is None else max(1, min(k, n))) for n, k in zip(num_passages, top_k)]
     logits = session.prefill(prompts, prunable)
     tally = _Tally(generated=[0] * len(prompts))
     start = time.perf_counter()
@@ -55,9 +61,14 @@ def rank_prompts(session: Session, prompts: Sequence[Sequence[int]], num_passage
     else:
         logits = _decode_token_by_token(session, logits, constraints, tally)
     _sync(logits.device)
-    return DecodeOutput(identifiers=[c.emitted for c in constraints], generated_tokens=tally.generated,
-                        prefill=session.info, decode_seconds=time.perf_counter() - start,
-                        constraint_seconds=tally.constraint_seconds, forward_passes=tally.forward_passes)
+    return DecodeOutput(
+        identifiers=[c.emitted for c in constraints],
+        generated_tokens=tally.generated,
+        prefill=session.info,
+        decode_seconds=time.perf_counter() - start,
+        constraint_seconds=tally.constraint_seconds,
+        forward_passes=tally.forward_passes,
+    )
 
 
 @dataclass
@@ -135,8 +146,9 @@ def _decode_jump_forward(session: Session, logits: torch.Tensor, constraints: li
             queue.clear()
 
 
-def _queue_row(constraint, pending: list[int], row_logits: torch.Tensor, allowed: list[int] | None,
-               tally: _Tally, row: int) -> list[int] | None:
+def _queue_row(
+    constraint, pending: list[int], row_logits: torch.Tensor, allowed: list[int] | None, tally: _Tally, row: int
+) -> list[int] | None:
     """Advance one row as far as its logits allow; returns the choice it waits at (None when done).
 
     ``allowed`` is the choice the row stopped at before the last pass (saves recomputing it).

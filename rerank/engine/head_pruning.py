@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -43,9 +43,15 @@ def _owners(length: int, readers: Sequence[int], prunable: torch.Tensor) -> torc
 
 
 @torch.inference_mode()
-def score_positions_pruned(model, prompts: Sequence[Sequence[int]], positions: Sequence[Sequence[int]],
-                           prunable: Sequence[Sequence[bool]], yes_id: int, no_id: int,
-                           config: PruningConfig) -> HeadScores:
+def score_positions_pruned(
+    model,
+    prompts: Sequence[Sequence[int]],
+    positions: Sequence[Sequence[int]],
+    prunable: Sequence[Sequence[bool]],
+    yes_id: int,
+    no_id: int,
+    config: PruningConfig,
+) -> HeadScores:
     """Head scores (``logit yes - logit no`` at each ``positions`` entry) from a pruned prefill.
 
     ``prunable[b][t]`` marks passage-body tokens (:meth:`PromptEncoding.prunable_mask`); the
@@ -61,8 +67,10 @@ def score_positions_pruned(model, prompts: Sequence[Sequence[int]], positions: S
     check_supported(model, config)
     config.check_head_scoring()
     if not (len(prompts) == len(positions) == len(prunable)):
-        raise ValueError(f"prompts ({len(prompts)}), positions ({len(positions)}) and prunable ({len(prunable)}) "
-                         "must have the same length")
+        raise ValueError(
+            f"prompts ({len(prompts)}), positions ({len(positions)}) and prunable ({len(prunable)}) "
+            "must have the same length"
+        )
     start = time.perf_counter()
     lm = _causal_lm(model)
     schedule = layer_schedule(config, len(lm.model.layers))
@@ -85,15 +93,31 @@ def score_positions_pruned(model, prompts: Sequence[Sequence[int]], positions: S
         kept.append(layer_tokens[-1])
     _sync(device)
     total = sum(len(p) for p in prompts)
-    info = PrefillInfo(seconds=time.perf_counter() - start, prompt_tokens=total, kept_tokens=sum(kept),
-                       computed_fraction=computed / (len(lm.model.layers) * max(1, total)),
-                       extra={"kept_tokens_per_row": kept, "budget": config.budget,
-                              "schedule": {str(k): v for k, v in sorted(schedule.items())}})
+    info = PrefillInfo(
+        seconds=time.perf_counter() - start,
+        prompt_tokens=total,
+        kept_tokens=sum(kept),
+        computed_fraction=computed / (len(lm.model.layers) * max(1, total)),
+        extra={
+            "kept_tokens_per_row": kept,
+            "budget": config.budget,
+            "schedule": {str(k): v for k, v in sorted(schedule.items())},
+        },
+    )
     return HeadScores(scores, info)
 
 
-def _score_row(lm, prompt: Sequence[int], reads: Sequence[int], mask: Sequence[bool], yes_id: int, no_id: int,
-               schedule: dict[int, float], config: PruningConfig, device) -> tuple[list[float], list[int]]:
+def _score_row(
+    lm,
+    prompt: Sequence[int],
+    reads: Sequence[int],
+    mask: Sequence[bool],
+    yes_id: int,
+    no_id: int,
+    schedule: dict[int, float],
+    config: PruningConfig,
+    device,
+) -> tuple[list[float], list[int]]:
     """One prompt's pruned forward up to its last read position; its scores and per-layer token counts."""
     inner = lm.model
     length = reads[-1] + 1  # nothing after the last readout can change it (causal attention)
@@ -120,8 +144,13 @@ def _score_row(lm, prompt: Sequence[int], reads: Sequence[int], mask: Sequence[b
                 quotas = torch.ceil(ratio * sizes.float()).long()
                 keep = select_survivors(own, candidate, owner.clamp(min=0), 0, "token", quotas=quotas)
             else:
-                keep = select_survivors(_relative_to_passage(own, owner, candidate, len(reads)), candidate,
-                                        owner, math.ceil(ratio * initial), "token")
+                keep = select_survivors(
+                    _relative_to_passage(own, owner, candidate, len(reads)),
+                    candidate,
+                    owner,
+                    math.ceil(ratio * initial),
+                    "token",
+                )
             hidden, pos, cos, sin = hidden[:, keep], pos[keep], cos[:, keep], sin[:, keep]
             candidate, owner, is_reader = candidate[keep], owner[keep], is_reader[keep]
         hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), use_cache=False)
@@ -140,4 +169,3 @@ def _relative_to_passage(own: torch.Tensor, owner: torch.Tensor, candidate: torc
     sums = torch.zeros(readers, dtype=own.dtype, device=own.device).index_add_(0, group[candidate], own[candidate])
     counts = torch.bincount(group[candidate], minlength=readers).clamp(min=1)
     return own / (sums / counts).clamp(min=1e-12)[group]
-

@@ -15,8 +15,8 @@ The engine works on token ids: callers give the prompts and, per prompt, the pos
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -36,8 +36,10 @@ def _causal_lm_parts(model):
     base = getattr(model, "model", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if base is None or head is None:
-        raise ValueError(f"{type(model).__name__} has no .model decoder stack / output embeddings: "
-                         "head scoring needs a transformers causal LM")
+        raise ValueError(
+            f"{type(model).__name__} has no .model decoder stack / output embeddings: "
+            "head scoring needs a transformers causal LM"
+        )
     return base, head
 
 
@@ -47,8 +49,14 @@ def relevance_from_logits(logits: torch.Tensor, yes_id: int, no_id: int) -> torc
 
 
 @torch.inference_mode()
-def score_positions(model, prompts: Sequence[Sequence[int]], positions: Sequence[Sequence[int]], yes_id: int,
-                    no_id: int, pad_token_id: int) -> HeadScores:
+def score_positions(
+    model,
+    prompts: Sequence[Sequence[int]],
+    positions: Sequence[Sequence[int]],
+    yes_id: int,
+    no_id: int,
+    pad_token_id: int,
+) -> HeadScores:
     """Prefill ``prompts`` (left-padded batch) and read ``yes - no`` at each row's ``positions``.
 
     Only the requested positions are projected to the vocabulary (a handful per passage list),
@@ -73,22 +81,24 @@ def score_positions(model, prompts: Sequence[Sequence[int]], positions: Sequence
     ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-        mask[row, width - len(prompt):] = 1
+        ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
+        mask[row, width - len(prompt) :] = 1
     padded = bool((mask == 0).any())
     ids, mask = ids.to(device), mask.to(device)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = base(input_ids=ids, attention_mask=mask if padded else None, position_ids=position_ids,
-                  use_cache=False).last_hidden_state
+    hidden = base(
+        input_ids=ids, attention_mask=mask if padded else None, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
     rows = torch.cat([torch.full((len(p),), r, dtype=torch.long) for r, p in enumerate(positions)])
-    cols = torch.cat([torch.tensor([width - len(prompts[r]) + q for q in p], dtype=torch.long)
-                      for r, p in enumerate(positions)])
-    picked = hidden[rows.to(device), cols.to(device)]                  # [total positions, hidden]
+    cols = torch.cat(
+        [torch.tensor([width - len(prompts[r]) + q for q in p], dtype=torch.long) for r, p in enumerate(positions)]
+    )
+    picked = hidden[rows.to(device), cols.to(device)]  # [total positions, hidden]
     flat = relevance_from_logits(lm_head(picked), yes_id, no_id).cpu().tolist()
     _sync(device)
     out, cursor = [], 0
     for p in positions:
-        out.append(flat[cursor:cursor + len(p)])
+        out.append(flat[cursor : cursor + len(p)])
         cursor += len(p)
     tokens = sum(len(p) for p in prompts)
     return HeadScores(out, PrefillInfo(seconds=time.perf_counter() - start, prompt_tokens=tokens, kept_tokens=tokens))

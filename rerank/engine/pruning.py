@@ -25,8 +25,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -71,8 +71,9 @@ def unsupported_reason(model) -> str | None:
         return f"attention implementation {attn!r} is not supported; load the model with attn_implementation='sdpa'"
     layer_types = getattr(config, "layer_types", None) or []
     window = getattr(config, "sliding_window", None)
-    if "sliding_attention" in layer_types or (model_type == "mistral" and window is not None
-                                              and window < getattr(config, "max_position_embeddings", 0)):
+    if "sliding_attention" in layer_types or (
+        model_type == "mistral" and window is not None and window < getattr(config, "max_position_embeddings", 0)
+    ):
         return f"sliding-window attention (window {window}) is not supported by the pruned prefill"
     return None
 
@@ -92,8 +93,9 @@ def check_supported(model, config: PruningConfig) -> bool:
     if config.allow_unsupported_fallback:
         logger.warning("pruned prefill unavailable (%s); running unpruned as allow_unsupported_fallback asks", reason)
         return False
-    raise UnsupportedModelError(f"{reason}. Set PruningConfig(allow_unsupported_fallback=True) to run unpruned "
-                                "instead, or pruning=None.")
+    raise UnsupportedModelError(
+        f"{reason}. Set PruningConfig(allow_unsupported_fallback=True) to run unpruned instead, or pruning=None."
+    )
 
 
 def layer_schedule(config: PruningConfig, num_layers: int) -> dict[int, float]:
@@ -171,7 +173,9 @@ class PrunedSession:
 
     # ------------------------------------------------------------------ prefill
     @torch.inference_mode()
-    def prefill(self, prompts: Sequence[Sequence[int]], prunable: Sequence[Sequence[bool]] | None = None) -> torch.Tensor:
+    def prefill(
+        self, prompts: Sequence[Sequence[int]], prunable: Sequence[Sequence[bool]] | None = None
+    ) -> torch.Tensor:
         """Pruned prefill of each prompt; ``[B, vocab]`` float logits for the next token.
 
         ``prunable[b][t]`` marks passage-body tokens (:meth:`PromptEncoding.prunable_mask`); None
@@ -185,8 +189,9 @@ class PrunedSession:
             return logits
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("prefill needs at least one non-empty prompt")
-        if prunable is not None and (len(prunable) != len(prompts)
-                                     or any(len(m) != len(p) for m, p in zip(prunable, prompts))):
+        if prunable is not None and (
+            len(prunable) != len(prompts) or any(len(m) != len(p) for m, p in zip(prunable, prompts))
+        ):
             raise ValueError("prunable must give one flag per prompt token")
         start = time.perf_counter()
         rows = [self._prefill_row(p, None if prunable is None else prunable[b]) for b, p in enumerate(prompts)]
@@ -199,11 +204,17 @@ class PrunedSession:
         kept = [r.layer_tokens[-1] for r in rows]
         self.survivors = [r.survivors for r in rows]
         self._info = PrefillInfo(
-            seconds=time.perf_counter() - start, prompt_tokens=total, kept_tokens=sum(kept),
+            seconds=time.perf_counter() - start,
+            prompt_tokens=total,
+            kept_tokens=sum(kept),
             computed_fraction=computed / (num_layers * total),
-            extra={"kept_tokens_per_row": kept, "layer_tokens_per_row": [r.layer_tokens for r in rows],
-                   "scoring_seconds": sum(r.scoring_seconds for r in rows),
-                   "schedule": {str(k): v for k, v in sorted(self.schedule.items())}})
+            extra={
+                "kept_tokens_per_row": kept,
+                "layer_tokens_per_row": [r.layer_tokens for r in rows],
+                "scoring_seconds": sum(r.scoring_seconds for r in rows),
+                "schedule": {str(k): v for k, v in sorted(self.schedule.items())},
+            },
+        )
         return logits
 
     def _candidates(self, length: int, mask: Sequence[bool] | None) -> torch.Tensor:
@@ -223,12 +234,18 @@ class PrunedSession:
         hidden = inner.embed_tokens(ids)
         positions = torch.arange(length, device=self.device)
         candidate = self._candidates(length, mask)
-        prunable_runs = torch.tensor(list(mask), dtype=torch.bool, device=self.device) if mask is not None \
+        prunable_runs = (
+            torch.tensor(list(mask), dtype=torch.bool, device=self.device)
+            if mask is not None
             else torch.zeros(length, dtype=torch.bool, device=self.device)
+        )
         groups = passage_groups(prunable_runs)
         initial = int(candidate.sum())
-        sizes = torch.bincount(groups[candidate], minlength=int(groups.max()) + 1) \
-            if self.config.budget == "per_passage" else None
+        sizes = (
+            torch.bincount(groups[candidate], minlength=int(groups.max()) + 1)
+            if self.config.budget == "per_passage"
+            else None
+        )
         cos, sin = inner.rotary_emb(hidden, positions[None])
         cache = DynamicCache(config=self.lm.config)
         survivors, layer_tokens = [], []
@@ -239,8 +256,9 @@ class PrunedSession:
                 budget = math.ceil(ratio * initial)
                 if int(candidate.sum()) > budget:
                     tick = time.perf_counter()
-                    scores = last_rows_attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin,
-                                                 self.config.score_window)
+                    scores = last_rows_attention(
+                        layer.self_attn, layer.input_layernorm(hidden), cos, sin, self.config.score_window
+                    )
                     quotas = None if sizes is None else torch.ceil(ratio * sizes.float()).long()
                     keep = select_survivors(scores, candidate, groups, budget, self.config.granularity, quotas)
                     hidden, positions = hidden[:, keep], positions[keep]
@@ -252,8 +270,14 @@ class PrunedSession:
             layer_tokens.append(positions.numel())
         last = inner.norm(hidden[:, -1:])
         logits = self.lm.lm_head(last)[:, -1].float()
-        return RowPrefill(logits=logits, survivors=survivors, cache=cache, length=length,
-                          scoring_seconds=scoring, layer_tokens=layer_tokens)
+        return RowPrefill(
+            logits=logits,
+            survivors=survivors,
+            cache=cache,
+            length=length,
+            scoring_seconds=scoring,
+            layer_tokens=layer_tokens,
+        )
 
     # ------------------------------------------------------------------ decode state
     def _make_cache(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
@@ -287,9 +311,9 @@ class PrunedSession:
             # Additive mask (sdpa takes it as is): left padding gets the dtype's minimum.
             mask = torch.zeros((len(rows), 1, 1, width), dtype=k.dtype, device=self.device)
             for b, n in enumerate(counts):
-                k[b, :, width - n:] = row_keys[b][0]
-                v[b, :, width - n:] = row_values[b][0]
-                mask[b, ..., :width - n] = torch.finfo(k.dtype).min
+                k[b, :, width - n :] = row_keys[b][0]
+                v[b, :, width - n :] = row_values[b][0]
+                mask[b, ..., : width - n] = torch.finfo(k.dtype).min
             keys.append(k)
             values.append(v)
             masks.append(mask if min(counts) < width else None)
@@ -308,9 +332,16 @@ class PrunedSession:
         (per-row flash caches take one token per step)."""
         return self._dense is not None or self._masked_batches
 
-    def _decode(self, cache, masks: list[torch.Tensor | None], tokens: torch.Tensor, positions: torch.Tensor,
-                new_mask: torch.Tensor | None = None, all_logits: bool = False,
-                lengths: Sequence[int] | None = None):
+    def _decode(
+        self,
+        cache,
+        masks: list[torch.Tensor | None],
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        new_mask: torch.Tensor | None = None,
+        all_logits: bool = False,
+        lengths: Sequence[int] | None = None,
+    ):
         """Run ``[B, L]`` new tokens over per-layer survivor caches.
 
         ``masks`` are the persistent per-layer padding masks (``[B, 1, 1, keys]`` additive, or None).
@@ -326,8 +357,11 @@ class PrunedSession:
         if new_mask is None and width > 1:
             new_mask = torch.ones(width, width, dtype=torch.bool, device=self.device).tril().expand(batch, -1, -1)
         blocked = torch.finfo(hidden.dtype).min
-        real = None if lengths is None else \
-            torch.arange(width, device=self.device) < torch.tensor(lengths, device=self.device).view(-1, 1)
+        real = (
+            None
+            if lengths is None
+            else torch.arange(width, device=self.device) < torch.tensor(lengths, device=self.device).view(-1, 1)
+        )
         # Additive mask of the new keys, kept in the grown masks so padding stays blocked for good.
         new_keys = None if real is None else torch.where(real, 0.0, blocked).to(hidden.dtype)[:, None, None, :]
         if real is not None and new_mask is not None:
@@ -344,11 +378,12 @@ class PrunedSession:
                 attn_mask = torch.cat([prefix, added], dim=-1)
             grown.append(attn_mask)
             if new_mask is not None:
-                prefix = (mask if mask is not None else hidden.new_zeros((batch, 1, 1, cached)))
+                prefix = mask if mask is not None else hidden.new_zeros((batch, 1, 1, cached))
                 block = torch.where(new_mask, 0.0, blocked).to(hidden.dtype)[:, None]
                 attn_mask = torch.cat([prefix.expand(batch, 1, width, cached), block], dim=-1)
-            hidden = layer(hidden, attention_mask=attn_mask, position_embeddings=(cos, sin), cache=cache,
-                           use_cache=True)
+            hidden = layer(
+                hidden, attention_mask=attn_mask, position_embeddings=(cos, sin), cache=cache, use_cache=True
+            )
         if all_logits:
             head_in = hidden
         elif lengths is None:
@@ -375,8 +410,10 @@ class PrunedSession:
         if self._row_caches is not None:
             if width > 1 or ragged is not None:
                 raise ValueError("several or ragged tokens per step need sdpa attention in pruned mode")
-            out = [self._decode(c, [None] * len(self.layers), tokens[b:b + 1], positions[b:b + 1])[0]
-                   for b, c in enumerate(self._row_caches)]
+            out = [
+                self._decode(c, [None] * len(self.layers), tokens[b : b + 1], positions[b : b + 1])[0]
+                for b, c in enumerate(self._row_caches)
+            ]
             logits = torch.cat(out, dim=0)
         else:
             logits, self._masks = self._decode(self.cache, self._masks, tokens, positions, lengths=ragged)

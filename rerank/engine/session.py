@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 
@@ -43,7 +44,9 @@ class Session(Protocol):
 
     positions: torch.Tensor | None
 
-    def prefill(self, prompts: Sequence[Sequence[int]], prunable: Sequence[Sequence[bool]] | None = None) -> torch.Tensor:
+    def prefill(
+        self, prompts: Sequence[Sequence[int]], prunable: Sequence[Sequence[bool]] | None = None
+    ) -> torch.Tensor:
         """Run the prompts; return ``[B, vocab]`` logits for the token after each prompt."""
 
     def step(self, tokens: torch.Tensor, lengths: Sequence[int] | None = None) -> torch.Tensor:
@@ -81,8 +84,9 @@ def ragged_lengths(lengths: Sequence[int] | None, batch: int, width: int) -> lis
     return None if all(n == width for n in lengths) else lengths
 
 
-def step_tokens(tokens: torch.Tensor, lengths: Sequence[int] | None,
-                device: torch.device) -> tuple[torch.Tensor, int, int, list[int] | None]:
+def step_tokens(
+    tokens: torch.Tensor, lengths: Sequence[int] | None, device: torch.device
+) -> tuple[torch.Tensor, int, int, list[int] | None]:
     """A step's ``[B]`` or ``[B, L]`` tokens as ``[B, L]`` on ``device``, with B, L and the checked ragged lengths."""
     tokens = tokens.to(device)
     if tokens.dim() == 1:
@@ -132,15 +136,21 @@ class DenseSession:
         ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt):] = 1
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         self.cache = DynamicCache(config=self.model.config)
         # Padding never changes after prefill, so decode steps reuse this instead of rescanning the mask.
         self.padded = bool((mask == 0).any())
-        out = self.model(input_ids=ids, attention_mask=mask if self.padded else None, position_ids=positions,
-                         use_cache=True, **{self._cache_kw: self.cache}, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask if self.padded else None,
+            position_ids=positions,
+            use_cache=True,
+            **{self._cache_kw: self.cache},
+            logits_to_keep=1,
+        )
         self.attention_mask = mask
         self.positions = positions[:, -1]
         logits = out.logits[:, -1, :].float()
@@ -174,9 +184,14 @@ class DenseSession:
             # From now on the cache holds padding in the middle: every step must pass the mask.
             self.padded = True
         self.attention_mask = torch.cat([self.attention_mask, new_mask], dim=1)
-        out = self.model(input_ids=tokens, attention_mask=self.attention_mask if self.padded else None,
-                         position_ids=positions, use_cache=True, logits_to_keep=keep,
-                         **{self._cache_kw: self.cache})
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=self.attention_mask if self.padded else None,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=keep,
+            **{self._cache_kw: self.cache},
+        )
         return out.logits[:, -1, :].float()
 
     @torch.inference_mode()
@@ -192,9 +207,14 @@ class DenseSession:
         tokens, depths, tree_mask = tokens.to(self.device), depths.to(self.device), tree_mask.to(self.device)
         positions = self.positions.view(-1, 1) + 1 + depths
         prefix = self.attention_mask.bool()[:, None, :].expand(-1, tokens.shape[1], -1)
-        mask = torch.cat([prefix, tree_mask], dim=-1)[:, None]          # [B, 1, T, S + T]
-        out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
-                         **{self._cache_kw: self.cache})
+        mask = torch.cat([prefix, tree_mask], dim=-1)[:, None]  # [B, 1, T, S + T]
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **{self._cache_kw: self.cache},
+        )
         self.cache = None
         self.positions = None  # the tree now sits in the cache: no decoding after it
         return out.logits

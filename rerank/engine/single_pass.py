@@ -15,8 +15,8 @@ with no separate code path. FIRST itself reads only the letter token after ``[``
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -49,7 +49,7 @@ class IdentifierTree:
     paths: list[list[int]]
 
     @classmethod
-    def build(cls, table: TokenTable, num_passages: int) -> "IdentifierTree":
+    def build(cls, table: TokenTable, num_passages: int) -> IdentifierTree:
         tokens, parents, depths, leaves = _flatten(table.canonical.tries(num_passages)[0])
         paths = []
         for k in range(1, num_passages + 1):
@@ -80,28 +80,37 @@ def _flatten(root: _Node) -> tuple[list[int], list[int], list[int], dict[int, in
     return tokens, parents, depths, leaves
 
 
-def identifier_scores(logits: torch.Tensor, edge_source: torch.Tensor, edge_token: torch.Tensor,
-                      path_matrix: torch.Tensor) -> torch.Tensor:
+def identifier_scores(
+    logits: torch.Tensor, edge_source: torch.Tensor, edge_token: torch.Tensor, path_matrix: torch.Tensor
+) -> torch.Tensor:
     """``[B, N]`` log P(first identifier = k) from the logits rows that predict each tree node.
 
     ``edge_source[b, m]`` is the row of ``logits`` predicting node m, ``edge_token[b, m]`` its token,
     ``path_matrix[b, k, m]`` 1 where node m lies on identifier k+1's path. Only the needed rows are
     normalised. Inference and training both score through this function.
     """
-    rows = logits.gather(1, edge_source[..., None].expand(-1, -1, logits.size(-1))).float()   # [B, M, V]
-    edges = torch.log_softmax(rows, dim=-1).gather(-1, edge_token[..., None]).squeeze(-1)     # [B, M]
+    rows = logits.gather(1, edge_source[..., None].expand(-1, -1, logits.size(-1))).float()  # [B, M, V]
+    edges = torch.log_softmax(rows, dim=-1).gather(-1, edge_token[..., None]).squeeze(-1)  # [B, M]
     return torch.einsum("bnm,bm->bn", path_matrix.to(edges.dtype), edges)
 
 
-def score_identifiers(session: Session, prompts: Sequence[Sequence[int]], num_passages: Sequence[int],
-                      table: TokenTable, prunable: Sequence[Sequence[bool]] | None = None) -> IdentifierScores:
+def score_identifiers(
+    session: Session,
+    prompts: Sequence[Sequence[int]],
+    num_passages: Sequence[int],
+    table: TokenTable,
+    prunable: Sequence[Sequence[bool]] | None = None,
+) -> IdentifierScores:
     """Score every identifier of every prompt with one prefill and one tree pass (consumes the session)."""
     if not table.canonical.available:
-        raise ValueError("single-pass scoring needs a tokenizer whose identifier tokens do not merge "
-                         "across pieces; use scoring='generate' with this model")
+        raise ValueError(
+            "single-pass scoring needs a tokenizer whose identifier tokens do not merge "
+            "across pieces; use scoring='generate' with this model"
+        )
     if not hasattr(session, "score_tree"):
-        raise NotImplementedError(f"{type(session).__name__} cannot score identifier trees yet; "
-                                  "use scoring='generate' or pruning=None")
+        raise NotImplementedError(
+            f"{type(session).__name__} cannot score identifier trees yet; use scoring='generate' or pruning=None"
+        )
     last_logits = session.prefill(prompts, prunable)
     start = time.perf_counter()
     trees = [IdentifierTree.build(table, n) for n in num_passages]
@@ -124,11 +133,15 @@ def score_identifiers(session: Session, prompts: Sequence[Sequence[int]], num_pa
                 tree_mask[row, i] |= tree_mask[row, parent]
         for k, path in enumerate(tree.paths):
             path_matrix[row, k, path] = 1.0
-    logits = session.score_tree(tokens, depths, tree_mask)          # [B, T, V]
+    logits = session.score_tree(tokens, depths, tree_mask)  # [B, T, V]
     scored = torch.cat([last_logits[:, None, :].to(logits.dtype), logits], dim=1)
     device = scored.device
     all_scores = identifier_scores(scored, edge_source.to(device), tokens.to(device), path_matrix.to(device))
     rows = all_scores.tolist()  # one transfer (and device sync) for the whole batch
     scores = [rows[row][:n] for row, n in enumerate(num_passages)]
-    return IdentifierScores(scores=scores, prefill=session.info, scoring_seconds=time.perf_counter() - start,
-                            tree_tokens=[len(t.tokens) for t in trees])
+    return IdentifierScores(
+        scores=scores,
+        prefill=session.info,
+        scoring_seconds=time.perf_counter() - start,
+        tree_tokens=[len(t.tokens) for t in trees],
+    )

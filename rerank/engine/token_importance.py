@@ -21,8 +21,9 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + rotate_half(x) * sin
 
 
-def _rotated_qk(attn: torch.nn.Module, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _rotated_qk(
+    attn: torch.nn.Module, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotated queries of the survivors at ``rows`` and keys of all survivors, one sequence.
 
     Returns ``q`` as ``[kv_heads, group * R, d]`` (query head h reads kv head h // group, the layout
@@ -54,8 +55,9 @@ def _scale(attn: torch.nn.Module) -> float:
     return getattr(attn, "scaling", 1.0 / math.sqrt(attn.head_dim))
 
 
-def last_rows_attention(attn: torch.nn.Module, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                        window: int) -> torch.Tensor:
+def last_rows_attention(
+    attn: torch.nn.Module, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, window: int
+) -> torch.Tensor:
     """Mean attention the last ``window`` rows pay every key, averaged over heads and rows.
 
     Args:
@@ -75,8 +77,9 @@ def last_rows_attention(attn: torch.nn.Module, normed: torch.Tensor, cos: torch.
     return _causal_softmax(q, k, rows, _scale(attn)).mean(dim=(0, 1))
 
 
-def reader_attention(attn: torch.nn.Module, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                     readers: torch.Tensor) -> torch.Tensor:
+def reader_attention(
+    attn: torch.nn.Module, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, readers: torch.Tensor
+) -> torch.Tensor:
     """Per reader row, the attention it pays every key (mean over heads), causal.
 
     Head scoring reads relevance at each passage's end, so each passage end is a reader: its row
@@ -90,7 +93,7 @@ def reader_attention(attn: torch.nn.Module, normed: torch.Tensor, cos: torch.Ten
         ``[R, S]`` float32; row r sums to one over keys ``<= readers[r]`` and is zero after it.
     """
     q, k = _rotated_qk(attn, normed, cos, sin, readers)
-    probs = _causal_softmax(q, k, readers, _scale(attn))                # [kv, group * R, S]
+    probs = _causal_softmax(q, k, readers, _scale(attn))  # [kv, group * R, S]
     kv_heads, folded, seq = probs.shape
     return probs.view(kv_heads, folded // readers.numel(), readers.numel(), seq).mean(dim=(0, 1))
 
@@ -105,8 +108,14 @@ def passage_groups(prunable: torch.Tensor) -> torch.Tensor:
     return starts.long().cumsum(0) - 1
 
 
-def select_survivors(scores: torch.Tensor, candidate: torch.Tensor, groups: torch.Tensor, budget: int,
-                     granularity: str, quotas: torch.Tensor | None = None) -> torch.Tensor:
+def select_survivors(
+    scores: torch.Tensor,
+    candidate: torch.Tensor,
+    groups: torch.Tensor,
+    budget: int,
+    granularity: str,
+    quotas: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Indices (ascending) of the tokens to keep.
 
     Non-candidates always stay. Among candidates, ``token`` granularity keeps the ``budget`` best
@@ -131,7 +140,8 @@ def select_survivors(scores: torch.Tensor, candidate: torch.Tensor, groups: torc
         uniq, inverse = g.unique(return_inverse=True)
         sums = torch.zeros(len(uniq), dtype=scores.dtype, device=scores.device).index_add_(0, inverse, scores[cand_idx])
         sizes = torch.zeros(len(uniq), dtype=torch.long, device=scores.device).index_add_(
-            0, inverse, torch.ones_like(inverse))
+            0, inverse, torch.ones_like(inverse)
+        )
         order = (sums / sizes).argsort(descending=True)
         before = sizes[order].cumsum(0) - sizes[order]
         chosen = torch.zeros(len(uniq), dtype=torch.bool, device=scores.device)
@@ -140,8 +150,9 @@ def select_survivors(scores: torch.Tensor, candidate: torch.Tensor, groups: torc
     return keep.nonzero().squeeze(1)
 
 
-def _select_per_group(scores: torch.Tensor, candidate: torch.Tensor, groups: torch.Tensor,
-                      quotas: torch.Tensor) -> torch.Tensor:
+def _select_per_group(
+    scores: torch.Tensor, candidate: torch.Tensor, groups: torch.Tensor, quotas: torch.Tensor
+) -> torch.Tensor:
     """Keep each group's best ``quotas[group]`` candidates (and every non-candidate)."""
     cand_idx = candidate.nonzero().squeeze(1)
     keep = ~candidate
@@ -152,8 +163,9 @@ def _select_per_group(scores: torch.Tensor, candidate: torch.Tensor, groups: tor
         g = groups[cand_idx][by_score]
         by_group = g.argsort(stable=True)
         sorted_groups = g[by_group]
-        rank = torch.arange(sorted_groups.numel(), device=scores.device) - torch.searchsorted(sorted_groups,
-                                                                                            sorted_groups)
+        rank = torch.arange(sorted_groups.numel(), device=scores.device) - torch.searchsorted(
+            sorted_groups, sorted_groups
+        )
         chosen = cand_idx[by_score[by_group]][rank < quotas[sorted_groups]]
         keep[chosen] = True
     return keep.nonzero().squeeze(1)

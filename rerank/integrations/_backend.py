@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rerank.serving.scores import model_top_k, relevance_scores
 
@@ -16,7 +17,7 @@ def adapter_kwargs(reranker: Any, kwargs: dict) -> dict:
     return kwargs
 
 
-def check_top_n(value: Optional[int]) -> Optional[int]:
+def check_top_n(value: int | None) -> int | None:
     """The adapters' ``top_n``: a positive integer, or None for all documents."""
     if value is not None and value < 1:
         raise ValueError(f"top_n must be a positive integer or None, got {value}")
@@ -31,8 +32,7 @@ class RankingBackend:
     one). Either way ``relevance_score`` is the server's: in [0, 1], monotone in rank.
     """
 
-    def __init__(self, target: Any, *, api_key: Optional[str] = None, model: Optional[str] = None,
-                 timeout: float = 120.0):
+    def __init__(self, target: Any, *, api_key: str | None = None, model: str | None = None, timeout: float = 120.0):
         if isinstance(target, str):
             from rerank.integrations.http_client import RerankHTTPClient
 
@@ -45,7 +45,7 @@ class RankingBackend:
             raise TypeError(f"expected a rerank.Reranker or a server URL, got {type(target).__name__}")
 
     @classmethod
-    def for_adapter(cls, adapter: Any) -> "RankingBackend":
+    def for_adapter(cls, adapter: Any) -> RankingBackend:
         """The backend of a LangChain / LlamaIndex adapter, from its validated fields."""
         return cls(adapter.reranker, api_key=adapter.api_key, model=adapter.model, timeout=adapter.timeout)
 

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any
 
 try:
     from haystack import Document, component, default_from_dict, default_to_dict
@@ -30,7 +30,7 @@ from rerank.integrations._backend import RankingBackend
 __all__ = ["LazyRankRanker"]
 
 
-def _check_top_k(top_k: Optional[int]) -> Optional[int]:
+def _check_top_k(top_k: int | None) -> int | None:
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k <= 0):
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
     return top_k
@@ -51,12 +51,21 @@ class LazyRankRanker:
         >>> ranker.run(query="how do bees keep warm", documents=docs)["documents"]   # doctest: +SKIP
     """
 
-    def __init__(self, model: Optional[str] = None, *, url: Optional[str] = None, reranker: Any = None,
-                 reranker_kwargs: Optional[dict[str, Any]] = None, top_k: Optional[int] = 10,
-                 score_threshold: Optional[float] = None, meta_fields_to_embed: Optional[list[str]] = None,
-                 embedding_separator: str = "\n",
-                 api_key: Optional[Secret] = Secret.from_env_var("LAZYRANK_API_KEY", strict=False),
-                 timeout: float = 120.0):
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        url: str | None = None,
+        reranker: Any = None,
+        reranker_kwargs: dict[str, Any] | None = None,
+        top_k: int | None = 10,
+        score_threshold: float | None = None,
+        meta_fields_to_embed: list[str] | None = None,
+        embedding_separator: str = "\n",
+        # Haystack components declare env-backed secrets as defaults; a Secret is immutable.
+        api_key: Secret | None = Secret.from_env_var("LAZYRANK_API_KEY", strict=False),  # noqa: B008
+        timeout: float = 120.0,
+    ):
         """
         :param model: What ``Reranker.from_pretrained`` loads in :meth:`warm_up`: None = the shipped default
             reranker, ``"base"``, a local folder or a hub id.
@@ -73,8 +82,9 @@ class LazyRankRanker:
         if url is not None and reranker is not None:
             raise ValueError("pass url= or reranker=, not both")
         if (url is not None or reranker is not None) and (model is not None or reranker_kwargs):
-            raise ValueError("model= and reranker_kwargs= choose the model warm_up() loads: "
-                             "leave them out with url= or reranker=")
+            raise ValueError(
+                "model= and reranker_kwargs= choose the model warm_up() loads: leave them out with url= or reranker="
+            )
         self.model = model
         self.url = url
         self.reranker = reranker
@@ -85,7 +95,7 @@ class LazyRankRanker:
         self.embedding_separator = embedding_separator
         self.api_key = api_key
         self.timeout = timeout
-        self._backend: Optional[RankingBackend] = None
+        self._backend: RankingBackend | None = None
 
     def warm_up(self) -> None:
         """Load the model (or connect the server client) once; later calls do nothing."""
@@ -102,17 +112,25 @@ class LazyRankRanker:
     def to_dict(self) -> dict[str, Any]:
         """Serialise the settings (a pipeline's YAML); a given Reranker object cannot be."""
         if self.reranker is not None:
-            raise TypeError("a LazyRankRanker built around a Reranker object cannot be serialised: build it with "
-                            "model= (and reranker_kwargs=) or url=")
-        return default_to_dict(self, model=self.model, url=self.url, reranker_kwargs=self.reranker_kwargs,
-                               top_k=self.top_k, score_threshold=self.score_threshold,
-                               meta_fields_to_embed=self.meta_fields_to_embed,
-                               embedding_separator=self.embedding_separator,
-                               api_key=self.api_key.to_dict() if self.api_key is not None else None,
-                               timeout=self.timeout)
+            raise TypeError(
+                "a LazyRankRanker built around a Reranker object cannot be serialised: build it with "
+                "model= (and reranker_kwargs=) or url="
+            )
+        return default_to_dict(
+            self,
+            model=self.model,
+            url=self.url,
+            reranker_kwargs=self.reranker_kwargs,
+            top_k=self.top_k,
+            score_threshold=self.score_threshold,
+            meta_fields_to_embed=self.meta_fields_to_embed,
+            embedding_separator=self.embedding_separator,
+            api_key=self.api_key.to_dict() if self.api_key is not None else None,
+            timeout=self.timeout,
+        )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LazyRankRanker":
+    def from_dict(cls, data: dict[str, Any]) -> LazyRankRanker:
         """The component :meth:`to_dict` describes."""
         deserialize_secrets_inplace(data["init_parameters"], keys=["api_key"])
         return default_from_dict(cls, data)
@@ -123,21 +141,24 @@ class LazyRankRanker:
             if not isinstance(doc, Document):
                 raise TypeError(f"documents[{i}] must be a haystack Document, got {type(doc).__name__}")
             if doc.content is None:
-                raise ValueError(f"documents[{i}] (id {doc.id!r}) has no content: LazyRankRanker ranks "
-                                 "Document.content (with meta_fields_to_embed)")
+                raise ValueError(
+                    f"documents[{i}] (id {doc.id!r}) has no content: LazyRankRanker ranks "
+                    "Document.content (with meta_fields_to_embed)"
+                )
             meta = [str(doc.meta[key]) for key in self.meta_fields_to_embed if doc.meta.get(key) is not None]
             texts.append(self.embedding_separator.join([*meta, doc.content]))
         return texts
 
-    def _prepare(self, query: str, documents: list[Document], top_k: Optional[int]) -> tuple[list[str], Optional[int]]:
+    def _prepare(self, query: str, documents: list[Document], top_k: int | None) -> tuple[list[str], int | None]:
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
         top_k = self.top_k if top_k is None else _check_top_k(top_k)
         self.warm_up()
         return self._texts(documents), top_k
 
-    def _output(self, documents: list[Document], ranked: list[tuple[int, float]],
-                score_threshold: Optional[float]) -> dict[str, list[Document]]:
+    def _output(
+        self, documents: list[Document], ranked: list[tuple[int, float]], score_threshold: float | None
+    ) -> dict[str, list[Document]]:
         threshold = self.score_threshold if score_threshold is None else score_threshold
         out = [replace(documents[i], score=score) for i, score in ranked]  # copies: the inputs keep their scores
         if threshold is not None:
@@ -145,8 +166,13 @@ class LazyRankRanker:
         return {"documents": out}
 
     @component.output_types(documents=list[Document])
-    def run(self, query: str, documents: list[Document], top_k: Optional[int] = None,
-            score_threshold: Optional[float] = None) -> dict[str, list[Document]]:
+    def run(
+        self,
+        query: str,
+        documents: list[Document],
+        top_k: int | None = None,
+        score_threshold: float | None = None,
+    ) -> dict[str, list[Document]]:
         """The best ``top_k`` documents for ``query``, best first, with ``score`` the relevance in [0, 1].
 
         :param top_k: Overrides the component's ``top_k`` (a positive integer).
@@ -156,8 +182,13 @@ class LazyRankRanker:
         return self._output(documents, self._backend.rank(query, texts, top_k), score_threshold)
 
     @component.output_types(documents=list[Document])
-    async def run_async(self, query: str, documents: list[Document], top_k: Optional[int] = None,
-                        score_threshold: Optional[float] = None) -> dict[str, list[Document]]:
+    async def run_async(
+        self,
+        query: str,
+        documents: list[Document],
+        top_k: int | None = None,
+        score_threshold: float | None = None,
+    ) -> dict[str, list[Document]]:
         """Async :meth:`run` (in process it awaits the reranker's batching worker; with a URL an httpx.AsyncClient)."""
         texts, top_k = self._prepare(query, documents, top_k)
         return self._output(documents, await self._backend.arank(query, texts, top_k), score_threshold)

@@ -8,8 +8,9 @@ LangChain and LlamaIndex install it too). An ``api_key`` travels under the rules
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any
 
 __all__ = ["RerankHTTPClient", "RerankHTTPError", "endpoint_url"]
 
@@ -51,11 +52,17 @@ class RerankHTTPClient:
         [(1, 0.73)]
     """
 
-    base_url: str = field(metadata={"help": "Server root (http://127.0.0.1:8000), a /v1 prefix, or the full rerank URL."})
-    api_key: Optional[str] = field(default=None, metadata={"help": "Sent as 'Authorization: Bearer <key>'."})
-    model: Optional[str] = field(default=None, metadata={"help": "The 'model' field of each request (the server may ignore it)."})
+    base_url: str = field(
+        metadata={"help": "Server root (http://127.0.0.1:8000), a /v1 prefix, or the full rerank URL."}
+    )
+    api_key: str | None = field(default=None, metadata={"help": "Sent as 'Authorization: Bearer <key>'."})
+    model: str | None = field(
+        default=None, metadata={"help": "The 'model' field of each request (the server may ignore it)."}
+    )
     timeout: float = field(default=120.0, metadata={"help": "Seconds per request."})
-    allow_insecure_key: bool = field(default=False, metadata={"help": "Send api_key over plain http to a non-loopback host (never via a proxy)."})
+    allow_insecure_key: bool = field(
+        default=False, metadata={"help": "Send api_key over plain http to a non-loopback host (never via a proxy)."}
+    )
 
     def __post_init__(self):
         if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):

@@ -13,7 +13,8 @@ Needs ``langchain-core``: ``pip install 'lazyrank[langchain]'``.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 try:
     from langchain_core.callbacks import Callbacks
@@ -41,11 +42,11 @@ class LazyRankCompressor(BaseDocumentCompressor):
 
     reranker: Any
     """A :class:`rerank.Reranker`, or the URL of a rerank server (``rerank serve``)."""
-    top_n: Optional[int] = 3
+    top_n: int | None = 3
     """How many documents to return; None = all of them, reranked."""
-    api_key: Optional[str] = None
+    api_key: str | None = None
     """Bearer token for a server started with ``--api_key``."""
-    model: Optional[str] = None
+    model: str | None = None
     """``model`` field sent to a server (informational)."""
     timeout: float = 120.0
     """Seconds per server request."""
@@ -58,7 +59,7 @@ class LazyRankCompressor(BaseDocumentCompressor):
 
     @field_validator("top_n")
     @classmethod
-    def _check_top_n(cls, value: Optional[int]) -> Optional[int]:
+    def _check_top_n(cls, value: int | None) -> int | None:
         return check_top_n(value)
 
     @staticmethod
@@ -66,19 +67,26 @@ class LazyRankCompressor(BaseDocumentCompressor):
         out = []
         for index, score in ranked:
             doc = documents[index]
-            out.append(Document(page_content=doc.page_content, metadata={**doc.metadata, "relevance_score": score},
-                                id=getattr(doc, "id", None)))
+            out.append(
+                Document(
+                    page_content=doc.page_content,
+                    metadata={**doc.metadata, "relevance_score": score},
+                    id=getattr(doc, "id", None),
+                )
+            )
         return out
 
-    def compress_documents(self, documents: Sequence[Document], query: str,
-                           callbacks: Optional[Callbacks] = None) -> Sequence[Document]:
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
         """The best ``top_n`` documents for ``query``, best first, with ``metadata["relevance_score"]``."""
         documents = list(documents)
         ranked = self._backend.rank(query, [d.page_content for d in documents], self.top_n)
         return self._copies(documents, ranked)
 
-    async def acompress_documents(self, documents: Sequence[Document], query: str,
-                                  callbacks: Optional[Callbacks] = None) -> Sequence[Document]:
+    async def acompress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
         """Async :meth:`compress_documents` that never blocks the event loop."""
         documents = list(documents)
         ranked = await self._backend.arank(query, [d.page_content for d in documents], self.top_n)

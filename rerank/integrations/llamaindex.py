@@ -14,7 +14,7 @@ Needs ``llama-index-core``: ``pip install 'lazyrank[llamaindex]'``.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any
 
 try:
     from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
@@ -40,10 +40,12 @@ class LazyRankPostprocessor(BaseNodePostprocessor):
     """
 
     reranker: Any = Field(exclude=True, description="A rerank.Reranker, or the URL of a rerank server.")
-    top_n: Optional[int] = Field(default=3, description="Nodes to return; None = all, reranked.")
-    keep_retrieval_score: bool = Field(default=False, description="Keep the incoming score in metadata['retrieval_score'].")
-    api_key: Optional[str] = Field(default=None, exclude=True, description="Bearer token for a server with --api_key.")
-    model: Optional[str] = Field(default=None, description="'model' field sent to a server (informational).")
+    top_n: int | None = Field(default=3, description="Nodes to return; None = all, reranked.")
+    keep_retrieval_score: bool = Field(
+        default=False, description="Keep the incoming score in metadata['retrieval_score']."
+    )
+    api_key: str | None = Field(default=None, exclude=True, description="Bearer token for a server with --api_key.")
+    model: str | None = Field(default=None, description="'model' field sent to a server (informational).")
     timeout: float = Field(default=120.0, description="Seconds per server request.")
 
     _backend: RankingBackend = PrivateAttr()
@@ -54,7 +56,7 @@ class LazyRankPostprocessor(BaseNodePostprocessor):
 
     @field_validator("top_n")
     @classmethod
-    def _check_top_n(cls, value: Optional[int]) -> Optional[int]:
+    def _check_top_n(cls, value: int | None) -> int | None:
         return check_top_n(value)
 
     @classmethod
@@ -62,10 +64,10 @@ class LazyRankPostprocessor(BaseNodePostprocessor):
         return "LazyRankPostprocessor"
 
     @staticmethod
-    def _texts(nodes: List[NodeWithScore]) -> list[str]:
+    def _texts(nodes: list[NodeWithScore]) -> list[str]:
         return [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
 
-    def _wrap(self, nodes: List[NodeWithScore], ranked: list[tuple[int, float]]) -> List[NodeWithScore]:
+    def _wrap(self, nodes: list[NodeWithScore], ranked: list[tuple[int, float]]) -> list[NodeWithScore]:
         out = []
         for index, score in ranked:
             node = nodes[index]
@@ -75,18 +77,25 @@ class LazyRankPostprocessor(BaseNodePostprocessor):
         return out
 
     @staticmethod
-    def _check(query_bundle: Optional[QueryBundle]) -> QueryBundle:
+    def _check(query_bundle: QueryBundle | None) -> QueryBundle:
         if query_bundle is None:
             raise ValueError("LazyRankPostprocessor needs a query: pass query_str or query_bundle")
         return query_bundle
 
-    def _event(self, nodes: List[NodeWithScore], query: QueryBundle):
-        return self.callback_manager.event(CBEventType.RERANKING, payload={
-            EventPayload.NODES: nodes, EventPayload.MODEL_NAME: self.model or "lazyrank",
-            EventPayload.QUERY_STR: query.query_str, EventPayload.TOP_K: self.top_n})
+    def _event(self, nodes: list[NodeWithScore], query: QueryBundle):
+        return self.callback_manager.event(
+            CBEventType.RERANKING,
+            payload={
+                EventPayload.NODES: nodes,
+                EventPayload.MODEL_NAME: self.model or "lazyrank",
+                EventPayload.QUERY_STR: query.query_str,
+                EventPayload.TOP_K: self.top_n,
+            },
+        )
 
-    def _postprocess_nodes(self, nodes: List[NodeWithScore],
-                           query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
         query = self._check(query_bundle)
         if not nodes:
             return []
@@ -95,8 +104,9 @@ class LazyRankPostprocessor(BaseNodePostprocessor):
             event.on_end(payload={EventPayload.NODES: out})
         return out
 
-    async def _apostprocess_nodes(self, nodes: List[NodeWithScore],
-                                  query_bundle: Optional[QueryBundle] = None) -> List[NodeWithScore]:
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
         query = self._check(query_bundle)
         if not nodes:
             return []

@@ -13,7 +13,8 @@ Needs ``pyterrier``: ``pip install 'lazyrank[pyterrier]'``. No Java: nothing her
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 try:
     import pandas as pd
@@ -46,8 +47,15 @@ class LazyRankReranker(pt.Transformer):
         >>> (bm25 >> reranker).search("how do bees keep warm")             # doctest: +SKIP
     """
 
-    def __init__(self, reranker: Any, *, text_field: str = "text", api_key: Optional[str] = None,
-                 model: Optional[str] = None, timeout: float = 120.0):
+    def __init__(
+        self,
+        reranker: Any,
+        *,
+        text_field: str = "text",
+        api_key: str | None = None,
+        model: str | None = None,
+        timeout: float = 120.0,
+    ):
         self.reranker = reranker
         self.text_field = text_field
         self._backend = RankingBackend(reranker, api_key=api_key, model=model, timeout=timeout)
@@ -58,8 +66,11 @@ class LazyRankReranker(pt.Transformer):
             return f"LazyRank({self.reranker!r})"
         config = self._backend.reranker.config
         defaults = type(config)()
-        changed = [f"{name}={value!r}" for name, value in vars(config).items()
-                   if name not in _NOT_SETTINGS and value != getattr(defaults, name)]
+        changed = [
+            f"{name}={value!r}"
+            for name, value in vars(config).items()
+            if name not in _NOT_SETTINGS and value != getattr(defaults, name)
+        ]
         # config.model records what from_pretrained loaded; None is the shipped default.
         return f"LazyRank({', '.join([config.model or 'default', *changed])})"
 
@@ -68,15 +79,21 @@ class LazyRankReranker(pt.Transformer):
         missing = [c for c in required if c not in columns]
         if not missing:
             return
-        hint = (f" LazyRank reranks passage text: add the {self.text_field!r} column before it, e.g. "
-                f"`retriever >> pt.text.get_text(index_or_dataset, {self.text_field!r}) >> reranker` "
-                f"(or pass text_field=)." if self.text_field in missing else "")
+        hint = (
+            f" LazyRank reranks passage text: add the {self.text_field!r} column before it, e.g. "
+            f"`retriever >> pt.text.get_text(index_or_dataset, {self.text_field!r}) >> reranker` "
+            f"(or pass text_field=)."
+            if self.text_field in missing
+            else ""
+        )
         try:
             pt.validate.columns(list(columns), includes=required, context=self)
         except pt.validate.InputValidationError as err:
             # PyTerrier's own error type, so pt.Experiment's validation reports the pipeline as invalid.
-            err.args = (f"LazyRankReranker needs the column(s) {missing} in a results frame "
-                        f"(qid, query, docno, {self.text_field}); got {list(columns)}.{hint}",)
+            err.args = (
+                f"LazyRankReranker needs the column(s) {missing} in a results frame "
+                f"(qid, query, docno, {self.text_field}); got {list(columns)}.{hint}",
+            )
             raise
 
     def transform_outputs(self, input_columns: list[str]) -> list[str]:
@@ -98,8 +115,9 @@ class LazyRankReranker(pt.Transformer):
             bad = inp[~inp[column].map(lambda v: isinstance(v, str))]
             if len(bad):
                 row = bad.iloc[0]
-                raise ValueError(f"column {column!r} must hold str; qid {row['qid']!r} docno {row['docno']!r} "
-                                 f"has {row[column]!r}")
+                raise ValueError(
+                    f"column {column!r} must hold str; qid {row['qid']!r} docno {row['docno']!r} has {row[column]!r}"
+                )
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         """Rerank ``inp`` per query (see the class docstring)."""

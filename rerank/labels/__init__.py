@@ -21,17 +21,32 @@ retries it): never padded into a wrong label.
 
 from rerank.labels.candidates import Candidates, load_candidates
 from rerank.labels.complete import (
-           LabelOutcome,
-           LabelStats,
-           RetryingTeacher,
-           WindowFailed,
-           iter_complete_labels,
-           label_order,
+    LabelOutcome,
+    LabelStats,
+    RetryingTeacher,
+    WindowFailed,
+    iter_complete_labels,
+    label_order,
 )
 from rerank.labels.config import TEXT_MODES, LabelConfig
 from rerank.labels.job import main, run_labelling
 from rerank.labels.records import LabelRecord, label_record, read_labels, scan_done
 
-__all__ = ["Candidates", "LabelConfig", "LabelOutcome", "LabelRecord", "LabelStats", "RetryingTeacher", "TEXT_MODES",
-           "WindowFailed", "iter_complete_labels", "label_order", "label_record", "load_candidates", "main",
-           "read_labels", "run_labelling", "scan_done"]
+__all__ = [
+    "Candidates",
+    "LabelConfig",
+    "LabelOutcome",
+    "LabelRecord",
+    "LabelStats",
+    "RetryingTeacher",
+    "TEXT_MODES",
+    "WindowFailed",
+    "iter_complete_labels",
+    "label_order",
+    "label_record",
+    "load_candidates",
+    "main",
+    "read_labels",
+    "run_labelling",
+    "scan_done",
+]

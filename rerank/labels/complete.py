@@ -10,8 +10,8 @@ answers must be whole permutations, failed windows are retried, and every query'
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
 
 from rerank.labels.candidates import Candidates
 from rerank.labels.config import LabelConfig
@@ -103,9 +103,16 @@ class RetryingTeacher:
         return answers
 
 
-def iter_complete_labels(teacher: WindowRanker, items: Iterable[Candidates], window_size: int = 20, stride: int = 10,
-                         max_passes: int | None = None, batch_size: int = 8, max_retries: int = 2,
-                         retry_wait: float = 1.0) -> Iterator[LabelOutcome]:
+def iter_complete_labels(
+    teacher: WindowRanker,
+    items: Iterable[Candidates],
+    window_size: int = 20,
+    stride: int = 10,
+    max_passes: int | None = None,
+    batch_size: int = 8,
+    max_retries: int = 2,
+    retry_wait: float = 1.0,
+) -> Iterator[LabelOutcome]:
     """Complete labels for ``items``, ``batch_size`` queries at a time, yielded as each finishes.
 
     Example:
@@ -117,12 +124,13 @@ def iter_complete_labels(teacher: WindowRanker, items: Iterable[Candidates], win
     settled = RetryingTeacher(teacher, max_retries, retry_wait)
     items = list(items)
     for chunk_start in range(0, len(items), batch_size):
-        chunk = items[chunk_start:chunk_start + batch_size]
+        chunk = items[chunk_start : chunk_start + batch_size]
         stats = [LabelStats() for _ in chunk]
         failures: dict[int, str] = {}
 
+        # Called only within this chunk's iteration, so the chunk's own stats and failures are the right ones.
         def account(i: int, answer: WindowRanking | Exception, seconds: float) -> None:
-            st = stats[i]
+            st = stats[i]  # noqa: B023
             st.seconds += seconds
             st.retries += answer.retries  # type: ignore[union-attr]
             st.calls += 1 + answer.retries  # type: ignore[union-attr]
@@ -130,7 +138,7 @@ def iter_complete_labels(teacher: WindowRanker, items: Iterable[Candidates], win
                 st.prompt_tokens += answer.prompt_tokens
                 st.generated_tokens += answer.generated_tokens
             else:
-                failures[i] = str(answer)
+                failures[i] = str(answer)  # noqa: B023
 
         windows = [Window(query=it.query, passages=list(it.texts), qid=it.qid, docids=list(it.docids)) for it in chunk]
         for i, state in iter_sliding(windows, plan, settled.rank_round, on_result=account):
@@ -154,6 +162,14 @@ def label_order(items: Sequence[Candidates], config: LabelConfig) -> list[str]:
     never on the teacher's answers, so replaying the schedule with a stand-in teacher gives it; a
     data-parallel merge uses it to write the file one process would.
     """
-    outcomes = iter_complete_labels(_KeepOrderTeacher(), items, config.window_size, config.stride, config.max_passes,
-                                    config.batch_size, max_retries=0, retry_wait=0.0)
+    outcomes = iter_complete_labels(
+        _KeepOrderTeacher(),
+        items,
+        config.window_size,
+        config.stride,
+        config.max_passes,
+        config.batch_size,
+        max_retries=0,
+        retry_wait=0.0,
+    )
     return [outcome.item.qid for outcome in outcomes]

@@ -6,9 +6,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 from rerank.data.resume import append_record
 from rerank.distributed import detect, existing_shards, merge_appended, merge_shards, own_log, shutdown, union_ids
@@ -45,10 +45,18 @@ def run_labelling(config: LabelConfig, teacher: WindowRanker | None = None) -> d
 
         first_stage = {it.qid: {d: r for r, d in enumerate(it.docids)} for it in items}
         # Each GPU process puts a local teacher on its own GPU unless --device says otherwise.
-        teacher = build_teacher(config.teacher, qrels=qrels, first_stage=first_stage, base_url=config.base_url,
-                                api_key_env=config.api_key_env, device=config.device or dp.device, dtype=config.dtype,
-                                max_passage_tokens=config.max_passage_tokens, timeout=config.timeout,
-                                prompt=config.prompt)
+        teacher = build_teacher(
+            config.teacher,
+            qrels=qrels,
+            first_stage=first_stage,
+            base_url=config.base_url,
+            api_key_env=config.api_key_env,
+            device=config.device or dp.device,
+            dtype=config.dtype,
+            max_passage_tokens=config.max_passage_tokens,
+            timeout=config.timeout,
+            prompt=config.prompt,
+        )
     Path(config.output).parent.mkdir(parents=True, exist_ok=True)
     # Only the main process reads (and repairs) the logs, before anyone appends; the others get the ids.
     shards_present = dp.broadcast(bool(existing_shards(config.output)) if dp.is_main else None)
@@ -58,24 +66,52 @@ def run_labelling(config: LabelConfig, teacher: WindowRanker | None = None) -> d
     out_path = own_log(config.output, dp, shards_present)
     err_path = own_log(config.errors_file, dp, shards_present)
     if dp.is_main:
-        logger.info("%d queries, %d already labelled, %d to do", len(items), len(items) - len(remaining),
-                    len(remaining))
-    summary = {"queries": len(items), "skipped_done": len(items) - len(remaining), "labelled": 0, "failed": 0,
-               "calls": 0, "prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
+        logger.info(
+            "%d queries, %d already labelled, %d to do", len(items), len(items) - len(remaining), len(remaining)
+        )
+    summary = {
+        "queries": len(items),
+        "skipped_done": len(items) - len(remaining),
+        "labelled": 0,
+        "failed": 0,
+        "calls": 0,
+        "prompt_tokens": 0,
+        "generated_tokens": 0,
+        "seconds": 0.0,
+    }
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    with open(out_path, "a", encoding="utf-8") as out, open(err_path, "a", encoding="utf-8") as err, \
-            tqdm(total=len(todo), desc="labels", disable=not config.progress or not dp.is_main, unit="q") as bar:
-        for outcome in iter_complete_labels(teacher, todo, config.window_size, config.stride, config.max_passes,
-                                            config.batch_size, config.max_retries, config.retry_wait):
+    with (
+        open(out_path, "a", encoding="utf-8") as out,
+        open(err_path, "a", encoding="utf-8") as err,
+        tqdm(total=len(todo), desc="labels", disable=not config.progress or not dp.is_main, unit="q") as bar,
+    ):
+        for outcome in iter_complete_labels(
+            teacher,
+            todo,
+            config.window_size,
+            config.stride,
+            config.max_passes,
+            config.batch_size,
+            config.max_retries,
+            config.retry_wait,
+        ):
             for key in ("calls", "prompt_tokens", "generated_tokens"):
                 summary[key] += getattr(outcome.stats, key)
             if outcome.error:
                 summary["failed"] += 1
                 logger.warning("query %s failed: %s", outcome.item.qid, outcome.error)
-                append_record(err, {"qid": outcome.item.qid, "error": outcome.error, "stats": asdict(outcome.stats),
-                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, ensure_ascii=False)
+                append_record(
+                    err,
+                    {
+                        "qid": outcome.item.qid,
+                        "error": outcome.error,
+                        "stats": asdict(outcome.stats),
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    },
+                    ensure_ascii=False,
+                )
             else:
                 summary["labelled"] += 1
                 append_record(out, label_record(outcome, config.teacher, config.texts), ensure_ascii=False)
@@ -85,8 +121,9 @@ def run_labelling(config: LabelConfig, teacher: WindowRanker | None = None) -> d
         if dp.is_main:
             merge_shards(config.output, label_order(items, config), key=_label_qid, ensure_ascii=False)
             position = {it.qid: i for i, it in enumerate(items)}
-            merge_appended(config.errors_file, lambda rec: position.get(str(rec.get("qid")), len(items)),
-                           ensure_ascii=False)
+            merge_appended(
+                config.errors_file, lambda rec: position.get(str(rec.get("qid")), len(items)), ensure_ascii=False
+            )
     parts = dp.gather({key: summary[key] for key in _SUMMED} | {"seconds": time.perf_counter() - start})
     summary.update({key: sum(part[key] for part in parts) for key in _SUMMED})
     summary["seconds"] = round(max(part["seconds"] for part in parts), 3)  # wall time of the slowest process
@@ -99,10 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers import HfArgumentParser
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = HfArgumentParser(LabelConfig, prog="rerank labels", description="Build complete listwise labels (a full teacher permutation of all N candidates).")
+    parser = HfArgumentParser(
+        LabelConfig,
+        prog="rerank labels",
+        description="Build complete listwise labels (a full teacher permutation of all N candidates).",
+    )
     try:
-        (config,) = parser.parse_args_into_dataclasses(
-            args=list(sys.argv[1:] if argv is None else argv))
+        (config,) = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
     except (ValueError, TypeError) as exc:  # __post_init__ validation: a usage error, not a crash
         parser.error(str(exc))
     summary = run_labelling(config)

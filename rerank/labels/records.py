@@ -41,8 +41,9 @@ def _load_corpus(corpus: str | os.PathLike) -> dict[str, str]:
     return load_collection(corpus).corpus if Path(corpus).is_dir() else _read_jsonl(Path(corpus))
 
 
-def read_labels(path: str | os.PathLike, corpus: str | os.PathLike | dict | None = None,
-                on_invalid: str = "error") -> tuple[list[LabelRecord], int]:
+def read_labels(
+    path: str | os.PathLike, corpus: str | os.PathLike | dict | None = None, on_invalid: str = "error"
+) -> tuple[list[LabelRecord], int]:
     """Read a label JSONL (ours, or the paper's released ids-only format with ``corpus``).
 
     ``final_list`` must be a permutation of ``initial_list``; otherwise ``on_invalid="error"``
@@ -65,8 +66,10 @@ def read_labels(path: str | os.PathLike, corpus: str | os.PathLike | dict | None
             if on_invalid == "skip":
                 skipped += 1
                 continue
-            raise ValueError(f"{where}: final_list is not a permutation of initial_list "
-                             f"({len(final)} vs {len(initial)} ids, {len(set(final) ^ set(initial))} differ)")
+            raise ValueError(
+                f"{where}: final_list is not a permutation of initial_list "
+                f"({len(final)} vs {len(initial)} ids, {len(set(final) ^ set(initial))} differ)"
+            )
         inline = obj.get("passages") or {}
         passages = {}
         for d in initial:
@@ -93,8 +96,12 @@ def scan_done(path: str | os.PathLike) -> set[str]:
 def label_record(outcome: LabelOutcome, teacher_name: str, texts: str = "inline") -> dict:
     """The JSON line of a finished query (``texts="none"``: ids only, train with ``--corpus_file``)."""
     item = outcome.item
-    rec = {"qid": item.qid, "query": item.query, "initial_list": item.docids,
-           "final_list": [item.docids[k] for k in outcome.order]}  # type: ignore[union-attr]
+    rec = {
+        "qid": item.qid,
+        "query": item.query,
+        "initial_list": item.docids,
+        "final_list": [item.docids[k] for k in outcome.order],
+    }  # type: ignore[union-attr]
     if texts == "inline":
         rec["passages"] = dict(zip(item.docids, item.texts))
     rec["teacher"] = teacher_name

@@ -28,23 +28,30 @@ import re
 import time
 import urllib.error
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
 # Written for this project: short, varied, and unlike any evaluation set's queries.
 FEW_SHOT = (
-    ("The honey bee colony survives winter by forming a tight cluster; workers shiver their flight "
-     "muscles to produce heat and rotate between the cold surface and the warm core.",
-     "how do honey bees stay warm in winter"),
-    ("Metformin lowers blood glucose mainly by reducing glucose production in the liver, and it is "
-     "usually the first drug prescribed for type 2 diabetes.",
-     "first line medication for type 2 diabetes"),
-    ("The Treaty of Westphalia, signed in 1648, ended the Thirty Years' War and set out the principle "
-     "that each state has sovereignty over its own territory.",
-     "what war ended with the treaty of westphalia"),
+    (
+        "The honey bee colony survives winter by forming a tight cluster; workers shiver their flight "
+        "muscles to produce heat and rotate between the cold surface and the warm core.",
+        "how do honey bees stay warm in winter",
+    ),
+    (
+        "Metformin lowers blood glucose mainly by reducing glucose production in the liver, and it is "
+        "usually the first drug prescribed for type 2 diabetes.",
+        "first line medication for type 2 diabetes",
+    ),
+    (
+        "The Treaty of Westphalia, signed in 1648, ended the Thirty Years' War and set out the principle "
+        "that each state has sovereignty over its own territory.",
+        "what war ended with the treaty of westphalia",
+    ),
 )
 _QUERY_PREFIX = re.compile(r"^\s*(query|question)\s*[:\-]\s*", re.IGNORECASE)
 
@@ -82,8 +89,9 @@ class Generator(Protocol):
 class LocalGenerator:
     """Greedy completions from a local causal LM with transformers, batched, left-padded."""
 
-    def __init__(self, model: str | None = "base", device: str | None = None, max_new_tokens: int = 32,
-                 batch_size: int = 8):
+    def __init__(
+        self, model: str | None = "base", device: str | None = None, max_new_tokens: int = 32, batch_size: int = 8
+    ):
         from rerank.models import load_model_and_tokenizer
 
         self.model, self.tokenizer = load_model_and_tokenizer(model, device=device)
@@ -98,16 +106,22 @@ class LocalGenerator:
 
         out = []
         for start in range(0, len(prompts), self.batch_size):
-            chunk = list(prompts[start:start + self.batch_size])
+            chunk = list(prompts[start : start + self.batch_size])
             # The prompts hold passages (caller text): a "<|endoftext|>" in one is read as plain characters.
             enc = self.tokenizer(chunk, return_tensors="pt", padding=True, split_special_tokens=True)
             enc = enc.to(self.model.device)
             with torch.inference_mode():
-                gen = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                          eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
-                                          output_scores=True, return_dict_in_generate=True)
-            new = gen.sequences[:, enc["input_ids"].shape[1]:]
-            logps = torch.stack([s.float().log_softmax(-1) for s in gen.scores], 1)       # [B, T, V]
+                gen = self.model.generate(
+                    **enc,
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=self.stop_ids,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    output_scores=True,
+                    return_dict_in_generate=True,
+                )
+            new = gen.sequences[:, enc["input_ids"].shape[1] :]
+            logps = torch.stack([s.float().log_softmax(-1) for s in gen.scores], 1)  # [B, T, V]
             token_logp = logps.gather(-1, new[..., None]).squeeze(-1)
             for row in range(len(chunk)):
                 ids = new[row].tolist()
@@ -126,8 +140,15 @@ class OpenAIGenerator:
     proxy in clear, never along a redirect.
     """
 
-    def __init__(self, model: str, base_url: str = "https://api.openai.com/v1", api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 60.0, max_new_tokens: int = 32, allow_insecure_key: bool = False):
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "https://api.openai.com/v1",
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        max_new_tokens: int = 32,
+        allow_insecure_key: bool = False,
+    ):
         from rerank.keyed_http import KeyedClient
 
         self.name, self.model = f"openai:{model}", model
@@ -137,8 +158,14 @@ class OpenAIGenerator:
         self.timeout, self.max_new_tokens = timeout, max_new_tokens
 
     def _one(self, prompt: str) -> tuple[str, float]:
-        payload = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
-                   "max_tokens": self.max_new_tokens, "logprobs": True, "stop": ["\n"]}
+        payload = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0,
+            "max_tokens": self.max_new_tokens,
+            "logprobs": True,
+            "stop": ["\n"],
+        }
         try:
             reply = self._client.post_json(payload)
             choice = reply["choices"][0]
@@ -146,8 +173,15 @@ class OpenAIGenerator:
             tokens = ((choice.get("logprobs") or {}).get("content")) or []
             logp = sum(t["logprob"] for t in tokens) / len(tokens) if tokens else float("nan")
             return text, logp
-        except (urllib.error.URLError, TimeoutError, OSError, KeyError, IndexError, TypeError,
-                json.JSONDecodeError) as exc:
+        except (
+            urllib.error.URLError,
+            TimeoutError,
+            OSError,
+            KeyError,
+            IndexError,
+            TypeError,
+            json.JSONDecodeError,
+        ) as exc:
             logger.warning("generation request failed: %s", exc)
             return "", float("nan")  # counted as an empty answer, never a crash
 
@@ -161,16 +195,29 @@ class GenerationConfig:
 
     collection: str = field(metadata={"help": "Collection folder with corpus.jsonl (shared or BEIR layout)."})
     output: str = field(metadata={"help": "queries.jsonl to write (qrels, candidates and raw log go beside it)."})
-    model: str = field(default="base", metadata={"help": "'base' (raw SmolLM2-135M-Instruct), 'default', a local path, or openai:MODEL."})
+    model: str = field(
+        default="base",
+        metadata={"help": "'base' (raw SmolLM2-135M-Instruct), 'default', a local path, or openai:MODEL."},
+    )
     base_url: str | None = field(default=None, metadata={"help": "Endpoint for openai:MODEL."})
-    per_passage: int = field(default=1, metadata={"help": "Queries asked per passage (greedy local decoding gives one distinct query)."})
+    per_passage: int = field(
+        default=1, metadata={"help": "Queries asked per passage (greedy local decoding gives one distinct query)."}
+    )
     max_passages: int | None = field(default=None, metadata={"help": "Sample this many passages (seeded); None = all."})
-    round_trip_depth: int = field(default=10, metadata={"help": "Keep a query only if BM25 ranks its source passage in this top k; 0 = no round-trip filter."})
+    round_trip_depth: int = field(
+        default=10,
+        metadata={
+            "help": "Keep a query only if BM25 ranks its source passage in this top k; 0 = no round-trip filter."
+        },
+    )
     keep_fraction: float = field(default=1.0, metadata={"help": "Then keep the best fraction by mean log-probability."})
     depth: int = field(default=20, metadata={"help": "BM25 candidates per kept query in the candidates file."})
     batch_size: int = field(default=8, metadata={"help": "Prompts generated together (local model)."})
     seed: int = field(default=13, metadata={"help": "Passage sampling seed."})
-    exclude_queries_of: str | None = field(default=None, metadata={"help": "Never use passages judged for this collection's queries (keeps test judgements out)."})
+    exclude_queries_of: str | None = field(
+        default=None,
+        metadata={"help": "Never use passages judged for this collection's queries (keeps test judgements out)."},
+    )
 
     def __post_init__(self):
         if self.per_passage < 1 or self.batch_size < 1 or self.depth < 1 or self.round_trip_depth < 0:
@@ -225,12 +272,18 @@ def generate_queries(cfg: GenerationConfig, generator: Generator | None = None, 
     start = time.perf_counter()
     with open(raw_path, "a", encoding="utf-8") as fh:
         for i in range(0, len(jobs), cfg.batch_size):
-            chunk = jobs[i:i + cfg.batch_size]
+            chunk = jobs[i : i + cfg.batch_size]
             answers = generator.generate([few_shot_prompt(coll.corpus[d]) for d, _ in chunk])
             for (d, k), (text, logp) in zip(chunk, answers):
                 query, status = clean_query(text, coll.corpus[d])
-                rec = {"source": d, "k": k, "raw": text, "query": query, "status": status,
-                       "logprob": None if logp != logp else round(logp, 4)}
+                rec = {
+                    "source": d,
+                    "k": k,
+                    "raw": text,
+                    "query": query,
+                    "status": status,
+                    "logprob": None if logp != logp else round(logp, 4),
+                }
                 append_record(fh, rec)
                 done[(d, k)] = rec
             bar.update(len(chunk))
@@ -240,7 +293,11 @@ def generate_queries(cfg: GenerationConfig, generator: Generator | None = None, 
     good = [r for r in records if r["status"] == "ok"]
     # Round trip: the source passage must come back near the top for its own query.
     index = BM25Index.build(coll.corpus, show_progress=False)
-    hits = index.search([r["query"] for r in good], max(cfg.depth, cfg.round_trip_depth or 1), show_progress=False) if good else []
+    hits = (
+        index.search([r["query"] for r in good], max(cfg.depth, cfg.round_trip_depth or 1), show_progress=False)
+        if good
+        else []
+    )
     kept = []
     for rec, ranked in zip(good, hits):
         ids = [d for d, _ in ranked]
@@ -254,19 +311,49 @@ def generate_queries(cfg: GenerationConfig, generator: Generator | None = None, 
     kept.sort(key=lambda x: (x[0]["source"], x[0]["k"]))
     qrels_path = out.with_name(out.stem + ".qrels.txt")
     cand_path = out.with_name(out.stem + ".candidates.jsonl")
-    with open(out, "w", encoding="utf-8") as fq, open(qrels_path, "w", encoding="utf-8") as fr, \
-            open(cand_path, "w", encoding="utf-8") as fc:
+    with (
+        open(out, "w", encoding="utf-8") as fq,
+        open(qrels_path, "w", encoding="utf-8") as fr,
+        open(cand_path, "w", encoding="utf-8") as fc,
+    ):
         for rec, rank, ids in kept:
             qid = f"gen-{rec['source']}-{rec['k']}"
-            fq.write(json.dumps({"_id": qid, "text": rec["query"], "source": rec["source"], "logprob": rec["logprob"],
-                                 "source_rank": rank}) + "\n")
+            fq.write(
+                json.dumps(
+                    {
+                        "_id": qid,
+                        "text": rec["query"],
+                        "source": rec["source"],
+                        "logprob": rec["logprob"],
+                        "source_rank": rank,
+                    }
+                )
+                + "\n"
+            )
             fr.write(f"{qid} 0 {rec['source']} 1\n")
-            fc.write(json.dumps({"qid": qid, "query": rec["query"],
-                                 "candidates": [{"docid": d, "text": coll.corpus[d]} for d in ids]}) + "\n")
-    summary = {"passages": len(docids), "generated": len(records), "dropped_by_reason": {k: v for k, v in statuses.items() if k != "ok"},
-               "clean": len(good), "after_round_trip": after_round_trip, "kept": len(kept),
-               "model": getattr(generator, "name", cfg.model), "seconds": round(time.perf_counter() - start, 1),
-               "queries": str(out), "qrels": str(qrels_path), "candidates": str(cand_path)}
+            fc.write(
+                json.dumps(
+                    {
+                        "qid": qid,
+                        "query": rec["query"],
+                        "candidates": [{"docid": d, "text": coll.corpus[d]} for d in ids],
+                    }
+                )
+                + "\n"
+            )
+    summary = {
+        "passages": len(docids),
+        "generated": len(records),
+        "dropped_by_reason": {k: v for k, v in statuses.items() if k != "ok"},
+        "clean": len(good),
+        "after_round_trip": after_round_trip,
+        "kept": len(kept),
+        "model": getattr(generator, "name", cfg.model),
+        "seconds": round(time.perf_counter() - start, 1),
+        "queries": str(out),
+        "qrels": str(qrels_path),
+        "candidates": str(cand_path),
+    }
     out.with_name(out.stem + ".summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -275,8 +362,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``rerank generate-queries`` (see the module docstring)."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(GenerationConfig, prog="rerank generate-queries",
-                              description="Synthetic training queries for a corpus (InPars-style).")
+    parser = HfArgumentParser(
+        GenerationConfig,
+        prog="rerank generate-queries",
+        description="Synthetic training queries for a corpus (InPars-style).",
+    )
     try:
         (cfg,) = parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
     except (ValueError, TypeError) as exc:

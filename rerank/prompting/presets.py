@@ -24,23 +24,32 @@ from typing import Literal
 from rerank.prompting.identifiers import IdentifierFormat, identifier_format
 
 # System messages, verbatim (the period matters: RankZephyr has none, RankMistral100 has one).
-RANK_LLM_SYSTEM = "You are RankLLM, an intelligent assistant that can rank passages based on their relevancy to the query"
-VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-                 "helpful, detailed, and polite answers to the user's questions.")
-RANK_GPT_SYSTEM = ("You are RankGPT, an intelligent assistant that can rank passages based on their relevancy "
-                   "to the query.")
+RANK_LLM_SYSTEM = (
+    "You are RankLLM, an intelligent assistant that can rank passages based on their relevancy to the query"
+)
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+    "helpful, detailed, and polite answers to the user's questions."
+)
+RANK_GPT_SYSTEM = (
+    "You are RankGPT, an intelligent assistant that can rank passages based on their relevancy to the query."
+)
 
 # FastChat conversation formats (what the paper-era checkpoints were trained and run with).
 ZEPHYR_FORMAT = "<|system|>\n{system}</s>\n<|user|>\n{user}</s>\n<|assistant|>\n"
 VICUNA_FORMAT = "{system} USER: {user} ASSISTANT:"
 MISTRAL_FORMAT = "[INST] {system}\n{user} [/INST]"
 
-_PAPER_PREFIX = ("I will provide you with {num} passages, each indicated by a numerical identifier []. "
-                 "Rank the passages based on their relevance to the search query: {query}.\n\n")
-_PAPER_POST = ("Search Query: {query}.\nRank the {num} passages above based on their relevance to the search "
-               "query. All the passages should be included and listed using identifiers, in descending order "
-               "of relevance. The output format should be [] > [], e.g., {example}, Only respond with the "
-               "ranking results, do not say any word or explain.")
+_PAPER_PREFIX = (
+    "I will provide you with {num} passages, each indicated by a numerical identifier []. "
+    "Rank the passages based on their relevance to the search query: {query}.\n\n"
+)
+_PAPER_POST = (
+    "Search Query: {query}.\nRank the {num} passages above based on their relevance to the search "
+    "query. All the passages should be included and listed using identifiers, in descending order "
+    "of relevance. The output format should be [] > [], e.g., {example}, Only respond with the "
+    "ranking results, do not say any word or explain."
+)
 
 
 @dataclass(frozen=True)
@@ -144,87 +153,165 @@ PRESETS: dict[str, PromptPreset] = {
         name="lazyrank",
         checkpoints="LazyRank models (the packaged default and models trained with this toolkit)",
         system="You are RankLLM, an intelligent assistant that ranks passages by their relevance to a search query.",
-        prefix=("I will provide you with {num} passages, each indicated by a numerical identifier []. "
-                "Rank the passages based on their relevance to the search query: {query}.\n"),
+        prefix=(
+            "I will provide you with {num} passages, each indicated by a numerical identifier []. "
+            "Rank the passages based on their relevance to the search query: {query}.\n"
+        ),
         passage="[{id}] {text}\n",
-        post=("Search Query: {query}.\nRank the {num} passages above based on their relevance to the search "
-              "query. All the passages should be included and listed using identifiers, in descending order "
-              "of relevance. The output format should be [] > [], e.g., {example}. Only respond with the "
-              "ranking results, do not say any word or explain."),
+        post=(
+            "Search Query: {query}.\nRank the {num} passages above based on their relevance to the search "
+            "query. All the passages should be included and listed using identifiers, in descending order "
+            "of relevance. The output format should be [] > [], e.g., {example}. Only respond with the "
+            "ranking results, do not say any word or explain."
+        ),
         example="[2] > [1]",
-        budget="tokens", rewrite="numbers", rewrite_query=True, collapse_whitespace=True,
-        drop_empty_title=False, ftfy=False, add_bos=False),
+        budget="tokens",
+        rewrite="numbers",
+        rewrite_query=True,
+        collapse_whitespace=True,
+        drop_empty_title=False,
+        ftfy=False,
+        add_bos=False,
+    ),
     # rank_llm paper era (c5a94df), RankZephyr: variable_passages -> example [2] > [1].
     "rank_zephyr": PromptPreset(
-        name="rank_zephyr", checkpoints="castorini/rank_zephyr_7b_v1_full (paper-era rank_llm prompt)",
-        system=RANK_LLM_SYSTEM, prefix=_PAPER_PREFIX, passage="[{id}] {text}\n", post=_PAPER_POST,
-        example="[2] > [1]", shrink_to_fit=True, chat_format=ZEPHYR_FORMAT),
+        name="rank_zephyr",
+        checkpoints="castorini/rank_zephyr_7b_v1_full (paper-era rank_llm prompt)",
+        system=RANK_LLM_SYSTEM,
+        prefix=_PAPER_PREFIX,
+        passage="[{id}] {text}\n",
+        post=_PAPER_POST,
+        example="[2] > [1]",
+        shrink_to_fit=True,
+        chat_format=ZEPHYR_FORMAT,
+    ),
     # RankVicuna: FastChat vicuna_v1.1 (one space before ASSISTANT:, as from 2024), example [4] > [2].
     "rank_vicuna": PromptPreset(
-        name="rank_vicuna", checkpoints="castorini/rank_vicuna_7b_v1 (paper-era rank_llm prompt)",
-        system=VICUNA_SYSTEM, prefix=_PAPER_PREFIX, passage="[{id}] {text}\n", post=_PAPER_POST,
-        example="[4] > [2]", shrink_to_fit=True, chat_format=VICUNA_FORMAT, chat_format_always=True),
+        name="rank_vicuna",
+        checkpoints="castorini/rank_vicuna_7b_v1 (paper-era rank_llm prompt)",
+        system=VICUNA_SYSTEM,
+        prefix=_PAPER_PREFIX,
+        passage="[{id}] {text}\n",
+        post=_PAPER_POST,
+        example="[4] > [2]",
+        shrink_to_fit=True,
+        chat_format=VICUNA_FORMAT,
+        chat_format_always=True,
+    ),
     # rank_llm 0.25.7 (rank_zephyr_template.yaml): no blank line after the prefix, "Answer concisely".
     "rank_llm_v2": PromptPreset(
         name="rank_llm_v2",
         checkpoints="rank_llm 0.25.7 numeric template (RankZephyr / RankVicuna as rank_llm runs them today)",
         system=RANK_LLM_SYSTEM,
-        prefix=("I will provide you with {num} passages, each indicated by a numerical identifier []. "
-                "Rank the passages based on their relevance to the search query: {query}.\n"),
+        prefix=(
+            "I will provide you with {num} passages, each indicated by a numerical identifier []. "
+            "Rank the passages based on their relevance to the search query: {query}.\n"
+        ),
         passage="[{id}] {text}\n",
-        post=("Search Query: {query}.\nRank the {num} passages above based on their relevance to the search "
-              "query. All the passages should be included and listed using identifiers, in descending order "
-              "of relevance. The output format should be [] > [], e.g., {example}, Answer concisely and "
-              "directly and only respond with the ranking results, do not say any word or explain."),
-        example="[2] > [1]", words=300, words_window_scale=20, shrink_to_fit=True, rewrite_query=True,
-        drop_empty_title=False, fix_passages=True, chat_format=VICUNA_FORMAT),
+        post=(
+            "Search Query: {query}.\nRank the {num} passages above based on their relevance to the search "
+            "query. All the passages should be included and listed using identifiers, in descending order "
+            "of relevance. The output format should be [] > [], e.g., {example}, Answer concisely and "
+            "directly and only respond with the ranking results, do not say any word or explain."
+        ),
+        example="[2] > [1]",
+        words=300,
+        words_window_scale=20,
+        shrink_to_fit=True,
+        rewrite_query=True,
+        drop_empty_title=False,
+        fix_passages=True,
+        chat_format=VICUNA_FORMAT,
+    ),
     # FIRST (gangiswag/llm-reranker 2d7cba4): letters, "a alphabetical" kept verbatim.
     "first": PromptPreset(
-        name="first", checkpoints="rryisthebest/First_Model (FIRST, Zephyr-7B-beta base)",
-        system=RANK_LLM_SYSTEM, system_mode="auto",
-        prefix=("I will provide you with {num} passages, each indicated by a alphabetical identifier []. "
-                "Rank the passages based on their relevance to the search query: {query}.\n\n"),
-        passage="[{id}] {text}\n", post=_PAPER_POST, example="[B] > [A]", identifiers="letter",
-        rewrite="letters", shrink_to_fit=True, chat_format=ZEPHYR_FORMAT),
+        name="first",
+        checkpoints="rryisthebest/First_Model (FIRST, Zephyr-7B-beta base)",
+        system=RANK_LLM_SYSTEM,
+        system_mode="auto",
+        prefix=(
+            "I will provide you with {num} passages, each indicated by a alphabetical identifier []. "
+            "Rank the passages based on their relevance to the search query: {query}.\n\n"
+        ),
+        passage="[{id}] {text}\n",
+        post=_PAPER_POST,
+        example="[B] > [A]",
+        identifiers="letter",
+        rewrite="letters",
+        shrink_to_fit=True,
+        chat_format=ZEPHYR_FORMAT,
+    ),
     # rank_llm 0.25.7 letters (rank_zephyr_alpha_template.yaml), FirstMistral: "an alphabetical";
     # rank_llm still rewrites bracketed numbers (not letters) in passages and query.
     "first_mistral": PromptPreset(
-        name="first_mistral", checkpoints="FirstMistral (rank_llm 0.25.7 alphabetical template, Mistral-7B-Instruct-v0.3 base)",
+        name="first_mistral",
+        checkpoints="FirstMistral (rank_llm 0.25.7 alphabetical template, Mistral-7B-Instruct-v0.3 base)",
         system=RANK_LLM_SYSTEM,
-        prefix=("I will provide you with {num} passages, each indicated by an alphabetical identifier []. "
-                "Rank the passages based on their relevance to the search query: {query}.\n"),
+        prefix=(
+            "I will provide you with {num} passages, each indicated by an alphabetical identifier []. "
+            "Rank the passages based on their relevance to the search query: {query}.\n"
+        ),
         passage="[{id}] {text}\n",
-        post=("Search Query: {query}.\nRank the {num} passages above based on their relevance to the search "
-              "query. All the passages should be included and listed using identifiers, in descending order "
-              "of relevance. The output format should be [] > [], e.g., {example}, Answer concisely and "
-              "directly and only respond with the ranking results, do not say any word or explain."),
-        example="[B] > [A]", identifiers="letter", words=300, words_window_scale=20, shrink_to_fit=True,
-        rewrite_query=True, drop_empty_title=False, fix_passages=True, chat_format=VICUNA_FORMAT),
+        post=(
+            "Search Query: {query}.\nRank the {num} passages above based on their relevance to the search "
+            "query. All the passages should be included and listed using identifiers, in descending order "
+            "of relevance. The output format should be [] > [], e.g., {example}, Answer concisely and "
+            "directly and only respond with the ranking results, do not say any word or explain."
+        ),
+        example="[B] > [A]",
+        identifiers="letter",
+        words=300,
+        words_window_scale=20,
+        shrink_to_fit=True,
+        rewrite_query=True,
+        drop_empty_title=False,
+        fix_passages=True,
+        chat_format=VICUNA_FORMAT,
+    ),
     # RankMistral100 (RUC-NLPIR/fullrank 8395a7a): 100 passages, 100 words, FastChat "mistral".
     "rank_mistral100": PromptPreset(
-        name="rank_mistral100", checkpoints="RankMistral100 (RUC-NLPIR/fullrank, Mistral-7B-Instruct base)",
-        system=RANK_LLM_SYSTEM + ".", prefix=_PAPER_PREFIX, passage="[{id}] {text}\n", post=_PAPER_POST,
-        example="[2] > [1]", words=100, rewrite_query=True, strip_query=True,
-        chat_format=MISTRAL_FORMAT, chat_format_always=True),
+        name="rank_mistral100",
+        checkpoints="RankMistral100 (RUC-NLPIR/fullrank, Mistral-7B-Instruct base)",
+        system=RANK_LLM_SYSTEM + ".",
+        prefix=_PAPER_PREFIX,
+        passage="[{id}] {text}\n",
+        post=_PAPER_POST,
+        example="[2] > [1]",
+        words=100,
+        rewrite_query=True,
+        strip_query=True,
+        chat_format=MISTRAL_FORMAT,
+        chat_format_always=True,
+    ),
     # RankGPT (sunnweiwei/RankGPT 0d62bc3): multi-turn, no rewriting, no ftfy.
     "rank_gpt": PromptPreset(
-        name="rank_gpt", checkpoints="RankGPT prompt (API models; distilled checkpoints trained on it)",
+        name="rank_gpt",
+        checkpoints="RankGPT prompt (API models; distilled checkpoints trained on it)",
         system=RANK_GPT_SYSTEM,
-        prefix=("I will provide you with {num} passages, each indicated by number identifier []. \n"
-                "Rank the passages based on their relevance to query: {query}."),
+        prefix=(
+            "I will provide you with {num} passages, each indicated by number identifier []. \n"
+            "Rank the passages based on their relevance to query: {query}."
+        ),
         passage="[{id}] {text}",
-        post=("Search Query: {query}. \nRank the {num} passages above based on their relevance to the search "
-              "query. The passages should be listed in descending order using identifiers. The most relevant "
-              "passages should be listed first. The output format should be [] > [], e.g., {example}. Only "
-              "response the ranking results, do not say any word or explain."),
-        example="[1] > [2]", rewrite=None, ftfy=False, multi_turn=True,
-        prefix_reply="Okay, please provide the passages.", passage_reply="Received passage [{id}]."),
+        post=(
+            "Search Query: {query}. \nRank the {num} passages above based on their relevance to the search "
+            "query. The passages should be listed in descending order using identifiers. The most relevant "
+            "passages should be listed first. The output format should be [] > [], e.g., {example}. Only "
+            "response the ranking results, do not say any word or explain."
+        ),
+        example="[1] > [2]",
+        rewrite=None,
+        ftfy=False,
+        multi_turn=True,
+        prefix_reply="Okay, please provide the passages.",
+        passage_reply="Received passage [{id}].",
+    ),
 }
 
 DEFAULT_PRESET = "lazyrank"
 
 
-def get_preset(preset: "str | PromptPreset | None") -> PromptPreset:
+def get_preset(preset: str | PromptPreset | None) -> PromptPreset:
     """The preset named ``preset`` (None = the default ``"lazyrank"``); a :class:`PromptPreset` passes through.
 
     Raises:

@@ -18,17 +18,15 @@ import logging
 import re
 import string
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from rerank.prompting.identifiers import LETTERS, NUMBERS, IdentifierFormat, format_ranking
 from rerank.prompting.presets import PromptPreset, get_preset
 
 logger = logging.getLogger(__name__)
 
-SYSTEM_PROMPT = (
-    "You are RankLLM, an intelligent assistant that ranks passages by their relevance to a search query."
-)
+SYSTEM_PROMPT = "You are RankLLM, an intelligent assistant that ranks passages by their relevance to a search query."
 
 _IDENTIFIER_IN_TEXT = re.compile(r"\[(\d+)\]")
 _WHITESPACE = re.compile(r"\s+")
@@ -39,9 +37,21 @@ def sanitize(text: str) -> str:
     return _WHITESPACE.sub(" ", _IDENTIFIER_IN_TEXT.sub(r"(\1)", text)).strip()
 
 
-__all__ = ["PromptEncoding", "encode_prompt", "encode_target", "format_ranking", "sanitize", "truncate_passages",
-           "build_messages", "render_chat", "end_of_turn_ids", "relevance_token_ids", "fix_text_keeping_spans",
-           "tokenize_with_plain_spans", "plain_text_tokenizer"]
+__all__ = [
+    "PromptEncoding",
+    "encode_prompt",
+    "encode_target",
+    "format_ranking",
+    "sanitize",
+    "truncate_passages",
+    "build_messages",
+    "render_chat",
+    "end_of_turn_ids",
+    "relevance_token_ids",
+    "fix_text_keeping_spans",
+    "tokenize_with_plain_spans",
+    "plain_text_tokenizer",
+]
 
 
 def _head(num: int, query: str) -> str:
@@ -141,9 +151,16 @@ def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool) ->
     return text + ("assistant: " if add_generation_prompt else "")
 
 
-def encode_prompt(tokenizer, query: str, passages: Sequence[str], max_passage_tokens: int | None = None,
-                  preset: "str | PromptPreset | None" = None, *, max_tokens: int | None = None,
-                  answer_tokens: int | None = None) -> PromptEncoding:
+def encode_prompt(
+    tokenizer,
+    query: str,
+    passages: Sequence[str],
+    max_passage_tokens: int | None = None,
+    preset: str | PromptPreset | None = None,
+    *,
+    max_tokens: int | None = None,
+    answer_tokens: int | None = None,
+) -> PromptEncoding:
     """Tokenise the listwise prompt for ``query`` and ``passages`` (first-stage order).
 
     Args:
@@ -207,8 +224,9 @@ def prepare_query(preset: PromptPreset, query: str) -> str:
     return query
 
 
-def prepare_passages(tokenizer, preset: PromptPreset, passages: Sequence[str], max_passage_tokens: int | None,
-                     words: int | None) -> tuple[list[str], int]:
+def prepare_passages(
+    tokenizer, preset: PromptPreset, passages: Sequence[str], max_passage_tokens: int | None, words: int | None
+) -> tuple[list[str], int]:
     """Clean and cut passages as ``preset`` does; returns the texts and how many were cut.
 
     Word presets follow rank_llm: drop an empty ``"Title: Content: "`` header, strip, (0.25.7:
@@ -260,8 +278,9 @@ def _format_marking(template: str, values: dict, name: str) -> tuple[str, list[t
     return "".join(out), marks
 
 
-def _preset_messages(preset: PromptPreset, query: str, passages: Sequence[str], system_in_user: bool
-                     ) -> tuple[list[dict], list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+def _preset_messages(
+    preset: PromptPreset, query: str, passages: Sequence[str], system_in_user: bool
+) -> tuple[list[dict], list[tuple[int, int, int]], list[tuple[int, int, int]]]:
     """Chat messages, per passage ``(message index, start, end)`` of its body in that message, and the
     same triples for every place the query is written (caller text the tokenizer must read as plain text)."""
     ids, num = preset.ids, len(passages)
@@ -305,7 +324,9 @@ def _preset_messages(preset: PromptPreset, query: str, passages: Sequence[str], 
 
 
 def _uses_format(tokenizer, preset: PromptPreset) -> bool:
-    return preset.chat_format is not None and (preset.chat_format_always or not getattr(tokenizer, "chat_template", None))
+    return preset.chat_format is not None and (
+        preset.chat_format_always or not getattr(tokenizer, "chat_template", None)
+    )
 
 
 def _system_in_user(tokenizer, preset: PromptPreset) -> bool:
@@ -373,8 +394,10 @@ def fix_text_keeping_spans(text: str, spans: Sequence[tuple[int, int]]) -> tuple
     while head < min(len(text), len(fixed_whole)) and text[head] == fixed_whole[head]:
         head += 1
     tail = 0
-    while (tail < min(len(text), len(fixed_whole)) - head
-           and text[len(text) - 1 - tail] == fixed_whole[len(fixed_whole) - 1 - tail]):
+    while (
+        tail < min(len(text), len(fixed_whole)) - head
+        and text[len(text) - 1 - tail] == fixed_whole[len(fixed_whole) - 1 - tail]
+    ):
         tail += 1
 
     def move(p: int) -> int:
@@ -387,28 +410,40 @@ def fix_text_keeping_spans(text: str, spans: Sequence[tuple[int, int]]) -> tuple
     return fixed_whole, [(move(s), max(move(s), move(e))) for s, e in spans]
 
 
-def _encode_once(tokenizer, preset: PromptPreset, query: str, passages: Sequence[str],
-                 max_passage_tokens: int | None, words: int | None) -> PromptEncoding:
+def _encode_once(
+    tokenizer,
+    preset: PromptPreset,
+    query: str,
+    passages: Sequence[str],
+    max_passage_tokens: int | None,
+    words: int | None,
+) -> PromptEncoding:
     texts, cut = prepare_passages(tokenizer, preset, passages, max_passage_tokens, words)
-    messages, spans, query_spans = _preset_messages(preset, prepare_query(preset, query), texts,
-                                                    _system_in_user(tokenizer, preset))
+    messages, spans, query_spans = _preset_messages(
+        preset, prepare_query(preset, query), texts, _system_in_user(tokenizer, preset)
+    )
     rendered = _render(tokenizer, preset, messages)
     starts = _locate(rendered, messages)
     char_spans = [(starts[m] + s, starts[m] + e) for m, s, e in spans]
     caller_spans = char_spans + [(starts[m] + s, starts[m] + e) for m, s, e in query_spans]
     if preset.ftfy:
         rendered, caller_spans = fix_text_keeping_spans(rendered, caller_spans)
-        char_spans = caller_spans[:len(spans)]
+        char_spans = caller_spans[: len(spans)]
     bos = getattr(tokenizer, "bos_token", None)
     # rank_llm's runs tokenise the rendered text with special tokens (BOS); a template that already
     # writes BOS is not given a second one.
     add_special = preset.add_bos and not (bos and rendered.startswith(bos))
     ids, offsets = tokenize_with_plain_spans(tokenizer, rendered, caller_spans, add_special_tokens=add_special)
-    return PromptEncoding(input_ids=ids, passage_spans=_token_spans(offsets, char_spans),
-                          num_passages=len(passages), truncated_passages=cut, text=rendered)
+    return PromptEncoding(
+        input_ids=ids,
+        passage_spans=_token_spans(offsets, char_spans),
+        num_passages=len(passages),
+        truncated_passages=cut,
+        text=rendered,
+    )
 
 
-_PLAIN_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_PLAIN_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def plain_text_tokenizer(tokenizer):
@@ -450,14 +485,19 @@ def _special_affixes(tokenizer) -> tuple[list[int], list[int]]:
     bare = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a", add_special_tokens=True)["input_ids"]
     for i in range(len(full) - len(bare) + 1):
-        if full[i:i + len(bare)] == bare:
-            return list(full[:i]), list(full[i + len(bare):])
+        if full[i : i + len(bare)] == bare:
+            return list(full[:i]), list(full[i + len(bare) :])
     return [], []
 
 
-def tokenize_with_plain_spans(tokenizer, text: str, plain_spans: Sequence[tuple[int, int]], *,
-                              add_special_tokens: bool = False, force_split: bool = False
-                              ) -> tuple[list[int], list[tuple[int, int]]]:
+def tokenize_with_plain_spans(
+    tokenizer,
+    text: str,
+    plain_spans: Sequence[tuple[int, int]],
+    *,
+    add_special_tokens: bool = False,
+    force_split: bool = False,
+) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids and character offsets of ``text`` where only text outside ``plain_spans`` may yield control ids.
 
     ``plain_spans`` are the caller's texts (query, passages): a ``<|im_end|>`` written inside one is
@@ -493,8 +533,9 @@ def tokenize_with_plain_spans(tokenizer, text: str, plain_spans: Sequence[tuple[
     cursor = 0
     for start, end in structural + [(len(text), len(text))]:
         if start > cursor:
-            enc = plain(text[cursor:start], add_special_tokens=False, split_special_tokens=True,
-                        return_offsets_mapping=True)
+            enc = plain(
+                text[cursor:start], add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
+            )
             ids.extend(enc["input_ids"])
             offsets.extend((a + cursor, b + cursor) for a, b in enc["offset_mapping"])
         if end > start:
@@ -536,7 +577,7 @@ def relevance_token_ids(tokenizer) -> tuple[int, int]:
     return ids[0][0], ids[1][0]
 
 
-def end_of_turn_ids(tokenizer, preset: "str | PromptPreset | None" = None) -> list[int]:
+def end_of_turn_ids(tokenizer, preset: str | PromptPreset | None = None) -> list[int]:
     """Token ids the chat template puts after an assistant message (e.g. ``<|im_end|>``).
 
     A preset rendered with its own chat format string (RankVicuna, RankMistral100) ends with EOS.
@@ -544,8 +585,9 @@ def end_of_turn_ids(tokenizer, preset: "str | PromptPreset | None" = None) -> li
     if getattr(tokenizer, "chat_template", None) and not _uses_format(tokenizer, get_preset(preset)):
         marker = "XQZRANKING"
         rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "u"}, {"role": "assistant", "content": marker}], tokenize=False)
-        suffix = rendered[rendered.find(marker) + len(marker):]
+            [{"role": "user", "content": "u"}, {"role": "assistant", "content": marker}], tokenize=False
+        )
+        suffix = rendered[rendered.find(marker) + len(marker) :]
         ids = tokenizer(suffix, add_special_tokens=False)["input_ids"]
         special = set(tokenizer.all_special_ids)
         for i, tok in enumerate(ids):
@@ -556,7 +598,7 @@ def end_of_turn_ids(tokenizer, preset: "str | PromptPreset | None" = None) -> li
     return [tokenizer.eos_token_id]
 
 
-def encode_target(tokenizer, order: Sequence[int], preset: "str | PromptPreset | None" = None) -> list[int]:
+def encode_target(tokenizer, order: Sequence[int], preset: str | PromptPreset | None = None) -> list[int]:
     """Response token ids for a ranking (0-based indices, best first), end-of-turn included.
 
     ``preset`` picks the identifier spelling (letters for FIRST) and the end-of-turn tokens.

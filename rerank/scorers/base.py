@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 from rerank.config import PruningConfig
 from rerank.engine.decoding import TokenTable
@@ -46,6 +47,7 @@ class Scorer(ABC):
 
     def check_pruning(self, pruning: PruningConfig) -> None:
         """Raise ``ValueError`` naming why ``pruning`` cannot serve this mode (default: any schedule can)."""
+        return None
 
     def session(self):
         """A fresh dense or pruned model session (see :mod:`rerank.engine.session`)."""
@@ -67,20 +69,32 @@ class Scorer(ABC):
 def call_costs(encs: Sequence[PromptEncoding], row: int, info: PrefillInfo, after_prefill_seconds: float) -> dict:
     """Cost fields of one row of a batched call; wall time is shared equally among the rows."""
     enc, share = encs[row], 1.0 / len(encs)
-    return {"prompt_tokens": len(enc.input_ids), "prefill_seconds": info.seconds * share,
-            "decode_seconds": after_prefill_seconds * share,
-            "kept_tokens": info.extra.get("kept_tokens_per_row", [None] * len(encs))[row],
-            "computed_fraction": info.computed_fraction, "truncated_passages": enc.truncated_passages}
+    return {
+        "prompt_tokens": len(enc.input_ids),
+        "prefill_seconds": info.seconds * share,
+        "decode_seconds": after_prefill_seconds * share,
+        "kept_tokens": info.extra.get("kept_tokens_per_row", [None] * len(encs))[row],
+        "computed_fraction": info.computed_fraction,
+        "truncated_passages": enc.truncated_passages,
+    }
 
 
-def rankings_by_score(encs: Sequence[PromptEncoding], scores: Sequence[Sequence[float]], info: PrefillInfo,
-                      after_prefill_seconds: float) -> list[WindowRanking]:
+def rankings_by_score(
+    encs: Sequence[PromptEncoding], scores: Sequence[Sequence[float]], info: PrefillInfo, after_prefill_seconds: float
+) -> list[WindowRanking]:
     """Window rankings ordered by per-passage scores (ties: first-stage order). Every passage is scored
     by the model, so the whole order is the model's (``top_k`` only cuts the output)."""
     rankings = []
     for row, enc in enumerate(encs):
         row_scores = scores[row]
         order = sorted(range(enc.num_passages), key=lambda i: (-row_scores[i], i))
-        rankings.append(WindowRanking(order=order, ranked=enc.num_passages, scores=row_scores, generated_tokens=0,
-                                      **call_costs(encs, row, info, after_prefill_seconds)))
+        rankings.append(
+            WindowRanking(
+                order=order,
+                ranked=enc.num_passages,
+                scores=row_scores,
+                generated_tokens=0,
+                **call_costs(encs, row, info, after_prefill_seconds),
+            )
+        )
     return rankings

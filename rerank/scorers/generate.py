@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from rerank.engine.generate import rank_prompts
 from rerank.prompting.identifiers import complete_order
@@ -21,13 +21,24 @@ class GenerateScorer(Scorer):
         return len(encode_target(self.tokenizer, list(range(num_passages)), self.preset))
 
     def rank(self, encodings: Sequence[PromptEncoding], top_ks: Sequence[int | None]) -> list[WindowRanking]:
-        out = rank_prompts(self.session(), [e.input_ids for e in encodings], [e.num_passages for e in encodings],
-                           self.table, top_k=list(top_ks), prunable=[e.prunable_mask() for e in encodings])
+        out = rank_prompts(
+            self.session(),
+            [e.input_ids for e in encodings],
+            [e.num_passages for e in encodings],
+            self.table,
+            top_k=list(top_ks),
+            prunable=[e.prunable_mask() for e in encodings],
+        )
         rankings = []
         for row, enc in enumerate(encodings):
             emitted = [k - 1 for k in out.identifiers[row]]
-            rankings.append(WindowRanking(
-                order=complete_order(emitted, enc.num_passages), ranked=len(emitted),
-                generated_tokens=out.generated_tokens[row], constraint_seconds=out.constraint_seconds / len(encodings),
-                **call_costs(encodings, row, out.prefill, out.decode_seconds)))
+            rankings.append(
+                WindowRanking(
+                    order=complete_order(emitted, enc.num_passages),
+                    ranked=len(emitted),
+                    generated_tokens=out.generated_tokens[row],
+                    constraint_seconds=out.constraint_seconds / len(encodings),
+                    **call_costs(encodings, row, out.prefill, out.decode_seconds),
+                )
+            )
         return rankings

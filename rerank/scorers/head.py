@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from rerank.config import PruningConfig
 from rerank.engine.head_pruning import score_positions_pruned
@@ -36,6 +36,7 @@ class HeadScorer(Scorer):
         if self.pruning is None:
             out = score_positions(self.model, prompts, reads, yes_id, no_id, self.tokenizer.pad_token_id)
         else:
-            out = score_positions_pruned(self.model, prompts, reads, [e.prunable_mask() for e in encodings], yes_id,
-                                         no_id, self.pruning)
+            out = score_positions_pruned(
+                self.model, prompts, reads, [e.prunable_mask() for e in encodings], yes_id, no_id, self.pruning
+            )
         return rankings_by_score(encodings, out.scores, out.prefill, 0.0)

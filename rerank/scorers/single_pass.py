@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from rerank.engine.single_pass import score_identifiers
 from rerank.prompting.prompts import PromptEncoding
@@ -21,6 +21,11 @@ class SinglePassScorer(Scorer):
         return max(len(seq) for seq in first.values())
 
     def rank(self, encodings: Sequence[PromptEncoding], top_ks: Sequence[int | None]) -> list[WindowRanking]:
-        out = score_identifiers(self.session(), [e.input_ids for e in encodings], [e.num_passages for e in encodings],
-                                self.table, prunable=[e.prunable_mask() for e in encodings])
+        out = score_identifiers(
+            self.session(),
+            [e.input_ids for e in encodings],
+            [e.num_passages for e in encodings],
+            self.table,
+            prunable=[e.prunable_mask() for e in encodings],
+        )
         return rankings_by_score(encodings, out.scores, out.prefill, out.scoring_seconds)

@@ -8,8 +8,17 @@
 from rerank.batching import BatcherClosedError, BatcherConfig, DynamicBatcher, QueueFullError, batcher_for
 from rerank.serving.scores import model_top_k, relevance_scores
 
-__all__ = ["BatcherClosedError", "BatcherConfig", "DynamicBatcher", "QueueFullError", "ServerConfig", "batcher_for",
-           "create_app", "model_top_k", "relevance_scores"]
+__all__ = [
+    "BatcherClosedError",
+    "BatcherConfig",
+    "DynamicBatcher",
+    "QueueFullError",
+    "ServerConfig",
+    "batcher_for",
+    "create_app",
+    "model_top_k",
+    "relevance_scores",
+]
 
 
 def __getattr__(name: str):

@@ -20,7 +20,7 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from rerank import __version__
 from rerank.batching import BatcherClosedError, BatcherConfig, DynamicBatcher, QueueFullError
@@ -52,22 +52,53 @@ class ServerConfig:
     """Limits, authentication and batching of the rerank server."""
 
     model_name: str = field(default="lazyrank", metadata={"help": "Model name reported in answers and /info."})
-    api_key: Optional[str] = field(default=None, metadata={"help": "If set, every route but /health and /metrics needs 'Authorization: Bearer <key>' (else 401)."})
+    api_key: str | None = field(
+        default=None,
+        metadata={
+            "help": "If set, every route but /health and /metrics needs 'Authorization: Bearer <key>' (else 401)."
+        },
+    )
     max_request_bytes: int = field(default=2_000_000, metadata={"help": "Largest request body in bytes (else 413)."})
     max_documents: int = field(default=1000, metadata={"help": "Most documents in one request (else 422)."})
-    max_concurrent: int = field(default=512, metadata={"help": "Most requests outstanding at once, queued or being ranked (else 429)."})
-    max_batch_size: Optional[int] = field(default=None, metadata={"help": "Most requests ranked in one batched model call; None = the reranker's batch_size; 1 = no dynamic batching."})
-    max_wait_ms: float = field(default=5.0, metadata={"help": "How long a request waits for others to share its batch (ms)."})
-    max_query_tokens: int = field(default=512, metadata={"help": "Longest query in the model's tokens (else 422 naming query): the query enters the prompt twice and is never cut."})
-    body_timeout: float = field(default=30.0, metadata={"help": "Seconds a request body may take to arrive in full (else 408)."})
+    max_concurrent: int = field(
+        default=512, metadata={"help": "Most requests outstanding at once, queued or being ranked (else 429)."}
+    )
+    max_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Most requests ranked in one batched model call; None = the reranker's batch_size; 1 = no dynamic "
+                "batching."
+            )
+        },
+    )
+    max_wait_ms: float = field(
+        default=5.0, metadata={"help": "How long a request waits for others to share its batch (ms)."}
+    )
+    max_query_tokens: int = field(
+        default=512,
+        metadata={
+            "help": (
+                "Longest query in the model's tokens (else 422 naming query): the query enters the prompt twice and "
+                "is never cut."
+            )
+        },
+    )
+    body_timeout: float = field(
+        default=30.0, metadata={"help": "Seconds a request body may take to arrive in full (else 408)."}
+    )
 
     def __post_init__(self):
         for name in ("max_request_bytes", "max_documents", "max_concurrent", "max_query_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.body_timeout, bool) or not isinstance(self.body_timeout, (int, float)) \
-                or not self.body_timeout > 0 or self.body_timeout == float("inf"):
+        if (
+            isinstance(self.body_timeout, bool)
+            or not isinstance(self.body_timeout, (int, float))
+            or not self.body_timeout > 0
+            or self.body_timeout == float("inf")
+        ):
             raise ValueError(f"body_timeout must be a positive number of seconds, got {self.body_timeout!r}")
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise ValueError("api_key must be a non-empty string or None")
@@ -75,8 +106,9 @@ class ServerConfig:
         self.batcher_config()
 
     def batcher_config(self) -> BatcherConfig:
-        return BatcherConfig(max_batch_size=self.max_batch_size, max_wait_ms=self.max_wait_ms,
-                             max_pending=self.max_concurrent)
+        return BatcherConfig(
+            max_batch_size=self.max_batch_size, max_wait_ms=self.max_wait_ms, max_pending=self.max_concurrent
+        )
 
 
 class _Metrics:
@@ -86,19 +118,28 @@ class _Metrics:
         prom = _require("prometheus_client")
         self.registry = prom.CollectorRegistry()
         r = self.registry
-        self.requests = prom.Counter("lazyrank_requests", "HTTP requests answered, by route and status",
-                                     ["route", "status"], registry=r)
+        self.requests = prom.Counter(
+            "lazyrank_requests", "HTTP requests answered, by route and status", ["route", "status"], registry=r
+        )
         self.errors = prom.Counter("lazyrank_errors", "Failed requests by error kind", ["kind"], registry=r)
         self.queue_depth = prom.Gauge("lazyrank_queue_depth", "Requests waiting for the model worker", registry=r)
         self.queue_depth.set_function(lambda: batcher.queued)
         self.in_flight = prom.Gauge("lazyrank_requests_in_flight", "Requests queued or being ranked", registry=r)
         self.in_flight.set_function(lambda: batcher.pending)
-        self.batch_size = prom.Histogram("lazyrank_batch_size", "Requests per batched model call",
-                                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.batch_size = prom.Histogram(
+            "lazyrank_batch_size",
+            "Requests per batched model call",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.batch_seconds = prom.Histogram("lazyrank_batch_seconds", "Seconds per batched model call", registry=r)
-        self.latency = prom.Histogram("lazyrank_request_latency_seconds", "Rerank request latency (s)", ["route"],
-                                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-                                      registry=r)
+        self.latency = prom.Histogram(
+            "lazyrank_request_latency_seconds",
+            "Rerank request latency (s)",
+            ["route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
         self.prompt_tokens = prom.Counter("lazyrank_prompt_tokens", "Prompt tokens read by the model", registry=r)
         self.documents = prom.Counter("lazyrank_documents", "Documents ranked", registry=r)
         self._prom = prom
@@ -133,8 +174,9 @@ async def _read_body(request: Any, limit: int, timeout: float) -> bytes:
         except StopAsyncIteration:
             return bytes(body)
         except asyncio.TimeoutError:
-            raise ApiError(408, "timeout", f"request body not received in full within {timeout:g} s "
-                                           f"({len(body)} bytes arrived)") from None
+            raise ApiError(
+                408, "timeout", f"request body not received in full within {timeout:g} s ({len(body)} bytes arrived)"
+            ) from None
         body += chunk
         if len(body) > limit:
             raise ApiError(413, "payload_too_large", f"request body over the limit of {limit} bytes")
@@ -165,8 +207,12 @@ class _Service:
         tokenizer = getattr(reranker, "tokenizer", None)
         # a private copy: the worker thread keeps using the reranker's own to tokenise prompts
         self.tokenizer = plain_text_tokenizer(tokenizer) if tokenizer is not None else None
-        self.schema = openapi_document(version=__version__, max_documents=config.max_documents,
-                                       max_query_tokens=config.max_query_tokens, secured=config.api_key is not None)
+        self.schema = openapi_document(
+            version=__version__,
+            max_documents=config.max_documents,
+            max_query_tokens=config.max_query_tokens,
+            secured=config.api_key is not None,
+        )
 
     def _on_batch(self, size: int, seconds: float) -> None:
         self.metrics.on_batch(size, seconds)
@@ -190,8 +236,11 @@ class _Service:
         # A long query is tokenised off the event loop (2 MB take seconds).
         count = self.query_tokens(query) if len(query) <= 4096 else await asyncio.to_thread(self.query_tokens, query)
         if count > self.config.max_query_tokens:
-            raise ApiError(422, "validation", f"query is {count} tokens, over the budget of "
-                                              f"{self.config.max_query_tokens} tokens (max_query_tokens)")
+            raise ApiError(
+                422,
+                "validation",
+                f"query is {count} tokens, over the budget of {self.config.max_query_tokens} tokens (max_query_tokens)",
+            )
 
     async def rank(self, req: Any):
         """Submit one parsed request to the batcher and wait for its result."""
@@ -221,8 +270,9 @@ class _Service:
             if req.dialect == "tei":
                 answer = tei_response(req, result)
             else:
-                answer = cohere_response(req, result, model_name=self.config.model_name,
-                                         api_version="2" if route.startswith("/v2") else "1")
+                answer = cohere_response(
+                    req, result, model_name=self.config.model_name, api_version="2" if route.startswith("/v2") else "1"
+                )
             response = self.responses.JSONResponse(answer)
         except ApiError as exc:
             metrics.errors.labels(exc.kind).inc()
@@ -256,14 +306,19 @@ class _Service:
             "pruning": asdict(pruning) if pruning is not None else None,
             "max_passage_tokens": getattr(rc, "max_passage_tokens", None),
             "max_context": getattr(self.reranker, "max_context", None),
-            "limits": {"max_documents": config.max_documents, "max_request_bytes": config.max_request_bytes,
-                       "max_concurrent": config.max_concurrent, "max_batch_size": self.batcher.max_batch_size,
-                       "max_wait_ms": config.max_wait_ms, "max_query_tokens": config.max_query_tokens,
-                       "body_timeout": config.body_timeout},
+            "limits": {
+                "max_documents": config.max_documents,
+                "max_request_bytes": config.max_request_bytes,
+                "max_concurrent": config.max_concurrent,
+                "max_batch_size": self.batcher.max_batch_size,
+                "max_wait_ms": config.max_wait_ms,
+                "max_query_tokens": config.max_query_tokens,
+                "body_timeout": config.body_timeout,
+            },
             "auth": config.api_key is not None,
             "endpoints": list(RERANK_ROUTES),
             "relevance_score": "rank-derived 1 - r/N, or softmax of the model's scores over the request; "
-                               "monotone in rank, in [0, 1]",
+            "monotone in rank, in [0, 1]",
         }
         body.update(self.info)
         return self.responses.JSONResponse(body)
@@ -286,8 +341,9 @@ class _Service:
             return self.error(ApiError(404, "not_found", str(exc)))
         if path is None:
             return self.error(ApiError(404, "not_found", f"no asset {name!r}"))
-        return self.responses.Response(path.read_bytes(), media_type=SWAGGER_ASSETS[name],
-                                       headers={"Cache-Control": "public, max-age=86400"})
+        return self.responses.Response(
+            path.read_bytes(), media_type=SWAGGER_ASSETS[name], headers={"Cache-Control": "public, max-age=86400"}
+        )
 
     async def http_error(self, request: Any, exc: Any):
         kinds = {404: "not_found", 405: "method_not_allowed"}
@@ -317,12 +373,22 @@ def create_app(reranker: Any, config: ServerConfig | None = None, *, info: dict 
 
     service = _Service(reranker, config or ServerConfig(), info)
     routes = [Route(path, service.rerank_route, methods=["POST"]) for path in RERANK_ROUTES]
-    routes += [Route(path, handler, methods=["GET"]) for path, handler in (
-        ("/health", service.health), ("/info", service.info_route), ("/metrics", service.metrics_route),
-        ("/openapi.json", service.openapi_route), ("/docs", service.docs_route),
-        ("/docs/assets/{name}", service.docs_asset))]
-    app = Starlette(routes=routes, lifespan=service.lifespan,
-                    exception_handlers={HTTPException: service.http_error, Exception: service.internal_error})
+    routes += [
+        Route(path, handler, methods=["GET"])
+        for path, handler in (
+            ("/health", service.health),
+            ("/info", service.info_route),
+            ("/metrics", service.metrics_route),
+            ("/openapi.json", service.openapi_route),
+            ("/docs", service.docs_route),
+            ("/docs/assets/{name}", service.docs_asset),
+        )
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=service.lifespan,
+        exception_handlers={HTTPException: service.http_error, Exception: service.internal_error},
+    )
     app.state.batcher = service.batcher
     app.state.config = service.config
     app.state.metrics = service.metrics

@@ -36,8 +36,9 @@ def header_timeout_protocol(header_timeout: float) -> type:
 
         def _header_deadline(self, cycle_when_armed: Any) -> None:
             if self.cycle is cycle_when_armed and not self.transport.is_closing():
-                self.logger.info("closing a connection whose request headers did not arrive within %g s",
-                                 header_timeout)
+                self.logger.info(
+                    "closing a connection whose request headers did not arrive within %g s", header_timeout
+                )
                 self.timeout_keep_alive_handler()  # uvicorn's own close of an idle connection
 
     return HeaderTimeoutH11Protocol

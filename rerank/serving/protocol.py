@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from rerank.results import RankingResult
 from rerank.serving.scores import relevance_scores
@@ -51,10 +51,10 @@ class RerankRequest:
     query: str
     texts: list[str]
     dialect: str = "cohere"  # "cohere" (also Jina) or "tei"
-    top_n: Optional[int] = None  # None = all documents
+    top_n: int | None = None  # None = all documents
     return_documents: bool = False
     raw_scores: bool = False  # TEI only: the model's scores instead of [0, 1] relevance
-    model: Optional[str] = None
+    model: str | None = None
     echo: list[dict] = field(default_factory=list)  # what "document" repeats, per input document
 
     @property
@@ -68,8 +68,9 @@ def _check_text(text: str, name: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise _invalid(f"{name} holds a lone surrogate {text[exc.start]!r} at character {exc.start}: "
-                       "not valid Unicode text") from None
+        raise _invalid(
+            f"{name} holds a lone surrogate {text[exc.start]!r} at character {exc.start}: not valid Unicode text"
+        ) from None
 
 
 def _optional_bool(payload: dict, name: str) -> bool:
@@ -127,14 +128,20 @@ def parse_request(payload: Any, *, path: str, max_documents: int) -> RerankReque
             if not isinstance(text, str):
                 raise _invalid(f"texts[{i}] must be a string, got {type(text).__name__}")
             _check_text(text, f"texts[{i}]")
-        return RerankRequest(query=query, texts=list(docs), dialect="tei", model=model,
-                             return_documents=_optional_bool(payload, "return_text"),
-                             raw_scores=_optional_bool(payload, "raw_scores"),
-                             echo=[{"text": t} for t in docs])
+        return RerankRequest(
+            query=query,
+            texts=list(docs),
+            dialect="tei",
+            model=model,
+            return_documents=_optional_bool(payload, "return_text"),
+            raw_scores=_optional_bool(payload, "raw_scores"),
+            echo=[{"text": t} for t in docs],
+        )
 
     rank_fields = payload.get("rank_fields")
-    if rank_fields is not None and (not isinstance(rank_fields, list)
-                                    or not all(isinstance(f, str) for f in rank_fields)):
+    if rank_fields is not None and (
+        not isinstance(rank_fields, list) or not all(isinstance(f, str) for f in rank_fields)
+    ):
         raise _invalid("rank_fields must be a list of strings")
     texts: list[str] = []
     echo: list[dict] = []
@@ -146,8 +153,9 @@ def parse_request(payload: Any, *, path: str, max_documents: int) -> RerankReque
             texts.append(_document_text(doc, i, rank_fields))
             echo.append(doc)  # Cohere v1 echoes object documents with their extra fields
         else:
-            raise _invalid(f"documents[{i}] must be a string or an object with a string 'text' field, "
-                           f"got {type(doc).__name__}")
+            raise _invalid(
+                f"documents[{i}] must be a string or an object with a string 'text' field, got {type(doc).__name__}"
+            )
         _check_text(texts[-1], f"documents[{i}]")
     top_n = payload.get("top_n")
     if top_n is not None:
@@ -155,9 +163,15 @@ def parse_request(payload: Any, *, path: str, max_documents: int) -> RerankReque
             raise _invalid(f"top_n must be an integer, got {type(top_n).__name__}")
         if top_n < 0:
             raise _invalid(f"top_n must be >= 0, got {top_n}")
-    return RerankRequest(query=query, texts=texts, dialect="cohere", model=model,
-                         top_n=top_n or None,  # missing, null and 0 all mean "every document"
-                         return_documents=_optional_bool(payload, "return_documents"), echo=echo)
+    return RerankRequest(
+        query=query,
+        texts=texts,
+        dialect="cohere",
+        model=model,
+        top_n=top_n or None,  # missing, null and 0 all mean "every document"
+        return_documents=_optional_bool(payload, "return_documents"),
+        echo=echo,
+    )
 
 
 def _finite(value: float) -> float:
@@ -171,7 +185,7 @@ def cohere_response(request: RerankRequest, result: RankingResult, *, model_name
     """The Cohere/Jina answer: results best first, cut to ``top_n``."""
     relevance = relevance_scores(result)
     results = []
-    for index in result.order[:request.returned]:
+    for index in result.order[: request.returned]:
         item: dict = {"index": index, "relevance_score": relevance[index]}
         if request.return_documents:
             item["document"] = request.echo[index]
@@ -182,8 +196,11 @@ def cohere_response(request: RerankRequest, result: RankingResult, *, model_name
         "id": str(uuid.uuid4()),
         "model": model_name,
         "results": results,
-        "meta": {"api_version": {"version": api_version}, "billed_units": {"search_units": 1},
-                 "tokens": {"input_tokens": prompt_tokens, "output_tokens": generated}},
+        "meta": {
+            "api_version": {"version": api_version},
+            "billed_units": {"search_units": 1},
+            "tokens": {"input_tokens": prompt_tokens, "output_tokens": generated},
+        },
         "usage": {"total_tokens": prompt_tokens + generated, "prompt_tokens": prompt_tokens},
     }
 
@@ -192,7 +209,7 @@ def tei_response(request: RerankRequest, result: RankingResult) -> list[dict]:
     """TEI's answer: a bare array of ``{index, score, text?}``, best first."""
     scores = [_finite(float(s)) for s in result.scores] if request.raw_scores else relevance_scores(result)
     out = []
-    for index in result.order[:request.returned]:
+    for index in result.order[: request.returned]:
         item: dict = {"index": index, "score": scores[index]}
         if request.return_documents:
             item["text"] = request.texts[index]

@@ -22,7 +22,7 @@ so a new scoring kind needs no change here.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from rerank.results import RankingResult
 from rerank.scorers import scorer_class

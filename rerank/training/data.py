@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -46,8 +46,10 @@ class ExampleOptions:
         if self.passages_per_example is not None and self.passages_per_example < 2:
             raise ValueError(f"passages_per_example must be >= 2 or None, got {self.passages_per_example}")
         if self.identifier_tree and (self.passage_head or not self.include_target):
-            raise ValueError("identifier_tree packs the tree after the target: it needs include_target and "
-                             "cannot be combined with passage_head")
+            raise ValueError(
+                "identifier_tree packs the tree after the target: it needs include_target and "
+                "cannot be combined with passage_head"
+            )
         from rerank.prompting.presets import get_preset
 
         if get_preset(self.prompt).identifiers != "number":
@@ -66,8 +68,13 @@ def encode_example(tokenizer, record: LabelRecord, options: ExampleOptions, inde
         random.Random(f"{options.seed}:{index}:{record.qid}").shuffle(initial)
     position = {d: i for i, d in enumerate(initial)}
     order = [position[d] for d in record.final_list if d in position]
-    prompt = encode_prompt(tokenizer, record.query, [record.passages[d] for d in initial], options.max_passage_tokens,
-                           preset=options.prompt)
+    prompt = encode_prompt(
+        tokenizer,
+        record.query,
+        [record.passages[d] for d in initial],
+        options.max_passage_tokens,
+        preset=options.prompt,
+    )
     target, ranks = target_with_ranks(tokenizer, order) if options.include_target else ([], [])
     if target and options.prompt != "lazyrank":
         # Same ranking tokens; what ends the answer is the preset's end of turn.
@@ -85,19 +92,25 @@ def encode_example(tokenizer, record: LabelRecord, options: ExampleOptions, inde
         for r, index in enumerate(order, start=1):
             passage_ranks[index] = r
         teacher = record.teacher_scores or {}
-        extra = {"head_positions": prompt.passage_end_positions(), "passage_ranks": passage_ranks,
-                 "teacher_scores": [teacher.get(d, float("nan")) for d in initial]}
-    return {"input_ids": input_ids,
-            "labels": [IGNORE_INDEX] * len(prompt.input_ids) + target,
-            "rank_ids": [0] * len(prompt.input_ids) + ranks,
-            "num_passages": len(initial),
-            "truncated_passages": prompt.truncated_passages,
-            "length": len(input_ids),
-            **extra}
+        extra = {
+            "head_positions": prompt.passage_end_positions(),
+            "passage_ranks": passage_ranks,
+            "teacher_scores": [teacher.get(d, float("nan")) for d in initial],
+        }
+    return {
+        "input_ids": input_ids,
+        "labels": [IGNORE_INDEX] * len(prompt.input_ids) + target,
+        "rank_ids": [0] * len(prompt.input_ids) + ranks,
+        "num_passages": len(initial),
+        "truncated_passages": prompt.truncated_passages,
+        "length": len(input_ids),
+        **extra,
+    }
 
 
-def build_dataset(tokenizer, train_file: str, options: ExampleOptions, corpus_file: str | None = None,
-                  on_invalid: str = "error"):
+def build_dataset(
+    tokenizer, train_file: str, options: ExampleOptions, corpus_file: str | None = None, on_invalid: str = "error"
+):
     """A ``datasets.Dataset`` of encoded examples (columns: input_ids, labels, rank_ids, length).
 
     Over-long examples (more than ``max_seq_length`` tokens after the per-passage budget) are
@@ -108,15 +121,29 @@ def build_dataset(tokenizer, train_file: str, options: ExampleOptions, corpus_fi
     records, skipped = read_labels(train_file, corpus_file, on_invalid=on_invalid)
     if not records:
         raise ValueError(f"{train_file}: no usable labels")
-    rows = [{"qid": r.qid, "query": r.query, "initial_list": r.initial_list, "final_list": r.final_list,
-             "passages": [r.passages[d] for d in r.initial_list],
-             "teacher": [(r.teacher_scores or {}).get(d, float("nan")) for d in r.initial_list]} for r in records]
+    rows = [
+        {
+            "qid": r.qid,
+            "query": r.query,
+            "initial_list": r.initial_list,
+            "final_list": r.final_list,
+            "passages": [r.passages[d] for d in r.initial_list],
+            "teacher": [(r.teacher_scores or {}).get(d, float("nan")) for d in r.initial_list],
+        }
+        for r in records
+    ]
     raw = datasets.Dataset.from_list(rows)
 
     def encode(row, index):
         teacher = {d: t for d, t in zip(row["initial_list"], row["teacher"]) if t == t}  # NaN = no score
-        rec = LabelRecord(row["qid"], row["query"], row["initial_list"], row["final_list"],
-                          dict(zip(row["initial_list"], row["passages"])), teacher or None)
+        rec = LabelRecord(
+            row["qid"],
+            row["query"],
+            row["initial_list"],
+            row["final_list"],
+            dict(zip(row["initial_list"], row["passages"])),
+            teacher or None,
+        )
         return encode_example(tokenizer, rec, options, index)
 
     ds = raw.map(encode, with_indices=True, remove_columns=raw.column_names, desc="encoding labels")
@@ -126,9 +153,17 @@ def build_dataset(tokenizer, train_file: str, options: ExampleOptions, corpus_fi
         before = len(ds)
         ds = ds.filter(lambda n: n <= options.max_seq_length, input_columns="length")
         too_long = before - len(ds)
-    logger.info("training data: %d examples from %s (%d invalid labels skipped); %d passages cut to %s tokens; "
-                "%d examples over max_seq_length=%s dropped", len(ds), train_file, skipped, truncated,
-                options.max_passage_tokens, too_long, options.max_seq_length)
+    logger.info(
+        "training data: %d examples from %s (%d invalid labels skipped); %d passages cut to %s tokens; "
+        "%d examples over max_seq_length=%s dropped",
+        len(ds),
+        train_file,
+        skipped,
+        truncated,
+        options.max_passage_tokens,
+        too_long,
+        options.max_seq_length,
+    )
     if not len(ds):
         raise ValueError("every example exceeds max_seq_length; raise it or lower max_passage_tokens")
     return ds.remove_columns(["truncated_passages"])
@@ -152,17 +187,24 @@ class ListwiseCollator:
             return torch.tensor([list(f[key]) + [value] * (width - len(f[key])) for f in features], dtype=torch.long)
 
         ids = pad("input_ids", self.pad_token_id)
-        mask = torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features],
-                            dtype=torch.long)
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": pad("labels", IGNORE_INDEX),
-                 "rank_ids": pad("rank_ids", 0)}
+        mask = torch.tensor(
+            [[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features], dtype=torch.long
+        )
+        batch = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": pad("labels", IGNORE_INDEX),
+            "rank_ids": pad("rank_ids", 0),
+        }
         if "head_positions" in features[0]:
             passages = max(len(f["head_positions"]) for f in features)
 
             def pad_list(key: str, value, dtype) -> torch.Tensor:
                 return torch.tensor([list(f[key]) + [value] * (passages - len(f[key])) for f in features], dtype=dtype)
 
-            batch.update(head_positions=pad_list("head_positions", 0, torch.long),
-                         passage_ranks=pad_list("passage_ranks", 0, torch.long),
-                         teacher_scores=pad_list("teacher_scores", float("nan"), torch.float32))
+            batch.update(
+                head_positions=pad_list("head_positions", 0, torch.long),
+                passage_ranks=pad_list("passage_ranks", 0, torch.long),
+                teacher_scores=pad_list("teacher_scores", float("nan"), torch.float32),
+            )
         return batch

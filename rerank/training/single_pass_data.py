@@ -12,7 +12,7 @@ which :class:`rerank.training.losses.identifier_ranking.IdentifierRankingLoss` c
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -24,14 +24,20 @@ def tree_features(tokenizer, num_passages: int, order: Sequence[int]) -> dict:
     """Per-example tree columns: node tokens, parents, depths, each passage's path, label ranks."""
     table = TokenTable.for_tokenizer(tokenizer)
     if not table.canonical.available:
-        raise ValueError("the identifier ranking loss needs a tokenizer whose identifier tokens do not "
-                         "merge across pieces")
+        raise ValueError(
+            "the identifier ranking loss needs a tokenizer whose identifier tokens do not merge across pieces"
+        )
     tree = IdentifierTree.build(table, num_passages)
     ranks = [0] * num_passages
     for r, index in enumerate(order, start=1):
         ranks[index] = r
-    return {"tree_ids": tree.tokens, "tree_parents": tree.parents, "tree_depths": tree.depths,
-            "tree_paths": tree.paths, "passage_ranks": ranks}
+    return {
+        "tree_ids": tree.tokens,
+        "tree_parents": tree.parents,
+        "tree_depths": tree.depths,
+        "tree_paths": tree.paths,
+        "passage_ranks": ranks,
+    }
 
 
 def pack_batch(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -65,23 +71,31 @@ def pack_batch(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.T
         prompt = next(i for i, lab in enumerate(f["labels"]) if lab != IGNORE_INDEX)
         nodes = len(f["tree_ids"])
         ids[b, :seq] = torch.tensor(f["input_ids"])
-        ids[b, seq:seq + nodes] = torch.tensor(f["tree_ids"])
+        ids[b, seq : seq + nodes] = torch.tensor(f["tree_ids"])
         labels[b, :seq] = torch.tensor(f["labels"])
         rank_ids[b, :seq] = torch.tensor(f["rank_ids"])
         positions[b, :seq] = torch.arange(seq)
-        positions[b, seq:seq + nodes] = prompt + torch.tensor(f["tree_depths"])
+        positions[b, seq : seq + nodes] = prompt + torch.tensor(f["tree_depths"])
         mask[b, :seq, :seq] = torch.ones(seq, seq, dtype=torch.bool).tril()
         for i, parent in enumerate(f["tree_parents"]):
             row = seq + i
             mask[b, row, :prompt] = True
             if parent >= 0:
-                mask[b, row, seq:seq + nodes] |= mask[b, seq + parent, seq:seq + nodes]
+                mask[b, row, seq : seq + nodes] |= mask[b, seq + parent, seq : seq + nodes]
             edge_source[b, i] = prompt - 1 if parent < 0 else seq + parent
         edge_token[b, :nodes] = torch.tensor(f["tree_ids"])
         for k, path in enumerate(f["tree_paths"]):
             path_matrix[b, k, path] = 1.0
         passage_ranks[b, : len(f["passage_ranks"])] = torch.tensor(f["passage_ranks"])
-    return {"input_ids": ids, "attention_mask": mask[:, None], "position_ids": positions, "labels": labels,
-            "rank_ids": rank_ids, "edge_source": edge_source, "edge_token": edge_token,
-            "path_matrix": path_matrix, "passage_ranks": passage_ranks,
-            "num_tokens": torch.tensor(lengths, dtype=torch.long)}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask[:, None],
+        "position_ids": positions,
+        "labels": labels,
+        "rank_ids": rank_ids,
+        "edge_source": edge_source,
+        "edge_token": edge_token,
+        "path_matrix": path_matrix,
+        "passage_ranks": passage_ranks,
+        "num_tokens": torch.tensor(lengths, dtype=torch.long),
+    }

@@ -18,5 +18,4 @@ def build_loss(name: str, alpha: float = 1.0, normalize: str = "tokens") -> Impo
     raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")
 
 
-__all__ = ["IGNORE_INDEX", "LOSSES", "ImportanceAwareLoss", "LMLoss", "build_loss", "rank_weights",
-           "target_with_ranks"]
+__all__ = ["IGNORE_INDEX", "LOSSES", "ImportanceAwareLoss", "LMLoss", "build_loss", "rank_weights", "target_with_ranks"]

@@ -41,8 +41,9 @@ class IdentifierRankingLoss(nn.Module):
 
     def forward(self, scores: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
         if scores.shape != ranks.shape or scores.dim() != 2:
-            raise ValueError(f"scores and ranks must both be [batch, passages], got {tuple(scores.shape)} "
-                             f"and {tuple(ranks.shape)}")
+            raise ValueError(
+                f"scores and ranks must both be [batch, passages], got {tuple(scores.shape)} and {tuple(ranks.shape)}"
+            )
         scores = scores.double() if scores.dtype == torch.float64 else scores.float()
         valid = ranks > 0
         if self.kind == "ranknet":
@@ -53,12 +54,12 @@ class IdentifierRankingLoss(nn.Module):
 
     def _ranknet(self, s, r, valid):
         rf = r.to(s.dtype)
-        above = (r[:, :, None] < r[:, None, :]) & valid[:, :, None] & valid[:, None, :]   # i ranked above j
+        above = (r[:, :, None] < r[:, None, :]) & valid[:, :, None] & valid[:, None, :]  # i ranked above j
         # Padding has rank 0: 1/(0+0) = inf, and inf * False = nan, so the mask must select, not multiply.
         pair_sum = (rf[:, :, None] + rf[:, None, :]).clamp(min=1.0)
         weight = 1.0 / pair_sum if self.weighted else torch.ones_like(pair_sum)
         weight = torch.where(above, weight, torch.zeros_like(weight))
-        pair = torch.nn.functional.softplus(s[:, None, :] - s[:, :, None])                 # log(1 + e^{s_j - s_i})
+        pair = torch.nn.functional.softplus(s[:, None, :] - s[:, :, None])  # log(1 + e^{s_j - s_i})
         per_example = (weight * pair).sum((1, 2)) / weight.sum((1, 2)).clamp(min=1e-12)
         return per_example.mean()
 

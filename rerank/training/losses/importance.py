@@ -16,7 +16,7 @@ receives it as a ``rank_ids`` tensor aligned with ``labels`` (0 = separator/end,
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -132,8 +132,12 @@ class ImportanceAwareLoss(nn.Module):
         ranks = rank_ids[:, 1:]
         mask = targets != IGNORE_INDEX
         # Cross-entropy in fp32 for stability under bf16 autocast; ignored positions give 0.
-        nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                              ignore_index=IGNORE_INDEX, reduction="none").view_as(targets)
+        nll = F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
+        ).view_as(targets)
         weights = self.token_weights(ranks).to(nll.dtype) * mask
         total = (weights * nll).sum()
         denom = weights.sum() if self.normalize == "weights" else mask.sum().to(nll.dtype)
