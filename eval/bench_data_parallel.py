@@ -107,9 +107,7 @@ def same_output(a: Path, b: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collection", default="../shared/data/msmarco-dl19")
-    parser.add_argument(
-        "--depth", type=int, default=20, help="first-stage candidates reranked per query (old spelling: --top-k)"
-    )
+    parser.add_argument("--depth", type=int, default=20, help="first-stage candidates reranked per query")
     parser.add_argument("--queries", type=int, default=20, help="the first N judged queries (sorted by qid)")
     parser.add_argument("--model", default="base", help="'base' = raw SmolLM2-135M-Instruct; a path or hub id")
     parser.add_argument("--scoring", default=None, help="generate | single_pass | head (default: the model's)")

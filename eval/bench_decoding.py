@@ -97,7 +97,7 @@ def batched_summary(rows: list[dict], batch_size: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collection", default="../shared/data/msmarco-dl19")
-    parser.add_argument("--depth", type=int, default=20, help="BM25 candidates per prompt (old spelling: --top-n)")
+    parser.add_argument("--depth", type=int, default=20, help="BM25 candidates per prompt")
     parser.add_argument("--queries", type=int, default=10)
     parser.add_argument("--max_passage_tokens", type=int, default=100)
     parser.add_argument("--model", default=None)

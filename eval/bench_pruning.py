@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads; 1 keeps CPU-time ratios meaningful on a shared machine"
     )
-    parser.add_argument("--depth", type=int, default=50, help="passages per prompt, BM25 order (old spelling: --top-n)")
+    parser.add_argument("--depth", type=int, default=50, help="passages per prompt, BM25 order")
     parser.add_argument("--max_passage_tokens", type=int, default=100)
     parser.add_argument("--limit_queries", type=int, default=None, help="fidelity queries (default all 43)")
     parser.add_argument("--curve_queries", type=int, default=12, help="queries for the non-default curve points")

@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=120, help="Optimizer steps per training run (batch 1 x accum 4).")
     ap.add_argument("--eval_queries", type=int, default=43, help="DL19 queries evaluated (first K, sorted by qid).")
     ap.add_argument("--free_queries", type=int, default=10, help="Of those, how many also get an unconstrained answer.")
-    ap.add_argument("--depth", type=int, default=20, help="BM25 candidates per DL19 query (old spelling: --top_n)")
+    ap.add_argument("--depth", type=int, default=20, help="BM25 candidates per DL19 query")
     ap.add_argument("--losses", nargs="+", default=["importance", "lm"], help="Objectives to train (importance, lm).")
     ap.add_argument("--train_args", nargs=argparse.REMAINDER, default=[], help="Extra rerank.training.train overrides.")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)

@@ -27,9 +27,7 @@ class EvalConfig:
     run: str | None = field(
         default=None, metadata={"help": "First-stage TREC run; default: the folder's run.bm25.trec / run.given.trec."}
     )
-    depth: int = field(
-        default=100, metadata={"help": "First-stage candidates reranked per query (old spelling: --top-k)."}
-    )
+    depth: int = field(default=100, metadata={"help": "First-stage candidates reranked per query."})
     strategy: str = field(
         default="full", metadata={"help": "full | sliding | none (none = score the first-stage run as is)."}
     )

@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="rerank retrieve", description="BM25 first stage (bm25s) for a collection.")
     ap.add_argument("--collection", required=True, help="Folder with corpus.jsonl (shared or BEIR layout).")
     ap.add_argument("--queries", default=None, help="A queries.jsonl to use instead of the collection's own.")
-    ap.add_argument("--depth", type=int, default=100, help="Candidates per query (old spelling: --top-k).")
+    ap.add_argument("--depth", type=int, default=100, help="Candidates per query.")
     ap.add_argument("--output", required=True, help="TREC run file to write.")
     ap.add_argument("--index_dir", default=None, help="Save the index here (or load it if present).")
     ap.add_argument(

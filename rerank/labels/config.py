@@ -30,9 +30,7 @@ class LabelConfig:
     qrels: str | None = field(
         default=None, metadata={"help": "Qrels file for --teacher qrels with a JSONL input (a folder brings its own)."}
     )
-    depth: int = field(
-        default=100, metadata={"help": "First-stage candidates labelled per query (old spelling: --top_n)."}
-    )
+    depth: int = field(default=100, metadata={"help": "First-stage candidates labelled per query."})
     window_size: int = field(default=20, metadata={"help": "Passages per teacher window (w)."})
     stride: int = field(default=10, metadata={"help": "Window step; also the ranks frozen after each pass (s <= w/2)."})
     max_passes: int | None = field(
