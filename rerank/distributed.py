@@ -26,6 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
+import torch.distributed as dist
+from accelerate import PartialState
+
 from rerank.data.resume import append_record, recover_records
 
 logger = logging.getLogger(__name__)
@@ -70,7 +74,6 @@ class DataParallel:
         """The main process's ``obj`` on every process (so only it reads and repairs shared files)."""
         if not self.distributed:
             return obj
-        import torch.distributed as dist
 
         box = [obj if self.is_main else None]
         dist.broadcast_object_list(box, src=0)
@@ -80,7 +83,6 @@ class DataParallel:
         """Every process's ``obj``, in rank order, on every process."""
         if not self.distributed:
             return [obj]
-        import torch.distributed as dist
 
         out: list[Any] = [None] * self.world
         dist.all_gather_object(out, obj)
@@ -121,8 +123,6 @@ def detect() -> DataParallel:
                 CPU_CONFIG,
             )
         return DataParallel()
-    import torch
-    from accelerate import PartialState
 
     cpu = not torch.cuda.is_available() or _truthy(os.environ.get("ACCELERATE_USE_CPU"))
     state = PartialState(cpu=True, backend="gloo") if cpu else PartialState()
@@ -151,7 +151,6 @@ def shutdown_process_groups(barrier: bool = True) -> None:
     process from tearing down while a slower one is still inside a collective (pass
     ``barrier=False`` after a failure: the other processes may never arrive).
     """
-    import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         return

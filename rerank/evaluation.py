@@ -8,12 +8,17 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import ir_measures
+from ir_measures import RR, R, nDCG
 from tqdm.auto import tqdm
 
 from rerank.config import PruningConfig
 from rerank.data.collection import Collection, default_run_path, load_collection, read_run, write_run
 from rerank.data.resume import append_record, check_same_settings, save_settings
 from rerank.distributed import DataParallel, detect, existing_shards, load_union, merge_shards, own_log, remove_logs
+from rerank.fusion import check_weight
+from rerank.models import recommended_settings
+from rerank.prompting.presets import get_preset
 from rerank.reranker import Reranker
 
 logger = logging.getLogger(__name__)
@@ -104,12 +109,9 @@ class EvalConfig:
             raise ValueError(f"limit_queries must be >= 1, got {self.limit_queries}")
         if self.pruning is not None:
             PruningConfig.from_spec(self.pruning)  # fail before any model loads
-        from rerank.prompting.presets import get_preset
 
         get_preset(self.prompt)  # an unknown preset fails before any model loads
         if self.first_stage_weight is not None:
-            from rerank.fusion import check_weight
-
             self.first_stage_weight = check_weight(self.first_stage_weight)
 
 
@@ -119,7 +121,6 @@ def standard_measures(graded: bool) -> dict:
     Other harnesses (pt.Experiment in eval/pyterrier_dl19.py) take these same measure objects, so
     their numbers are this module's.
     """
-    from ir_measures import RR, R, nDCG
 
     rel = 2 if graded else 1
     return {"ndcg@10": nDCG @ 10, "rr@10": RR(rel=rel) @ 10, "recall@100": R(rel=rel) @ 100}
@@ -129,7 +130,6 @@ def compute_metrics(
     qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]], graded: bool
 ) -> dict[str, float]:
     """nDCG@10, RR@10 and R@100 with ir-measures (binary measures at rel >= 2 when graded)."""
-    import ir_measures
 
     measures = standard_measures(graded)
     flat_run = {qid: {doc: float(score) for doc, score in ranked} for qid, ranked in run.items()}
@@ -175,7 +175,6 @@ def _merge_rankings(records_path: Path, qids: list[str], dp: DataParallel) -> di
 def _resolve_model_settings(cfg: EvalConfig, reranker) -> None:
     """Fill the settings left as None with what actually runs (the given reranker's, else the model
     folder's lazyrank.json, else the defaults), so the resume check compares real settings."""
-    from rerank.models import recommended_settings
 
     defaults = {"scoring": "generate", "first_stage_weight": 0.0}
     recommended = None

@@ -7,6 +7,7 @@ The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the Py
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -52,7 +53,6 @@ def recommended_settings(model: str | os.PathLike | None) -> dict:
     path = folder / RECOMMENDED_SETTINGS_FILE
     if not path.is_file():
         return {}
-    import json
 
     settings = json.loads(path.read_text(encoding="utf-8"))
     return settings.get("reranker", {}) if isinstance(settings, dict) else {}
@@ -65,7 +65,6 @@ def cache_dir() -> Path:
 
 def _sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks (the GGUF is ~100 MB)."""
-    import hashlib
 
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -10,8 +11,10 @@ from typing import Any
 
 from rerank.batching import batcher_for
 from rerank.config import PruningConfig, RerankerConfig
+from rerank.engine import pruning as _pruning
 from rerank.engine.decoding import TokenTable
 from rerank.fusion import fuse_with_first_stage
+from rerank.models import load_model_and_tokenizer, recommended_settings
 from rerank.precision import apply_cpu_precision, resolve_precision
 from rerank.prompting.presets import get_preset
 from rerank.prompting.prompts import PromptEncoding, encode_prompt
@@ -78,8 +81,6 @@ class Reranker:
         self._answer_budget: dict[int, int] = {}
         self.scorer = scorer_class(self.config.scoring)(model, tokenizer, self.table, self.preset, self.config.pruning)
         if self.config.pruning is not None:
-            from rerank.engine import pruning as _pruning  # noqa: F401  (validates support early)
-
             _pruning.check_supported(model, self.config.pruning)
 
     @classmethod
@@ -108,7 +109,6 @@ class Reranker:
         out take the model folder's recommendation (its ``lazyrank.json``, e.g. ``scoring``), else
         the defaults (``scoring="generate"``).
         """
-        from rerank.models import load_model_and_tokenizer, recommended_settings
 
         known = {f.name for f in fields(RerankerConfig)}
         unknown = set(kwargs) - known
@@ -395,7 +395,6 @@ class Reranker:
         return_documents: bool = False,
     ) -> list[list[dict]]:
         """Async :meth:`rank_batch`: the queries are submitted together and batched with other callers'."""
-        import asyncio
 
         queries, docs = _check_batch(queries, documents)
         top_k = _check_top_k(top_k)

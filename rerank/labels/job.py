@@ -10,12 +10,16 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+
 from rerank.data.resume import append_record
 from rerank.distributed import detect, existing_shards, merge_appended, merge_shards, own_log, shutdown, union_ids
 from rerank.labels.candidates import load_candidates
 from rerank.labels.complete import iter_complete_labels, label_order
 from rerank.labels.config import LabelConfig
 from rerank.labels.records import label_record
+from rerank.labels.teachers import build_teacher
 from rerank.ranking import WindowRanker
 
 logger = logging.getLogger(__name__)
@@ -41,8 +45,6 @@ def run_labelling(config: LabelConfig, teacher: WindowRanker | None = None) -> d
         items = items[: config.max_queries]
     dp = detect()
     if teacher is None:
-        from rerank.labels.teachers import build_teacher
-
         first_stage = {it.qid: {d: r for r, d in enumerate(it.docids)} for it in items}
         # Each GPU process puts a local teacher on its own GPU unless --device says otherwise.
         teacher = build_teacher(
@@ -79,7 +81,6 @@ def run_labelling(config: LabelConfig, teacher: WindowRanker | None = None) -> d
         "generated_tokens": 0,
         "seconds": 0.0,
     }
-    from tqdm.auto import tqdm
 
     start = time.perf_counter()
     with (
@@ -133,7 +134,6 @@ def run_labelling(config: LabelConfig, teacher: WindowRanker | None = None) -> d
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``rerank labels``: build complete listwise labels (see the module docstring)."""
-    from transformers import HfArgumentParser
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = HfArgumentParser(

@@ -27,12 +27,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from rerank.data.resume import check_same_settings, save_settings
 from rerank.distributed import shutdown_process_groups
 from rerank.models import RECOMMENDED_SETTINGS_FILE, load_for_training
 from rerank.training.arguments import LazyRankTrainingArguments, TrainConfig, parse_args
+from rerank.training.data import ExampleOptions, ListwiseCollator, build_dataset
 from rerank.training.objectives import Objective
 
 logger = logging.getLogger(__name__)
@@ -140,8 +142,6 @@ def resolve_checkpoint(args: LazyRankTrainingArguments) -> str | None:
     if value is None or str(value).lower() in ("false", "no", "none", ""):
         return None
     if str(value).lower() in ("auto", "last", "true"):
-        from transformers.trainer_utils import get_last_checkpoint
-
         last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
         if last is None:
             logger.info("no checkpoint in %s: starting from scratch", args.output_dir)
@@ -249,9 +249,6 @@ def _metrics(trainer: ListwiseTrainer, config: TrainConfig, timer: StepTimer, re
 
 def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict:
     """Build data, model, objective and trainer from ``config``, train (resuming if asked), save; returns metrics."""
-    from transformers import set_seed
-
-    from rerank.training.data import ExampleOptions, ListwiseCollator, build_dataset
 
     args = config.args
     checkpoint = resolve_checkpoint(args)
