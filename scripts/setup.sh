@@ -20,5 +20,6 @@ fi
 # rank_llm 0.25.7 is the reference renderer of tests/test_presets.py. It hard-depends on vllm, so it is
 # installed without dependencies: its prompt code needs only ftfy and pyyaml (installed above) and dacite.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "rank-llm==0.25.7" "dacite>=1.8"
-.venv/bin/python -m rerank.models >/dev/null
+.venv/bin/python -c "import logging; logging.basicConfig(level=logging.INFO)
+from rerank.models import default_model_path; default_model_path()"
 echo "LazyRank installed in .venv (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"
