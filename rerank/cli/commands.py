@@ -143,7 +143,7 @@ def _dispatch(argv: list[str]) -> int:
 
         return generate_main(rest) or 0
     if command == "rank-llm":
-        from rerank.data.rank_llm_files import main as rank_llm_main
+        from rerank.cli.rank_llm import main as rank_llm_main
 
         return rank_llm_main(rest) or 0
     if command == "serve":

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -168,37 +167,3 @@ def rerank_rank_llm_file(
     orders = [res.order for res in results]
     write_rank_llm_results(out_path, requests, orders)
     return [reranked(r, o) for r, o in zip(requests, orders)]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``rerank rank-llm --input requests.jsonl --output results.jsonl [--model ...] [--prompt ...]``.
-
-    Reranks a rank_llm requests file (e.g. from ``rerank retrieve --rank_llm_output`` or rank_llm's
-    own retrieval) and writes rank_llm results, so runs move between the two toolkits.
-    """
-    from rerank.config import SCORINGS
-    from rerank.prompting.presets import PRESETS
-
-    ap = argparse.ArgumentParser(
-        prog="rerank rank-llm", description="Rerank a rank_llm Request file into a Result file."
-    )
-    ap.add_argument("--input", required=True, help="rank_llm requests: a JSON list or JSONL.")
-    ap.add_argument("--output", required=True, help="rank_llm results to write (.jsonl = JSONL, else a JSON list).")
-    ap.add_argument(
-        "--model", default=None, help="Model path or hub id; default: the shipped reranker; 'base' = raw base."
-    )
-    ap.add_argument("--prompt", default=None, choices=sorted(PRESETS), help="Prompt preset (default: the model's).")
-    ap.add_argument("--scoring", default=None, choices=list(SCORINGS), help="Default: what the model recommends.")
-    ap.add_argument(
-        "--top_k", type=int, default=None, help="Decide only the best k (generate decodes only k identifiers)."
-    )
-    args = ap.parse_args(argv)
-    from rerank.reranker import Reranker
-
-    kwargs = {"scoring": args.scoring}
-    if args.prompt:
-        kwargs["prompt"] = args.prompt
-    reranker = Reranker.from_pretrained(args.model, **kwargs)
-    done = rerank_rank_llm_file(reranker, args.input, args.output, top_k=args.top_k)
-    print(f"wrote {args.output}: {len(done)} reranked requests")
-    return 0
