@@ -17,6 +17,18 @@ def adapter_kwargs(reranker: Any, kwargs: dict) -> dict:
     return kwargs
 
 
+class AdapterInit:
+    """Construction shared by the LangChain and LlamaIndex adapters (pydantic models): the reranker or
+    server URL may come positionally, and the ranking backend is built once from the validated fields.
+
+    Listed before the framework's base class, so its ``__init__`` wraps the model's own.
+    """
+
+    def __init__(self, reranker: Any = None, /, **kwargs: Any):
+        super().__init__(**adapter_kwargs(reranker, kwargs))
+        self._backend = RankingBackend.for_adapter(self)
+
+
 def check_top_n(value: int | None) -> int | None:
     """The adapters' ``top_n``: a positive integer, or None for all documents."""
     if value is not None and value < 1:

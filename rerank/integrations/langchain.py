@@ -14,7 +14,7 @@ Needs ``langchain-core``: ``pip install 'lazyrank[langchain]'``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 try:
     from langchain_core.callbacks import Callbacks
@@ -22,14 +22,14 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("the LangChain adapter needs langchain-core: pip install 'lazyrank[langchain]'") from exc
 
-from pydantic import ConfigDict, PrivateAttr, field_validator
+from pydantic import AfterValidator, ConfigDict, PrivateAttr
 
-from rerank.integrations._backend import RankingBackend, adapter_kwargs, check_top_n
+from rerank.integrations._backend import AdapterInit, RankingBackend, check_top_n
 
 __all__ = ["LazyRankCompressor"]
 
 
-class LazyRankCompressor(BaseDocumentCompressor):
+class LazyRankCompressor(AdapterInit, BaseDocumentCompressor):
     """Rerank retrieved LangChain documents with LazyRank, in process or through a rerank server.
 
     Returns copies of the best ``top_n`` documents, best first, each with
@@ -42,7 +42,7 @@ class LazyRankCompressor(BaseDocumentCompressor):
 
     reranker: Any
     """A :class:`rerank.Reranker`, or the URL of a rerank server (``rerank serve``)."""
-    top_n: int | None = 3
+    top_n: Annotated[int | None, AfterValidator(check_top_n)] = 3
     """How many documents to return; None = all of them, reranked."""
     api_key: str | None = None
     """Bearer token for a server started with ``--api_key``."""
@@ -52,15 +52,6 @@ class LazyRankCompressor(BaseDocumentCompressor):
     """Seconds per server request."""
 
     _backend: RankingBackend = PrivateAttr()
-
-    def __init__(self, reranker: Any = None, /, **kwargs: Any):
-        super().__init__(**adapter_kwargs(reranker, kwargs))
-        self._backend = RankingBackend.for_adapter(self)
-
-    @field_validator("top_n")
-    @classmethod
-    def _check_top_n(cls, value: int | None) -> int | None:
-        return check_top_n(value)
 
     @staticmethod
     def _copies(documents: Sequence[Document], ranked: list[tuple[int, float]]) -> list[Document]:

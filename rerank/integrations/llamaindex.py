@@ -14,22 +14,23 @@ Needs ``llama-index-core``: ``pip install 'lazyrank[llamaindex]'``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 try:
-    from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
+    from llama_index.core.bridge.pydantic import Field, PrivateAttr
     from llama_index.core.callbacks import CBEventType, EventPayload
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
     from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+    from pydantic import AfterValidator
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("the LlamaIndex adapter needs llama-index-core: pip install 'lazyrank[llamaindex]'") from exc
 
-from rerank.integrations._backend import RankingBackend, adapter_kwargs, check_top_n
+from rerank.integrations._backend import AdapterInit, RankingBackend, check_top_n
 
 __all__ = ["LazyRankPostprocessor"]
 
 
-class LazyRankPostprocessor(BaseNodePostprocessor):
+class LazyRankPostprocessor(AdapterInit, BaseNodePostprocessor):
     """Rerank retrieved LlamaIndex nodes with LazyRank, in process or through a rerank server.
 
     Follows the built-in rerankers' conventions: ``ValueError`` without a query, ``[]`` for no nodes,
@@ -40,7 +41,9 @@ class LazyRankPostprocessor(BaseNodePostprocessor):
     """
 
     reranker: Any = Field(exclude=True, description="A rerank.Reranker, or the URL of a rerank server.")
-    top_n: int | None = Field(default=3, description="Nodes to return; None = all, reranked.")
+    top_n: Annotated[int | None, AfterValidator(check_top_n)] = Field(
+        default=3, description="Nodes to return; None = all, reranked."
+    )
     keep_retrieval_score: bool = Field(
         default=False, description="Keep the incoming score in metadata['retrieval_score']."
     )
@@ -49,15 +52,6 @@ class LazyRankPostprocessor(BaseNodePostprocessor):
     timeout: float = Field(default=120.0, description="Seconds per server request.")
 
     _backend: RankingBackend = PrivateAttr()
-
-    def __init__(self, reranker: Any = None, /, **kwargs: Any):
-        super().__init__(**adapter_kwargs(reranker, kwargs))
-        self._backend = RankingBackend.for_adapter(self)
-
-    @field_validator("top_n")
-    @classmethod
-    def _check_top_n(cls, value: int | None) -> int | None:
-        return check_top_n(value)
 
     @classmethod
     def class_name(cls) -> str:
