@@ -1,17 +1,18 @@
 """Head scoring with the shipped weights, made cheaper: pruned prefill schedules and CPU precisions.
 
-    .venv/bin/python eval/bench_head_speed.py --collections msmarco-dl19 vaswani --depth 20 \
-        --out eval/results/head_speed_cpu.json --plot eval/results/head_speed_cpu.png
+    .venv/bin/python eval/bench_head_speed.py --collections msmarco-dl19 vaswani --limit_queries 12 --threads 1
+    # -> eval/results/head_speed_cpu.json, eval/results/head_speed_cpu.png
 
 For every query (BM25 top-``--depth``; Vaswani's first stage comes from ``rerank.data.bm25``) the
 prompt is scored by the dense fp32 head and by each variant (a pruning schedule in fp32, or the
 dense prefill in int8 / bf16, see ``rerank.precision``), back to back in one process, so CPU
 contention hits all alike. Per variant the JSON holds nDCG@10 (ir-measures through
 ``rerank.evaluation``), the mean top-10 overlap with the dense ranking, the mean Kendall tau of the
-scores, the median per-query prefill time ratio (pruned / dense) and the mean fraction of
+two rankings, the median per-query prefill time ratio (pruned / dense) and the mean fraction of
 token-layers computed. Per-query records go to ``<out>.records.jsonl`` as they are measured, so an
 interrupted run resumes where it stopped. The PNG is the Pareto view: prefill time ratio vs nDCG@10.
-``precisions`` in the JSON says which precisions this CPU runs natively (bf16 is emulated, slower,
+``baselines`` holds BM25's and all-MiniLM-L6-v2's nDCG@10 on the same queries and candidates;
+``precisions`` says which precisions this CPU runs natively (bf16 is emulated, slower,
 without AVX-512 BF16 / AMX).
 """
 
@@ -31,9 +32,10 @@ from rerank.data.bm25 import retrieve_collection
 from rerank.data.collection import default_run_path, load_collection, read_run
 from rerank.engine.head_pruning import score_positions_pruned
 from rerank.engine.passage_head import score_positions
-from rerank.evaluation import compute_metrics
+from rerank.evaluation import compute_metrics, kendall_tau, top_k_overlap
+from rerank.labels.teachers import EmbeddingTeacher
 from rerank.precision import apply_cpu_precision, cpu_supports
-from rerank.prompting.prompts import relevance_token_ids
+from rerank.prompting.prompts import relevance_token_ids, sanitize
 from rerank.ranking import Window
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -51,17 +53,9 @@ PRECISIONS = ["int8", "bf16"]  # dense prefill, model converted by rerank.precis
 VARIANTS = SCHEDULES + [(p, "dense", p) for p in PRECISIONS]
 
 
-def _kendall_tau(a: list[float], b: list[float]) -> float:
-    n, s = len(a), 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            x, y = a[i] - a[j], b[i] - b[j]
-            s += (x > 0) - (x < 0) if y > 0 else ((x < 0) - (x > 0) if y < 0 else 0)
-    return s / max(1, n * (n - 1) // 2)
-
-
-def _top(scores: list[float], k: int = 10) -> set[int]:
-    return set(sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k])
+def _order(scores: list[float]) -> list[int]:
+    """Passages best first, ties in first-stage order (as the reranker orders them)."""
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
 
 
 def _first_stage(name: str, depth: int) -> tuple[object, dict[str, list[str]]]:
@@ -147,10 +141,10 @@ def summarise(rows: list[dict], qrels: dict, graded: bool) -> dict:
             "budget": budget,
             "ndcg@10": ndcg(label),
             "top10_overlap": round(
-                statistics.mean(len(_top(r["dense"]) & _top(c["scores"])) / 10 for r, c in zip(rows, cells)), 3
+                statistics.mean(top_k_overlap(_order(r["dense"]), _order(c["scores"])) for r, c in zip(rows, cells)), 3
             ),
             "kendall_tau": round(
-                statistics.mean(_kendall_tau(r["dense"], c["scores"]) for r, c in zip(rows, cells)), 3
+                statistics.mean(kendall_tau(_order(r["dense"]), _order(c["scores"])) for r, c in zip(rows, cells)), 3
             ),
             "prefill_ratio": round(
                 statistics.median(c["seconds"] / r["dense_seconds"] for r, c in zip(rows, cells)), 3
@@ -158,6 +152,22 @@ def summarise(rows: list[dict], qrels: dict, graded: bool) -> dict:
             "computed_fraction": round(statistics.mean(c["computed_fraction"] for c in cells), 3),
         }
     return out
+
+
+def baselines(rows: list[dict], collection, teacher: EmbeddingTeacher) -> dict:
+    """nDCG@10 of BM25 (the input order) and all-MiniLM-L6-v2 cosine on the same queries and candidates."""
+    bm25, minilm = {}, {}
+    for r in rows:
+        docids = r["docids"]
+        bm25[r["qid"]] = [(d, float(len(docids) - i)) for i, d in enumerate(docids)]
+        cos = teacher.cosine_scores(
+            sanitize(collection.queries[r["qid"]]), [sanitize(collection.corpus[d]) for d in docids]
+        )
+        minilm[r["qid"]] = list(zip(docids, cos))
+    return {
+        name: round(compute_metrics(collection.qrels, run, graded=collection.graded)["ndcg@10"], 4)
+        for name, run in (("bm25", bm25), ("all-MiniLM-L6-v2", minilm))
+    }
 
 
 def plot(report: dict, path: str) -> None:
@@ -196,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     rr = Reranker.from_pretrained(first_stage_weight=0.0, precision="fp32")
     models = {p: apply_cpu_precision(copy.deepcopy(rr.model), p) for p in PRECISIONS}
+    teacher = EmbeddingTeacher()
     records = Path(args.out).with_suffix(".records.jsonl")
     records.parent.mkdir(parents=True, exist_ok=True)
     report = {
@@ -209,11 +220,12 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.collections:
         rows, collection = measure(rr, models, name, args.depth, records, args.limit_queries)
         report["collections"][name] = summarise(rows, collection.qrels, collection.graded)
+        report["collections"][name]["baselines"] = baselines(rows, collection, teacher)
     Path(args.out).write_text(json.dumps(report, indent=1))
     if args.plot:
         plot(report, args.plot)
     for name, cell in report["collections"].items():
-        print(f"{name}: dense nDCG@10 {cell['dense']['ndcg@10']}")
+        print(f"{name}: dense nDCG@10 {cell['dense']['ndcg@10']}, same queries: {cell['baselines']}")
         for label, _, _ in VARIANTS:
             c = cell[label]
             print(

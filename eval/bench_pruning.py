@@ -49,7 +49,7 @@ from rerank.data.collection import load_collection, read_run
 from rerank.engine.generate import rank_prompts
 from rerank.engine.pruning import PrunedSession
 from rerank.engine.session import DenseSession
-from rerank.evaluation import compute_metrics
+from rerank.evaluation import compute_metrics, kendall_tau, top_k_overlap
 from rerank.prompting.identifiers import complete_order
 from rerank.ranking import Window
 
@@ -95,19 +95,6 @@ class CapturingSession:
     @property
     def info(self):
         return self.inner.info
-
-
-def kendall_tau(a: list, b: list) -> float:
-    """Kendall tau-a between two rankings of the same items (best first)."""
-    pos_b = {x: i for i, x in enumerate(b)}
-    n = len(a)
-    if n < 2:
-        return 1.0
-    score = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            score += 1 if pos_b[a[i]] < pos_b[a[j]] else -1
-    return score / (n * (n - 1) / 2)
 
 
 def union_tau(order_a: list[int], order_b: list[int], k: int = 10) -> float:
@@ -222,7 +209,7 @@ def run_fidelity(rr, coll, run, qids, args, names) -> dict:
                     "computed_fraction": got["computed_fraction"],
                     "kept_tokens": got["kept_tokens"],
                     "prompt_tokens": got["prompt_tokens"],
-                    "overlap10": len(set(dense["order"][:10]) & set(got["order"][:10])) / min(10, len(got["order"])),
+                    "overlap10": top_k_overlap(dense["order"], got["order"]),
                     "tau": union_tau(dense["order"], got["order"]),
                     "top1": dense["order"][0] == got["order"][0],
                     "kl": kl(dense["logits"], got["logits"]),

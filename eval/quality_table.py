@@ -47,8 +47,7 @@ class EmbeddingReranker:
         for query, docs in zip(queries, documents):
             start = time.perf_counter()
             self.teacher._cache.clear()  # time a cold query: no help from an earlier cell's cache
-            vecs = self.teacher._embed([sanitize(d) for d in docs])
-            scores = (vecs @ self.teacher._embed([sanitize(query)])[0]).tolist()
+            scores = self.teacher.cosine_scores(sanitize(query), [sanitize(d) for d in docs])
             order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))
             stats = RankingStats(strategy="embed")
             stats.total_seconds = time.perf_counter() - start

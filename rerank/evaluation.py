@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -140,6 +141,21 @@ def compute_metrics(
 
 # Fields that change no ranking: a resumed run may differ in these.
 _RESUME_FREE_FIELDS = {"output_dir", "resume", "limit_queries", "batch_size"}
+
+
+def kendall_tau(a: Sequence, b: Sequence) -> float:
+    """Kendall tau-a between two rankings of the same items (best first); 1.0 for fewer than two."""
+    pos_b = {x: i for i, x in enumerate(b)}
+    n = len(a)
+    if n < 2:
+        return 1.0
+    score = sum(1 if pos_b[a[i]] < pos_b[a[j]] else -1 for i in range(n) for j in range(i + 1, n))
+    return score / (n * (n - 1) / 2)
+
+
+def top_k_overlap(a: Sequence, b: Sequence, k: int = 10) -> float:
+    """Share of the first ``k`` of ranking ``b`` that is also in the first ``k`` of ranking ``a``."""
+    return len(set(a[:k]) & set(b[:k])) / max(1, min(k, len(b)))
 
 
 def _check_same_ranking_setup(out_dir: Path, cfg: EvalConfig) -> None:

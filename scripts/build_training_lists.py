@@ -272,9 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
             docs = item["initial_list"]
             src = source_of(item)
             # The teacher reads what the model reads: sanitised text (no budget cut: it has its own).
-            vecs = teacher._embed([sanitize(item["passages"][d]) for d in docs])
-            qvec = teacher._embed([sanitize(item["query"])])[0]
-            cos = (vecs @ qvec).tolist()
+            cos = teacher.cosine_scores(sanitize(item["query"]), [sanitize(item["passages"][d]) for d in docs])
             bm25 = list_bm25(item)
             ens = ensemble_scores(cos, bm25, args.bm25_weight)
             by = {name: order_by(docs, vals) for name, vals in (("bm25", bm25), ("minilm", cos), ("ensemble", ens))}

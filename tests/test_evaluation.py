@@ -175,3 +175,14 @@ def test_first_stage_weight_one_returns_the_first_stage_and_is_recorded(tmp_path
         EvalConfig(collection=str(tmp_path / "c"), first_stage_weight=2.0)
     with pytest.raises(ValueError, match="prompt"):
         EvalConfig(collection=str(tmp_path / "c"), prompt="rank_nonsense")
+
+
+def test_ranking_agreement_hand_computed():
+    from rerank.evaluation import kendall_tau, top_k_overlap
+
+    assert kendall_tau(["a", "b", "c"], ["a", "b", "c"]) == 1.0
+    assert kendall_tau(["a", "b", "c"], ["c", "b", "a"]) == -1.0
+    assert kendall_tau(["a", "b", "c"], ["b", "a", "c"]) == pytest.approx(1 / 3)  # 2 concordant pairs, 1 discordant
+    assert kendall_tau(["a"], ["a"]) == 1.0
+    assert top_k_overlap([1, 2, 3, 4], [2, 9, 1, 4], k=2) == 0.5
+    assert top_k_overlap([1, 2], [2, 1], k=10) == 1.0  # shorter than k: shares of what is there

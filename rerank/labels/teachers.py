@@ -116,12 +116,16 @@ class EmbeddingTeacher:
             self._cache.update(zip(missing, vecs.cpu()))
         return torch.stack([self._cache[t] for t in texts])
 
+    def cosine_scores(self, query: str, passages: Sequence[str]) -> list[float]:
+        """Cosine similarity of each passage to the query (embeddings normalised, cached by text)."""
+        return (self._embed(passages) @ self._embed([query])[0]).tolist()
+
     def rank_windows(self, windows: Sequence[Window]) -> list[WindowRanking]:
         texts = [w.query for w in windows] + [p for w in windows for p in w.passages]
         self._embed(texts)  # one batched encode for the whole round
         out = []
         for w in windows:
-            scores = (self._embed(w.passages) @ self._embed([w.query])[0]).tolist()
+            scores = self.cosine_scores(w.query, w.passages)
             order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
             out.append(WindowRanking(order=order, ranked=len(order)))
         return out
