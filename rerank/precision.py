@@ -37,15 +37,20 @@ def cpu_supports(precision: str) -> bool:
     raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
+def check_precision(precision: str | None) -> None:
+    """Refuse a precision name that is not one of :data:`PRECISIONS` (None means ``"auto"``)."""
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
 def resolve_precision(precision: str | None) -> str:
     """The precision to run on this CPU: ``"auto"`` / None chooses; an unsupported one falls back to fp32.
 
     The fallback warns: an emulated precision would be silently slower than fp32.
     """
+    check_precision(precision)
     if precision is None or precision == "auto":
         return next((p for p in AUTO_ORDER if cpu_supports(p)), "fp32")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not cpu_supports(precision):
         logger.warning(
             "this CPU has no native %s kernels (capability %s): running fp32 instead",

@@ -15,7 +15,7 @@ from rerank.engine import pruning as _pruning
 from rerank.engine.decoding import TokenTable
 from rerank.fusion import fuse_with_first_stage
 from rerank.models import load_model_and_tokenizer, recommended_settings
-from rerank.precision import apply_cpu_precision, resolve_precision
+from rerank.precision import apply_cpu_precision, check_precision, resolve_precision
 from rerank.prompting.presets import get_preset
 from rerank.prompting.prompts import PromptEncoding, encode_prompt
 from rerank.ranking import Window, WindowRanking, sliding_orders
@@ -132,6 +132,7 @@ class Reranker:
             pruning=pruning,
             **kwargs,
         )
+        check_precision(precision)  # before the model loads: a typo should not cost a load
         if precision not in (None, "auto") and dtype is not None:
             raise ValueError(f"give dtype ({dtype!r}) or precision ({precision!r}), not both")
         lm, tok = load_model_and_tokenizer(model, device=device, dtype=dtype)

@@ -38,6 +38,17 @@ def test_bad_precision_is_named():
     assert set(PRECISIONS) == {"auto", "fp32", "bf16", "int8"}
 
 
+def test_unknown_precision_is_refused_before_loading(monkeypatch):
+    import rerank.reranker
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the precision was checked")
+
+    monkeypatch.setattr(rerank.reranker, "load_model_and_tokenizer", must_not_load)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Reranker.from_pretrained(precision="int4")
+
+
 def test_dtype_and_precision_together_are_refused_before_loading():
     with pytest.raises(ValueError, match="dtype .* or precision"):
         Reranker.from_pretrained(dtype="float32", precision="int8")
