@@ -190,7 +190,9 @@ class Reranker:
         results: list[WindowRanking | None] = [None] * len(windows)
         todo = []
         for i, w in enumerate(windows):
-            if len(w.passages) <= 1:
+            # One passage has only one order, but a scorer whose scores are merged across chunks still
+            # needs its score.
+            if len(w.passages) == 0 or (len(w.passages) == 1 and not self.scorer.merges_chunks):
                 results[i] = WindowRanking(order=list(range(len(w.passages))), ranked=len(w.passages))
             else:
                 if not self.fits(w):
@@ -253,18 +255,11 @@ class Reranker:
         """Per-passage scores of each window, scored in consecutive chunks of ``window_size``."""
         size = self.config.window_size
         pieces = [(j, offset) for j, w in enumerate(windows) for offset in range(0, len(w.passages), size)]
-        chunks = [Window(query=windows[j].query, passages=windows[j].passages[o : o + size]) for j, o in pieces]
-        # rank_windows needs no model for a one-passage window; a last chunk of one still needs its score.
-        scored = self.rank_windows([c for c in chunks if len(c.passages) > 1])
-        singles = (
-            self.scorer.rank([self.encode(c) for c in chunks if len(c.passages) == 1], [None])
-            if any(len(c.passages) == 1 for c in chunks)
-            else []
+        scored = self.rank_windows(
+            [Window(query=windows[j].query, passages=windows[j].passages[o : o + size]) for j, o in pieces]
         )
         merged: list[list[float]] = [[] for _ in windows]
-        many, one = iter(scored), iter(singles)
-        for (j, _), chunk in zip(pieces, chunks):
-            r = next(many) if len(chunk.passages) > 1 else next(one)
+        for (j, _), r in zip(pieces, scored):
             merged[j] += r.scores
             on_call(j, r)
         return merged
