@@ -9,6 +9,7 @@ from rerank.scorers import SCORINGS
 
 STRATEGIES = ("full", "sliding")
 OVERFLOW_POLICIES = ("sliding", "error")
+LONG_LIST_METHODS = ("one_prompt", "chunks", "tournament", "sliding")
 
 
 @dataclass
@@ -247,6 +248,27 @@ class RerankerConfig:
             )
         },
     )
+    long_list: str = field(
+        default="one_prompt",
+        metadata={
+            "help": (
+                "How a per-passage scorer (scoring='head') ranks more than window_size passages (rerank.long_lists): "
+                "'one_prompt' reads them all in one prompt when it fits the context (else 'chunks'); 'chunks' scores "
+                "consecutive prompts of window_size and merges by score; 'tournament' adds one final prompt over "
+                "the chunks' leaders; 'sliding' runs back-to-front windows of window_size with step stride. "
+                "RankingStats.fallback names the method used."
+            )
+        },
+    )
+    deep_leaders: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "long_list='tournament': how many of the final prompt's window_size leaders come from beyond the "
+                "first chunk (the others are the first chunk's best); None = all chunks compete alike."
+            )
+        },
+    )
     first_stage_weight: float = field(
         default=0.0,
         metadata={
@@ -274,6 +296,14 @@ class RerankerConfig:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
+        if self.long_list not in LONG_LIST_METHODS:
+            raise ValueError(f"long_list must be one of {LONG_LIST_METHODS}, got {self.long_list!r}")
+        if self.deep_leaders is not None and (
+            not isinstance(self.deep_leaders, int) or isinstance(self.deep_leaders, bool) or self.deep_leaders < 0
+        ):
+            raise ValueError(f"deep_leaders must be a non-negative integer or None, got {self.deep_leaders!r}")
+        if self.deep_leaders is not None and self.deep_leaders > self.window_size:
+            raise ValueError(f"deep_leaders ({self.deep_leaders}) must not exceed window_size ({self.window_size})")
         if self.on_overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {self.on_overflow!r}")
         for name in ("window_size", "stride", "num_passes", "batch_size"):

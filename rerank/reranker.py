@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
+from pathlib import Path
 from typing import Any
 
 from rerank.batching import batcher_for
+from rerank.calibration import CALIBRATION_FILE, HeadCalibration, weights_fingerprint
 from rerank.config import PruningConfig, RerankerConfig
 from rerank.engine import pruning as _pruning
 from rerank.engine.decoding import TokenTable
 from rerank.fusion import fuse_with_first_stage
-from rerank.models import load_model_and_tokenizer, recommended_settings
+from rerank.long_lists import chunk_offsets, tournament_leaders, tournament_order
+from rerank.models import BASE_MODEL_ALIASES, load_model_and_tokenizer, recommended_settings, shipped_weights_dir
 from rerank.precision import apply_cpu_precision, check_precision, resolve_precision
 from rerank.prompting.presets import get_preset
 from rerank.prompting.prompts import PromptEncoding, encode_prompt
@@ -62,6 +66,31 @@ def _check_top_k(top_k: Any) -> int | None:
     return top_k
 
 
+def _load_calibration(model, calibration, scoring: str) -> HeadCalibration | None:
+    """The calibration ``from_pretrained`` applies (see its docstring)."""
+    if calibration is False:
+        return None
+    if calibration is True:
+        raise ValueError("calibration must be None (the folder's file if any), False or a path, not True")
+    if model is not None and str(model) in BASE_MODEL_ALIASES:
+        folder = None
+    else:
+        folder = shipped_weights_dir() if model is None else Path(model)
+        folder = folder if folder.is_dir() else None
+    path = Path(calibration) if calibration is not None else folder and folder / CALIBRATION_FILE
+    if path is None or (calibration is None and not path.is_file()):
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"calibration file {path} does not exist")
+    if scoring != "head":
+        if calibration is None:
+            return None  # the folder's calibration belongs to its head scores
+        raise ValueError(f"a head calibration applies to scoring='head' only, not scoring={scoring!r}")
+    if folder is None:
+        raise ValueError(f"calibration {path}: the model {model!r} has no weights folder to check it against")
+    return HeadCalibration.load(path, fingerprint=weights_fingerprint(folder))
+
+
 class Reranker:
     """Listwise LLM reranker: full ranking in one prompt, or sliding windows.
 
@@ -71,7 +100,9 @@ class Reranker:
         [{'corpus_id': 0, 'score': 1.0}, {'corpus_id': 1, 'score': 0.5}]
     """
 
-    def __init__(self, model, tokenizer, config: RerankerConfig | None = None):
+    def __init__(
+        self, model, tokenizer, config: RerankerConfig | None = None, calibration: HeadCalibration | None = None
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or RerankerConfig()
@@ -79,9 +110,20 @@ class Reranker:
         self.table = TokenTable.for_tokenizer(tokenizer, self.preset.ids)
         self.max_context = self.config.max_context or getattr(model.config, "max_position_embeddings", None) or 4096
         self._answer_budget: dict[int, int] = {}
+        # Benchmarks that compare long-list methods set a dict here: identical prompts are then scored
+        # once and their measured cost is reported again to every method that needs them.
+        self.window_memo: dict | None = None
         self.scorer = scorer_class(self.config.scoring)(model, tokenizer, self.table, self.preset, self.config.pruning)
         if self.config.pruning is not None:
             _pruning.check_supported(model, self.config.pruning)
+        if calibration is not None and not self.scorer.merges_chunks:
+            raise ValueError(f"a head calibration applies to scoring='head' only, not scoring={self.config.scoring!r}")
+        self.calibration = calibration
+
+    @property
+    def score_kind(self) -> str:
+        """What the model's scores are: ``"probability"`` when calibrated, else the scorer's kind."""
+        return "probability" if self.calibration is not None else self.scorer.score_kind
 
     @classmethod
     def from_pretrained(
@@ -91,6 +133,7 @@ class Reranker:
         device=None,
         dtype=None,
         precision: str | None = None,
+        calibration: str | os.PathLike | bool | None = None,
         strategy: str = "full",
         window_size: int = 20,
         stride: int = 10,
@@ -108,6 +151,10 @@ class Reranker:
         ``first_stage_weight``: fusion with the input order, see :mod:`rerank.fusion`). Fields left
         out take the model folder's recommendation (its ``lazyrank.json``, e.g. ``scoring``), else
         the defaults (``scoring="generate"``).
+
+        ``calibration``: ``None`` uses the model folder's ``calibration.json`` when it has one (the
+        shipped weights do: scores become P(relevant), see :mod:`rerank.calibration`), ``False``
+        keeps the raw head readout, a path loads that file; a file fitted for other weights is refused.
         """
 
         known = {f.name for f in fields(RerankerConfig)}
@@ -142,7 +189,7 @@ class Reranker:
             chosen = resolve_precision(precision)
             lm = apply_cpu_precision(lm, chosen)
             config.precision = chosen
-        return cls(lm, tok, config)
+        return cls(lm, tok, config, calibration=_load_calibration(model, calibration, config.scoring))
 
     # ------------------------------------------------------------------ window primitive
     def encode(self, window: Window) -> PromptEncoding:
@@ -203,6 +250,11 @@ class Reranker:
                         "(it is written twice and never cut)"
                     )
                 todo.append(i)
+        if self.window_memo is not None:
+            keys = {i: (tuple(self.encode(windows[i]).input_ids), windows[i].top_k) for i in todo}
+            for i in [i for i in todo if keys[i] in self.window_memo]:
+                results[i] = self.window_memo[keys[i]]
+            todo = [i for i in todo if results[i] is None]
         # Similar lengths together keep left padding small.
         todo.sort(key=lambda i: len(self.encode(windows[i]).input_ids))
         size = self.config.batch_size
@@ -211,22 +263,30 @@ class Reranker:
             encs = [self.encode(windows[i]) for i in chunk]
             for i, ranking in zip(chunk, self.scorer.rank(encs, [windows[i].top_k for i in chunk])):
                 results[i] = ranking
+                if self.window_memo is not None:
+                    self.window_memo[keys[i]] = ranking
+        if self.calibration is not None:
+            # The memo keeps raw readouts: calibration is per prompt and cheap.
+            results = [
+                r if r is None or r.scores is None else replace(r, scores=self.calibration.probabilities(r.scores))
+                for r in results
+            ]
         return results  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ routing and merging
     def _route(self, windows: Sequence[Window], stats: Sequence[RankingStats]) -> dict[str, list[int]]:
-        """Which queries are ranked in one prompt (``full``), in chunks merged by score (``chunks``)
-        or by sliding windows (``sliding``); lists of 0 or 1 passages need no model (``trivial``)."""
-        routes: dict[str, list[int]] = {"trivial": [], "full": [], "chunks": [], "sliding": []}
+        """Which queries are ranked in one prompt (``full``), in chunks merged by score (``chunks``),
+        chunks plus a final prompt over their leaders (``tournament``) or by sliding windows
+        (``sliding``); lists of 0 or 1 passages need no model (``trivial``)."""
+        routes: dict[str, list[int]] = {"trivial": [], "full": [], "chunks": [], "tournament": [], "sliding": []}
         for i, w in enumerate(windows):
             if len(w.passages) <= 1:
                 routes["trivial"].append(i)
-            elif self.scorer.merges_chunks and (self.config.strategy == "sliding" or not self.fits(w)):
-                # Per-passage scores need no merging passes: consecutive chunks of window_size,
-                # every passage ordered by its own score.
-                if self.config.strategy == "full":
-                    stats[i].fallback = "chunks"
-                routes["chunks"].append(i)
+            elif self.scorer.merges_chunks:
+                method = self._long_list_method(w)
+                if method != "full":
+                    stats[i].fallback = method
+                routes[method].append(i)
             elif self.config.strategy == "sliding":
                 routes["sliding"].append(i)
             elif self.fits(w):
@@ -251,18 +311,57 @@ class Reranker:
                 )
         return routes
 
-    def _rank_in_chunks(self, windows: Sequence[Window], on_call) -> list[list[float]]:
-        """Per-passage scores of each window, scored in consecutive chunks of ``window_size``."""
+    def _long_list_method(self, window: Window) -> str:
+        """How a per-passage scorer ranks ``window`` (``RerankerConfig.long_list``; ``full`` = one prompt)."""
+        method = self.config.long_list
+        if self.config.strategy == "sliding":
+            method = "sliding"
+        if len(window.passages) <= self.config.window_size:
+            return "full" if self.fits(window) else "chunks"
+        if method == "one_prompt":
+            return "full" if self.fits(window) else "chunks"
+        return method
+
+    def _rank_in_chunks(self, windows: Sequence[Window], on_call) -> list[list[list[float]]]:
+        """Per-passage scores of each window, chunk by chunk (consecutive chunks of ``window_size``)."""
         size = self.config.window_size
-        pieces = [(j, offset) for j, w in enumerate(windows) for offset in range(0, len(w.passages), size)]
+        pieces = [(j, o) for j, w in enumerate(windows) for o in chunk_offsets(len(w.passages), size)]
         scored = self.rank_windows(
             [Window(query=windows[j].query, passages=windows[j].passages[o : o + size]) for j, o in pieces]
         )
-        merged: list[list[float]] = [[] for _ in windows]
+        chunks: list[list[list[float]]] = [[] for _ in windows]
         for (j, _), r in zip(pieces, scored):
-            merged[j] += r.scores
+            chunks[j].append(r.scores)
             on_call(j, r)
-        return merged
+        return chunks
+
+    def _rank_tournaments(self, windows: Sequence[Window], on_call) -> list[tuple[list[int], list[float]]]:
+        """Chunks, then one final prompt per window over its chunks' leaders (:mod:`rerank.long_lists`)."""
+        size = self.config.window_size
+        chunks = self._rank_in_chunks(windows, on_call)
+        comparable = self.calibration is not None
+        deep = self.config.deep_leaders
+        leaders = [tournament_leaders(c, size, comparable, deep) for c in chunks]
+        # Leaders that are exactly the first chunk were just read in that prompt: no final prompt.
+        todo = [j for j, picked in enumerate(leaders) if picked != list(range(len(chunks[j][0])))]
+        finals = dict(
+            zip(
+                todo,
+                self.rank_windows(
+                    [
+                        Window(query=windows[j].query, passages=[windows[j].passages[k] for k in leaders[j]])
+                        for j in todo
+                    ]
+                ),
+            )
+        )
+        out = []
+        for j, chunk_scores in enumerate(chunks):
+            if j in finals:
+                on_call(j, finals[j])
+            final_scores = finals[j].scores if j in finals else chunk_scores[0]
+            out.append(tournament_order(chunk_scores, size, final_scores, comparable, deep))
+        return out
 
     def _result(self, order: list[int], ranked: int, scores: list[float] | None, stats: RankingStats) -> RankingResult:
         """The result type for one query: fused with the input order, the model's scores, or ranks."""
@@ -270,7 +369,7 @@ class Reranker:
             fused_order, fused = fuse_with_first_stage(order, self.config.first_stage_weight)
             return RankingResult.from_scores(fused_order, fused, len(fused_order), stats, "fused")
         if scores is not None:
-            return RankingResult.from_scores(order, scores, ranked, stats, self.scorer.score_kind)
+            return RankingResult.from_scores(order, scores, ranked, stats, self.score_kind)
         return RankingResult.from_order(order, ranked, stats)
 
     # ------------------------------------------------------------------ public API
@@ -301,14 +400,20 @@ class Reranker:
         windows = [Window(query=q, passages=d, top_k=top_k) for q, d in zip(queries, docs)]
         routes = self._route(windows, stats)
         full, chunked, sliding = routes["full"], routes["chunks"], routes["sliding"]
+        tournaments = routes["tournament"]
         for i, r in zip(full, self.rank_windows([windows[i] for i in full])):
             orders[i], ranked[i], model_scores[i] = r.order, r.ranked, r.scores
             account(i, r)
         if chunked:
-            merged = self._rank_in_chunks([windows[i] for i in chunked], lambda j, r: account(chunked[j], r))
-            for i, scores in zip(chunked, merged):
+            per_chunk = self._rank_in_chunks([windows[i] for i in chunked], lambda j, r: account(chunked[j], r))
+            for i, chunks in zip(chunked, per_chunk):
+                scores = [s for chunk in chunks for s in chunk]
                 orders[i] = sorted(range(len(scores)), key=lambda k: (-scores[k], k))
                 ranked[i], model_scores[i] = len(scores), scores
+        if tournaments:
+            got = self._rank_tournaments([windows[i] for i in tournaments], lambda j, r: account(tournaments[j], r))
+            for i, (order, scores) in zip(tournaments, got):
+                orders[i], ranked[i], model_scores[i] = order, len(order), scores
         if sliding:
             got = sliding_orders(
                 self,

@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from dataclasses import fields
 from pathlib import Path
+
+from rerank.config import RerankerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,6 +86,14 @@ def main(argv: list[str] | None = None) -> Path:
         help="scripts/fusion_dev.py JSON: ship its chosen first_stage_weight (picked on a dev collection).",
     )
     ap.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="A RerankerConfig field for lazyrank.json (repeatable), its value as JSON, e.g. deep_leaders=0; "
+        "applied after --fusion.",
+    )
+    ap.add_argument(
         "--history",
         action="append",
         default=[],
@@ -122,6 +133,12 @@ def main(argv: list[str] | None = None) -> Path:
     fusion = json.loads(Path(args.fusion).read_text()) if args.fusion else None
     if fusion is not None:
         settings["reranker"]["first_stage_weight"] = fusion["chosen_weight"]
+    for item in args.setting:
+        key, _, value = item.partition("=")
+        if key not in {f.name for f in fields(RerankerConfig)} or not value:
+            ap.error(f"--setting {item!r}: expected KEY=JSON with KEY a RerankerConfig field")
+        settings["reranker"][key] = json.loads(value)
+    RerankerConfig(**settings["reranker"])  # the settings must build a config: checked before shipping
     (tmp / "lazyrank.json").write_text(json.dumps(settings, indent=1))
     metrics = json.loads((run / "train_metrics.json").read_text()) if (run / "train_metrics.json").is_file() else {}
     if not metrics and (run / "trainer_state.json").is_file():  # a checkpoint folder: its trainer state

@@ -4,16 +4,26 @@ import doctest
 
 import pytest
 
+import rerank.calibration
 import rerank.config
 import rerank.engine.decoding
 import rerank.fusion
+import rerank.long_lists
 import rerank.ranking
 import rerank.training.losses.identifier_ranking
 
 
 @pytest.mark.parametrize(
     "module",
-    [rerank.engine.decoding, rerank.fusion, rerank.ranking, rerank.config, rerank.training.losses.identifier_ranking],
+    [
+        rerank.engine.decoding,
+        rerank.fusion,
+        rerank.ranking,
+        rerank.config,
+        rerank.training.losses.identifier_ranking,
+        rerank.long_lists,
+        rerank.calibration,
+    ],
 )
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

@@ -7,7 +7,9 @@ log P(the answer starts with ``[k]``)). :func:`relevance_scores` maps both to ``
 
 * rank-derived scores, and fused rankings (``first_stage_weight > 0``) -> ``1 - r/N`` for every
   0-based rank ``r`` of ``N`` (in ``(0, 1]``);
-* model scores (log-probabilities, logits, any real number) -> a softmax over the request's
+* calibrated relevance probabilities (``score_kind="probability"``, the shipped head with its
+  calibration, :mod:`rerank.calibration`) -> themselves, so a threshold means the same in every request;
+* other model scores (log-probabilities, logits, any real number) -> a softmax over the request's
   documents. For single-pass scoring this is P(first identifier = ``[k]``) renormalised over the N
   identifiers, so the values sum to 1 over the request.
 
@@ -54,6 +56,8 @@ def relevance_scores(result: RankingResult) -> list[float]:
         # Fused reciprocal-rank values differ by ~1e-4: a softmax over them would be flat, so a
         # fused ranking is reported by rank like a decoded one.
         raw = [1.0 - r / n for r in range(n)]
+    elif result.score_kind == "probability":
+        raw = along  # calibrated P(relevant): already in [0, 1] and comparable across requests
     else:
         raw = _softmax(along)
     out = [0.0] * n

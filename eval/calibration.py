@@ -1,0 +1,83 @@
+"""Are the shipped default's scores probabilities? ECE and precision of "score >= 0.5" on held-out judged lists.
+
+    .venv/bin/python eval/calibration.py --cell dl19:100:tournament --cell scifact:100:tournament \\
+        --out eval/results/calibration_cpu.json
+
+A cell ``COLLECTION:DEPTH:METHOD`` reads the records ``eval/depth_methods.py`` wrote for that method
+with ``--calibrated`` (``<work_dir>/<collection>/<depth>-<method>+cal.jsonl``: the scores a user
+gets) and, as the "before" row, the raw readouts of the ``chunks`` method at the same depth with a
+plain sigmoid. Relevant = grade >= 2 on TREC DL's 0-3 scale, >= 1 elsewhere; unjudged passages count
+as not relevant. Reported per cell: expected calibration error over 10 equal-width bins, the
+precision of "score >= 0.5" and how many passages per query it keeps, and the same for the before row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from rerank.calibration import expected_calibration_error
+from rerank.data.collection import load_collection
+from rerank.data.resume import recover_records
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+COLLECTIONS = {"dl19": "msmarco-dl19", "scifact": "beir-scifact", "vaswani": "vaswani"}
+
+
+def calibration_report(probs: list[float], labels: list[int], queries: int) -> dict:
+    kept = [y for p, y in zip(probs, labels) if p >= 0.5]
+    return {
+        "ece": round(expected_calibration_error(probs, labels), 4),
+        "precision_at_0.5": round(sum(kept) / len(kept), 4) if kept else None,
+        "kept_per_query": round(len(kept) / queries, 2),
+        "relevant_per_query": round(sum(labels) / queries, 2),
+        "mean_score": round(sum(probs) / len(probs), 4),
+        "passages": len(probs),
+    }
+
+
+def labelled(records: list[dict], qrels: dict, graded: bool, transform=None) -> tuple[list[float], list[int]]:
+    cut = 2 if graded else 1
+    probs, labels = [], []
+    for rec in records:
+        judged = qrels.get(rec["qid"], {})
+        for doc, score in zip(rec["docids"], rec["scores"]):
+            probs.append(transform(score) if transform else score)
+            labels.append(int(judged.get(doc, 0) >= cut))
+    return probs, labels
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cell", action="append", required=True, help="COLLECTION:DEPTH:METHOD (repeatable).")
+    ap.add_argument("--work_dir", default="runs/depth", help="eval/depth_methods.py's --work_dir.")
+    ap.add_argument("--out", default="eval/results/calibration_cpu.json")
+    args = ap.parse_args(argv)
+    out = {}
+    for spec in args.cell:
+        collection, depth, method = spec.split(":")
+        coll = load_collection(DATA / COLLECTIONS[collection])
+        folder = Path(args.work_dir) / collection
+        calibrated = recover_records(folder / f"{depth}-{method}+cal.jsonl")
+        if not calibrated or any(r["score_kind"] != "probability" for r in calibrated):
+            raise SystemExit(f"{spec}: no calibrated records (run eval/depth_methods.py --calibrated)")
+        raw = [r for r in recover_records(folder / f"{depth}-chunks.jsonl") if r["score_kind"] == "head_logit"]
+        qids = {r["qid"] for r in calibrated}
+        raw = [r for r in raw if r["qid"] in qids]
+        probs, labels = labelled(calibrated, coll.qrels, coll.graded)
+        row = {"queries": len(calibrated), "calibrated": calibration_report(probs, labels, len(calibrated))}
+        if raw:
+            sig = lambda s: 1.0 / (1.0 + math.exp(-s))  # noqa: E731
+            p0, y0 = labelled(raw, coll.qrels, coll.graded, sig)
+            row["sigmoid_of_raw_readout"] = calibration_report(p0, y0, len(raw))
+        out[spec] = row
+        print(spec, json.dumps(row))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()

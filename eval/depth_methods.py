@@ -1,0 +1,224 @@
+"""Full ranking vs chunks vs tournament vs sliding windows: nDCG@10 and cost of the shipped weights by depth.
+
+    .venv/bin/python eval/depth_methods.py --collection dl19 --depths 20,50,100 \\
+        --methods chunks,tournament,sliding,one_prompt,one_prompt:60 --out eval/results/depth_methods_cpu.json
+
+A cell is (collection, depth, method); a method is a ``RerankerConfig.long_list`` value, with an
+optional passage budget after a colon (``one_prompt:60`` = every passage cut to 60 tokens so that 100
+fit one prompt) and ``deep_leaders`` after a slash (``tournament/5``). The shipped weights run with
+fusion off (the model alone) unless ``--first_stage_weight``, and with raw head readouts unless
+``--calibrated`` (then chunks merge by calibrated probability and a tournament's leaders are chosen by it).
+
+Every cell shares one window memo on disk (``<work_dir>/memo.jsonl``): an identical prompt is
+scored once (the chunks of ``chunks`` are the first prompts of ``tournament``; a depth-20 list is
+the first chunk at depth 100). A method's seconds per query are the sum of the measured prefill
+times of the prompts it needs, each measured when it was first scored, so sharing saves wall time
+without hiding cost. Per-query rankings and scores go to ``<work_dir>/<cell>.jsonl`` as they are
+made: an interrupted run resumes (the memo and records are append-only). The JSON has, per
+collection (``vaswani[0:40]`` with ``--limit_queries 40``) and depth, BM25's and all-MiniLM-L6-v2's
+nDCG@10 on the same queries beside every method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from rerank.data.collection import default_run_path, load_collection, read_run
+from rerank.data.resume import append_record, check_same_settings, recover_records, save_settings
+from rerank.evaluation import compute_metrics
+from rerank.ranking import WindowRanking
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+COLLECTIONS = {"dl19": "msmarco-dl19", "scifact": "beir-scifact", "vaswani": "vaswani"}
+
+
+class DiskMemo(dict):
+    """``Reranker.window_memo`` kept in an append-only JSONL file, keyed by a hash of the prompt."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+        for rec in recover_records(path) if path.is_file() else []:
+            super().__setitem__(rec["key"], WindowRanking(**rec["ranking"]))
+        self._fh = open(path, "a", encoding="utf-8")
+
+    @staticmethod
+    def _key(key) -> str:
+        ids, top_k = key
+        return hashlib.sha1(f"{top_k}:{','.join(map(str, ids))}".encode()).hexdigest()
+
+    def __contains__(self, key) -> bool:
+        return super().__contains__(self._key(key))
+
+    def __getitem__(self, key) -> WindowRanking:
+        return super().__getitem__(self._key(key))
+
+    def __setitem__(self, key, ranking: WindowRanking) -> None:
+        k = self._key(key)
+        super().__setitem__(k, ranking)
+        append_record(self._fh, {"key": k, "ranking": asdict(ranking)})
+        self._fh.flush()
+
+
+def parse_method(spec: str) -> tuple[str, int | None, int | None]:
+    """``METHOD[:BUDGET][/DEEP]`` -> (long_list, max_passage_tokens, deep_leaders)."""
+    spec, _, deep = spec.partition("/")
+    name, _, budget = spec.partition(":")
+    return name, int(budget) if budget else None, int(deep) if deep else None
+
+
+def first_stage(collection: str, args) -> tuple:
+    coll = load_collection(DATA / COLLECTIONS[collection])
+    run_path = args.vaswani_run if collection == "vaswani" else default_run_path(coll)
+    if run_path is None or not Path(run_path).is_file():
+        raise FileNotFoundError(f"no first-stage run for {collection}: build one with `rerank retrieve` ({run_path})")
+    run = read_run(run_path)
+    qids = sorted(q for q in run if q in coll.qrels and q in coll.queries)
+    if args.limit_queries:
+        qids = qids[args.query_offset : args.query_offset + args.limit_queries]
+    return coll, run, qids
+
+
+def baselines(coll, run, qids, depth: int, work_dir: Path) -> dict:
+    """BM25 and all-MiniLM-L6-v2 nDCG@10 on the same queries and candidates (MiniLM cached per query)."""
+    from rerank.labels.teachers import EmbeddingTeacher
+    from rerank.prompting.prompts import sanitize
+
+    path = work_dir / f"minilm-{depth}.jsonl"
+    done = {r["qid"]: r for r in recover_records(path)} if path.is_file() else {}
+    teacher = None
+    with open(path, "a", encoding="utf-8") as fh:
+        for qid in qids:
+            if qid in done:
+                continue
+            teacher = teacher or EmbeddingTeacher()
+            docs = run[qid][:depth]
+            scores = teacher.cosine_scores(sanitize(coll.queries[qid]), [sanitize(coll.corpus[d]) for d in docs])
+            done[qid] = {"qid": qid, "docids": docs, "scores": scores}
+            append_record(fh, done[qid])
+    bm25 = {q: [(d, float(-i)) for i, d in enumerate(run[q][:depth])] for q in qids}
+    minilm = {q: list(zip(done[q]["docids"], done[q]["scores"])) for q in qids}
+    return {
+        "bm25": round(compute_metrics(coll.qrels, bm25, coll.graded)["ndcg@10"], 4),
+        "minilm": round(compute_metrics(coll.qrels, minilm, coll.graded)["ndcg@10"], 4),
+    }
+
+
+def run_cell(reranker, coll, run, qids, depth: int, spec: str, path: Path) -> dict:
+    from tqdm import tqdm
+
+    done = {r["qid"]: r for r in recover_records(path)} if path.is_file() else {}
+    method, budget, deep = parse_method(spec)
+    reranker.config.long_list, reranker.config.deep_leaders = method, deep
+    reranker.config.max_passage_tokens = budget or 100
+    with open(path, "a", encoding="utf-8") as fh:
+        for qid in tqdm(qids, desc=path.stem, disable=len(qids) == len(done)):
+            if qid in done:
+                continue
+            docs = run[qid][:depth]
+            res = reranker.rerank(coll.queries[qid], [coll.corpus[d] for d in docs])
+            st = res.stats
+            done[qid] = {
+                "qid": qid,
+                "docids": docs,
+                "order": res.order,
+                "scores": res.scores,
+                "score_kind": res.score_kind,
+                "method": st.fallback or "full",
+                "prompts": st.llm_calls,
+                "prompt_tokens": st.prompt_tokens,
+                "seconds": st.prefill_seconds + st.decode_seconds,
+            }
+            append_record(fh, done[qid])
+    ranked = {}
+    for q in qids:
+        r = done[q]
+        n = len(r["order"])
+        ranked[q] = [(r["docids"][k], float(n - pos)) for pos, k in enumerate(r["order"])]
+    recs = [done[q] for q in qids]
+    return {
+        "ndcg@10": round(compute_metrics(coll.qrels, ranked, coll.graded)["ndcg@10"], 4),
+        "seconds_per_query": round(statistics.mean(r["seconds"] for r in recs), 2),
+        "prompts_per_query": round(statistics.mean(r["prompts"] for r in recs), 2),
+        "prompt_tokens_per_query": round(statistics.mean(r["prompt_tokens"] for r in recs)),
+        "methods_used": sorted({r["method"] for r in recs}),
+        "queries": len(recs),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from rerank import Reranker
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--collection", default="dl19", choices=sorted(COLLECTIONS))
+    ap.add_argument("--depths", default="20,50,100", help="First-stage depths (comma-separated).")
+    ap.add_argument(
+        "--methods", default="chunks,tournament,sliding", help="long_list[:budget][/deep], comma-separated."
+    )
+    ap.add_argument(
+        "--calibrated", action="store_true", help="Apply the weights' calibration.json (cells named METHOD+cal)."
+    )
+    ap.add_argument("--model", default=None, help="Model folder (default: the shipped weights).")
+    ap.add_argument("--first_stage_weight", type=float, default=0.0, help="Fusion weight (0 = the model alone).")
+    ap.add_argument("--limit_queries", type=int, default=None, help="Only this many judged queries (sorted by id).")
+    ap.add_argument("--query_offset", type=int, default=0, help="Skip this many judged queries first.")
+    ap.add_argument("--vaswani_run", default="runs/depth/vaswani.bm25.trec", help="Vaswani's BM25 run.")
+    ap.add_argument("--work_dir", default="runs/depth", help="Memo and per-cell records (resumable).")
+    ap.add_argument("--out", default="eval/results/depth_methods_cpu.json", help="JSON to update.")
+    args = ap.parse_args(argv)
+    work = Path(args.work_dir) / args.collection
+    work.mkdir(parents=True, exist_ok=True)
+    settings = {"model": args.model, "first_stage_weight": args.first_stage_weight, "window_size": 20, "stride": 10}
+    check_same_settings(work / "settings.json", settings, what="depth-method records")
+    save_settings(work / "settings.json", settings)
+
+    coll, run, qids = first_stage(args.collection, args)
+    reranker = Reranker.from_pretrained(
+        args.model,
+        first_stage_weight=args.first_stage_weight,
+        batch_size=1,
+        calibration=None if args.calibrated else False,
+    )
+    if args.calibrated and reranker.calibration is None:
+        raise SystemExit("--calibrated: the model folder has no calibration.json")
+    reranker.window_memo = DiskMemo(work / "memo.jsonl")
+    out_path = Path(args.out)
+    # A subset of the queries is its own table: its baselines are measured on the same subset.
+    key = args.collection
+    if args.limit_queries:
+        key += f"[{args.query_offset}:{args.query_offset + args.limit_queries}]"
+    table: dict = {}
+    for depth in [int(d) for d in args.depths.split(",")]:
+        cell = table.setdefault(key, {}).setdefault(str(depth), {})
+        cell["baselines"] = baselines(coll, run, qids, depth, work)
+        for spec in args.methods.split(","):
+            name = spec + ("+cal" if args.calibrated else "")
+            start = time.monotonic()
+            cell[name] = run_cell(
+                reranker, coll, run, qids, depth, spec, work / f"{depth}-{name.replace('/', '-d')}.jsonl"
+            )
+            cell[name]["wall_minutes"] = round((time.monotonic() - start) / 60, 1)
+            print(args.collection, depth, name, cell[name], cell["baselines"], flush=True)
+            write_cell(out_path, key, depth, {"baselines": cell["baselines"], name: cell[name]})
+    return table
+
+
+def write_cell(out_path: Path, collection: str, depth: int, cells: dict) -> None:
+    """Merge cells into the JSON as it is now (another run may have written other cells meanwhile)."""
+    table = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    table.setdefault(collection, {}).setdefault(str(depth), {}).update(cells)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_text(json.dumps(table, indent=1))
+    tmp.replace(out_path)
+
+
+if __name__ == "__main__":
+    main()

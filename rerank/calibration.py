@@ -1,0 +1,146 @@
+"""Relevance probabilities from the head readout, comparable across prompts and queries.
+
+The head readout ``s = logit(yes) - logit(no)`` at a passage's end is read *relative to the passages
+sharing its prompt*: a prompt of weak passages lifts its best one. A calibration maps each prompt's
+readouts to P(relevant | query, passage) with a logistic model that sees the readout and the prompt's
+mean readout (the per-prompt reference)::
+
+    p_i = sigmoid(a * s_i + c * mean_j(s_j) + b)        (j over the passages of s_i's prompt)
+
+``a``, ``c`` and ``b`` are fitted (binary cross-entropy, a small L2 penalty) on judged lists of a
+development collection that is neither training nor test data. With ``a > 0`` the order inside one
+prompt is unchanged; across prompts (chunks of a long list, or queries) the probabilities are the
+comparable quantity. The file is tied to the weights it was fitted for by their sha256: a calibration
+fitted for other weights is refused.
+
+Example:
+    >>> cal = HeadCalibration(weight=1.0, prompt_mean_weight=-0.5, bias=0.0, fingerprint="x")
+    >>> [round(p, 3) for p in cal.probabilities([2.0, 0.0])]
+    [0.818, 0.378]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+CALIBRATION_FILE = "calibration.json"
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors")
+
+
+def weights_fingerprint(folder: str | os.PathLike) -> str:
+    """sha256 of the weights in a model folder (the LoRA adapter, else the full model file)."""
+    folder = Path(folder)
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if path.is_file():
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            return digest.hexdigest()
+    raise FileNotFoundError(f"{folder} holds none of {WEIGHT_FILES}: nothing to tie a calibration to")
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+@dataclass(frozen=True)
+class HeadCalibration:
+    """``p = sigmoid(weight * s + prompt_mean_weight * mean(s over the prompt) + bias)``."""
+
+    weight: float
+    prompt_mean_weight: float
+    bias: float
+    fingerprint: str = field(metadata={"help": "sha256 of the weights this calibration was fitted for."})
+    fitted_on: str = field(default="", metadata={"help": "What it was fitted on (collection, depth, lists)."})
+
+    def __post_init__(self):
+        for name in ("weight", "prompt_mean_weight", "bias"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"calibration {name} must be a finite number, got {value!r}")
+        if self.weight <= 0:
+            raise ValueError(f"calibration weight must be positive (it keeps each prompt's order), got {self.weight}")
+
+    def probabilities(self, prompt_scores: Sequence[float]) -> list[float]:
+        """Probabilities for the readouts of ONE prompt (the mean is taken over them)."""
+        if not prompt_scores:
+            return []
+        mean = math.fsum(prompt_scores) / len(prompt_scores)
+        return [_sigmoid(self.weight * s + self.prompt_mean_weight * mean + self.bias) for s in prompt_scores]
+
+    @classmethod
+    def fit(
+        cls,
+        prompts: Sequence[Sequence[float]],
+        labels: Sequence[Sequence[int]],
+        fingerprint: str,
+        fitted_on: str = "",
+        l2: float = 1e-3,
+    ) -> HeadCalibration:
+        """Fit on per-prompt readouts and 0/1 relevance labels (Newton's method on the 3 parameters)."""
+        import torch
+
+        if len(prompts) != len(labels) or any(len(s) != len(y) for s, y in zip(prompts, labels)):
+            raise ValueError("prompts and labels must have the same shape (one label per readout)")
+        rows = [(s, sum(p) / len(p), y) for p, ys in zip(prompts, labels) if p for s, y in zip(p, ys)]
+        if not rows or len({y for *_, y in rows}) < 2:
+            raise ValueError("calibration needs both relevant and non-relevant passages")
+        x = torch.tensor([[s, m, 1.0] for s, m, _ in rows], dtype=torch.float64)
+        y = torch.tensor([float(y) for *_, y in rows], dtype=torch.float64)
+        theta = torch.zeros(3, dtype=torch.float64)
+        penalty = torch.diag(torch.tensor([l2, l2, 0.0], dtype=torch.float64)) * len(rows)
+        for _ in range(50):
+            p = torch.sigmoid(x @ theta)
+            grad = x.T @ (p - y) + penalty @ theta
+            hess = (x * (p * (1 - p))[:, None]).T @ x + penalty + 1e-9 * torch.eye(3, dtype=torch.float64)
+            step = torch.linalg.solve(hess, grad)
+            theta = theta - step
+            if step.abs().max() < 1e-10:
+                break
+        a, c, b = (float(v) for v in theta)
+        return cls(weight=a, prompt_mean_weight=c, bias=b, fingerprint=fingerprint, fitted_on=fitted_on)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, fingerprint: str | None = None) -> HeadCalibration:
+        """Read a calibration file; with ``fingerprint``, refuse one fitted for other weights."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            cal = cls(**data)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ValueError(f"{path}: not a head calibration file ({exc})") from None
+        if fingerprint is not None and cal.fingerprint != fingerprint:
+            raise ValueError(
+                f"{path} was fitted for other weights (sha256 {cal.fingerprint[:12]}..., these are "
+                f"{fingerprint[:12]}...): refit it with scripts/fit_calibration.py or pass calibration=False"
+            )
+        return cal
+
+
+def expected_calibration_error(probs: Sequence[float], labels: Sequence[int], bins: int = 10) -> float:
+    """ECE over ``bins`` equal-width bins: sum over bins of |bin| / n * |mean(p) - mean(y)|.
+
+    >>> expected_calibration_error([0.9, 0.9, 0.1, 0.1], [1, 0, 0, 0])
+    0.25
+    """
+    if len(probs) != len(labels) or not probs:
+        raise ValueError("probs and labels must be non-empty and of the same length")
+    groups: list[list[int]] = [[] for _ in range(bins)]
+    for i, p in enumerate(probs):
+        groups[min(bins - 1, int(p * bins))].append(i)
+    total = 0.0
+    for g in groups:
+        if g:
+            gap = abs(sum(probs[i] for i in g) / len(g) - sum(labels[i] for i in g) / len(g))
+            total += len(g) / len(probs) * gap
+    return round(total, 10)

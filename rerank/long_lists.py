@@ -1,0 +1,116 @@
+"""Lists longer than one prompt, for scorers that read one score per passage (``scoring="head"``).
+
+The ways to rank more than ``window_size`` passages (``RerankerConfig.long_list``), compared in
+docs/benchmarks.md (``eval/depth_methods.py``):
+
+* ``one_prompt``: all of them in one prompt when it fits the context, else ``chunks``.
+* ``chunks``: consecutive prompts of ``window_size`` passages, every passage ordered by its own score.
+  One prompt per chunk, but a score is read relative to the passages sharing its prompt, so chunks of
+  weak passages promote their best one.
+* ``tournament``: the chunks, then one final prompt over ``window_size`` leaders. With calibrated
+  scores (:mod:`rerank.calibration`, comparable across prompts) the leaders are the best of the whole
+  list by probability; without, they are taken round-robin (the best of every chunk, then the second
+  best, ...). With ``deep_leaders=k`` the final prompt is seeded by the first-stage: the first
+  chunk's best ``window_size - k`` meet the best ``k`` of the later chunks. The final prompt decides
+  the top of the list; the others follow. One prompt more than ``chunks``.
+* ``sliding``: back-to-front windows of ``window_size`` with step ``stride`` (RankGPT's scheme), each
+  window ordered by score; the best passages are carried to the front. About twice the prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def chunk_offsets(num_passages: int, size: int) -> list[int]:
+    """Start of each consecutive chunk of ``size`` passages."""
+    return list(range(0, num_passages, size))
+
+
+def round_robin(chunk_scores: Sequence[Sequence[float]]) -> list[tuple[int, int]]:
+    """Every passage as ``(chunk, index in chunk)``: the best of each chunk in chunk order, then the
+    second best of each, and so on (ties keep first-stage order).
+
+    >>> round_robin([[0.1, 0.9], [0.5, 0.2, 0.7]])
+    [(0, 1), (1, 2), (0, 0), (1, 0), (1, 1)]
+    """
+    ranked = [sorted(range(len(s)), key=lambda i: (-s[i], i)) for s in chunk_scores]
+    out = []
+    for depth in range(max((len(r) for r in ranked), default=0)):
+        out += [(c, r[depth]) for c, r in enumerate(ranked) if depth < len(r)]
+    return out
+
+
+def _contest(
+    chunk_scores: Sequence[Sequence[float]], size: int, comparable: bool, deep_leaders: int | None = None
+) -> list[int]:
+    """Every passage (index into the whole list), best contender first: by score when scores are
+    comparable across prompts (calibrated probabilities), else round-robin over the chunks. With
+    ``deep_leaders`` the first ``size`` contenders are the first chunk's best ``size - deep_leaders``
+    and the best ``deep_leaders`` of the later chunks (fewer if a side runs short)."""
+    if comparable:
+        flat = [s for chunk in chunk_scores for s in chunk]
+        contest = sorted(range(len(flat)), key=lambda k: (-flat[k], k))
+    else:
+        contest = [c * size + i for c, i in round_robin(chunk_scores)]
+    if deep_leaders is None or len(chunk_scores) < 2:
+        return contest
+    first = [k for k in contest if k < size]
+    deep = [k for k in contest if k >= size]
+    take_deep = min(deep_leaders, len(deep), size)
+    take_first = min(size - take_deep, len(first))
+    take_deep = min(size - take_first, len(deep))
+    leaders = first[:take_first] + deep[:take_deep]
+    chosen = set(leaders)
+    return leaders + [k for k in contest if k not in chosen]
+
+
+def tournament_leaders(
+    chunk_scores: Sequence[Sequence[float]], size: int, comparable: bool = False, deep_leaders: int | None = None
+) -> list[int]:
+    """The ``size`` passages (indices into the whole list, in first-stage order) that go to the final
+    prompt. With ``comparable`` scores (calibrated probabilities) the best ``size`` of the whole list,
+    so a chunk of strong passages sends more of them; otherwise round-robin over the chunks.
+
+    >>> tournament_leaders([[0.1, 0.9], [0.5, 0.2]], 2)
+    [1, 2]
+    >>> tournament_leaders([[0.1, 0.9], [0.5, 0.2]], 2, comparable=True)
+    [1, 2]
+    >>> tournament_leaders([[0.6, 0.9], [0.5, 0.2]], 2, comparable=True)
+    [0, 1]
+    >>> tournament_leaders([[0.6, 0.9], [0.5, 0.2]], 2, comparable=True, deep_leaders=1)  # seeded
+    [1, 2]
+    """
+    return sorted(_contest(chunk_scores, size, comparable, deep_leaders)[:size])
+
+
+def tournament_order(
+    chunk_scores: Sequence[Sequence[float]],
+    size: int,
+    final_scores: Sequence[float],
+    comparable: bool = False,
+    deep_leaders: int | None = None,
+) -> tuple[list[int], list[float]]:
+    """Order and scores of a list scored in chunks of ``size`` whose leaders
+    (:func:`tournament_leaders`) the final prompt scored ``final_scores`` (one each, in leader order).
+
+    The leaders come first, by their final scores; the others follow by score when ``comparable``,
+    else in round-robin order. Scores never increase down the order: a passage keeps its own score,
+    capped at the score of the passage ranked just above it (the final prompt outranks the chunks).
+
+    >>> tournament_order([[0.1, 0.9], [0.5, 0.2]], 2, [0.3, 0.8])
+    ([2, 1, 0, 3], [0.1, 0.3, 0.8, 0.1])
+    """
+    contest = _contest(chunk_scores, size, comparable, deep_leaders)
+    leaders = sorted(contest[:size])
+    if len(final_scores) != len(leaders):
+        raise ValueError(f"expected {len(leaders)} final scores (one per leader), got {len(final_scores)}")
+    own = dict(enumerate(s for chunk in chunk_scores for s in chunk))
+    own.update(zip(leaders, final_scores))
+    order = sorted(leaders, key=lambda k: (-own[k], k)) + contest[size:]
+    scores = [0.0] * len(order)
+    cap = float("inf")
+    for index in order:
+        cap = min(cap, own[index])
+        scores[index] = cap
+    return order, scores

@@ -1,0 +1,62 @@
+"""Fit the head calibration of a weights folder on judged development lists (rerank.calibration).
+
+    .venv/bin/python scripts/fit_calibration.py --collection ../shared/data/vaswani \\
+        --records runs/depth/vaswani/100-chunks.jsonl --weights rerank/weights/smollm2-135m-head
+
+``--records`` are raw head readouts made by ``eval/depth_methods.py`` with the ``chunks`` method (no
+``--calibrated``): per query the first-stage docids and one readout each, read in consecutive prompts
+of ``--window`` passages. Relevant means grade >= 2 on a graded collection (TREC DL), >= 1 otherwise;
+unjudged passages count as not relevant. Writes ``calibration.json`` into the weights folder, tied
+to its weights by sha256. Fit it on a collection that is neither training data nor a test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rerank.calibration import CALIBRATION_FILE, HeadCalibration, weights_fingerprint
+from rerank.data.collection import load_collection
+from rerank.data.resume import recover_records
+
+
+def prompts_and_labels(records: list[dict], qrels: dict, graded: bool, window: int) -> tuple[list, list]:
+    """Per prompt (consecutive chunks of ``window``), the raw readouts and 0/1 labels."""
+    cut = 2 if graded else 1
+    prompts, labels = [], []
+    for rec in records:
+        judged = qrels.get(rec["qid"], {})
+        for start in range(0, len(rec["docids"]), window):
+            prompts.append(rec["scores"][start : start + window])
+            labels.append([int(judged.get(d, 0) >= cut) for d in rec["docids"][start : start + window]])
+    return prompts, labels
+
+
+def main(argv: list[str] | None = None) -> HeadCalibration:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--collection", required=True, help="Collection folder with the judgements.")
+    ap.add_argument("--records", required=True, help="Raw chunk readouts from eval/depth_methods.py.")
+    ap.add_argument("--weights", default="rerank/weights/smollm2-135m-head", help="Weights folder to calibrate.")
+    ap.add_argument("--window", type=int, default=20, help="Passages per prompt the readouts were made with.")
+    ap.add_argument("--out", default=None, help="Where to write (default: WEIGHTS/calibration.json).")
+    args = ap.parse_args(argv)
+    coll = load_collection(args.collection)
+    records = [r for r in recover_records(args.records) if r.get("score_kind") == "head_logit"]
+    if not records:
+        raise SystemExit(f"{args.records}: no raw head readouts (score_kind 'head_logit') to fit on")
+    prompts, labels = prompts_and_labels(records, coll.qrels, coll.graded, args.window)
+    cal = HeadCalibration.fit(
+        prompts,
+        labels,
+        fingerprint=weights_fingerprint(args.weights),
+        fitted_on=f"{Path(args.collection).name}: {len(records)} queries, {sum(map(len, prompts))} passages "
+        f"in prompts of {args.window} ({Path(args.records).name})",
+    )
+    out = Path(args.out or Path(args.weights) / CALIBRATION_FILE)
+    cal.save(out)
+    print(f"wrote {out}: {cal}")
+    return cal
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Lists longer than one prompt (chunks, tournament, sliding) and calibrated head probabilities."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from rerank import Reranker, RerankerConfig
+from rerank.calibration import HeadCalibration, expected_calibration_error, weights_fingerprint
+from rerank.long_lists import round_robin, tournament_leaders, tournament_order
+from rerank.results import RankingResult
+from rerank.serving.scores import relevance_scores
+
+QUERY = "how do bees keep warm"
+DOCS = [f"Passage {i}: bees {'shiver to keep warm' if i % 3 == 0 else 'forage'} in hive {i}." for i in range(11)]
+
+
+def test_round_robin_takes_each_chunks_best_first():
+    assert round_robin([[0.1, 0.9, 0.5], [0.2], [0.7, 0.8]]) == [(0, 1), (1, 0), (2, 1), (0, 2), (2, 0), (0, 0)]
+
+
+def test_tournament_order_hand_computed():
+    chunks = [[0.0, 3.0, 1.0], [2.0, -1.0, 5.0], [4.0]]  # chunk size 3: passages 0-2, 3-5, 6
+    assert tournament_leaders(chunks, 3) == [1, 5, 6]  # best of each chunk
+    order, scores = tournament_order(chunks, 3, [0.5, 0.9, 0.1])  # final prompt: 5 > 1 > 6
+    assert order == [5, 1, 6, 2, 3, 0, 4]  # leaders by final score, then round-robin (2nd bests, 3rd bests)
+    # Scores never increase down the order; each is its own, capped by the one above.
+    assert [scores[i] for i in order] == [0.9, 0.5, 0.1, 0.1, 0.1, 0.0, -1.0]
+    with pytest.raises(ValueError, match="3 final scores"):
+        tournament_order(chunks, 3, [0.5])
+
+
+def test_seeded_tournament_takes_the_first_chunks_best_and_a_few_deep_ones():
+    chunks = [[0.0, 3.0, 1.0], [2.0, -1.0, 5.0], [4.0, 0.5]]  # size 3: passages 0-2, 3-5, 6-7
+    # Round-robin over the deep chunks (5, 6, then 3, 7, 4): one deep leader; the first chunk's best two.
+    assert tournament_leaders(chunks, 3, deep_leaders=1) == [1, 2, 5]
+    # Comparable scores: the deep leaders are the best deep passages by score (5.0 then 4.0).
+    assert tournament_leaders(chunks, 3, comparable=True, deep_leaders=2) == [1, 5, 6]
+    order, _ = tournament_order(chunks, 3, [0.1, 0.2, 0.3], comparable=True, deep_leaders=2)
+    assert order == [6, 5, 1, 3, 2, 7, 0, 4]  # leaders by final score, then the rest by score
+    assert tournament_leaders(chunks, 3, deep_leaders=0) == [0, 1, 2]  # = rerank the first window only
+    assert tournament_leaders([[1.0, 2.0]], 3, deep_leaders=2) == [0, 1]  # one chunk: nothing deep
+
+
+def test_long_list_settings_are_validated():
+    with pytest.raises(ValueError, match="long_list must be one of"):
+        RerankerConfig(scoring="head", long_list="bubble")
+    with pytest.raises(ValueError, match="deep_leaders"):
+        RerankerConfig(scoring="head", deep_leaders=-1)
+    with pytest.raises(ValueError, match="must not exceed window_size"):
+        RerankerConfig(scoring="head", window_size=4, stride=2, deep_leaders=5)
+
+
+def _counting(rr: Reranker) -> list[int]:
+    """Count prompts the scorer actually runs (memo hits never reach it)."""
+    calls, rank = [], rr.scorer.rank
+
+    def counted(encs, top_ks):
+        calls.append(len(encs))
+        return rank(encs, top_ks)
+
+    rr.scorer.rank = counted
+    return calls
+
+
+def test_tournament_reranks_the_chunk_leaders_in_one_prompt(tiny_model, tokenizer):
+    cfg = RerankerConfig(scoring="head", window_size=4, stride=2, long_list="tournament")
+    res = Reranker(tiny_model, tokenizer, cfg).rerank(QUERY, DOCS)
+    assert sorted(res.order) == list(range(len(DOCS)))
+    assert res.stats.fallback == "tournament" and res.stats.llm_calls == 3 + 1  # chunks of 4, 4, 3 + the final
+    # Independent recomputation: chunk readouts, leaders, and the final prompt's readouts.
+    plain = Reranker(tiny_model, tokenizer, RerankerConfig(scoring="head"))
+    chunks = [plain.rerank(QUERY, DOCS[o : o + 4]).scores for o in (0, 4, 8)]
+    leaders = tournament_leaders(chunks, 4)
+    final = plain.rerank(QUERY, [DOCS[k] for k in leaders]).scores
+    want_order, want_scores = tournament_order(chunks, 4, final)
+    assert res.order[:4] == want_order[:4]
+    assert res.scores == pytest.approx(want_scores, abs=1e-4)
+    along = [res.scores[i] for i in res.order]
+    assert along == sorted(along, reverse=True)
+
+
+def test_sliding_and_chunks_for_head_scoring(tiny_model, tokenizer):
+    sliding = Reranker(
+        tiny_model, tokenizer, RerankerConfig(scoring="head", window_size=4, stride=2, long_list="sliding")
+    )
+    res = sliding.rerank(QUERY, DOCS)
+    assert res.stats.fallback == "sliding" and sorted(res.order) == list(range(len(DOCS)))
+    assert res.stats.llm_calls == 5  # windows of 4 start at 7, 5, 3, 1 and 0 (back to front, step 2)
+    chunks = Reranker(
+        tiny_model, tokenizer, RerankerConfig(scoring="head", window_size=4, stride=2, long_list="chunks")
+    )
+    res = chunks.rerank(QUERY, DOCS)
+    assert res.stats.fallback == "chunks" and res.stats.llm_calls == 3
+    assert res.order == sorted(range(len(DOCS)), key=lambda i: (-res.scores[i], i))
+    # one_prompt reads them all at once when they fit.
+    one = Reranker(tiny_model, tokenizer, RerankerConfig(scoring="head", window_size=4, stride=2)).rerank(QUERY, DOCS)
+    assert one.stats.fallback is None and one.stats.llm_calls == 1
+
+
+def test_window_memo_scores_identical_prompts_once(tiny_model, tokenizer):
+    rr = Reranker(tiny_model, tokenizer, RerankerConfig(scoring="head", window_size=4, stride=2, long_list="chunks"))
+    rr.window_memo = {}
+    calls = _counting(rr)
+    first = rr.rerank(QUERY, DOCS)
+    rr.config.long_list = "tournament"
+    second = rr.rerank(QUERY, DOCS)
+    assert sum(calls) == 3 + 1  # the tournament reused the three chunks
+    assert second.stats.llm_calls == 4 and second.stats.prefill_seconds >= first.stats.prefill_seconds
+
+
+def test_calibration_fit_recovers_a_known_model():
+    rng = random.Random(0)
+    a, c, b = 1.5, -0.8, -1.0
+    prompts, labels = [], []
+    for _ in range(400):
+        shift = rng.gauss(0, 1)
+        scores = [rng.gauss(shift, 1.5) for _ in range(10)]
+        mean = sum(scores) / len(scores)
+        prompts.append(scores)
+        labels.append([int(rng.random() < 1 / (1 + math.exp(-(a * s + c * mean + b)))) for s in scores])
+    cal = HeadCalibration.fit(prompts, labels, fingerprint="f", l2=0.0)
+    assert (cal.weight, cal.prompt_mean_weight, cal.bias) == pytest.approx((a, c, b), abs=0.25)
+    probs = [p for s in prompts for p in cal.probabilities(s)]
+    assert expected_calibration_error(probs, [y for ys in labels for y in ys]) < 0.03
+
+
+def test_expected_calibration_error_hand_computed():
+    # bins: [0.0,0.1): p 0.05 y 0 -> gap 0.05; [0.9,1.0]: p 0.95, 1.0 with y 1, 0 -> gap |0.975 - 0.5|
+    assert expected_calibration_error([0.05, 0.95, 1.0], [0, 1, 0]) == pytest.approx(1 / 3 * 0.05 + 2 / 3 * 0.475)
+    with pytest.raises(ValueError):
+        expected_calibration_error([], [])
+
+
+def test_calibration_file_is_tied_to_its_weights(tmp_path):
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"weights one")
+    fp = weights_fingerprint(tmp_path)
+    cal = HeadCalibration(weight=1.0, prompt_mean_weight=0.0, bias=0.0, fingerprint=fp)
+    cal.save(tmp_path / "calibration.json")
+    assert HeadCalibration.load(tmp_path / "calibration.json", fingerprint=fp) == cal
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"weights two")
+    with pytest.raises(ValueError, match="fitted for other weights"):
+        HeadCalibration.load(tmp_path / "calibration.json", fingerprint=weights_fingerprint(tmp_path))
+    (tmp_path / "bad.json").write_text(json.dumps({"weight": 1.0}))
+    with pytest.raises(ValueError, match="not a head calibration file"):
+        HeadCalibration.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="weight must be positive"):
+        HeadCalibration(weight=-1.0, prompt_mean_weight=0.0, bias=0.0, fingerprint=fp)
+
+
+def test_calibrated_reranker_returns_per_prompt_probabilities(tiny_model, tokenizer):
+    cal = HeadCalibration(weight=0.7, prompt_mean_weight=-0.3, bias=0.2, fingerprint="x")
+    cfg = RerankerConfig(scoring="head", window_size=4, stride=2, long_list="chunks")
+    raw = Reranker(tiny_model, tokenizer, cfg).rerank(QUERY, DOCS)
+    res = Reranker(tiny_model, tokenizer, cfg, calibration=cal).rerank(QUERY, DOCS)
+    want = [p for o in (0, 4, 8) for p in cal.probabilities(raw.scores[o : o + 4])]
+    assert res.score_kind == "probability" and res.scores == pytest.approx(want, abs=1e-5)
+    assert res.order == sorted(range(len(DOCS)), key=lambda i: (-res.scores[i], i))
+    # The server passes probabilities through (a threshold means the same in every request).
+    served = relevance_scores(res)
+    assert served == pytest.approx(res.scores, abs=1e-6)
+    with pytest.raises(ValueError, match="scoring='head' only"):
+        Reranker(tiny_model, tokenizer, RerankerConfig(scoring="single_pass"), calibration=cal)
+    # A calibrated tournament sends the best 4 of the whole list (by probability) to the final prompt.
+    cfg = RerankerConfig(scoring="head", window_size=4, stride=2, long_list="tournament")
+    tour = Reranker(tiny_model, tokenizer, cfg, calibration=cal).rerank(QUERY, DOCS)
+    leaders = sorted(sorted(range(len(DOCS)), key=lambda i: (-want[i], i))[:4])
+    assert sorted(tour.order[:4]) == leaders
+    assert tour.order[4:] == sorted(set(range(len(DOCS))) - set(leaders), key=lambda i: (-want[i], i))
+
+
+def test_relevance_scores_keep_probabilities_monotone():
+    res = RankingResult.from_scores([1, 0, 2], [0.4, 0.7, 0.1], 3, None, "probability")
+    assert relevance_scores(res) == [0.4, 0.7, 0.1]
+
+
+def test_list_far_over_the_context_is_ranked_by_the_method(tiny_model, tokenizer):
+    docs = [f"Doc {i} about {'bees' if i % 7 == 0 else 'rope'}." for i in range(45)]
+    for method, calls in (("tournament", 12 + 1), ("one_prompt", 12)):  # one_prompt cannot: chunks
+        cfg = RerankerConfig(scoring="head", window_size=4, stride=2, long_list=method, max_context=400)
+        res = Reranker(tiny_model, tokenizer, cfg).rerank(QUERY, docs)
+        assert sorted(res.order) == list(range(45))
+        assert res.stats.fallback == ("tournament" if method == "tournament" else "chunks")
+        assert res.stats.llm_calls == calls
+
+
+def test_tournament_without_deep_leaders_reuses_the_first_chunk(tiny_model, tokenizer):
+    cfg = RerankerConfig(scoring="head", window_size=4, stride=2, long_list="tournament", deep_leaders=0)
+    res = Reranker(tiny_model, tokenizer, cfg).rerank(QUERY, DOCS)
+    assert res.stats.llm_calls == 3  # the chunks only: the final prompt would repeat the first chunk
+    first = Reranker(tiny_model, tokenizer, RerankerConfig(scoring="head")).rerank(QUERY, DOCS[:4])
+    assert res.order[:4] == first.order  # the top is the first window as the model ranks it alone
