@@ -109,6 +109,15 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--dtype", default="float32", choices=["bfloat16", "float32"])
     ap.add_argument("--max_mb", type=float, default=25.0)
     args = ap.parse_args(argv)
+    chosen = {}
+    for item in args.setting:
+        key, _, value = item.partition("=")
+        try:
+            chosen[key] = json.loads(value)
+        except json.JSONDecodeError:
+            ap.error(f"--setting {item!r}: the value is not JSON")
+        if key not in {f.name for f in fields(RerankerConfig)}:
+            ap.error(f"--setting {item!r}: {key!r} is not a RerankerConfig field")
     run = Path(args.run)
     if not (run / "adapter_config.json").is_file():
         ap.error(f"{run} holds no LoRA adapter (adapter_config.json)")
@@ -133,11 +142,7 @@ def main(argv: list[str] | None = None) -> Path:
     fusion = json.loads(Path(args.fusion).read_text()) if args.fusion else None
     if fusion is not None:
         settings["reranker"]["first_stage_weight"] = fusion["chosen_weight"]
-    for item in args.setting:
-        key, _, value = item.partition("=")
-        if key not in {f.name for f in fields(RerankerConfig)} or not value:
-            ap.error(f"--setting {item!r}: expected KEY=JSON with KEY a RerankerConfig field")
-        settings["reranker"][key] = json.loads(value)
+    settings["reranker"].update(chosen)
     RerankerConfig(**settings["reranker"])  # the settings must build a config: checked before shipping
     (tmp / "lazyrank.json").write_text(json.dumps(settings, indent=1))
     metrics = json.loads((run / "train_metrics.json").read_text()) if (run / "train_metrics.json").is_file() else {}

@@ -86,11 +86,11 @@ HIVE_WARMTH = {0, 3, 4, 7, 10}
 def test_shipped_default_ranks_by_relevance(real_reranker):
     """The shipped weights must move relevant passages up, not return the input order."""
     assert real_reranker.config.scoring == "head"
-    assert real_reranker.config.first_stage_weight > 0  # the shipped recommendation (lazyrank.json)
-    alone = Reranker(
-        real_reranker.model, real_reranker.tokenizer, RerankerConfig(scoring="head", first_stage_weight=0.0)
-    )
-    res = alone.rerank(DEMO_QUERY, DEMO_PASSAGES)
+    # The shipped recommendation (lazyrank.json): the model alone, calibrated, tournaments for long lists.
+    assert real_reranker.config.first_stage_weight == 0.0 and real_reranker.config.long_list == "tournament"
+    assert real_reranker.calibration is not None
+    raw = Reranker(real_reranker.model, real_reranker.tokenizer, RerankerConfig(scoring="head"))
+    res = raw.rerank(DEMO_QUERY, DEMO_PASSAGES)
     assert res.score_kind == "head_logit" and res.stats.llm_calls == 1
     assert res.order != list(range(len(DEMO_PASSAGES)))
     rank = {index: r for r, index in enumerate(res.order)}
@@ -100,8 +100,24 @@ def test_shipped_default_ranks_by_relevance(real_reranker):
     assert relevant < others - 2  # mean rank 4 positions apart here; 0 for a random order on average
     # Scores order the passages: best first, non-increasing.
     assert all(res.scores[a] >= res.scores[b] for a, b in zip(res.order, res.order[1:]))
-    fused = real_reranker.rerank(DEMO_QUERY, DEMO_PASSAGES)
-    assert fused.score_kind == "fused" and fused.order[0] == 0  # first in both lists
+    # The default: the same order, scores mapped to probabilities by the shipped calibration.
+    calibrated = real_reranker.rerank(DEMO_QUERY, DEMO_PASSAGES)
+    assert calibrated.score_kind == "probability" and calibrated.order == res.order
+    assert calibrated.scores == pytest.approx(real_reranker.calibration.probabilities(res.scores), abs=1e-5)
+    assert all(0.0 < p < 1.0 for p in calibrated.scores)
+
+
+def test_shipped_default_ranks_a_long_list_by_tournament(real_reranker):
+    """30 passages (the demo's 12, then 18 of them again reworded): chunks of 20 and 10; the first
+    window decides the top (deep_leaders=0, chosen on Vaswani), every passage gets a probability."""
+    docs = DEMO_PASSAGES + [f"Note {i}: {DEMO_PASSAGES[i % 12].lower()}" for i in range(18)]
+    res = real_reranker.rerank(DEMO_QUERY, docs)
+    assert res.stats.fallback == "tournament" and res.stats.llm_calls == 2  # no final prompt needed
+    assert sorted(res.order) == list(range(30)) and set(res.order[:20]) == set(range(20))
+    first = real_reranker.rerank(DEMO_QUERY, docs[:20])
+    assert res.order[:20] == first.order and res.scores[:20] == pytest.approx(first.scores, abs=1e-5)
+    along = [res.scores[i] for i in res.order]
+    assert along == sorted(along, reverse=True)
 
 
 def test_raw_base_model_stays_reachable_by_name(real_reranker):

@@ -98,6 +98,18 @@ def test_model_card_names_every_label_file_the_segments_trained_on(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "setting, message", [("bogus=1", "not a RerankerConfig field"), ("long_list=tournament", "not JSON")]
+)
+def test_packaging_refuses_a_bad_setting_before_writing(tmp_path, setting, message, capsys):
+    spec = importlib.util.spec_from_file_location("_package_weights", REPO / "scripts" / "package_weights.py")
+    package = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(package)
+    with pytest.raises(SystemExit):
+        package.main(["--run", str(tmp_path), "--setting", setting])
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     "flags, message",
     [
         (["--bm25_weight", "1.5"], "bm25_weight"),
