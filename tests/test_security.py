@@ -299,7 +299,7 @@ def test_pins_match_the_files_in_use():
     cached = models.cache_dir() / "gguf" / models._GGUF_FILE
     if not cached.is_file():
         pytest.skip(f"{cached} not present (the default model came from LAZYRANK_GGUF or the package)")
-    assert models._sha256_file(cached) == models._GGUF_SHA256
+    assert models.sha256_file(cached) == models._GGUF_SHA256
 
 
 def test_the_adapters_http_client_follows_the_same_rule(proxy):
