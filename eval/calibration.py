@@ -20,6 +20,7 @@ from pathlib import Path
 from rerank.calibration import expected_calibration_error, sigmoid
 from rerank.data.collection import load_collection
 from rerank.data.resume import recover_records
+from rerank.evaluation import relevance_cut
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 COLLECTIONS = {"dl19": "msmarco-dl19", "scifact": "beir-scifact", "vaswani": "vaswani"}
@@ -38,7 +39,7 @@ def calibration_report(probs: list[float], labels: list[int], queries: int) -> d
 
 
 def labelled(records: list[dict], qrels: dict, graded: bool, transform=None) -> tuple[list[float], list[int]]:
-    cut = 2 if graded else 1
+    cut = relevance_cut(graded)
     probs, labels = [], []
     for rec in records:
         judged = qrels.get(rec["qid"], {})

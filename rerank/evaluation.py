@@ -116,6 +116,11 @@ class EvalConfig:
             self.first_stage_weight = check_weight(self.first_stage_weight)
 
 
+def relevance_cut(graded: bool) -> int:
+    """The grade from which a passage counts as relevant: 2 on TREC DL's 0-3 scale, else 1."""
+    return 2 if graded else 1
+
+
 def standard_measures(graded: bool) -> dict:
     """The reported ir-measures by name: nDCG@10, RR@10 and R@100 (binary ones at rel >= 2 when graded).
 
@@ -123,7 +128,7 @@ def standard_measures(graded: bool) -> dict:
     their numbers are this module's.
     """
 
-    rel = 2 if graded else 1
+    rel = relevance_cut(graded)
     return {"ndcg@10": nDCG @ 10, "rr@10": RR(rel=rel) @ 10, "recall@100": R(rel=rel) @ 100}
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 from rerank.calibration import CALIBRATION_FILE, HeadCalibration, weights_fingerprint
 from rerank.data.collection import load_collection
 from rerank.data.resume import recover_records
+from rerank.evaluation import relevance_cut
 
 
 def prompts_and_labels(records: list[dict], qrels: dict, graded: bool, window: int) -> tuple[list, list]:
     """Per prompt (consecutive chunks of ``window``), the raw readouts and 0/1 labels."""
-    cut = 2 if graded else 1
+    cut = relevance_cut(graded)
     prompts, labels = [], []
     for rec in records:
         judged = qrels.get(rec["qid"], {})
