@@ -50,7 +50,14 @@ SCHEDULES = [
     ("third 50-25/per-passage", "0.33:0.5,0.67:0.25", "per_passage"),
 ]
 PRECISIONS = ["int8", "bf16"]  # dense prefill, model converted by rerank.precision
-VARIANTS = SCHEDULES + [(p, "dense", p) for p in PRECISIONS]
+TUNED = " +tuned"  # suffix of a schedule run with the pruning-tuned weights (--tuned)
+
+
+def variants(schedules: list[str], precisions: list[str], tuned: bool) -> list[tuple[str, str, str]]:
+    """(label, spec, budget) of every measured variant: schedules (also with the tuned weights), precisions."""
+    chosen = [v for v in SCHEDULES if v[0] in schedules]
+    with_tuned = [(label + TUNED, spec, budget) for label, spec, budget in chosen] if tuned else []
+    return chosen + with_tuned + [(p, "dense", p) for p in precisions]
 
 
 def _order(scores: list[float]) -> list[int]:
@@ -68,9 +75,20 @@ def _first_stage(name: str, depth: int) -> tuple[object, dict[str, list[str]]]:
 
 
 def measure(
-    rr: Reranker, models: dict, name: str, depth: int, records: Path, limit: int | None
+    rr: Reranker,
+    models: dict,
+    name: str,
+    depth: int,
+    records: Path,
+    limit: int | None,
+    schedules: list[tuple[str, str, str]],
+    tuned=None,
 ) -> tuple[list[dict], object]:
-    """Per-query dense and pruned scores for one collection (resumed from ``records``), and the collection."""
+    """Per-query dense and pruned scores for one collection (resumed from ``records``), and the collection.
+
+    ``models`` maps a precision to the converted dense model; ``tuned`` is the pruning-tuned model that
+    runs each schedule a second time (labels ending in :data:`TUNED`).
+    """
     collection, run = _first_stage(name, depth)
     qids = sorted(q for q in run if q in collection.qrels and q in collection.queries)[:limit]
     done = {}
@@ -82,11 +100,14 @@ def measure(
     yes, no = relevance_token_ids(rr.tokenizer)
     configs = [
         (label, PruningConfig(**{**vars(PruningConfig.from_spec(spec)), "budget": budget}))
-        for label, spec, budget in SCHEDULES
+        for label, spec, budget in schedules
     ]
+    runs = [(label, config, rr.model) for label, config in configs]
+    if tuned is not None:
+        runs += [(label + TUNED, config, tuned) for label, config in configs]
     with records.open("a") as log:
         for n, qid in enumerate(qids):
-            if qid in done:
+            if qid in done and all(label in done[qid]["pruned"] for label, _, _ in runs):
                 continue
             docids = run[qid]
             enc = rr.encode(Window(query=collection.queries[qid], passages=[collection.corpus[d] for d in docids]))
@@ -96,9 +117,9 @@ def measure(
             row["dense"] = score_positions(rr.model, prompt, reads, yes, no, rr.tokenizer.pad_token_id).scores[0]
             row["dense_seconds"] = time.perf_counter() - tick
             row["pruned"] = {}
-            for label, config in configs:
+            for label, config, model in runs:
                 tick = time.perf_counter()
-                out = score_positions_pruned(rr.model, prompt, reads, mask, yes, no, config)
+                out = score_positions_pruned(model, prompt, reads, mask, yes, no, config)
                 row["pruned"][label] = {
                     "scores": out.scores[0],
                     "seconds": time.perf_counter() - tick,
@@ -119,7 +140,7 @@ def measure(
     return [done[q] for q in qids], collection
 
 
-def summarise(rows: list[dict], qrels: dict, graded: bool) -> dict:
+def summarise(rows: list[dict], qrels: dict, graded: bool, measured: list[tuple[str, str, str]]) -> dict:
     def ndcg(key):
         run = {}
         for r in rows:
@@ -134,7 +155,7 @@ def summarise(rows: list[dict], qrels: dict, graded: bool) -> dict:
             "median_seconds": round(statistics.median(r["dense_seconds"] for r in rows), 3),
         },
     }
-    for label, spec, budget in VARIANTS:
+    for label, spec, budget in measured:
         cells = [r["pruned"][label] for r in rows]
         out[label] = {
             "spec": spec,
@@ -178,7 +199,7 @@ def plot(report: dict, path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, cell in report["collections"].items():
-        labels = [label for label, _, _ in VARIANTS]
+        labels = [label for label in cell if isinstance(cell[label], dict) and "prefill_ratio" in cell[label]]
         xs = [1.0] + [cell[label]["prefill_ratio"] for label in labels]
         ys = [cell["dense"]["ndcg@10"]] + [cell[label]["ndcg@10"] for label in labels]
         ax.scatter(xs, ys, label=name)
@@ -200,12 +221,29 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--depth", type=int, default=20, help="BM25 candidates per query.")
     ap.add_argument("--limit_queries", type=int, default=None, help="First N judged queries per collection.")
     ap.add_argument("--threads", type=int, default=2, help="torch threads.")
+    ap.add_argument(
+        "--schedules",
+        nargs="*",
+        default=[label for label, _, _ in SCHEDULES],
+        help=f"Pruning schedules to measure, by label: {[label for label, _, _ in SCHEDULES]}.",
+    )
+    ap.add_argument("--precisions", nargs="*", default=PRECISIONS, help="Dense precisions to measure beside fp32.")
+    ap.add_argument(
+        "--tuned",
+        default=None,
+        help="Pruning-tuned weights (adapter folder): each schedule runs again with them (labels ending '+tuned').",
+    )
     ap.add_argument("--out", default="eval/results/head_speed_cpu.json")
     ap.add_argument("--plot", default="eval/results/head_speed_cpu.png", help="PNG path; '' for none.")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    unknown = set(args.schedules) - {label for label, _, _ in SCHEDULES}
+    if unknown or set(args.precisions) - set(PRECISIONS):
+        ap.error(f"unknown schedules {sorted(unknown)} or precisions {args.precisions}")
+    measured = variants(args.schedules, args.precisions, args.tuned is not None)
     rr = Reranker.from_pretrained(first_stage_weight=0.0, precision="fp32")
-    models = {p: apply_cpu_precision(copy.deepcopy(rr.model), p) for p in PRECISIONS}
+    models = {p: apply_cpu_precision(copy.deepcopy(rr.model), p) for p in args.precisions}
+    tuned = Reranker.from_pretrained(args.tuned, precision="fp32").model if args.tuned else None
     teacher = EmbeddingTeacher()
     records = Path(args.out).with_suffix(".records.jsonl")
     records.parent.mkdir(parents=True, exist_ok=True)
@@ -213,20 +251,22 @@ def main(argv: list[str] | None = None) -> dict:
         "model": "shipped default (head)",
         "depth": args.depth,
         "threads": args.threads,
-        "schedules": {label: {"spec": spec, "budget": budget} for label, spec, budget in SCHEDULES},
-        "precisions": {p: {"native_on_this_cpu": cpu_supports(p)} for p in PRECISIONS},
+        "tuned_weights": args.tuned,
+        "schedules": {label: {"spec": spec, "budget": budget} for label, spec, budget in measured if spec != "dense"},
+        "precisions": {p: {"native_on_this_cpu": cpu_supports(p)} for p in args.precisions},
         "collections": {},
     }
     for name in args.collections:
-        rows, collection = measure(rr, models, name, args.depth, records, args.limit_queries)
-        report["collections"][name] = summarise(rows, collection.qrels, collection.graded)
+        schedules = [v for v in SCHEDULES if v[0] in args.schedules]
+        rows, collection = measure(rr, models, name, args.depth, records, args.limit_queries, schedules, tuned)
+        report["collections"][name] = summarise(rows, collection.qrels, collection.graded, measured)
         report["collections"][name]["baselines"] = baselines(rows, collection, teacher)
     Path(args.out).write_text(json.dumps(report, indent=1))
     if args.plot:
         plot(report, args.plot)
     for name, cell in report["collections"].items():
         print(f"{name}: dense nDCG@10 {cell['dense']['ndcg@10']}, same queries: {cell['baselines']}")
-        for label, _, _ in VARIANTS:
+        for label, _, _ in measured:
             c = cell[label]
             print(
                 f"  {label:26s} nDCG {c['ndcg@10']:.4f} overlap {c['top10_overlap']:.2f} tau {c['kendall_tau']:.2f} "

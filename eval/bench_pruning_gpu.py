@@ -5,6 +5,7 @@ does not depend on their values):
 
     python eval/bench_pruning_gpu.py                      # Llama-3-8B shapes at 8k, 16k, 32k tokens
     python eval/bench_pruning_gpu.py --arch qwen2-7b      # Qwen2-7B shapes
+    python eval/bench_pruning_gpu.py --scoring head       # head scoring: 20 / 100 passages and 32k tokens
 
 Without CUDA it prints a message and exits 0 (``--tiny`` runs a small model on CPU instead, to
 check the script itself). Writes ``eval/results/pruning_gpu.json`` and prints a table:
@@ -14,6 +15,11 @@ of the layers with the causal half of the attention, over the measured time).
 
 Prompts imitate the listwise layout: a protected head, then passages of ``--passage_tokens`` body
 tokens each behind a protected identifier, then a protected closing instruction.
+
+``--scoring head`` times head scoring instead (``rerank.engine.passage_head`` dense vs
+``rerank.engine.head_pruning`` with the default schedule): one readout after every passage body, at
+``--passages`` passages and at each ``--tokens`` length, with the peak GPU memory of each and the
+fraction of token-layers computed; it writes ``eval/results/head_pruning_gpu.json``.
 """
 
 from __future__ import annotations
@@ -112,6 +118,87 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def head_prompt(passages: int, vocab: int, passage_tokens: int, seed: int) -> tuple[list[int], list[bool], list[int]]:
+    """A listwise prompt of ``passages`` bodies and the read position after each body (protected)."""
+    length = 120 + passages * (5 + passage_tokens) + 90
+    ids, mask = listwise_prompt(length, vocab, passage_tokens, seed)
+    reads = [t + 1 for t in range(length - 1) if mask[t] and not mask[t + 1]]
+    return ids, mask, reads
+
+
+def _head_run(model, device, ids, mask, reads, pruning, *, pruned: bool):
+    """One head-scoring call: (seconds, peak GB, prefill info)."""
+    from rerank.engine.head_pruning import score_positions_pruned
+    from rerank.engine.passage_head import score_positions
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    tick = time.perf_counter()
+    if pruned:
+        out = score_positions_pruned(model, [ids], [reads], [mask], 1, 2, pruning)
+    else:
+        out = score_positions(model, [ids], [reads], 1, 2, 0)
+    sync(device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    return time.perf_counter() - tick, peak, out.prefill
+
+
+def head_rows(model, device, passages: list[int], tokens: list[int], passage_tokens: int, repeats: int, pruning):
+    """Dense vs pruned head scoring: median seconds, peak memory and computed fraction per prompt size."""
+    vocab = model.config.vocab_size
+    sizes = [(n, None) for n in passages] + [(None, n) for n in tokens]
+    rows = []
+    for count, length in sizes:
+        if length is not None:  # as many passages as fill the length
+            count = max(1, (length - 210) // (5 + passage_tokens))
+        ids, mask, reads = head_prompt(count, vocab, passage_tokens, count)
+
+        prompt = (model, device, ids, mask, reads, pruning)
+        _head_run(*prompt, pruned=False), _head_run(*prompt, pruned=True)  # warm-up at this size
+        dense, pruned = [], []
+        for _ in range(repeats):  # interleaved so drifts hit both alike
+            dense.append(_head_run(*prompt, pruned=False))
+            pruned.append(_head_run(*prompt, pruned=True))
+        d, p = statistics.median(t for t, _, _ in dense), statistics.median(t for t, _, _ in pruned)
+        rows.append(
+            {
+                "tokens": len(ids),
+                "passages": count,
+                "dense_s": d,
+                "pruned_s": p,
+                "ratio": p / d,
+                "computed_fraction": pruned[-1][2].computed_fraction,
+                "dense_peak_gb": max(m for _, m, _ in dense),
+                "pruned_peak_gb": max(m for _, m, _ in pruned),
+            }
+        )
+        print(f"{len(ids):>6} tokens, {count} passages: dense {d:.3f}s, pruned {p:.3f}s ({p / d:.2f}x)", flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _write(args, default_output: bool, arch, device, dtype, config, pruning, rows, start) -> None:
+    result = {
+        "arch": arch,
+        "scoring": args.scoring,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": str(dtype).replace("torch.", ""),
+        "attn_implementation": config._attn_implementation,
+        "torch": torch.__version__,
+        "pruning": asdict(pruning),
+        "repeats": args.repeats,
+        "rows": rows,
+        "wall_seconds": time.perf_counter() - start,
+    }
+    if not args.tiny or not default_output:  # a --tiny check writes only where asked
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.output, "w") as fh:
+            json.dump(result, fh, indent=1)
+        print(f"wrote {args.output}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="llama3-8b", choices=sorted(ARCHS))
@@ -119,8 +206,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--passage_tokens", type=int, default=90)
     parser.add_argument("--tiny", action="store_true", help="small model on CPU, short prompts: checks the script")
-    parser.add_argument("--output", default=str(ROOT / "eval" / "results" / "pruning_gpu.json"))
+    parser.add_argument(
+        "--scoring", default="prefill", choices=["prefill", "head"], help="time the LM prefill or head scoring"
+    )
+    parser.add_argument("--passages", type=int, nargs="+", default=[20, 100], help="head scoring: passages per prompt")
+    parser.add_argument(
+        "--output", default=None, help="JSON path (default: eval/results/{pruning,head_pruning}_gpu.json)"
+    )
     args = parser.parse_args(argv)
+    default_output = args.output is None
+    if default_output:
+        name = "head_pruning_gpu.json" if args.scoring == "head" else "pruning_gpu.json"
+        args.output = str(ROOT / "eval" / "results" / name)
 
     from rerank import PruningConfig
     from rerank.engine.pruning import PrunedSession
@@ -128,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.tiny:
         device, dtype, arch, tokens = torch.device("cpu"), torch.float32, "tiny", [512, 1024]
+        args.passages = [4, 8]
     elif not torch.cuda.is_available():
         print(
             "bench_pruning_gpu: no CUDA device here; skipping (run it where a GPU is lent, or use --tiny "
@@ -146,6 +244,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     pruning = PruningConfig()
     pad = 0
+    if args.scoring == "head":
+        rows = head_rows(model, device, args.passages, tokens, args.passage_tokens, args.repeats, pruning)
+        _write(args, default_output, arch, device, dtype, config, pruning, rows, start)
+        print(
+            f"{'tokens':>7} {'passages':>9} {'dense s':>8} {'pruned s':>9} {'ratio':>6} {'computed':>9} {'peak GB':>13}"
+        )
+        for r in rows:
+            print(
+                f"{r['tokens']:>7} {r['passages']:>9} {r['dense_s']:>8.3f} {r['pruned_s']:>9.3f} {r['ratio']:>6.2f} "
+                f"{r['computed_fraction']:>9.3f} {r['dense_peak_gb']:>6.1f}/{r['pruned_peak_gb']:<6.1f}"
+            )
+        return
 
     def timed(session, ids, mask):
         sync(device)
@@ -186,22 +296,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{info.computed_fraction:.3f}, unpruned {row['unpruned_tflops']:.0f} TFLOP/s",
             flush=True,
         )
-    result = {
-        "arch": arch,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "dtype": str(dtype).replace("torch.", ""),
-        "attn_implementation": config._attn_implementation,
-        "torch": torch.__version__,
-        "pruning": asdict(pruning),
-        "repeats": args.repeats,
-        "rows": rows,
-        "wall_seconds": time.perf_counter() - start,
-    }
-    if not args.tiny or args.output != parser.get_default("output"):
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.output, "w") as fh:
-            json.dump(result, fh, indent=1)
-        print(f"wrote {args.output}")
+    _write(args, default_output, arch, device, dtype, config, pruning, rows, start)
     print(f"{'tokens':>7} {'unpruned s':>11} {'pruned s':>9} {'speedup':>8} {'computed':>9} {'TFLOP/s':>8}")
     for r in rows:
         print(

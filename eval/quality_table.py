@@ -10,8 +10,8 @@ collection, and seconds per query on this machine). A system is
 * ``bm25``: the first-stage run as is;
 * ``minilm``: all-MiniLM-L6-v2 cosine over the same candidates (the peer a CPU user picks);
 * ``NAME=MODEL:SCORING[:PRUNING]``: a LazyRank reranker (``MODEL`` = ``default`` for the shipped
-  default, ``base`` for the raw SmolLM2-135M-Instruct, or a path), e.g. ``base:single_pass`` is
-  short for ``base:single_pass=base:single_pass``.
+  default, ``base`` for the raw SmolLM2-135M-Instruct, or a path; ``PRUNING`` a spec or
+  ``recommended``), e.g. ``base:single_pass`` is short for ``base:single_pass=base:single_pass``.
 
 Every cell is an ``rerank.evaluation.evaluate`` run in ``--work_dir/<system>/<collection>-<depth>``
 (appended per query: an interrupted table resumes; a cell made with other settings is refused).
@@ -73,13 +73,13 @@ def parse_system(spec: str) -> dict:
 
 
 def build_reranker(system: dict, depth: int):
-    from rerank import PruningConfig, Reranker
+    from rerank import Reranker
 
     if system["kind"] == "minilm":
         return EmbeddingReranker()
     model = {"default": None, "base": "base"}.get(system["model"], system["model"])
-    pruning = None if system["pruning"] is None else PruningConfig.from_spec(system["pruning"])
-    return Reranker.from_pretrained(model, scoring=system["scoring"], pruning=pruning, batch_size=1)
+    # A spec string: "recommended" is the model folder's schedule with the weights tuned for it.
+    return Reranker.from_pretrained(model, scoring=system["scoring"], pruning=system["pruning"], batch_size=1)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -78,8 +78,8 @@ class EvalConfig:
         default=None,
         metadata={
             "help": (
-                "Prefill pruning: a preset ('default', 'fast') or depth:keep pairs like '0.1:0.5,0.33:0.25'; None = "
-                "unpruned."
+                "Prefill pruning: 'recommended' (the model folder's schedule, with the weights tuned for it), a "
+                "preset ('default', 'fast') or depth:keep pairs like '0.1:0.5,0.33:0.25'; None = unpruned."
             )
         },
     )
@@ -108,7 +108,7 @@ class EvalConfig:
             raise ValueError(f"rank_top_k must be >= 1 or None, got {self.rank_top_k}")
         if self.limit_queries is not None and self.limit_queries < 1:
             raise ValueError(f"limit_queries must be >= 1, got {self.limit_queries}")
-        if self.pruning is not None:
+        if self.pruning not in (None, "recommended"):
             PruningConfig.from_spec(self.pruning)  # fail before any model loads
 
         get_preset(self.prompt)  # an unknown preset fails before any model loads
@@ -255,7 +255,7 @@ def _load_reranker(cfg: EvalConfig, dp: DataParallel):
         scoring=cfg.scoring,
         first_stage_weight=cfg.first_stage_weight,
         prompt=cfg.prompt,
-        pruning=None if cfg.pruning is None else PruningConfig.from_spec(cfg.pruning),
+        pruning=cfg.pruning,  # a spec string; "recommended" is resolved against the model folder
     )
 
 

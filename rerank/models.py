@@ -18,10 +18,14 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from rerank.engine.pruning import SUPPORTED_MODEL_TYPES
+
+if TYPE_CHECKING:
+    from rerank.config import PruningConfig
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,39 @@ def recommended_settings(model: str | os.PathLike | None) -> dict:
 
     settings = json.loads(path.read_text(encoding="utf-8"))
     return settings.get("reranker", {}) if isinstance(settings, dict) else {}
+
+
+def recommended_pruning(model: str | os.PathLike | None) -> tuple[PruningConfig, Path | None] | None:
+    """The pruning schedule a model folder recommends, and the weights tuned for it; None if it names none.
+
+    ``lazyrank.json`` may hold ``"pruning": {"schedule": {PruningConfig fields}, "weights": "SUBFOLDER"}``:
+    ``weights`` is an adapter trained with that schedule in the forward (pruning-aware fine-tuning),
+    which reads the pruned prefill better than the folder's dense weights do.
+    """
+    from rerank.config import PruningConfig
+
+    if model is not None and str(model) in BASE_MODEL_ALIASES:
+        return None
+    folder = shipped_weights_dir() if model is None else Path(model)
+    path = folder / RECOMMENDED_SETTINGS_FILE
+    if not path.is_file():
+        return None
+    entry = json.loads(path.read_text(encoding="utf-8")).get("pruning")
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("schedule"), dict):
+        raise ValueError(f"{path}: 'pruning' must be {{'schedule': {{PruningConfig fields}}, 'weights': ...}}")
+    try:
+        schedule = PruningConfig(**entry["schedule"])
+    except TypeError as exc:
+        raise ValueError(f"{path}: pruning schedule: {exc}") from None
+    weights = entry.get("weights")
+    if weights is None:
+        return schedule, None
+    tuned = folder / str(weights)
+    if not (tuned / "adapter_config.json").is_file():
+        raise ValueError(f"{path}: pruning weights {weights!r}: {tuned} holds no adapter_config.json")
+    return schedule, tuned
 
 
 def cache_dir() -> Path:
@@ -319,3 +356,27 @@ def load_model_and_tokenizer(
 if __name__ == "__main__":  # `python -m rerank.models` prepares the default model cache
     logging.basicConfig(level=logging.INFO)
     print(default_model_path())
+
+
+def package_adapter(run: Path, dest: Path, dtype: str = "float32", max_mb: float = 25.0) -> tuple[dict, dict, float]:
+    """Write ``run``'s LoRA adapter into a fresh ``dest`` to ship in the package (scripts/package_*weights.py).
+
+    The base model is named as :func:`load_model_and_tokenizer` resolves it (the converted default
+    model, not a hub id) and the tensors are stored in ``dtype``. Returns the adapter config, its
+    tensors and the file's size in MB; an adapter over ``max_mb`` is removed again and refused.
+    """
+    from safetensors.torch import load_file, save_file
+
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    config = json.loads((run / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = DEFAULT_MODEL_NAME  # resolved by rerank.models, not a hub id
+    (dest / "adapter_config.json").write_text(json.dumps(config, indent=1))
+    tensors = load_file(str(run / "adapter_model.safetensors"))
+    kind = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    save_file({k: v.to(kind).contiguous() for k, v in tensors.items()}, str(dest / "adapter_model.safetensors"))
+    size_mb = (dest / "adapter_model.safetensors").stat().st_size / 2**20
+    if size_mb > max_mb:
+        shutil.rmtree(dest)
+        raise ValueError(f"adapter is {size_mb:.1f} MB, over the {max_mb} MB limit")
+    return config, tensors, size_mb

@@ -18,7 +18,13 @@ from rerank.engine import pruning as _pruning
 from rerank.engine.decoding import TokenTable
 from rerank.fusion import fuse_with_first_stage
 from rerank.long_lists import chunk_offsets, tournament_leaders, tournament_order
-from rerank.models import BASE_MODEL_ALIASES, load_model_and_tokenizer, recommended_settings, shipped_weights_dir
+from rerank.models import (
+    BASE_MODEL_ALIASES,
+    load_model_and_tokenizer,
+    recommended_pruning,
+    recommended_settings,
+    shipped_weights_dir,
+)
 from rerank.precision import apply_cpu_precision, check_precision, resolve_precision
 from rerank.prompting.presets import get_preset
 from rerank.prompting.prompts import PromptEncoding, encode_prompt
@@ -91,6 +97,36 @@ def _load_calibration(model, calibration, scoring: str) -> HeadCalibration | Non
     return HeadCalibration.load(path, fingerprint=weights_fingerprint(folder))
 
 
+def _pruning_and_weights(model, pruning: PruningConfig | str | None) -> tuple[PruningConfig | None, Any]:
+    """The schedule ``from_pretrained`` runs and the weights it loads (see its docstring)."""
+    if pruning is not None and not isinstance(pruning, (str, PruningConfig)):
+        raise TypeError(f"pruning must be a PruningConfig, a spec string or None, got {type(pruning).__name__}")
+    recommended = recommended_pruning(model)
+    if isinstance(pruning, str):
+        if pruning == "recommended":
+            if recommended is None:
+                raise ValueError(
+                    f"pruning='recommended': the model {model or 'default'!r} names no pruning schedule in its "
+                    "lazyrank.json; pass a PruningConfig or a spec such as 'default'"
+                )
+            pruning = recommended[0]
+        else:
+            pruning = PruningConfig.from_spec(pruning)
+    if pruning is None or recommended is None or recommended[1] is None:
+        return pruning, model
+    schedule, tuned = recommended
+    if pruning == schedule:
+        logger.info("pruned prefill: loading the weights tuned for this schedule (%s)", tuned)
+        return pruning, str(tuned)
+    logger.warning(
+        "the weights in %s were tuned for the schedule %s; this schedule runs the dense weights, which read a "
+        "pruned prefill less faithfully (pruning='recommended' picks the tuned pair)",
+        tuned,
+        schedule,
+    )
+    return pruning, model
+
+
 class Reranker:
     """Listwise LLM reranker: full ranking in one prompt, or sliding windows.
 
@@ -138,7 +174,7 @@ class Reranker:
         window_size: int = 20,
         stride: int = 10,
         max_passage_tokens: int | None = 100,
-        pruning: PruningConfig | None = None,
+        pruning: PruningConfig | str | None = None,
         **kwargs,
     ) -> Reranker:
         """Load a model and build a reranker.
@@ -155,12 +191,25 @@ class Reranker:
         ``calibration``: ``None`` uses the model folder's ``calibration.json`` when it has one (the
         shipped weights do: scores become P(relevant), see :mod:`rerank.calibration`), ``False``
         keeps the raw head readout, a path loads that file; a file fitted for other weights is refused.
+
+        ``pruning``: a :class:`PruningConfig`, a spec for :meth:`PruningConfig.from_spec` (``"default"``,
+        ``"fast"``, ``"0.5:0.5,..."``) or ``"recommended"``, the schedule the model folder names in its
+        ``lazyrank.json``. A folder may ship weights tuned for its schedule (trained with it in the
+        forward); they are loaded whenever that schedule is asked for, and the folder's dense weights
+        otherwise. The shipped default names none: no schedule kept its nDCG@10 within 0.005 of the
+        dense readout (docs/benchmarks.md#pruned-head-scoring-with-tuned-weights).
+
+        Example:
+            >>> fast = Reranker.from_pretrained("runs/prune/model", pruning="recommended")  # doctest: +SKIP
+            >>> fast.rerank("what do bees eat", passages).stats.computed_fraction            # doctest: +SKIP
+            0.68
         """
 
         known = {f.name for f in fields(RerankerConfig)}
         unknown = set(kwargs) - known
         if unknown:
             raise TypeError(f"unknown argument(s) for Reranker.from_pretrained: {sorted(unknown)}")
+        pruning, weights = _pruning_and_weights(model, pruning)
         # Settings the model folder recommends (lazyrank.json) fill what the caller left out.
         recommended = {k: v for k, v in recommended_settings(model).items() if k in known and k != "pruning"}
         for name, value in recommended.items():
@@ -182,14 +231,14 @@ class Reranker:
         check_precision(precision)  # before the model loads: a typo should not cost a load
         if precision not in (None, "auto") and dtype is not None:
             raise ValueError(f"give dtype ({dtype!r}) or precision ({precision!r}), not both")
-        lm, tok = load_model_and_tokenizer(model, device=device, dtype=dtype)
+        lm, tok = load_model_and_tokenizer(weights, device=device, dtype=dtype)
         if dtype is None and next(lm.parameters()).device.type == "cpu":
             # CPU precision by measurement (rerank.precision): "auto" keeps fp32 unless a cheaper
             # precision was measured lossless and this CPU runs it natively.
             chosen = resolve_precision(precision)
             lm = apply_cpu_precision(lm, chosen)
             config.precision = chosen
-        return cls(lm, tok, config, calibration=_load_calibration(model, calibration, config.scoring))
+        return cls(lm, tok, config, calibration=_load_calibration(weights, calibration, config.scoring))
 
     # ------------------------------------------------------------------ window primitive
     def encode(self, window: Window) -> PromptEncoding:

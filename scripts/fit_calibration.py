@@ -5,7 +5,10 @@
 
 ``--records`` are raw head readouts made by ``eval/depth_methods.py`` with the ``chunks`` method (no
 ``--calibrated``): per query the first-stage docids and one readout each, read in consecutive prompts
-of ``--window`` passages. Relevant means grade >= 2 on a graded collection (TREC DL), >= 1 otherwise;
+of ``--window`` passages. With ``--variant LABEL`` they are ``eval/bench_head_speed.py`` records
+instead, and the readouts of that variant are fitted (the pruning-tuned weights read through their
+schedule: ``--variant "default +tuned" --weights rerank/weights/smollm2-135m-head/pruned``).
+Relevant means grade >= 2 on a graded collection (TREC DL), >= 1 otherwise;
 unjudged passages count as not relevant. Writes ``calibration.json`` into the weights folder, tied
 to its weights by sha256. Fit it on a collection that is neither training data nor a test set.
 """
@@ -40,18 +43,32 @@ def main(argv: list[str] | None = None) -> HeadCalibration:
     ap.add_argument("--weights", default="rerank/weights/smollm2-135m-head", help="Weights folder to calibrate.")
     ap.add_argument("--window", type=int, default=20, help="Passages per prompt the readouts were made with.")
     ap.add_argument("--out", default=None, help="Where to write (default: WEIGHTS/calibration.json).")
+    ap.add_argument(
+        "--variant", default=None, help="Fit this variant of eval/bench_head_speed.py records (e.g. 'default +tuned')."
+    )
     args = ap.parse_args(argv)
     coll = load_collection(args.collection)
-    records = [r for r in recover_records(args.records) if r.get("score_kind") == "head_logit"]
+    if args.variant is None:
+        records = [r for r in recover_records(args.records) if r.get("score_kind") == "head_logit"]
+    else:
+        name = Path(args.collection).name
+        records = [
+            {"qid": r["qid"], "docids": r["docids"], "scores": r["pruned"][args.variant]["scores"]}
+            for r in recover_records(args.records)
+            if r.get("collection") == name and args.variant in r.get("pruned", {})
+        ]
     if not records:
-        raise SystemExit(f"{args.records}: no raw head readouts (score_kind 'head_logit') to fit on")
+        what = (
+            f"readouts of variant {args.variant!r}" if args.variant else "raw head readouts (score_kind 'head_logit')"
+        )
+        raise SystemExit(f"{args.records}: no {what} to fit on")
     prompts, labels = prompts_and_labels(records, coll.qrels, coll.graded, args.window)
     cal = HeadCalibration.fit(
         prompts,
         labels,
         fingerprint=weights_fingerprint(args.weights),
         fitted_on=f"{Path(args.collection).name}: {len(records)} queries, {sum(map(len, prompts))} passages "
-        f"in prompts of {args.window} ({Path(args.records).name})",
+        f"in prompts of {args.window} ({Path(args.records).name}" + (f", {args.variant})" if args.variant else ")"),
     )
     out = Path(args.out or Path(args.weights) / CALIBRATION_FILE)
     cal.save(out)

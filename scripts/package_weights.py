@@ -6,7 +6,8 @@ Writes ``rerank/weights/<name>/``: ``adapter_config.json`` and ``adapter_model.s
 default, exactly the evaluated weights; ``--dtype bfloat16`` halves the size),
 ``lazyrank.json`` (the settings ``Reranker.from_pretrained()`` uses by default) and ``README.md``
 (the model card: base model, data, command, seed, training log and measured scores). Refuses
-adapters over ``--max_mb`` (25 MB).
+adapters over ``--max_mb`` (25 MB). The folder is replaced whole: fit its calibration and package
+its pruning-tuned weights (``scripts/package_pruned_weights.py``) after this.
 """
 
 from __future__ import annotations
@@ -72,9 +73,7 @@ def data_line(summaries: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from safetensors.torch import load_file, save_file
-
-    from rerank.models import DEFAULT_MODEL_NAME, SHIPPED_WEIGHTS
+    from rerank.models import DEFAULT_MODEL_NAME, SHIPPED_WEIGHTS, package_adapter
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="Output folder of `rerank train` (a LoRA adapter).")
@@ -123,20 +122,7 @@ def main(argv: list[str] | None = None) -> Path:
         ap.error(f"{run} holds no LoRA adapter (adapter_config.json)")
     dest = REPO / "rerank" / "weights" / args.name
     tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    config = json.loads((run / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = DEFAULT_MODEL_NAME  # resolved by rerank.models, not a hub id
-    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=1))
-    import torch
-
-    tensors = load_file(str(run / "adapter_model.safetensors"))
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    save_file({k: v.to(dtype).contiguous() for k, v in tensors.items()}, str(tmp / "adapter_model.safetensors"))
-    size_mb = (tmp / "adapter_model.safetensors").stat().st_size / 2**20
-    if size_mb > args.max_mb:
-        shutil.rmtree(tmp)
-        raise SystemExit(f"adapter is {size_mb:.1f} MB, over --max_mb {args.max_mb}")
+    config, tensors, size_mb = package_adapter(run, tmp, args.dtype, args.max_mb)
     settings = json.loads((run / "lazyrank.json").read_text()) if (run / "lazyrank.json").is_file() else {}
     settings.setdefault("reranker", {"scoring": "head"})
     fusion = json.loads(Path(args.fusion).read_text()) if args.fusion else None

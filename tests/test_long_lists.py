@@ -193,3 +193,64 @@ def test_tournament_without_deep_leaders_reuses_the_first_chunk(tiny_model, toke
     assert res.stats.llm_calls == 3  # the chunks only: the final prompt would repeat the first chunk
     first = Reranker(tiny_model, tokenizer, RerankerConfig(scoring="head")).rerank(QUERY, DOCS[:4])
     assert res.order[:4] == first.order  # the top is the first window as the model ranks it alone
+
+
+def test_fit_calibration_script_reads_both_record_kinds(tmp_path):
+    """scripts/fit_calibration.py fits the same calibration from depth_methods chunk records and from
+    the same readouts stored as an eval/bench_head_speed.py variant."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "_fit_calibration", Path(__file__).resolve().parents[1] / "scripts" / "fit_calibration.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    coll = tmp_path / "coll"
+    coll.mkdir()
+    (coll / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": "t"}) + "\n" for i in range(4)))
+    (coll / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": "q"}) + "\n" for i in range(6)))
+    (coll / "qrels.txt").write_text("".join(f"q{i} 0 d{i % 4} 1\n" for i in range(6)))
+    weights = tmp_path / "w"
+    weights.mkdir()
+    (weights / "adapter_model.safetensors").write_bytes(b"weights")
+    readouts = {f"q{i}": [2.0 if k == i % 4 else -1.0 - k for k in range(4)] for i in range(6)}
+    readouts["q5"] = [0.5, -0.5, 1.0, -2.0]  # one noisy query keeps the fit finite
+    docids = [f"d{k}" for k in range(4)]
+    chunk = tmp_path / "chunks.jsonl"
+    chunk.write_text(
+        "".join(
+            json.dumps({"qid": q, "docids": docids, "scores": s, "score_kind": "head_logit"}) + "\n"
+            for q, s in readouts.items()
+        )
+    )
+    bench = tmp_path / "bench.records.jsonl"
+    bench.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "collection": "coll",
+                    "qid": q,
+                    "docids": docids,
+                    "dense": [0.0] * 4,
+                    "pruned": {"p +tuned": {"scores": s}},
+                }
+            )
+            + "\n"
+            for q, s in readouts.items()
+        )
+    )
+    common = ["--collection", str(coll), "--weights", str(weights), "--window", "4"]
+    from_chunks = script.main([*common, "--records", str(chunk), "--out", str(tmp_path / "a.json")])
+    from_bench = script.main(
+        [*common, "--records", str(bench), "--variant", "p +tuned", "--out", str(tmp_path / "b.json")]
+    )
+    assert from_chunks.weight > 0 and (
+        from_chunks.weight,
+        from_chunks.bias,
+        from_chunks.prompt_mean_weight,
+    ) == pytest.approx((from_bench.weight, from_bench.bias, from_bench.prompt_mean_weight))
+    assert "p +tuned" in from_bench.fitted_on
+    with pytest.raises(SystemExit):
+        script.main([*common, "--records", str(bench), "--variant", "missing", "--out", str(tmp_path / "c.json")])

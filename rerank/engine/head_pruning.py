@@ -87,8 +87,8 @@ def score_positions_pruned(
             raise ValueError(f"positions[{row}] must be increasing and lie in [0, {len(prompt)}), got {list(reads)}")
         if any(mask[p] for p in reads):
             raise ValueError(f"positions[{row}] include prunable tokens: a read position must be protected")
-        row_scores, layer_tokens = _score_row(lm, prompt, reads, mask, yes_id, no_id, schedule, config, device)
-        scores.append(row_scores)
+        row_scores, layer_tokens = score_row_pruned(lm, prompt, reads, mask, yes_id, no_id, schedule, config)
+        scores.append(row_scores.cpu().tolist())
         computed += sum(layer_tokens)
         kept.append(layer_tokens[-1])
     _sync(device)
@@ -107,22 +107,28 @@ def score_positions_pruned(
     return HeadScores(scores, info)
 
 
-def _score_row(
+def score_row_pruned(
     lm,
-    prompt: Sequence[int],
+    prompt: Sequence[int] | torch.Tensor,
     reads: Sequence[int],
-    mask: Sequence[bool],
+    mask: Sequence[bool] | torch.Tensor,
     yes_id: int,
     no_id: int,
     schedule: dict[int, float],
     config: PruningConfig,
-    device,
-) -> tuple[list[float], list[int]]:
-    """One prompt's pruned forward up to its last read position; its scores and per-layer token counts."""
+) -> tuple[torch.Tensor, list[int]]:
+    """One prompt's pruned forward up to its last read position: ``[R]`` scores and per-layer token counts.
+
+    ``lm`` is the bare causal LM (LoRA layers may be injected). Differentiable where autograd is
+    on: training with pruning in the loop (``head_pruning``, :mod:`rerank.training.objectives.passage_head`)
+    back-propagates through the survivors' states; which tokens survive is a discrete choice made
+    without gradients.
+    """
     inner = lm.model
+    device = inner.embed_tokens.weight.device
     length = reads[-1] + 1  # nothing after the last readout can change it (causal attention)
-    ids = torch.tensor([list(prompt[:length])], dtype=torch.long, device=device)
-    body = torch.tensor(list(mask[:length]), dtype=torch.bool)
+    ids = torch.as_tensor(prompt[:length], dtype=torch.long, device=device)[None]
+    body = torch.as_tensor(mask[:length], dtype=torch.bool).cpu()
     owner = _owners(length, reads, body).to(device)
     candidate = body.to(device)
     is_reader = torch.zeros(length, dtype=torch.bool, device=device)
@@ -138,7 +144,8 @@ def _score_row(
         ratio = schedule.get(index)
         if ratio is not None and int(candidate.sum()) > math.ceil(ratio * initial):
             readers = is_reader.nonzero().squeeze(1)
-            attention = reader_attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin, readers)
+            with torch.no_grad():  # the choice of survivors is discrete: no gradient flows through it
+                attention = reader_attention(layer.self_attn, layer.input_layernorm(hidden), cos, sin, readers)
             own = attention[owner.clamp(min=0), torch.arange(owner.numel(), device=device)]
             if config.budget == "per_passage":
                 quotas = torch.ceil(ratio * sizes.float()).long()
@@ -156,7 +163,7 @@ def _score_row(
         hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), use_cache=False)
         layer_tokens.append(pos.numel())
     picked = inner.norm(hidden[0, is_reader])
-    return relevance_from_logits(lm.lm_head(picked), yes_id, no_id).cpu().tolist(), layer_tokens
+    return relevance_from_logits(lm.lm_head(picked), yes_id, no_id), layer_tokens
 
 
 def _relative_to_passage(own: torch.Tensor, owner: torch.Tensor, candidate: torch.Tensor, readers: int) -> torch.Tensor:

@@ -66,7 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--strategy", default="full", choices=STRATEGIES, help="full ranking or sliding windows")
     m.add_argument(
-        "--pruning", default=None, help="prefill pruning preset ('default', 'fast') or 'depth:keep,...' pairs"
+        "--pruning",
+        default=None,
+        help=(
+            "prefill pruning: 'recommended' (the model folder's schedule and its tuned weights), a preset "
+            "('default', 'fast') or 'depth:keep,...' pairs"
+        ),
     )
     m.add_argument("--max_passage_tokens", type=_positive_int, default=100, help="token budget per passage")
     m.add_argument("--batch_size", type=_positive_int, default=8, help="prompts per forward pass")
@@ -147,10 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_reranker(args: argparse.Namespace) -> Any:
     """The :class:`~rerank.Reranker` the command line asks for."""
-    from rerank.config import PruningConfig
     from rerank.reranker import Reranker
 
-    pruning = PruningConfig.from_spec(args.pruning) if args.pruning else None
+    pruning = args.pruning or None  # a spec string: from_pretrained resolves 'recommended' against the model folder
     # A service wants one prefill per request: the model's own recommendation, else single-pass.
     scoring = serve_scoring(args)
     return Reranker.from_pretrained(

@@ -96,6 +96,8 @@ def encode_example(tokenizer, record: LabelRecord, options: ExampleOptions, inde
             "head_positions": prompt.passage_end_positions(),
             "passage_ranks": passage_ranks,
             "teacher_scores": [teacher.get(d, float("nan")) for d in initial],
+            # passage-body tokens: what a pruned forward (head_pruning) may drop
+            "prunable": [int(flag) for flag in prompt.prunable_mask()] + [0] * len(target),
         }
     return {
         "input_ids": input_ids,
@@ -206,5 +208,6 @@ class ListwiseCollator:
                 head_positions=pad_list("head_positions", 0, torch.long),
                 passage_ranks=pad_list("passage_ranks", 0, torch.long),
                 teacher_scores=pad_list("teacher_scores", float("nan"), torch.float32),
+                prunable=pad("prunable", 0),
             )
         return batch

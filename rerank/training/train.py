@@ -17,6 +17,7 @@ model, with the tokenizer) loads with ``Reranker.from_pretrained(output_dir)``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -210,6 +211,9 @@ def write_recommended_settings(config: TrainConfig) -> None:
         "max_passage_tokens": args.max_passage_tokens,
         "trained_with": {**config.objective.settings(), "train_file": args.train_file, "seed": args.seed},
     }
+    if config.objective.name == "head" and config.objective.head.head_pruning is not None:
+        # Weights trained with a pruned forward read that schedule best: pruning="recommended" picks it.
+        settings["pruning"] = {"schedule": dataclasses.asdict(config.objective.head.pruning_config())}
     path = Path(args.output_dir) / RECOMMENDED_SETTINGS_FILE
     path.write_text(json.dumps(settings, indent=1), encoding="utf-8")
 

@@ -4,14 +4,17 @@ Inputs per list: ``scores[b, k]`` (the model's ``logit(yes) - logit(no)`` at pas
 ``ranks[b, k]`` (the label's 1-based rank of passage k; 0 = padding) and optionally
 ``teacher[b, k]`` (a teacher's relevance score, e.g. all-MiniLM-L6-v2 cosine; NaN = none)::
 
-    L = L_rank(s, r) + lambda * KL( softmax(t / T) || softmax(s) )
+    L = L_rank(s, r) + lambda * KL( softmax(t / T) || softmax(s) ) + mu * mean_k (s_k - t_k)^2
 
 ``L_rank`` is one of the identifier ranking losses (weighted RankNet by default:
 ``sum_{r_i < r_j} w_ij log(1 + exp(s_j - s_i)) / sum w_ij`` with ``w_ij = 1/(r_i + r_j)``), so the
 complete label's order (judged-relevant passages first) is learned pairwise; the KL term distils the
 teacher's graded scores, which say HOW much better one passage is than another, information a
-permutation throws away. Lists without teacher scores contribute the rank term only. Padding is
-masked everywhere; each term is a mean over the lists it applies to.
+permutation throws away. The squared error (``mu``, off by default) is for a teacher on the head's
+own scale, the same model's dense readouts when training with pruning in the loop: it keeps each
+score's level, which the calibration reads, where the KL keeps only differences. Lists without
+teacher scores contribute the rank term only. Padding is masked everywhere; each term is a mean over
+the lists it applies to.
 """
 
 from __future__ import annotations
@@ -31,14 +34,23 @@ class PassageHeadLoss(nn.Module):
         0.6931
     """
 
-    def __init__(self, rank_loss: str = "ranknet", teacher_weight: float = 1.0, teacher_temperature: float = 0.05):
+    def __init__(
+        self,
+        rank_loss: str = "ranknet",
+        teacher_weight: float = 1.0,
+        teacher_temperature: float = 0.05,
+        teacher_mse: float = 0.0,
+    ):
         super().__init__()
         if teacher_weight < 0:
             raise ValueError(f"teacher_weight must be >= 0, got {teacher_weight}")
+        if teacher_mse < 0:
+            raise ValueError(f"teacher_mse must be >= 0, got {teacher_mse}")
         if teacher_temperature <= 0:
             raise ValueError(f"teacher_temperature must be > 0, got {teacher_temperature}")
         self.rank = IdentifierRankingLoss(rank_loss)
         self.teacher_weight, self.teacher_temperature = teacher_weight, teacher_temperature
+        self.teacher_mse = teacher_mse
         self.last_terms: dict[str, float] = {}
 
     def teacher_kl(self, scores: torch.Tensor, ranks: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -63,4 +75,20 @@ class PassageHeadLoss(nn.Module):
             kl = self.teacher_kl(scores, ranks, teacher)
             self.last_terms["teacher_kl"] = float(kl.detach())
             loss = loss + self.teacher_weight * kl
+        if teacher is not None and self.teacher_mse > 0:
+            squared = self.teacher_squared_error(scores, ranks, teacher)
+            self.last_terms["teacher_mse"] = float(squared.detach())
+            loss = loss + self.teacher_mse * squared
         return loss
+
+    def teacher_squared_error(self, scores: torch.Tensor, ranks: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Mean over lists with teacher scores of ``mean_k (s_k - t_k)^2`` (0 when there are none)."""
+        if teacher.shape != scores.shape:
+            raise ValueError(f"teacher must be [batch, passages] like scores, got {tuple(teacher.shape)}")
+        valid = (ranks > 0) & ~torch.isnan(teacher)
+        rows = valid.any(-1)
+        if not bool(rows.any()):
+            return scores.sum() * 0.0
+        diff = (scores.float() - torch.nan_to_num(teacher.float())).masked_fill(~valid, 0.0)
+        per_list = diff.pow(2).sum(-1) / valid.sum(-1).clamp(min=1)
+        return per_list[rows].mean()
