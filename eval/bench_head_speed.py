@@ -207,7 +207,8 @@ def plot(report: dict, path: str) -> None:
             ax.annotate(label, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
     ax.set_xlabel("prefill time, pruned / dense (median per query)")
     ax.set_ylabel("nDCG@10 (head scoring, model alone)")
-    ax.set_title(f"Cheaper head scoring, shipped weights, top-{report['depth']}")
+    tuned = " (+tuned: weights trained with that schedule)" if report.get("tuned_weights") else ""
+    ax.set_title(f"Cheaper head scoring, shipped weights{tuned}, top-{report['depth']}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
