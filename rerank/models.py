@@ -49,17 +49,28 @@ def shipped_weights_dir() -> Path:
     return Path(__file__).resolve().parent / "weights" / SHIPPED_WEIGHTS
 
 
+def model_folder(model: str | os.PathLike | None) -> Path | None:
+    """The folder a ``from_pretrained`` model argument names, where its ``lazyrank.json`` and
+    ``calibration.json`` live: the shipped weights for None, none for the raw base model (the
+    folder may not exist: a hub id)."""
+    if model is not None and str(model) in BASE_MODEL_ALIASES:
+        return None
+    return shipped_weights_dir() if model is None else Path(model)
+
+
+def _recommendations(model: str | os.PathLike | None) -> tuple[Path | None, dict]:
+    """The model folder's ``lazyrank.json`` path and contents ({} when it has none)."""
+    folder = model_folder(model)
+    path = None if folder is None else folder / RECOMMENDED_SETTINGS_FILE
+    if path is None or not path.is_file():
+        return path, {}
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    return path, settings if isinstance(settings, dict) else {}
+
+
 def recommended_settings(model: str | os.PathLike | None) -> dict:
     """Reranker settings a model folder recommends (``lazyrank.json``: scoring, pruning, ...); {} if none."""
-    if model is not None and str(model) in BASE_MODEL_ALIASES:
-        return {}
-    folder = shipped_weights_dir() if model is None else Path(model)
-    path = folder / RECOMMENDED_SETTINGS_FILE
-    if not path.is_file():
-        return {}
-
-    settings = json.loads(path.read_text(encoding="utf-8"))
-    return settings.get("reranker", {}) if isinstance(settings, dict) else {}
+    return _recommendations(model)[1].get("reranker", {})
 
 
 def recommended_pruning(model: str | os.PathLike | None) -> tuple[PruningConfig, Path | None] | None:
@@ -71,13 +82,8 @@ def recommended_pruning(model: str | os.PathLike | None) -> tuple[PruningConfig,
     """
     from rerank.config import PruningConfig
 
-    if model is not None and str(model) in BASE_MODEL_ALIASES:
-        return None
-    folder = shipped_weights_dir() if model is None else Path(model)
-    path = folder / RECOMMENDED_SETTINGS_FILE
-    if not path.is_file():
-        return None
-    entry = json.loads(path.read_text(encoding="utf-8")).get("pruning")
+    path, settings = _recommendations(model)
+    entry = settings.get("pruning")
     if entry is None:
         return None
     if not isinstance(entry, dict) or not isinstance(entry.get("schedule"), dict):
@@ -89,7 +95,7 @@ def recommended_pruning(model: str | os.PathLike | None) -> tuple[PruningConfig,
     weights = entry.get("weights")
     if weights is None:
         return schedule, None
-    tuned = folder / str(weights)
+    tuned = path.parent / str(weights)
     if not (tuned / "adapter_config.json").is_file():
         raise ValueError(f"{path}: pruning weights {weights!r}: {tuned} holds no adapter_config.json")
     return schedule, tuned
@@ -353,11 +359,6 @@ def load_model_and_tokenizer(
     return lm, tokenizer
 
 
-if __name__ == "__main__":  # `python -m rerank.models` prepares the default model cache
-    logging.basicConfig(level=logging.INFO)
-    print(default_model_path())
-
-
 def package_adapter(run: Path, dest: Path, dtype: str = "float32", max_mb: float = 25.0) -> tuple[dict, dict, float]:
     """Write ``run``'s LoRA adapter into a fresh ``dest`` to ship in the package (scripts/package_*weights.py).
 
@@ -380,3 +381,8 @@ def package_adapter(run: Path, dest: Path, dtype: str = "float32", max_mb: float
         shutil.rmtree(dest)
         raise ValueError(f"adapter is {size_mb:.1f} MB, over the {max_mb} MB limit")
     return config, tensors, size_mb
+
+
+if __name__ == "__main__":  # `python -m rerank.models` prepares the default model cache
+    logging.basicConfig(level=logging.INFO)
+    print(default_model_path())

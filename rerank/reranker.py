@@ -18,13 +18,7 @@ from rerank.engine import pruning as _pruning
 from rerank.engine.decoding import TokenTable
 from rerank.fusion import fuse_with_first_stage
 from rerank.long_lists import chunk_offsets, tournament_leaders, tournament_order
-from rerank.models import (
-    BASE_MODEL_ALIASES,
-    load_model_and_tokenizer,
-    recommended_pruning,
-    recommended_settings,
-    shipped_weights_dir,
-)
+from rerank.models import load_model_and_tokenizer, model_folder, recommended_pruning, recommended_settings
 from rerank.precision import apply_cpu_precision, check_precision, resolve_precision
 from rerank.prompting.presets import get_preset
 from rerank.prompting.prompts import PromptEncoding, encode_prompt
@@ -78,11 +72,8 @@ def _load_calibration(model, calibration, scoring: str) -> HeadCalibration | Non
         return None
     if calibration is True:
         raise ValueError("calibration must be None (the folder's file if any), False or a path, not True")
-    if model is not None and str(model) in BASE_MODEL_ALIASES:
-        folder = None
-    else:
-        folder = shipped_weights_dir() if model is None else Path(model)
-        folder = folder if folder.is_dir() else None
+    folder = model_folder(model)
+    folder = folder if folder is not None and folder.is_dir() else None
     path = Path(calibration) if calibration is not None else folder and folder / CALIBRATION_FILE
     if path is None or (calibration is None and not path.is_file()):
         return None
