@@ -30,6 +30,7 @@ import torch
 from rerank import PruningConfig, Reranker
 from rerank.data.bm25 import retrieve_collection
 from rerank.data.collection import default_run_path, load_collection, read_run
+from rerank.data.script_support import shared_data_dir
 from rerank.engine.head_pruning import score_positions_pruned
 from rerank.engine.passage_head import score_positions
 from rerank.evaluation import compute_metrics, kendall_tau, top_k_overlap
@@ -38,7 +39,7 @@ from rerank.precision import apply_cpu_precision, cpu_supports
 from rerank.prompting.prompts import relevance_token_ids, sanitize
 from rerank.ranking import Window
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = shared_data_dir(__file__)
 
 # (name, spec, budget): early LazyLLM-like schedules, then later and gentler ones.
 SCHEDULES = [

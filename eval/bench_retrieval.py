@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 from rerank.data.bm25 import BM25Index
 from rerank.data.collection import load_collection
+from rerank.data.script_support import shared_data_dir
 from rerank.evaluation import compute_metrics
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATA = shared_data_dir(__file__)
 
 
 def main(argv: list[str] | None = None) -> dict:

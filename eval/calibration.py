@@ -20,10 +20,11 @@ from pathlib import Path
 from rerank.calibration import expected_calibration_error, sigmoid
 from rerank.data.collection import load_collection
 from rerank.data.resume import recover_records
+from rerank.data.script_support import EVAL_COLLECTIONS, shared_data_dir
 from rerank.evaluation import relevance_cut
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-COLLECTIONS = {"dl19": "msmarco-dl19", "scifact": "beir-scifact", "vaswani": "vaswani"}
+DATA = shared_data_dir(__file__)
+COLLECTIONS = EVAL_COLLECTIONS
 
 
 def calibration_report(probs: list[float], labels: list[int], queries: int) -> dict:

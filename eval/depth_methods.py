@@ -31,12 +31,12 @@ from pathlib import Path
 
 from rerank.data.collection import default_run_path, load_collection, read_run
 from rerank.data.resume import append_record, check_same_settings, recover_records, save_settings
+from rerank.data.script_support import EVAL_COLLECTIONS, shared_data_dir
 from rerank.evaluation import compute_metrics
 from rerank.ranking import WindowRanking
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-COLLECTIONS = {"dl19": "msmarco-dl19", "scifact": "beir-scifact", "vaswani": "vaswani"}
+DATA = shared_data_dir(__file__)
+COLLECTIONS = EVAL_COLLECTIONS
 
 
 class DiskMemo(dict):
@@ -63,8 +63,7 @@ class DiskMemo(dict):
     def __setitem__(self, key, ranking: WindowRanking) -> None:
         k = self._key(key)
         super().__setitem__(k, ranking)
-        append_record(self._fh, {"key": k, "ranking": asdict(ranking)})
-        self._fh.flush()
+        append_record(self._fh, {"key": k, "ranking": asdict(ranking)})  # flushed and synced
 
 
 def parse_method(spec: str) -> tuple[str, int | None, int | None]:

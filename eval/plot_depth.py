@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 
+BASELINE_NAMES = {"bm25": "BM25", "minilm": "all-MiniLM-L6-v2"}  # the JSON's baseline keys, as plotted
+
 
 def series(cells: dict) -> dict[str, list[tuple[int, float]]]:
     """Per system, (depth, nDCG@10) points sorted by depth; a depth-20 list is one prompt for every method."""
     out: dict[str, list[tuple[int, float]]] = {}
     for depth, cell in sorted(cells.items(), key=lambda kv: int(kv[0])):
         for name, value in cell["baselines"].items():
-            out.setdefault({"bm25": "BM25", "minilm": "all-MiniLM-L6-v2"}[name], []).append((int(depth), value))
+            out.setdefault(BASELINE_NAMES[name], []).append((int(depth), value))
         for method, row in cell.items():
             if method != "baselines":
                 out.setdefault(f"shipped, {method}", []).append((int(depth), row["ndcg@10"]))
@@ -27,11 +29,10 @@ def markdown(data: dict) -> str:
     out = []
     for collection, cells in data.items():
         depths = sorted(cells, key=int)
-        names = {"bm25": "BM25", "minilm": "all-MiniLM-L6-v2"}
         rows: dict[str, dict[str, str]] = {}
         for depth in depths:
             for name, value in cells[depth]["baselines"].items():
-                rows.setdefault(names[name], {})[depth] = f"{value:.4f}"
+                rows.setdefault(BASELINE_NAMES[name], {})[depth] = f"{value:.4f}"
             for method, row in cells[depth].items():
                 if method != "baselines":
                     cost = f"{row['seconds_per_query']:.1f} s, {row['prompts_per_query']:g} prompts"
@@ -57,7 +58,7 @@ def plot(json_path: str, png_path: str) -> None:
     for ax, (collection, cells) in zip(axes[0], data.items()):
         queries = {row["queries"] for cell in cells.values() for k, row in cell.items() if k != "baselines"}
         for name, points in series(cells).items():
-            style = "--" if name in ("BM25", "all-MiniLM-L6-v2") else "-"
+            style = "--" if name in BASELINE_NAMES.values() else "-"
             ax.plot([d for d, _ in points], [v for _, v in points], style, marker="o", label=name)
         ax.set_title(f"{collection} ({'/'.join(map(str, sorted(queries)))} queries)")
         ax.set_xlabel("first-stage depth reranked")

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
-COLLECTIONS = {"dl19": "msmarco-dl19", "scifact": "beir-scifact"}
+from rerank.data.script_support import EVAL_COLLECTIONS, shared_data_dir
+
+DATA = shared_data_dir(__file__)
+COLLECTIONS = {k: EVAL_COLLECTIONS[k] for k in ("dl19", "scifact")}
 
 
 class EmbeddingReranker:

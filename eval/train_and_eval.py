@@ -22,8 +22,10 @@ import sys
 import time
 from pathlib import Path
 
+from rerank.data.script_support import shared_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATA = shared_data_dir(__file__)
 
 
 def build_labels(work: Path, teacher: str, max_queries: int | None) -> tuple[Path, dict]:

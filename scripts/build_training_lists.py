@@ -26,19 +26,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 from pathlib import Path
 
 from tqdm import tqdm
 
 from rerank.data.collection import load_collection, read_qrels, read_run
-from rerank.data.script_support import msmarco_triple_lists
+from rerank.data.script_support import msmarco_triple_lists, shared_data_dir
 from rerank.evaluation import compute_metrics
 from rerank.prompting.prompts import sanitize
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATA = shared_data_dir(__file__)
 
 
 def given_lists(name: str, list_size: int) -> list[dict]:

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 from pathlib import Path
 
 from rerank.data.collection import iter_jsonl, load_collection, read_run
-from rerank.data.script_support import msmarco_triple_lists
+from rerank.data.script_support import msmarco_triple_lists, shared_data_dir
 from rerank.labels import LabelConfig, run_labelling
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATA = shared_data_dir(__file__)
 
 
 def wikiqa_lists(list_size: int, rng: random.Random) -> tuple[list[dict], dict[str, set[str]]]:

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("LAZYRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
+from rerank.data.script_support import shared_data_dir
+
+DATA = shared_data_dir(__file__)
 WEIGHTS = [round(0.1 * i, 1) for i in range(11)]
 
 

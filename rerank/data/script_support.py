@@ -3,17 +3,30 @@
 * :func:`msmarco_triple_lists`: one training list per MS MARCO training triple, filled with other
   triples' passages (``scripts/build_training_lists.py``, ``scripts/build_training_mix.py``);
 * :func:`ranking_settings`: what the records of a resumable ranking benchmark depend on, for
-  :func:`rerank.data.resume.check_same_settings` (``eval/bench_strategies.py``, ``eval/ablation_single_pass.py``).
+  :func:`rerank.data.resume.check_same_settings` (``eval/bench_strategies.py``, ``eval/ablation_single_pass.py``);
+* :func:`shared_data_dir` and :data:`EVAL_COLLECTIONS`: where the offline data is, and the short
+  names the evaluation scripts give its collections.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
 from rerank.data.collection import iter_jsonl
+
+# Short names of the evaluation collections under the shared data folder.
+EVAL_COLLECTIONS = {"dl19": "msmarco-dl19", "scifact": "beir-scifact", "vaswani": "vaswani"}
+
+
+def shared_data_dir(script: str | os.PathLike) -> Path:
+    """The offline data folder for a script of this repository (``eval/`` or ``scripts/``):
+    ``$LAZYRANK_SHARED_DATA``, else ``shared/data`` beside the repository."""
+    repo = Path(script).resolve().parents[1]
+    return Path(os.environ.get("LAZYRANK_SHARED_DATA", repo.parent / "shared" / "data"))
 
 
 def msmarco_triple_lists(triples: str | Path, list_size: int, rng: random.Random) -> list[dict]:
