@@ -6,19 +6,23 @@ Sources (never ``msmarco-dl19`` nor the SciFact TEST claims: those are evaluatio
 * ``selqa`` and ``wikiqa``: each question's own candidate sentences (same section / page, so the
   negatives are hard), in the given order;
 * ``beir-scifact`` TRAIN claims (``qrels/train.tsv``): BM25 (bm25s) top ``--scifact_depth`` over the
-  corpus, the first stage seen at inference;
+  corpus, the first stage seen at inference (``--scifact_claims`` caps how many);
 * ``msmarco-train-triples``: positive + negative, filled up to ``--list_size`` with other triples'
   passages, shuffled (no first-stage order exists);
 * ``synthetic``: the queries ``rerank generate-queries`` wrote for a corpus (``--synthetic
   QUERIES.jsonl``; its source passage is the one judged relevant, the BM25 candidates beside it are
   the list): domain adaptation without any qrels of that corpus.
-Each list gets graded teacher scores and a complete label: judged-relevant passages first (by
-grade), the rest in the teacher's order. The teacher (``--teacher``) is all-MiniLM-L6-v2 cosine
-(``minilm``) or an ensemble of that cosine and the passage's BM25 score for the query over its own
-collection (``ensemble``: the mean of the two per-list z-scores, mapped back onto the list's cosine
-scale so the KL temperature keeps its meaning). ``--judged_boost`` lifts judged-relevant passages
-above every other soft score, so the KL term agrees with the rank term. The summary reports, per
-source, the nDCG@10 against the qrels of the input order, BM25, MiniLM, the ensemble and the label.
+``--chunk_size`` cuts every longer list into consecutive chunks of that many passages, each its own
+list (qid ``scifact-12#3`` = the fourth chunk): the prompts a long list is ranked in at inference,
+most of them without a relevant passage, which the head's pointwise term learns to score low.
+Each list gets graded teacher scores, its judged grades (``grades``) and a complete label:
+judged-relevant passages first (by grade), the rest in the teacher's order. The teacher
+(``--teacher``) is all-MiniLM-L6-v2 cosine (``minilm``) or an ensemble of that cosine and the
+passage's BM25 score for the query over its own collection (``ensemble``: the mean of the two
+per-list z-scores, mapped back onto the list's cosine scale so the KL temperature keeps its
+meaning). ``--judged_boost`` lifts judged-relevant passages above every other soft score, so the KL
+term agrees with the rank term. The summary reports, per source, the nDCG@10 against the qrels of
+the input order, BM25, MiniLM, the ensemble and the label.
 """
 
 from __future__ import annotations
@@ -60,13 +64,15 @@ def given_lists(name: str, list_size: int) -> list[dict]:
     return out
 
 
-def scifact_train_lists(depth: int) -> list[dict]:
+def scifact_train_lists(depth: int, claims: int = 0) -> list[dict]:
     from rerank.data.bm25 import BM25Index
 
     coll = load_collection(str(DATA / "beir-scifact"))
     train = read_qrels(DATA / "beir-scifact" / "qrels" / "train.tsv")
     test = set(coll.qrels)
     qids = sorted(q for q in train if q in coll.queries and q not in test)
+    if claims:
+        qids = qids[:claims]
     index = BM25Index.build(coll.corpus, show_progress=False)
     hits = index.search([coll.queries[q] for q in qids], depth, show_progress=False)
     out = []
@@ -109,6 +115,33 @@ def synthetic_lists(queries_file: str, list_size: int) -> list[dict]:
                 "initial_list": list(it.docids),
                 "passages": dict(zip(it.docids, it.texts)),
                 "grades": {d: judged.get(d, 0) for d in it.docids},
+            }
+        )
+    return out
+
+
+def chunked(item: dict, size: int) -> list[dict]:
+    """``item`` cut into consecutive lists of ``size`` passages (itself when it is not longer).
+
+    >>> [c["qid"] for c in chunked({"qid": "q", "query": "x", "initial_list": list("abc"),
+    ...     "passages": dict.fromkeys("abc", ""), "grades": {"c": 1}}, 2)]
+    ['q#0', 'q#1']
+    """
+    docs = item["initial_list"]
+    if len(docs) <= size:
+        return [item]
+    out = []
+    for c, start in enumerate(range(0, len(docs), size)):
+        part = docs[start : start + size]
+        if len(part) < 2:
+            break  # a lone passage has no list to rank
+        out.append(
+            {
+                **item,
+                "qid": f"{item['qid']}#{c}",
+                "initial_list": part,
+                "passages": {d: item["passages"][d] for d in part},
+                "grades": {d: g for d, g in item["grades"].items() if d in part},
             }
         )
     return out
@@ -199,6 +232,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="runs/head/train.jsonl", help="Label JSONL to write.")
     ap.add_argument("--list_size", type=int, default=20, help="Candidates per SelQA/WikiQA/MS MARCO list (cap).")
     ap.add_argument("--scifact_depth", type=int, default=10, help="BM25 candidates per SciFact train claim.")
+    ap.add_argument("--scifact_claims", type=int, default=0, help="Only the first N SciFact train claims (0 = all).")
+    ap.add_argument(
+        "--chunk_size", type=int, default=0, help="Cut longer lists into consecutive lists of this many (0 = off)."
+    )
     ap.add_argument(
         "--teacher",
         choices=("minilm", "ensemble"),
@@ -225,6 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--list_size must be at least 2")
     if not 0.0 <= args.bm25_weight <= 1.0:
         ap.error(f"--bm25_weight must be in [0, 1], got {args.bm25_weight}")
+    if args.chunk_size < 0 or args.chunk_size == 1:
+        ap.error(f"--chunk_size must be 0 (off) or at least 2, got {args.chunk_size}")
     if args.judged_boost < 0:
         ap.error(f"--judged_boost must be >= 0, got {args.judged_boost}")
     from rerank.labels.teachers import EmbeddingTeacher
@@ -236,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
         if src in ("selqa", "wikiqa"):
             lists += given_lists(src, args.list_size)
         elif src == "scifact":
-            lists += scifact_train_lists(args.scifact_depth)
+            lists += scifact_train_lists(args.scifact_depth, args.scifact_claims)
         elif src == "msmarco":
             lists += [
                 {
@@ -254,6 +293,8 @@ def main(argv: list[str] | None = None) -> dict:
             lists += synthetic_lists(args.synthetic, args.list_size)
         else:
             ap.error(f"unknown source {src!r}")
+    if args.chunk_size:
+        lists = [part for item in lists for part in chunked(item, args.chunk_size)]
     teacher = EmbeddingTeacher()
     pools: dict[str, dict[str, str]] = {}
     for item in lists:
@@ -292,6 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "final_list": final,
                         "passages": item["passages"],
                         "teacher_scores": boost_judged(soft, grades, args.judged_boost),
+                        "grades": {d: g for d, g in grades.items() if g > 0},
                     }
                 )
                 + "\n"
@@ -305,6 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
         "bm25_weight": args.bm25_weight,
         "judged_boost": args.judged_boost,
         "scifact_depth": args.scifact_depth,
+        "scifact_claims": args.scifact_claims,
+        "chunk_size": args.chunk_size,
         "label_ndcg10_vs_qrels": {
             src: {k: round(ndcg10(qrels, run), 4) for k, run in by_key.items()} for src, by_key in runs.items()
         },

@@ -121,3 +121,17 @@ def test_bad_flags_are_refused_before_any_work(builder, flags, message, capsys):
     with pytest.raises(SystemExit):
         builder.main(["--out", "/nonexistent/never-written.jsonl", *flags])
     assert message in capsys.readouterr().err
+
+
+def test_long_lists_are_cut_into_the_chunks_inference_reads(builder):
+    docs = [f"d{i}" for i in range(45)]
+    item = {"qid": "scifact-7", "query": "x", "initial_list": docs, "passages": {d: d.upper() for d in docs}}
+    parts = builder.chunked(item | {"grades": {"d3": 1, "d30": 2}}, 20)
+    assert [p["qid"] for p in parts] == ["scifact-7#0", "scifact-7#1", "scifact-7#2"]
+    assert [len(p["initial_list"]) for p in parts] == [20, 20, 5]
+    assert [p["grades"] for p in parts] == [{"d3": 1}, {"d30": 2}, {}]
+    assert set(parts[2]["passages"]) == set(docs[40:])
+    assert builder.source_of(parts[1]) == "scifact"
+    # a lone passage left over has nothing to be ranked against
+    assert [len(p["initial_list"]) for p in builder.chunked(item | {"grades": {}}, 22)] == [22, 22]
+    assert builder.chunked(item | {"grades": {}}, 50)[0]["qid"] == "scifact-7"

@@ -4,6 +4,10 @@ Line (compatible with the paper's released labels, plus texts and costs)::
 
     {"qid", "query", "initial_list": [docid...], "final_list": [docid...],
      "passages": {docid: text}, "teacher", "stats": {"calls", "prompt_tokens", ...}}
+
+Head training reads two optional fields: ``teacher_scores`` ({docid: graded teacher relevance}) and
+``grades`` ({docid: judged relevance grade, 0 = judged or assumed not relevant}); a list with
+``grades`` trains the head's pointwise term (``head_pointwise_weight``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class LabelRecord:
     final_list: list[str]
     passages: dict[str, str]
     teacher_scores: dict[str, float] | None = None  # graded teacher relevance per docid (head training)
+    grades: dict[str, int] | None = None  # judged relevance per docid (the head's pointwise term)
 
 
 def _load_corpus(corpus: str | os.PathLike) -> dict[str, str]:
@@ -82,7 +87,15 @@ def read_labels(
             if not isinstance(teacher, dict) or any(not isinstance(teacher.get(d), (int, float)) for d in initial):
                 raise ValueError(f"{where}: teacher_scores must map every docid of initial_list to a number")
             teacher = {d: float(teacher[d]) for d in initial}
-        records.append(LabelRecord(qid, query, initial, final, passages, teacher))
+        grades = obj.get("grades")
+        if grades is not None:
+            if not isinstance(grades, dict) or any(
+                isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in grades.values()
+            ):
+                raise ValueError(f"{where}: grades must map docids to non-negative integers")
+            # Passages the list does not grade count as not relevant (sparse judgments, as in qrels).
+            grades = {d: int(grades.get(d, 0)) for d in initial}
+        records.append(LabelRecord(qid, query, initial, final, passages, teacher, grades))
     if skipped:
         logger.warning("%s: skipped %d labels whose final_list is not a permutation of initial_list", path, skipped)
     return records, skipped

@@ -96,6 +96,8 @@ def encode_example(tokenizer, record: LabelRecord, options: ExampleOptions, inde
             "head_positions": prompt.passage_end_positions(),
             "passage_ranks": passage_ranks,
             "teacher_scores": [teacher.get(d, float("nan")) for d in initial],
+            # 1 = judged relevant, 0 = not, NaN = the list carries no grades
+            "relevance": [float(record.grades[d] > 0) if record.grades else float("nan") for d in initial],
             # passage-body tokens: what a pruned forward (head_pruning) may drop
             "prunable": [int(flag) for flag in prompt.prunable_mask()] + [0] * len(target),
         }
@@ -131,6 +133,7 @@ def build_dataset(
             "final_list": r.final_list,
             "passages": [r.passages[d] for d in r.initial_list],
             "teacher": [(r.teacher_scores or {}).get(d, float("nan")) for d in r.initial_list],
+            "grades": [(r.grades or {}).get(d, -1) for d in r.initial_list] if r.grades else [],
         }
         for r in records
     ]
@@ -145,6 +148,7 @@ def build_dataset(
             row["final_list"],
             dict(zip(row["initial_list"], row["passages"])),
             teacher or None,
+            dict(zip(row["initial_list"], row["grades"])) if row["grades"] else None,
         )
         return encode_example(tokenizer, rec, options, index)
 
@@ -208,6 +212,7 @@ class ListwiseCollator:
                 head_positions=pad_list("head_positions", 0, torch.long),
                 passage_ranks=pad_list("passage_ranks", 0, torch.long),
                 teacher_scores=pad_list("teacher_scores", float("nan"), torch.float32),
+                relevance=pad_list("relevance", float("nan"), torch.float32),
                 prunable=pad("prunable", 0),
             )
         return batch

@@ -6,7 +6,9 @@ k's relevance (:func:`rerank.engine.passage_head.relevance_from_logits`). With
 ``t`` (temperature ``T``, weight ``lambda``), and ``L_lm`` the LM objective's loss on the response
 when ``head_lm_loss`` names one (``none``: the examples hold the prompt only)::
 
-    L = head_weight * [ L_rank(s, r) + lambda * KL(softmax(t / T) || softmax(s)) ]  (+ L_lm)
+    L = head_weight * [ L_rank(s, r) + lambda * KL(softmax(t / T) || softmax(s)) + ... ]  (+ L_lm)
+
+(the squared-error and pointwise terms of that loss as ``head_teacher_mse`` and ``head_pointwise_weight`` set them)
 
 Only the passage-end positions and the response tail are projected to the vocabulary: one
 ``logits_to_keep`` index tensor, so the forward stays one call through the (DDP / DeepSpeed / peft)
@@ -75,6 +77,15 @@ class HeadArguments:
             )
         },
     )
+    head_pointwise_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": (
+                "Weight nu of the binary cross-entropy of sigmoid(head score) against the judged relevance of lists "
+                "carrying grades: ties every prompt's scores to one scale, so chunks of a long list merge by score."
+            )
+        },
+    )
     head_pruning: str | None = field(
         default=None,
         metadata={
@@ -98,7 +109,11 @@ class HeadArguments:
             raise ValueError(f"head_lm_loss must be one of {HEAD_LM_LOSSES}, got {self.head_lm_loss!r}")
         # PassageHeadLoss checks the teacher weights and temperature, the schedule its own fields.
         PassageHeadLoss(
-            self.head_rank_loss, self.head_teacher_weight, self.head_teacher_temperature, self.head_teacher_mse
+            self.head_rank_loss,
+            self.head_teacher_weight,
+            self.head_teacher_temperature,
+            self.head_teacher_mse,
+            self.head_pointwise_weight,
         )
         if self.head_pruning is not None:
             self.pruning_config()
@@ -139,6 +154,7 @@ class PassageHeadObjective(Objective):
             options.head_teacher_weight,
             options.head_teacher_temperature,
             options.head_teacher_mse,
+            options.head_pointwise_weight,
         )
         lm_loss = None if options.head_lm_loss == "none" else config.lm.build(options.head_lm_loss)
         return cls(head, relevance_token_ids(tokenizer), options.head_weight, lm_loss, options.pruning_config())
@@ -153,12 +169,12 @@ class PassageHeadObjective(Objective):
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
         positions, ranks = batch.pop("head_positions"), batch.pop("passage_ranks")
         teacher, labels, rank_ids = batch.pop("teacher_scores"), batch.pop("labels"), batch.pop("rank_ids")
-        prunable = batch.pop("prunable", None)
+        prunable, relevance = batch.pop("prunable", None), batch.pop("relevance", None)
         if self.pruning is not None:
             if prunable is None:
                 raise ValueError("head_pruning needs the examples' prunable masks (ExampleOptions.passage_head)")
             scores = self._pruned_scores(model, batch, positions, ranks, prunable)
-            loss = self.weight * self.head_loss(scores, ranks, teacher)
+            loss = self.weight * self.head_loss(scores, ranks, teacher, relevance)
             # A dict, as the Trainer's evaluation reads model outputs: the scores are what was predicted.
             return ObjectiveOutput(loss, {"head_scores": scores}, dict(self.head_loss.last_terms))
         length = batch["input_ids"].size(1)
@@ -170,7 +186,7 @@ class PassageHeadObjective(Objective):
         index = torch.searchsorted(heads, positions.clamp(min=0)).clamp(max=heads.numel() - 1)
         picked = head_logits.gather(1, index[..., None].expand(-1, -1, head_logits.size(-1)))
         scores = relevance_from_logits(picked, *self.relevance_ids)
-        loss = self.weight * self.head_loss(scores, ranks, teacher)
+        loss = self.weight * self.head_loss(scores, ranks, teacher, relevance)
         terms = dict(self.head_loss.last_terms)
         if self.lm_loss is not None:
             lm = self.lm_loss(outputs.logits[:, heads.numel() :], labels[:, start:], rank_ids[:, start:])
