@@ -21,7 +21,7 @@ from rerank.calibration import expected_calibration_error, sigmoid
 from rerank.data.collection import load_collection
 from rerank.data.resume import recover_records
 from rerank.data.script_support import EVAL_COLLECTIONS, shared_data_dir
-from rerank.evaluation import relevance_cut
+from rerank.evaluation import binary_labels
 
 DATA = shared_data_dir(__file__)
 COLLECTIONS = EVAL_COLLECTIONS
@@ -40,13 +40,10 @@ def calibration_report(probs: list[float], labels: list[int], queries: int) -> d
 
 
 def labelled(records: list[dict], qrels: dict, graded: bool, transform=None) -> tuple[list[float], list[int]]:
-    cut = relevance_cut(graded)
     probs, labels = [], []
     for rec in records:
-        judged = qrels.get(rec["qid"], {})
-        for doc, score in zip(rec["docids"], rec["scores"]):
-            probs.append(transform(score) if transform else score)
-            labels.append(int(judged.get(doc, 0) >= cut))
+        probs += [transform(score) if transform else score for score in rec["scores"]]
+        labels += binary_labels(qrels.get(rec["qid"], {}), rec["docids"], graded)
     return probs, labels
 
 

@@ -121,6 +121,16 @@ def relevance_cut(graded: bool) -> int:
     return 2 if graded else 1
 
 
+def binary_labels(judged: dict[str, int], docids: Sequence[str], graded: bool) -> list[int]:
+    """1 for each of ``docids`` judged relevant (:func:`relevance_cut`), 0 otherwise (unjudged included).
+
+    >>> binary_labels({"a": 1, "b": 2}, ["a", "b", "c"], graded=True)
+    [0, 1, 0]
+    """
+    cut = relevance_cut(graded)
+    return [int(judged.get(d, 0) >= cut) for d in docids]
+
+
 def standard_measures(graded: bool) -> dict:
     """The reported ir-measures by name: nDCG@10, RR@10 and R@100 (binary ones at rel >= 2 when graded).
 

@@ -21,18 +21,17 @@ from pathlib import Path
 from rerank.calibration import CALIBRATION_FILE, HeadCalibration, weights_fingerprint
 from rerank.data.collection import load_collection
 from rerank.data.resume import recover_records
-from rerank.evaluation import relevance_cut
+from rerank.evaluation import binary_labels
 
 
 def prompts_and_labels(records: list[dict], qrels: dict, graded: bool, window: int) -> tuple[list, list]:
     """Per prompt (consecutive chunks of ``window``), the raw readouts and 0/1 labels."""
-    cut = relevance_cut(graded)
     prompts, labels = [], []
     for rec in records:
         judged = qrels.get(rec["qid"], {})
         for start in range(0, len(rec["docids"]), window):
             prompts.append(rec["scores"][start : start + window])
-            labels.append([int(judged.get(d, 0) >= cut) for d in rec["docids"][start : start + window]])
+            labels.append(binary_labels(judged, rec["docids"][start : start + window], graded))
     return prompts, labels
 
 
