@@ -123,8 +123,8 @@ def synthetic_lists(queries_file: str, list_size: int) -> list[dict]:
 def chunked(item: dict, size: int) -> list[dict]:
     """``item`` cut into consecutive lists of ``size`` passages (itself when it is not longer).
 
-    >>> [c["qid"] for c in chunked({"qid": "q", "query": "x", "initial_list": list("abc"),
-    ...     "passages": dict.fromkeys("abc", ""), "grades": {"c": 1}}, 2)]
+    >>> [c["qid"] for c in chunked({"qid": "q", "query": "x", "initial_list": list("abcd"),
+    ...     "passages": dict.fromkeys("abcd", ""), "grades": {"c": 1}}, 2)]
     ['q#0', 'q#1']
     """
     docs = item["initial_list"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -17,6 +20,15 @@ def shared_data(name: str) -> str:
     if not os.path.isdir(path):
         pytest.skip(f"shared data folder {path} not present")
     return path
+
+
+def load_script(relative: str) -> ModuleType:
+    """Import a script of the repository (``scripts/x.py``, ``eval/y.py``: no packages) as a module."""
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(f"_script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_tiny_llama(vocab_size: int, *, layers: int = 4, seed: int = 0, max_positions: int = 8192):

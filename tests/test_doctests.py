@@ -3,10 +3,12 @@
 import doctest
 
 import pytest
+from support import load_script
 
 import rerank.calibration
 import rerank.config
 import rerank.engine.decoding
+import rerank.evaluation
 import rerank.fusion
 import rerank.long_lists
 import rerank.ranking
@@ -23,7 +25,11 @@ import rerank.training.losses.identifier_ranking
         rerank.training.losses.identifier_ranking,
         rerank.long_lists,
         rerank.calibration,
+        rerank.evaluation,
+        load_script("eval/chunk_precision.py"),
+        load_script("scripts/build_training_lists.py"),
     ],
+    ids=lambda module: module.__name__,
 )
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

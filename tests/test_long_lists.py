@@ -7,6 +7,7 @@ import math
 import random
 
 import pytest
+from support import load_script
 
 from rerank import Reranker, RerankerConfig
 from rerank.calibration import HeadCalibration, expected_calibration_error, weights_fingerprint
@@ -198,15 +199,9 @@ def test_tournament_without_deep_leaders_reuses_the_first_chunk(tiny_model, toke
 def test_fit_calibration_script_reads_both_record_kinds(tmp_path):
     """scripts/fit_calibration.py fits the same calibration from depth_methods chunk records and from
     the same readouts stored as an eval/bench_head_speed.py variant."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(
-        "_fit_calibration", Path(__file__).resolve().parents[1] / "scripts" / "fit_calibration.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("scripts/fit_calibration.py")
     coll = tmp_path / "coll"
     coll.mkdir()
     (coll / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": "t"}) + "\n" for i in range(4)))

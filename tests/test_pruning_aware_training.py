@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from support import make_tiny_llama
+from support import load_script, make_tiny_llama
 
 from rerank.engine.head_pruning import score_positions_pruned
 from rerank.labels import LabelRecord
@@ -240,19 +240,13 @@ def test_recommended_pruning_errors_name_the_problem(tmp_path, tokenizer):
 
 
 def test_packaging_pruned_weights_records_their_schedule(tmp_path, tokenizer, capsys):
-    import importlib.util
-    from pathlib import Path
 
     from peft import LoraConfig, get_peft_model
 
     from rerank import PruningConfig
     from rerank.models import recommended_pruning
 
-    spec = importlib.util.spec_from_file_location(
-        "_package_pruned", Path(__file__).resolve().parents[1] / "scripts" / "package_pruned_weights.py"
-    )
-    package = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(package)
+    package = load_script("scripts/package_pruned_weights.py")
     root, run = tmp_path / "weights", tmp_path / "run"
     (root / "w").mkdir(parents=True)
     (root / "w" / "lazyrank.json").write_text(json.dumps({"reranker": {"scoring": "head"}}))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,12 +13,11 @@ pd = pytest.importorskip("pandas")
 pt = pytest.importorskip("pyterrier")
 
 from _serving_support import BEE_DOCS, LiveServer  # noqa: E402
-from support import shared_data  # noqa: E402
+from support import load_script, shared_data  # noqa: E402
 
 from rerank import Reranker, RerankerConfig  # noqa: E402
 from rerank.integrations.pyterrier import LazyRankReranker  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 RIVER_DOCS = [
     "The Nile flows north into the Mediterranean.",
     "Bread rises because yeast makes gas.",
@@ -169,10 +167,7 @@ def test_missing_pyterrier_names_the_extra(monkeypatch):
 
 # ---------------------------------------------------------------------------------- the DL19 recipe
 def _recipe():
-    spec = importlib.util.spec_from_file_location("_pyterrier_dl19", REPO / "eval" / "pyterrier_dl19.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("eval/pyterrier_dl19.py")
 
 
 def _recipe_matches_rerank_eval(reranker, tmp_path, queries: int, depth: int) -> None:

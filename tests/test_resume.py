@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import builtins
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
 import pytest
+from support import load_script
 
 from rerank.data.collection import recover_records as recover_records_from_data
 from rerank.data.resume import append_record, check_same_settings, recover_records, save_settings
 
-REPO = Path(__file__).resolve().parents[1]
 GOOD = [{"qid": f"q{i}", "ranking": [f"d{i}", "d0"]} for i in range(5)]
 
 
@@ -170,10 +169,7 @@ def test_save_settings_can_keep_what_a_rerun_does_not_cover(tmp_path):
 # ---------------------------------------------------------------------------------- benchmark scripts
 def _script(name: str):
     """Import an eval/ script as a module (eval/ is no package)."""
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", REPO / "eval" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"eval/{name}.py")
 
 
 @pytest.fixture(scope="module")

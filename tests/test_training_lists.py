@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from support import load_script
 
 
 @pytest.fixture(scope="module")
 def builder():
-    spec = importlib.util.spec_from_file_location("_build_training_lists", REPO / "scripts" / "build_training_lists.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/build_training_lists.py")
 
 
 def test_ensemble_is_the_mean_z_score_on_the_cosine_scale(builder):
@@ -73,9 +67,7 @@ def test_label_quality_is_the_library_ndcg(builder):
 
 
 def test_model_card_names_every_label_file_the_segments_trained_on(tmp_path):
-    spec = importlib.util.spec_from_file_location("_package_weights", REPO / "scripts" / "package_weights.py")
-    package = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(package)
+    package = load_script("scripts/package_weights.py")
     summary = tmp_path / "train-ensemble.summary.json"
     summary.write_text(
         json.dumps(
@@ -101,9 +93,7 @@ def test_model_card_names_every_label_file_the_segments_trained_on(tmp_path):
     "setting, message", [("bogus=1", "not a RerankerConfig field"), ("long_list=tournament", "not JSON")]
 )
 def test_packaging_refuses_a_bad_setting_before_writing(tmp_path, setting, message, capsys):
-    spec = importlib.util.spec_from_file_location("_package_weights", REPO / "scripts" / "package_weights.py")
-    package = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(package)
+    package = load_script("scripts/package_weights.py")
     with pytest.raises(SystemExit):
         package.main(["--run", str(tmp_path), "--setting", setting])
     assert message in capsys.readouterr().err
