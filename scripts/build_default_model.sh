@@ -5,12 +5,14 @@
 #
 # 1. labels with teacher scores from every offline training source (about 10 min on 2 cores each):
 #    MiniLM-ordered labels (train.jsonl) and ensemble labels (train-ensemble.jsonl: MiniLM + BM25,
-#    judged passages' soft scores lifted, SciFact train claims at BM25 top-20),
-# 2. head training in the three segments the shipped weights went through (configs/train/head-cpu.yaml):
+#    judged passages' soft scores lifted, SciFact train claims at BM25 top-20) and long-list labels
+#    (train-long.jsonl: SciFact train claims at BM25 top-100 cut into prompts of 20, with grades),
+# 2. head training in the four segments the shipped weights went through (configs/train/head-cpu.yaml):
 #    steps 1-301 on a 450-step linear schedule (runs/head/model), then a second run of 200 steps that
 #    starts from that adapter (--init_adapter, fresh optimizer) with LR 2.7e-4 decaying over 600 steps
 #    and a new data order (runs/head/model2), then a third run of 200 steps from that one on the
-#    ensemble labels, LR 2e-4 linear over 200 steps (runs/head/model3). --stop_at_step ends each
+#    ensemble labels, LR 2e-4 linear over 200 steps (runs/head/model3), then 261 steps on the long lists
+#    with the pointwise term (configs/train/head-long-cpu.yaml, runs/head/model4). --stop_at_step ends each
 #    segment where the shipped run ended. Every call resumes from the newest checkpoint; with
 #    MAX_TRAIN_MINUTES a segment may stop early: run the script again.
 # 3. the fusion weight on Vaswani, 4. the quality table on DL19 / SciFact (skip with QUALITY=0),
@@ -26,6 +28,8 @@ QUALITY=${QUALITY:-1}
 [ -f "$OUT/train.jsonl" ] || $PY scripts/build_training_lists.py --out "$OUT/train.jsonl"
 [ -f "$OUT/train-ensemble.jsonl" ] || $PY scripts/build_training_lists.py --out "$OUT/train-ensemble.jsonl" \
     --teacher ensemble --judged_boost 0.1 --scifact_depth 20
+[ -f "$OUT/train-long.jsonl" ] || $PY scripts/build_training_lists.py --out "$OUT/train-long.jsonl" \
+    --sources scifact,msmarco --scifact_depth 100 --scifact_claims 240 --chunk_size 20 --teacher ensemble --judged_boost 0.1
 
 last_step() {  # DIR: newest checkpoint step in DIR (0 if none)
   local newest
@@ -48,15 +52,28 @@ segment "$OUT/model" 450 301
 segment "$OUT/model2" 600 200 --init_adapter "$OUT/model" --learning_rate 2.7e-4 --warmup_steps 10 --data_seed 1 --eval_strategy no
 segment "$OUT/model3" 200 200 --train_file "$OUT/train-ensemble.jsonl" --init_adapter "$OUT/model2" \
     --max_seq_length 2600 --learning_rate 2.0e-4 --warmup_steps 10 --data_seed 2 --eval_strategy no
-MODEL="$OUT/model3"
+# the fourth: long lists cut into prompts of 20, with the pointwise term (configs/train/head-long-cpu.yaml)
+segment4() {
+  if [ "$(last_step "$OUT/model4")" -ge 261 ]; then return 0; fi
+  $PY -m rerank.training.train configs/train/head-long-cpu.yaml --train_file "$OUT/train-long.jsonl" \
+      --output_dir "$OUT/model4" --init_adapter "$OUT/model3" --stop_at_step 261 --resume_from_checkpoint auto \
+      ${MAX_TRAIN_MINUTES:+--max_train_minutes "$MAX_TRAIN_MINUTES"} ${EXTRA_TRAIN_ARGS:-}
+  if [ "$(last_step "$OUT/model4")" -lt 261 ]; then
+    echo "training stopped at step $(last_step "$OUT/model4") of 261 (time limit): run the script again to continue" >&2
+    exit 3
+  fi
+}
+segment4
+MODEL="$OUT/model4"
 
 # The first-stage fusion weight is chosen on Vaswani (neither training nor evaluation data).
 $PY scripts/fusion_dev.py --model "$MODEL" --work_dir "$OUT/fusion" --out "$OUT/fusion.json"
 PACKAGE_ARGS=(--fusion "$OUT/fusion.json" --setting first_stage_weight=0.0 --setting 'long_list="tournament"'
-  --setting deep_leaders=0 --labels default --labels "$OUT/train-ensemble.summary.json"
+  --setting deep_leaders=0 --labels default --labels "$OUT/train-ensemble.summary.json" --labels "$OUT/train-long.summary.json"
   --history "Steps 1-301: configs/train/head-cpu.yaml, linear LR 4e-4 over 450 steps (20 warm-up), stopped at step 301."
   --history "Steps 302-501: a second run from the step-301 adapter (--init_adapter, fresh AdamW state, a new data order: --data_seed 1; the held-out split stays on seed 42), LR 2.7e-4 after 10 warm-up steps decaying linearly over 600 steps, stopped at its step 200 (LR 1.8e-4)."
-  --history "Steps 502-701: a third run from the step-501 adapter on the ensemble labels (train-ensemble.jsonl: MiniLM + BM25 order, judged soft scores lifted by 0.1 x grade, SciFact train claims at top-20), LR 2e-4 after 10 warm-up steps decaying linearly over 200 steps, --max_seq_length 2600, --data_seed 2.")
+  --history "Steps 502-701: a third run from the step-501 adapter on the ensemble labels (train-ensemble.jsonl: MiniLM + BM25 order, judged soft scores lifted by 0.1 x grade, SciFact train claims at top-20), LR 2e-4 after 10 warm-up steps decaying linearly over 200 steps, --max_seq_length 2600, --data_seed 2."
+  --history "Steps 702-962: a fourth run from the step-701 adapter on long lists (train-long.jsonl: 240 SciFact train claims at BM25 top-100 cut into prompts of 20, and 100 MS MARCO triples) with the pointwise term (head_pointwise_weight 10), configs/train/head-long-cpu.yaml: LR 2e-4 after 10 warm-up steps decaying linearly over 500 steps, batch 1, stopped by its 50-minute limit at step 261.")
 if [ "$QUALITY" = "1" ]; then
   PACKAGE_ARGS+=(--quality "$OUT/quality.json")
   $PY eval/quality_table.py --out "$OUT/quality.json" --work_dir "$OUT/quality" --depths 20 \
