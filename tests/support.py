@@ -31,6 +31,33 @@ def load_script(relative: str) -> ModuleType:
     return module
 
 
+def tiny_head_training_args(tokenizer, tmp_path: Path, rows: list[dict], *options: str, layers: int = 4, seed: int = 0):
+    """``rerank train`` arguments for a tiny randomly initialised model (saved with ``tokenizer`` under
+    ``tmp_path/tiny``) on the label rows ``rows``, head objective, LoRA on q/v, output in ``tmp_path/out``;
+    ``options`` are added last (and win)."""
+    import json
+
+    from rerank.training.train import parse_args
+
+    folder = tmp_path / "tiny"
+    make_tiny_llama(len(tokenizer), layers=layers, seed=seed).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = [
+        f"--model_name_or_path={folder}",
+        f"--train_file={labels}",
+        f"--output_dir={tmp_path / 'out'}",
+        "--objective=head",
+        "--learning_rate=3e-3",
+        "--lora_r=8",
+        "--logging_steps=1",
+        "--save_strategy=no",
+        "--report_to=none",
+    ]
+    return parse_args(common + list(options))
+
+
 def make_tiny_llama(vocab_size: int, *, layers: int = 4, seed: int = 0, max_positions: int = 8192):
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import make_tiny_llama
+from support import tiny_head_training_args
 
 from rerank.labels import LabelRecord
 from rerank.labels.records import read_labels
@@ -83,36 +83,26 @@ def test_examples_carry_relevance_and_pad_it_as_unknown(tokenizer):
 def test_training_with_the_pointwise_term_lowers_it(tmp_path, tokenizer):
     """``rerank train`` with head_pointwise_weight: lists with and without a relevant passage, the
     pointwise term is logged and falls."""
-    from rerank.training.train import parse_args, train
+    from rerank.training.train import train
 
-    folder = tmp_path / "tiny"
-    make_tiny_llama(len(tokenizer), layers=2, seed=5).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
     rows = []
     for i in range(8):
         ids = [f"{i}-{k}" for k in range(4)]
         relevant = {ids[0]: 1} if i % 2 == 0 else {}
         rows.append(_row(str(i), relevant) | {"initial_list": ids, "final_list": ids, "passages": dict(zip(ids, DOCS))})
-    labels = _write(tmp_path / "labels.jsonl", rows)
-    args = parse_args(
-        [
-            f"--model_name_or_path={folder}",
-            f"--train_file={labels}",
-            f"--output_dir={tmp_path / 'out'}",
-            "--objective=head",
-            "--head_pointwise_weight=1.0",
-            "--max_passage_tokens=20",
-            "--max_steps=10",
-            "--learning_rate=3e-3",
-            "--lora_r=8",
-            "--lora_target_modules",
-            "q_proj",
-            "v_proj",
-            "--logging_steps=1",
-            "--eval_fraction=0.0",
-            "--save_strategy=no",
-            "--report_to=none",
-        ]
+    args = tiny_head_training_args(
+        tokenizer,
+        tmp_path,
+        rows,
+        "--head_pointwise_weight=1.0",
+        "--max_passage_tokens=20",
+        "--max_steps=10",
+        "--lora_target_modules",
+        "q_proj",
+        "v_proj",
+        "--eval_fraction=0.0",
+        layers=2,
+        seed=5,
     )
     history = train(args)["log_history"]
     bce = [entry["pointwise_bce"] for entry in history if "pointwise_bce" in entry]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from support import load_script, make_tiny_llama
+from support import load_script, make_tiny_llama, tiny_head_training_args
 
 from rerank.engine.head_pruning import score_positions_pruned
 from rerank.labels import LabelRecord
@@ -119,11 +119,8 @@ def test_pruning_options_are_checked():
 
 def test_training_with_pruning_in_the_loop_fits(tmp_path, tokenizer):
     """``rerank train`` with head_pruning: the pruned readout moves toward the teacher (its loss falls)."""
-    from rerank.training.train import parse_args, train
+    from rerank.training.train import train
 
-    folder = tmp_path / "tiny"
-    make_tiny_llama(len(tokenizer), layers=4, seed=3).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
     rows = []
     for i in range(8):
         ids = [f"{i}-{k}" for k in range(4)]
@@ -137,33 +134,24 @@ def test_training_with_pruning_in_the_loop_fits(tmp_path, tokenizer):
                 "teacher_scores": {d: 2.0 - k for k, d in enumerate(ids)},
             }
         )
-    labels = tmp_path / "labels.jsonl"
-    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    args = parse_args(
-        [
-            f"--model_name_or_path={folder}",
-            f"--train_file={labels}",
-            f"--output_dir={tmp_path / 'out'}",
-            "--objective=head",
-            "--head_pruning=0.25:0.5,0.5:0.25",
-            "--head_teacher_mse=1.0",
-            "--head_teacher_temperature=1.0",
-            "--max_passage_tokens=30",
-            "--max_steps=12",
-            "--learning_rate=3e-3",
-            "--lora_r=8",
-            "--lora_target_modules",
-            "q_proj",
-            "v_proj",
-            "down_proj",
-            "--logging_steps=1",
-            "--eval_fraction=0.25",
-            "--eval_strategy=steps",
-            "--eval_steps=6",
-            "--prediction_loss_only=true",
-            "--save_strategy=no",
-            "--report_to=none",
-        ]
+    args = tiny_head_training_args(
+        tokenizer,
+        tmp_path,
+        rows,
+        "--head_pruning=0.25:0.5,0.5:0.25",
+        "--head_teacher_mse=1.0",
+        "--head_teacher_temperature=1.0",
+        "--max_passage_tokens=30",
+        "--max_steps=12",
+        "--lora_target_modules",
+        "q_proj",
+        "v_proj",
+        "down_proj",
+        "--eval_fraction=0.25",
+        "--eval_strategy=steps",
+        "--eval_steps=6",
+        "--prediction_loss_only=true",
+        seed=3,
     )
     history = train(args)["log_history"]
     losses = [entry["loss"] for entry in history if "loss" in entry]

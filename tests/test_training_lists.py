@@ -125,3 +125,11 @@ def test_long_lists_are_cut_into_the_chunks_inference_reads(builder):
     # a lone passage left over has nothing to be ranked against
     assert [len(p["initial_list"]) for p in builder.chunked(item | {"grades": {}}, 22)] == [22, 22]
     assert builder.chunked(item | {"grades": {}}, 50)[0]["qid"] == "scifact-7"
+
+
+@pytest.mark.parametrize("size", ["1", "-3"])
+def test_a_chunk_size_that_cannot_make_lists_is_refused(builder, tmp_path, size, capsys):
+    with pytest.raises(SystemExit):
+        builder.main(["--out", str(tmp_path / "x.jsonl"), "--chunk_size", size])
+    assert f"--chunk_size must be 0 (off) or at least 2, got {size}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # refused before anything was written

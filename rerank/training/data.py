@@ -133,7 +133,7 @@ def build_dataset(
             "final_list": r.final_list,
             "passages": [r.passages[d] for d in r.initial_list],
             "teacher": [(r.teacher_scores or {}).get(d, float("nan")) for d in r.initial_list],
-            "grades": [(r.grades or {}).get(d, -1) for d in r.initial_list] if r.grades else [],
+            "grades": [r.grades[d] for d in r.initial_list] if r.grades else [],  # read_labels grades every passage
         }
         for r in records
     ]
