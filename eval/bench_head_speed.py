@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from rerank import PruningConfig, Reranker
-from rerank.data.bm25 import retrieve_collection
-from rerank.data.collection import default_run_path, load_collection, read_run
+from rerank.data.bm25 import first_stage_run
+from rerank.data.collection import load_collection
 from rerank.data.script_support import shared_data_dir
 from rerank.engine.head_pruning import score_positions_pruned
 from rerank.engine.passage_head import score_positions
@@ -68,11 +68,7 @@ def _order(scores: list[float]) -> list[int]:
 
 def _first_stage(name: str, depth: int) -> tuple[object, dict[str, list[str]]]:
     collection = load_collection(str(DATA / name) if (DATA / name).is_dir() else name)
-    path = default_run_path(collection)
-    if path is not None:
-        return collection, read_run(path, depth)
-    ranked = retrieve_collection(collection.path, depth=depth)
-    return collection, {q: [d for d, _ in rows] for q, rows in ranked.items()}
+    return collection, first_stage_run(collection, depth)
 
 
 def measure(

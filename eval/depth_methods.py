@@ -29,7 +29,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from rerank.data.collection import default_run_path, load_collection, read_run
+from rerank.data.bm25 import first_stage_run
+from rerank.data.collection import load_collection
 from rerank.data.resume import append_record, check_same_settings, recover_records, save_settings
 from rerank.data.script_support import EVAL_COLLECTIONS, shared_data_dir
 from rerank.evaluation import compute_metrics
@@ -75,10 +76,7 @@ def parse_method(spec: str) -> tuple[str, int | None, int | None]:
 
 def first_stage(collection: str, args) -> tuple:
     coll = load_collection(DATA / COLLECTIONS[collection])
-    run_path = args.vaswani_run if collection == "vaswani" else default_run_path(coll)
-    if run_path is None or not Path(run_path).is_file():
-        raise FileNotFoundError(f"no first-stage run for {collection}: build one with `rerank retrieve` ({run_path})")
-    run = read_run(run_path)
+    run = first_stage_run(coll, 100, cache=args.vaswani_run if collection == "vaswani" else None)
     qids = sorted(q for q in run if q in coll.qrels and q in coll.queries)
     if args.limit_queries:
         qids = qids[args.query_offset : args.query_offset + args.limit_queries]
@@ -168,7 +166,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--first_stage_weight", type=float, default=0.0, help="Fusion weight (0 = the model alone).")
     ap.add_argument("--limit_queries", type=int, default=None, help="Only this many judged queries (sorted by id).")
     ap.add_argument("--query_offset", type=int, default=0, help="Skip this many judged queries first.")
-    ap.add_argument("--vaswani_run", default="runs/depth/vaswani.bm25.trec", help="Vaswani's BM25 run.")
+    ap.add_argument(
+        "--vaswani_run",
+        default="runs/depth/vaswani.bm25.trec",
+        help="Vaswani's BM25 run (the folder has none: built here on first use).",
+    )
     ap.add_argument("--work_dir", default="runs/depth", help="Memo and per-cell records (resumable).")
     ap.add_argument("--out", default="eval/results/depth_methods_cpu.json", help="JSON to update.")
     args = ap.parse_args(argv)

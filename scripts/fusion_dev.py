@@ -63,8 +63,8 @@ def curve(cell_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from rerank.data.bm25 import retrieve_collection
-    from rerank.data.collection import write_run
+    from rerank.data.bm25 import first_stage_run
+    from rerank.data.collection import load_collection
     from rerank.evaluation import EvalConfig, evaluate
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -78,16 +78,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     work = Path(args.work_dir)
-    run_path = work / "dev.bm25.trec"
-    if not run_path.is_file():
-        work.mkdir(parents=True, exist_ok=True)
-        write_run(run_path, retrieve_collection(args.dev_collection, depth=100), tag="bm25")
+    run_path = work / "dev.bm25.trec"  # written when the folder has no run of its own
+    first_stage_run(load_collection(args.dev_collection), 100, cache=run_path)
     dev_dir = work / f"dev-{args.depth}"
     model = None if args.model == "default" else args.model
     evaluate(
         EvalConfig(
             collection=args.dev_collection,
-            run=str(run_path),
+            run=str(run_path) if run_path.is_file() else None,
             depth=args.depth,
             model=model,
             scoring=args.scoring,

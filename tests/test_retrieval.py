@@ -70,6 +70,25 @@ def test_cli_writes_a_run(tmp_path):
     assert (tmp_path / "i" / "lazyrank_index.json").is_file()
 
 
+def test_first_stage_is_the_folders_run_else_bm25_kept_in_a_cache(tmp_path):
+    from rerank.data.bm25 import first_stage_run
+    from rerank.data.collection import load_collection
+
+    coll = tmp_path / "coll"
+    coll.mkdir()
+    (coll / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in CORPUS.items()))
+    (coll / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "bees warm"}) + "\n")
+    cache = tmp_path / "cache" / "run.trec"
+    assert first_stage_run(load_collection(coll), 3, cache=cache) == {"q1": ["d1", "d3"]}
+    assert cache.read_text().split()[:4] == ["q1", "Q0", "d1", "1"]
+    # the cache is read back, not rebuilt: every script then ranks the same candidates
+    cache.write_text("q1 Q0 d4 1 2.0 x\nq1 Q0 d2 2 1.0 x\n")
+    assert first_stage_run(load_collection(coll), 3, cache=cache) == {"q1": ["d4", "d2"]}
+    # a folder's own run comes first, cut to the depth
+    (coll / "run.bm25.trec").write_text("q1 Q0 d2 1 3.0 bm25\nq1 Q0 d3 2 2.0 bm25\nq1 Q0 d1 3 1.0 bm25\n")
+    assert first_stage_run(load_collection(coll), 2, cache=cache) == {"q1": ["d2", "d3"]}
+
+
 def test_reproduces_the_shipped_scifact_run():
     from rerank.data.bm25 import retrieve_collection
     from rerank.data.collection import load_collection, read_run

@@ -181,6 +181,27 @@ def retrieve_collection(
     return dict(zip(qids, hits))
 
 
+def first_stage_run(collection, depth: int = 100, cache: str | os.PathLike | None = None) -> dict[str, list[str]]:
+    """Each query's first-stage candidates, best first: the folder's own run (``run.bm25.trec``, else
+    ``run.given.trec``), else BM25 over its corpus, saved to ``cache`` (a TREC run) and read back from
+    there next time, so every script ranks the same candidates.
+
+    ``collection`` is a :class:`rerank.data.collection.Collection` loaded from a folder.
+    """
+    from rerank.data.collection import default_run_path, read_run, write_run
+
+    given = default_run_path(collection)
+    if given is not None:
+        return read_run(given, depth)
+    if cache is not None and Path(cache).is_file():
+        return read_run(cache, depth)
+    ranked = retrieve_collection(collection.path, depth=depth)
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        write_run(cache, ranked, tag="bm25")
+    return {q: [d for d, _ in rows] for q, rows in ranked.items()}
+
+
 def write_rank_llm_requests(
     path: str, collection_dir: str, run: dict[str, list[tuple[str, float]]], queries: dict[str, str] | None = None
 ) -> None:
