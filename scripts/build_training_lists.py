@@ -4,7 +4,8 @@
 
 Sources (never ``msmarco-dl19`` nor the SciFact TEST claims: those are evaluation sets):
 * ``selqa`` and ``wikiqa``: each question's own candidate sentences (same section / page, so the
-  negatives are hard), in the given order;
+  negatives are hard), in the given order; with ``--qa_depth N``, BM25 top N over all the collection's
+  sentences instead (other sections of the same article join the list), ``--qa_questions`` a sample;
 * ``beir-scifact`` TRAIN claims (``qrels/train.tsv``): BM25 (bm25s) top ``--scifact_depth`` over the
   corpus, the first stage seen at inference (``--scifact_claims`` caps how many);
 * ``msmarco-train-triples``: positive + negative, filled up to ``--list_size`` with other triples'
@@ -64,32 +65,55 @@ def given_lists(name: str, list_size: int) -> list[dict]:
     return out
 
 
-def scifact_train_lists(depth: int, claims: int = 0) -> list[dict]:
+def retrieved_lists(
+    folder: str, prefix: str, qids: list[str], qrels: dict[str, dict[str, int]], depth: int, need_relevant: bool
+) -> list[dict]:
+    """BM25 (bm25s) top ``depth`` over ``folder``'s whole corpus for each of ``qids``: the first stage
+    inference sees. Passages the qrels do not judge count 0. ``need_relevant`` drops queries whose
+    judged answer BM25 does not reach (their list would teach the head nothing about relevance)."""
     from rerank.data.bm25 import BM25Index
 
-    coll = load_collection(str(DATA / "beir-scifact"))
-    train = read_qrels(DATA / "beir-scifact" / "qrels" / "train.tsv")
-    test = set(coll.qrels)
-    qids = sorted(q for q in train if q in coll.queries and q not in test)
-    if claims:
-        qids = qids[:claims]
+    coll = load_collection(str(DATA / folder))
     index = BM25Index.build(coll.corpus, show_progress=False)
     hits = index.search([coll.queries[q] for q in qids], depth, show_progress=False)
     out = []
     for qid, ranked in zip(qids, hits):
         docs = [d for d, _ in ranked]
-        if len(docs) < 2:
+        judged = qrels.get(qid, {})
+        if len(docs) < 2 or (need_relevant and not any(judged.get(d, 0) > 0 for d in docs)):
             continue
         out.append(
             {
-                "qid": f"scifact-{qid}",
+                "qid": f"{prefix}-{qid}",
                 "query": coll.queries[qid],
                 "initial_list": docs,
                 "passages": {d: coll.corpus[d] for d in docs},
-                "grades": {d: train[qid].get(d, 0) for d in docs},
+                "grades": {d: judged.get(d, 0) for d in docs},
             }
         )
     return out
+
+
+def scifact_train_lists(depth: int, claims: int = 0) -> list[dict]:
+    """SciFact TRAIN claims (never a test claim) at BM25 top ``depth``; ``claims`` caps how many."""
+    coll = load_collection(str(DATA / "beir-scifact"))
+    train = read_qrels(DATA / "beir-scifact" / "qrels" / "train.tsv")
+    qids = sorted(q for q in train if q in coll.queries and q not in coll.qrels)
+    return retrieved_lists("beir-scifact", "scifact", qids[:claims] if claims else qids, train, depth, False)
+
+
+def qa_retrieved_lists(name: str, depth: int, questions: int, rng: random.Random) -> list[dict]:
+    """SelQA / WikiQA questions at BM25 top ``depth`` over all of the collection's sentences.
+
+    The retrieved sentences come from the question's own section or page and from others of the same
+    article or topic, so a deep list holds the hard negatives a joined list would; ``questions`` (0 =
+    all) is a seeded sample of the questions with a judged answer.
+    """
+    coll = load_collection(str(DATA / name))
+    qids = sorted(q for q, judged in coll.qrels.items() if q in coll.queries and any(g > 0 for g in judged.values()))
+    if questions and questions < len(qids):
+        qids = sorted(rng.sample(qids, questions))
+    return retrieved_lists(name, name, qids, coll.qrels, depth, True)
 
 
 def synthetic_lists(queries_file: str, list_size: int) -> list[dict]:
@@ -234,6 +258,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--scifact_depth", type=int, default=10, help="BM25 candidates per SciFact train claim.")
     ap.add_argument("--scifact_claims", type=int, default=0, help="Only the first N SciFact train claims (0 = all).")
     ap.add_argument(
+        "--qa_depth",
+        type=int,
+        default=0,
+        help="SelQA/WikiQA: BM25 top-N over the collection's sentences instead of each question's given "
+        "candidates (0 = given candidates).",
+    )
+    ap.add_argument(
+        "--qa_questions",
+        type=int,
+        default=0,
+        help="With --qa_depth: a seeded sample of N questions per source (0 = all).",
+    )
+    ap.add_argument(
         "--chunk_size", type=int, default=0, help="Cut longer lists into consecutive lists of this many (0 = off)."
     )
     ap.add_argument(
@@ -264,6 +301,11 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--bm25_weight must be in [0, 1], got {args.bm25_weight}")
     if args.chunk_size < 0 or args.chunk_size == 1:
         ap.error(f"--chunk_size must be 0 (off) or at least 2, got {args.chunk_size}")
+    if args.qa_depth < 0 or args.qa_depth == 1 or args.qa_questions < 0:
+        ap.error(
+            "--qa_depth must be 0 (off) or at least 2 and --qa_questions >= 0, "
+            f"got {args.qa_depth} and {args.qa_questions}"
+        )
     if args.judged_boost < 0:
         ap.error(f"--judged_boost must be >= 0, got {args.judged_boost}")
     from rerank.labels.teachers import EmbeddingTeacher
@@ -272,7 +314,9 @@ def main(argv: list[str] | None = None) -> dict:
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     lists: list[dict] = []
     for src in sources:
-        if src in ("selqa", "wikiqa"):
+        if src in ("selqa", "wikiqa") and args.qa_depth:
+            lists += qa_retrieved_lists(src, args.qa_depth, args.qa_questions, rng)
+        elif src in ("selqa", "wikiqa"):
             lists += given_lists(src, args.list_size)
         elif src == "scifact":
             lists += scifact_train_lists(args.scifact_depth, args.scifact_claims)
@@ -349,6 +393,8 @@ def main(argv: list[str] | None = None) -> dict:
         "scifact_depth": args.scifact_depth,
         "scifact_claims": args.scifact_claims,
         "chunk_size": args.chunk_size,
+        "qa_depth": args.qa_depth,
+        "qa_questions": args.qa_questions,
         "label_ndcg10_vs_qrels": {
             src: {k: round(ndcg10(qrels, run), 4) for k, run in by_key.items()} for src, by_key in runs.items()
         },

@@ -133,3 +133,31 @@ def test_a_chunk_size_that_cannot_make_lists_is_refused(builder, tmp_path, size,
         builder.main(["--out", str(tmp_path / "x.jsonl"), "--chunk_size", size])
     assert f"--chunk_size must be 0 (off) or at least 2, got {size}" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_qa_questions_are_retrieved_from_their_whole_collection(builder):
+    import random
+
+    from rerank.data.collection import load_collection
+
+    lists = builder.qa_retrieved_lists("selqa", 30, 12, random.Random(5))
+    again = builder.qa_retrieved_lists("selqa", 30, 12, random.Random(5))
+    assert [x["qid"] for x in lists] == [x["qid"] for x in again]  # a seeded sample
+    assert 0 < len(lists) <= 12
+    coll = load_collection(str(builder.DATA / "selqa"))
+    for item in lists:
+        qid = item["qid"].removeprefix("selqa-")
+        assert builder.source_of(item) == "selqa" and item["query"] == coll.queries[qid]
+        assert len(item["initial_list"]) == 30 and set(item["passages"]) == set(item["initial_list"])
+        assert item["grades"] == {d: coll.qrels[qid].get(d, 0) for d in item["initial_list"]}
+        assert any(g > 0 for g in item["grades"].values())  # the answer is within reach
+        # deeper than the question's own section: sentences of other sections join the list
+        assert len({d.rsplit("|", 1)[0] for d in item["initial_list"]}) > 1
+
+
+@pytest.mark.parametrize("flags", [["--qa_depth", "1"], ["--qa_depth", "50", "--qa_questions", "-2"]])
+def test_a_qa_depth_that_cannot_make_lists_is_refused(builder, tmp_path, flags, capsys):
+    with pytest.raises(SystemExit):
+        builder.main(["--out", str(tmp_path / "x.jsonl"), *flags])
+    assert "--qa_depth must be 0 (off) or at least 2" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
