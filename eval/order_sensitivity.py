@@ -29,15 +29,6 @@ from rerank.evaluation import compute_metrics, kendall_tau
 DATA = shared_data_dir(__file__)
 
 
-def best_first(scores: list[float]) -> list[int]:
-    """Indices by descending score, ties in input order.
-
-    >>> best_first([0.1, 0.9, 0.1])
-    [1, 0, 2]
-    """
-    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--collection", choices=sorted(EVAL_COLLECTIONS), default="vaswani")
@@ -57,12 +48,14 @@ def main(argv: list[str] | None = None) -> dict:
     for qid in tqdm(qids, desc=f"{args.collection} given + reversed"):
         docs = run[qid][: args.depth]
         texts = [coll.corpus[d] for d in docs]
-        forward = reranker.rerank(coll.queries[qid], texts).scores
-        backward = reranker.rerank(coll.queries[qid], texts[::-1]).scores[::-1]
+        given_result = reranker.rerank(coll.queries[qid], texts)
+        reversed_result = reranker.rerank(coll.queries[qid], texts[::-1])
+        forward, backward = given_result.scores, reversed_result.scores[::-1]
         given[qid] = list(zip(docs, forward))
         reversed_[qid] = list(zip(docs, backward))
         mean[qid] = [(d, (a + b) / 2) for d, a, b in zip(docs, forward, backward)]
-        taus.append(kendall_tau(best_first(forward), best_first(backward)))
+        n = len(texts)
+        taus.append(kendall_tau(given_result.order, [n - 1 - j for j in reversed_result.order]))
     cell = {
         "queries": len(qids),
         "depth": args.depth,

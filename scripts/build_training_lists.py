@@ -66,14 +66,14 @@ def given_lists(name: str, list_size: int) -> list[dict]:
 
 
 def retrieved_lists(
-    folder: str, prefix: str, qids: list[str], qrels: dict[str, dict[str, int]], depth: int, need_relevant: bool
+    coll, prefix: str, qids: list[str], qrels: dict[str, dict[str, int]], depth: int, need_relevant: bool
 ) -> list[dict]:
-    """BM25 (bm25s) top ``depth`` over ``folder``'s whole corpus for each of ``qids``: the first stage
-    inference sees. Passages the qrels do not judge count 0. ``need_relevant`` drops queries whose
-    judged answer BM25 does not reach (their list would teach the head nothing about relevance)."""
+    """BM25 (bm25s) top ``depth`` over the whole corpus of ``coll`` (a loaded collection) for each of
+    ``qids``: the first stage inference sees. Passages the qrels do not judge count 0.
+    ``need_relevant`` drops queries whose judged answer BM25 does not reach (their list would teach
+    the head nothing about relevance)."""
     from rerank.data.bm25 import BM25Index
 
-    coll = load_collection(str(DATA / folder))
     index = BM25Index.build(coll.corpus, show_progress=False)
     hits = index.search([coll.queries[q] for q in qids], depth, show_progress=False)
     out = []
@@ -99,7 +99,7 @@ def scifact_train_lists(depth: int, claims: int = 0) -> list[dict]:
     coll = load_collection(str(DATA / "beir-scifact"))
     train = read_qrels(DATA / "beir-scifact" / "qrels" / "train.tsv")
     qids = sorted(q for q in train if q in coll.queries and q not in coll.qrels)
-    return retrieved_lists("beir-scifact", "scifact", qids[:claims] if claims else qids, train, depth, False)
+    return retrieved_lists(coll, "scifact", qids[:claims] if claims else qids, train, depth, False)
 
 
 def qa_retrieved_lists(name: str, depth: int, questions: int, rng: random.Random) -> list[dict]:
@@ -113,7 +113,7 @@ def qa_retrieved_lists(name: str, depth: int, questions: int, rng: random.Random
     qids = sorted(q for q, judged in coll.qrels.items() if q in coll.queries and any(g > 0 for g in judged.values()))
     if questions and questions < len(qids):
         qids = sorted(rng.sample(qids, questions))
-    return retrieved_lists(name, name, qids, coll.qrels, depth, True)
+    return retrieved_lists(coll, name, qids, coll.qrels, depth, True)
 
 
 def synthetic_lists(queries_file: str, list_size: int) -> list[dict]:

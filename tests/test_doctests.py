@@ -27,7 +27,6 @@ import rerank.training.losses.identifier_ranking
         rerank.calibration,
         rerank.evaluation,
         load_script("eval/chunk_precision.py"),
-        load_script("eval/order_sensitivity.py"),
         load_script("scripts/build_training_lists.py"),
     ],
     ids=lambda module: module.__name__,

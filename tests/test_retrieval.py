@@ -79,6 +79,8 @@ def test_first_stage_is_the_folders_run_else_bm25_kept_in_a_cache(tmp_path):
     (coll / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in CORPUS.items()))
     (coll / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "bees warm"}) + "\n")
     cache = tmp_path / "cache" / "run.trec"
+    assert first_stage_run(load_collection(coll), 1, cache=cache) == {"q1": ["d1"]}
+    assert len(cache.read_text().splitlines()) == 2  # the cache keeps every hit, not only the first
     assert first_stage_run(load_collection(coll), 3, cache=cache) == {"q1": ["d1", "d3"]}
     assert cache.read_text().split()[:4] == ["q1", "Q0", "d1", "1"]
     # the cache is read back, not rebuilt: every script then ranks the same candidates

@@ -183,8 +183,9 @@ def retrieve_collection(
 
 def first_stage_run(collection, depth: int = 100, cache: str | os.PathLike | None = None) -> dict[str, list[str]]:
     """Each query's first-stage candidates, best first: the folder's own run (``run.bm25.trec``, else
-    ``run.given.trec``), else BM25 over its corpus, saved to ``cache`` (a TREC run) and read back from
-    there next time, so every script ranks the same candidates.
+    ``run.given.trec``), else BM25 over its corpus, saved to ``cache`` (a TREC run, at least top-100
+    deep whatever ``depth`` asked for, so a shallow caller cannot cut a later deep one's candidates) and
+    read back from there next time, so every script ranks the same candidates.
 
     ``collection`` is a :class:`rerank.data.collection.Collection` loaded from a folder.
     """
@@ -195,11 +196,11 @@ def first_stage_run(collection, depth: int = 100, cache: str | os.PathLike | Non
         return read_run(given, depth)
     if cache is not None and Path(cache).is_file():
         return read_run(cache, depth)
-    ranked = retrieve_collection(collection.path, depth=depth)
+    ranked = retrieve_collection(collection.path, depth=max(depth, 100))
     if cache is not None:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
         write_run(cache, ranked, tag="bm25")
-    return {q: [d for d, _ in rows] for q, rows in ranked.items()}
+    return {q: [d for d, _ in rows[:depth]] for q, rows in ranked.items()}
 
 
 def write_rank_llm_requests(
