@@ -5,7 +5,8 @@
 
 A cell is (collection, depth, method); a method is a ``RerankerConfig.long_list`` value, with an
 optional passage budget after a colon (``one_prompt:60`` = every passage cut to 60 tokens so that 100
-fit one prompt) and ``deep_leaders`` after a slash (``tournament/5``). The shipped weights run with
+fit one prompt), ``deep_leaders`` after a slash (``tournament/5``) and ``chunk_layout`` after an at
+sign (``chunks@interleaved``). The shipped weights run with
 fusion off (the model alone) unless ``--first_stage_weight``, and with raw head readouts unless
 ``--calibrated`` (then chunks merge by calibrated probability and a tournament's leaders are chosen by it).
 
@@ -67,11 +68,18 @@ class DiskMemo(dict):
         append_record(self._fh, {"key": k, "ranking": asdict(ranking)})  # flushed and synced
 
 
-def parse_method(spec: str) -> tuple[str, int | None, int | None]:
-    """``METHOD[:BUDGET][/DEEP]`` -> (long_list, max_passage_tokens, deep_leaders)."""
+def parse_method(spec: str) -> tuple[str, int | None, int | None, str]:
+    """``METHOD[:BUDGET][/DEEP][@LAYOUT]`` -> (long_list, max_passage_tokens, deep_leaders, chunk_layout).
+
+    >>> parse_method("tournament/0@consecutive")
+    ('tournament', None, 0, 'consecutive')
+    >>> parse_method("chunks@interleaved")
+    ('chunks', None, None, 'interleaved')
+    """
+    spec, _, layout = spec.partition("@")
     spec, _, deep = spec.partition("/")
     name, _, budget = spec.partition(":")
-    return name, int(budget) if budget else None, int(deep) if deep else None
+    return name, int(budget) if budget else None, int(deep) if deep else None, layout or "consecutive"
 
 
 def first_stage(collection: str, args) -> tuple:
@@ -112,8 +120,9 @@ def run_cell(reranker, coll, run, qids, depth: int, spec: str, path: Path) -> di
     from tqdm import tqdm
 
     done = {r["qid"]: r for r in recover_records(path)} if path.is_file() else {}
-    method, budget, deep = parse_method(spec)
+    method, budget, deep, layout = parse_method(spec)
     reranker.config.long_list, reranker.config.deep_leaders = method, deep
+    reranker.config.chunk_layout = layout
     reranker.config.max_passage_tokens = budget or 100
     with open(path, "a", encoding="utf-8") as fh:
         for qid in tqdm(qids, desc=path.stem, disable=len(qids) == len(done)):
@@ -203,7 +212,13 @@ def main(argv: list[str] | None = None) -> dict:
             name = spec + ("+cal" if args.calibrated else "")
             start = time.monotonic()
             cell[name] = run_cell(
-                reranker, coll, run, qids, depth, spec, work / f"{depth}-{name.replace('/', '-d')}.jsonl"
+                reranker,
+                coll,
+                run,
+                qids,
+                depth,
+                spec,
+                work / f"{depth}-{name.replace('/', '-d').replace('@', '-')}.jsonl",
             )
             cell[name]["wall_minutes"] = round((time.monotonic() - start) / 60, 1)
             print(args.collection, depth, name, cell[name], cell["baselines"], flush=True)

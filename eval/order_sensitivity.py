@@ -2,13 +2,14 @@
 
     .venv/bin/python eval/order_sensitivity.py --collection vaswani --limit_queries 40
     .venv/bin/python eval/order_sensitivity.py --collection dl19
+    .venv/bin/python eval/order_sensitivity.py --model runs/shuffle/model --label shuffled --limit_queries 40
 
 Each query's BM25 top-``--depth`` is scored twice by the shipped default (model alone, raw head
 readout): in the first stage's order and reversed. A scorer that read only relevance would rank both
 the same; the gap between the two nDCG@10 values (and the Kendall tau between the two score lists)
 measures the position prior the weights learned from BM25-ordered training lists, the prior that makes
 the first passages of a weak deep chunk outscore better ones elsewhere. Writes one JSON cell per
-collection to ``--out``.
+collection to ``--out`` (``vaswani`` for the shipped weights, ``vaswani (LABEL)`` for ``--model``).
 """
 
 from __future__ import annotations
@@ -35,15 +36,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--depth", type=int, default=20, help="BM25 candidates per query (one prompt).")
     ap.add_argument("--limit_queries", type=int, default=0, help="Only the first N judged queries (0 = all).")
     ap.add_argument("--vaswani_run", default="runs/depth/vaswani.bm25.trec", help="Cache of Vaswani's BM25 run.")
+    ap.add_argument("--model", default=None, help="Model or adapter folder (default: the shipped weights).")
+    ap.add_argument("--label", default=None, help="Name of --model's cells in the JSON (default: its folder).")
     ap.add_argument("--out", default="eval/results/order_sensitivity_cpu.json", help="JSON to update.")
     args = ap.parse_args(argv)
+    key = args.collection if args.model is None else f"{args.collection} ({args.label or args.model})"
 
     coll = load_collection(DATA / EVAL_COLLECTIONS[args.collection])
     run = first_stage_run(coll, args.depth, cache=args.vaswani_run if args.collection == "vaswani" else None)
     qids = sorted(q for q in run if q in coll.qrels and q in coll.queries)
     if args.limit_queries:
         qids = qids[: args.limit_queries]
-    reranker = Reranker.from_pretrained(calibration=False)
+    reranker = Reranker.from_pretrained(args.model, calibration=False)
     given, reversed_, mean, taus = {}, {}, {}, []
     for qid in tqdm(qids, desc=f"{args.collection} given + reversed"):
         docs = run[qid][: args.depth]
@@ -73,9 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.is_file() else {}
-    report[args.collection] = cell
+    report[key] = cell
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(args.collection, cell)
+    print(key, cell)
     return cell
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rerank.long_lists import CHUNK_LAYOUTS
 from rerank.prompting.presets import get_preset
 from rerank.scorers import SCORINGS
 
@@ -260,6 +261,17 @@ class RerankerConfig:
             )
         },
     )
+    chunk_layout: str = field(
+        default="consecutive",
+        metadata={
+            "help": (
+                "How long_list='chunks' and 'tournament' split a list into prompts (rerank.long_lists): "
+                "'consecutive' (first-stage ranks 1-20, 21-40, ...) or 'interleaved' (prompt c of k holds ranks "
+                "c, c+k, c+2k, ...: every prompt holds the same mix of strong and weak candidates, so raw scores "
+                "compare across prompts)."
+            )
+        },
+    )
     deep_leaders: int | None = field(
         default=None,
         metadata={
@@ -298,6 +310,13 @@ class RerankerConfig:
             raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
         if self.long_list not in LONG_LIST_METHODS:
             raise ValueError(f"long_list must be one of {LONG_LIST_METHODS}, got {self.long_list!r}")
+        if self.chunk_layout not in CHUNK_LAYOUTS:
+            raise ValueError(f"chunk_layout must be one of {CHUNK_LAYOUTS}, got {self.chunk_layout!r}")
+        if self.chunk_layout == "interleaved" and self.deep_leaders is not None:
+            raise ValueError(
+                "deep_leaders seeds the final prompt with the first consecutive chunk: it needs "
+                "chunk_layout='consecutive'"
+            )
         if self.deep_leaders is not None and (
             not isinstance(self.deep_leaders, int) or isinstance(self.deep_leaders, bool) or self.deep_leaders < 0
         ):

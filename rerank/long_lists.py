@@ -13,6 +13,10 @@ docs/benchmarks.md (``eval/depth_methods.py``):
   best, ...). With ``deep_leaders=k`` the final prompt is seeded by the first-stage: the first
   chunk's best ``window_size - k`` meet the best ``k`` of the later chunks. The final prompt decides
   the top of the list; the others follow. One prompt more than ``chunks``.
+* ``chunk_layout="interleaved"`` (for ``chunks`` and ``tournament``): chunk ``c`` of ``k`` holds the
+  first-stage ranks ``c, c + k, c + 2k, ...`` instead of a consecutive run, so every prompt holds the
+  same mix of strong and weak candidates and a passage's score, read relative to its prompt-mates,
+  means the same in every prompt: chunks then merge by score without calibration.
 * ``sliding``: back-to-front windows of ``window_size`` with step ``stride`` (RankGPT's scheme), each
   window ordered by score; the best passages are carried to the front. About twice the prompts.
 """
@@ -21,10 +25,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+CHUNK_LAYOUTS = ("consecutive", "interleaved")
 
-def chunk_offsets(num_passages: int, size: int) -> list[int]:
-    """Start of each consecutive chunk of ``size`` passages."""
-    return list(range(0, num_passages, size))
+
+def chunk_members(num_passages: int, size: int, layout: str = "consecutive") -> list[list[int]]:
+    """The passages (first-stage indices, in first-stage order) of each prompt of at most ``size``.
+
+    >>> chunk_members(5, 2)
+    [[0, 1], [2, 3], [4]]
+    >>> chunk_members(5, 2, "interleaved")
+    [[0, 3], [1, 4], [2]]
+    """
+    if layout not in CHUNK_LAYOUTS:
+        raise ValueError(f"chunk layout must be one of {CHUNK_LAYOUTS}, got {layout!r}")
+    if layout == "consecutive":
+        return [list(range(o, min(o + size, num_passages))) for o in range(0, num_passages, size)]
+    count = -(-num_passages // size)  # as many prompts as consecutive chunks, each one rank in `count`
+    return [list(range(c, num_passages, count)) for c in range(count)]
 
 
 def round_robin(chunk_scores: Sequence[Sequence[float]]) -> list[tuple[int, int]]:
@@ -44,19 +61,24 @@ def round_robin(chunk_scores: Sequence[Sequence[float]]) -> list[tuple[int, int]
 def _contest(
     chunk_scores: Sequence[Sequence[float]], size: int, comparable: bool, deep_leaders: int | None = None
 ) -> list[int]:
-    """Every passage (index into the whole list), best contender first: by score when scores are
-    comparable across prompts (calibrated probabilities), else round-robin over the chunks. With
-    ``deep_leaders`` the first ``size`` contenders are the first chunk's best ``size - deep_leaders``
-    and the best ``deep_leaders`` of the later chunks (fewer if a side runs short)."""
+    """Every passage (index into the chunks laid end to end), best contender first: by score when
+    scores are comparable across prompts (calibrated probabilities, interleaved chunks), else
+    round-robin over the chunks. With ``deep_leaders`` the first ``size`` contenders are the first
+    chunk's best ``size - deep_leaders`` and the best ``deep_leaders`` of the later chunks (fewer if a
+    side runs short)."""
     if comparable:
         flat = [s for chunk in chunk_scores for s in chunk]
         contest = sorted(range(len(flat)), key=lambda k: (-flat[k], k))
     else:
-        contest = [c * size + i for c, i in round_robin(chunk_scores)]
+        starts = [0]
+        for chunk in chunk_scores:
+            starts.append(starts[-1] + len(chunk))
+        contest = [starts[c] + i for c, i in round_robin(chunk_scores)]
     if deep_leaders is None or len(chunk_scores) < 2:
         return contest
-    first = [k for k in contest if k < size]
-    deep = [k for k in contest if k >= size]
+    first_size = len(chunk_scores[0])
+    first = [k for k in contest if k < first_size]
+    deep = [k for k in contest if k >= first_size]
     take_deep = min(deep_leaders, len(deep), size)
     take_first = min(size - take_deep, len(first))
     take_deep = min(size - take_first, len(deep))
@@ -68,7 +90,7 @@ def _contest(
 def tournament_leaders(
     chunk_scores: Sequence[Sequence[float]], size: int, comparable: bool = False, deep_leaders: int | None = None
 ) -> list[int]:
-    """The ``size`` passages (indices into the whole list, in first-stage order) that go to the final
+    """The ``size`` passages (indices into the chunks laid end to end, ascending) that go to the final
     prompt. With ``comparable`` scores (calibrated probabilities) the best ``size`` of the whole list,
     so a chunk of strong passages sends more of them; otherwise round-robin over the chunks.
 

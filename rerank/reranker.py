@@ -17,7 +17,7 @@ from rerank.config import PruningConfig, RerankerConfig
 from rerank.engine import pruning as _pruning
 from rerank.engine.decoding import TokenTable
 from rerank.fusion import fuse_with_first_stage
-from rerank.long_lists import chunk_offsets, tournament_leaders, tournament_order
+from rerank.long_lists import chunk_members, tournament_leaders, tournament_order
 from rerank.models import load_model_and_tokenizer, model_folder, recommended_pruning, recommended_settings
 from rerank.precision import apply_cpu_precision, check_precision, resolve_precision
 from rerank.prompting.presets import get_preset
@@ -362,45 +362,67 @@ class Reranker:
             return "full" if self.fits(window) else "chunks"
         return method
 
-    def _rank_in_chunks(self, windows: Sequence[Window], on_call) -> list[list[list[float]]]:
-        """Per-passage scores of each window, chunk by chunk (consecutive chunks of ``window_size``)."""
+    def _rank_in_chunks(self, windows: Sequence[Window], on_call) -> list[tuple[list[list[float]], list[int]]]:
+        """Per-passage scores of each window, prompt by prompt (``RerankerConfig.chunk_layout``), with the
+        window's passage indices in the order the chunks lay end to end (what a flat index names)."""
         size = self.config.window_size
-        pieces = [(j, o) for j, w in enumerate(windows) for o in chunk_offsets(len(w.passages), size)]
+        members = [chunk_members(len(w.passages), size, self.config.chunk_layout) for w in windows]
+        pieces = [(j, m) for j, per_window in enumerate(members) for m in per_window]
         scored = self.rank_windows(
-            [Window(query=windows[j].query, passages=windows[j].passages[o : o + size]) for j, o in pieces]
+            [Window(query=windows[j].query, passages=[windows[j].passages[k] for k in m]) for j, m in pieces]
         )
         chunks: list[list[list[float]]] = [[] for _ in windows]
         for (j, _), r in zip(pieces, scored):
             chunks[j].append(r.scores)
             on_call(j, r)
-        return chunks
+        return [(c, [k for m in per_window for k in m]) for c, per_window in zip(chunks, members)]
+
+    def _merge_chunks(self, windows: Sequence[Window], on_call) -> list[tuple[list[int], list[float]]]:
+        """Order and per-passage scores of each window from its chunks' scores alone."""
+        out = []
+        for chunks, flat_to_passage in self._rank_in_chunks(windows, on_call):
+            scores = [0.0] * len(flat_to_passage)
+            for k, s in zip(flat_to_passage, (s for chunk in chunks for s in chunk)):
+                scores[k] = s
+            out.append((sorted(range(len(scores)), key=lambda k: (-scores[k], k)), scores))
+        return out
 
     def _rank_tournaments(self, windows: Sequence[Window], on_call) -> list[tuple[list[int], list[float]]]:
         """Chunks, then one final prompt per window over its chunks' leaders (:mod:`rerank.long_lists`)."""
         size = self.config.window_size
-        chunks = self._rank_in_chunks(windows, on_call)
-        comparable = self.calibration is not None
+        scored = self._rank_in_chunks(windows, on_call)
+        # Interleaved prompts hold the same mix of first-stage ranks: their raw scores compare.
+        comparable = self.calibration is not None or self.config.chunk_layout == "interleaved"
         deep = self.config.deep_leaders
-        leaders = [tournament_leaders(c, size, comparable, deep) for c in chunks]
+        leaders = [tournament_leaders(c, size, comparable, deep) for c, _ in scored]
+        # The final prompt reads its leaders in first-stage order.
+        finalists = [sorted(flat[k] for k in picked) for (_, flat), picked in zip(scored, leaders)]
         # Leaders that are exactly the first chunk were just read in that prompt: no final prompt.
-        todo = [j for j, picked in enumerate(leaders) if picked != list(range(len(chunks[j][0])))]
+        todo = [j for j, picked in enumerate(leaders) if picked != list(range(len(scored[j][0][0])))]
         finals = dict(
             zip(
                 todo,
                 self.rank_windows(
                     [
-                        Window(query=windows[j].query, passages=[windows[j].passages[k] for k in leaders[j]])
+                        Window(query=windows[j].query, passages=[windows[j].passages[k] for k in finalists[j]])
                         for j in todo
                     ]
                 ),
             )
         )
         out = []
-        for j, chunk_scores in enumerate(chunks):
+        for j, (chunk_scores, flat) in enumerate(scored):
             if j in finals:
                 on_call(j, finals[j])
-            final_scores = finals[j].scores if j in finals else chunk_scores[0]
-            out.append(tournament_order(chunk_scores, size, final_scores, comparable, deep))
+                by_passage = dict(zip(finalists[j], finals[j].scores))
+                final_scores = [by_passage[flat[k]] for k in leaders[j]]
+            else:
+                final_scores = chunk_scores[0]
+            order, flat_scores = tournament_order(chunk_scores, size, final_scores, comparable, deep)
+            scores = [0.0] * len(flat)
+            for k, s in enumerate(flat_scores):
+                scores[flat[k]] = s
+            out.append(([flat[k] for k in order], scores))
         return out
 
     def _result(self, order: list[int], ranked: int, scores: list[float] | None, stats: RankingStats) -> RankingResult:
@@ -445,11 +467,9 @@ class Reranker:
             orders[i], ranked[i], model_scores[i] = r.order, r.ranked, r.scores
             account(i, r)
         if chunked:
-            per_chunk = self._rank_in_chunks([windows[i] for i in chunked], lambda j, r: account(chunked[j], r))
-            for i, chunks in zip(chunked, per_chunk):
-                scores = [s for chunk in chunks for s in chunk]
-                orders[i] = sorted(range(len(scores)), key=lambda k: (-scores[k], k))
-                ranked[i], model_scores[i] = len(scores), scores
+            got = self._merge_chunks([windows[i] for i in chunked], lambda j, r: account(chunked[j], r))
+            for i, (order, scores) in zip(chunked, got):
+                orders[i], ranked[i], model_scores[i] = order, len(order), scores
         if tournaments:
             got = self._rank_tournaments([windows[i] for i in tournaments], lambda j, r: account(tournaments[j], r))
             for i, (order, scores) in zip(tournaments, got):

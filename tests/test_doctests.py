@@ -27,6 +27,7 @@ import rerank.training.losses.identifier_ranking
         rerank.calibration,
         rerank.evaluation,
         load_script("eval/chunk_precision.py"),
+        load_script("eval/depth_methods.py"),
         load_script("scripts/build_training_lists.py"),
     ],
     ids=lambda module: module.__name__,

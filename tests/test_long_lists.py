@@ -11,7 +11,7 @@ from support import load_script
 
 from rerank import Reranker, RerankerConfig
 from rerank.calibration import HeadCalibration, expected_calibration_error, weights_fingerprint
-from rerank.long_lists import round_robin, tournament_leaders, tournament_order
+from rerank.long_lists import chunk_members, round_robin, tournament_leaders, tournament_order
 from rerank.results import RankingResult
 from rerank.serving.scores import relevance_scores
 
@@ -100,6 +100,50 @@ def test_sliding_and_chunks_for_head_scoring(tiny_model, tokenizer):
     # one_prompt reads them all at once when they fit.
     one = Reranker(tiny_model, tokenizer, RerankerConfig(scoring="head", window_size=4, stride=2)).rerank(QUERY, DOCS)
     assert one.stats.fallback is None and one.stats.llm_calls == 1
+
+
+def test_interleaved_chunks_mix_first_stage_ranks():
+    assert chunk_members(11, 4, "interleaved") == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
+    assert chunk_members(100, 20, "interleaved")[4] == list(range(4, 100, 5))
+    for n, size in ((1, 3), (7, 7), (45, 4), (101, 20)):
+        for layout in ("consecutive", "interleaved"):
+            members = chunk_members(n, size, layout)
+            assert sorted(k for m in members for k in m) == list(range(n))  # a partition
+            assert len(members) == -(-n // size) and max(map(len, members)) <= size
+            assert all(m == sorted(m) for m in members)  # first-stage order inside a prompt
+    with pytest.raises(ValueError, match="chunk layout must be one of"):
+        chunk_members(5, 2, "random")
+    with pytest.raises(ValueError, match="chunk_layout must be one of"):
+        RerankerConfig(scoring="head", chunk_layout="random")
+    with pytest.raises(ValueError, match="needs chunk_layout='consecutive'"):
+        RerankerConfig(scoring="head", chunk_layout="interleaved", deep_leaders=0)
+
+
+def test_interleaved_chunks_and_tournament_match_a_recomputation(tiny_model, tokenizer):
+    plain = Reranker(tiny_model, tokenizer, RerankerConfig(scoring="head"))
+    members = chunk_members(len(DOCS), 4, "interleaved")  # [0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]
+    own = [0.0] * len(DOCS)
+    for m in members:
+        for k, s in zip(m, plain.rerank(QUERY, [DOCS[k] for k in m]).scores):
+            own[k] = s
+    cfg = RerankerConfig(scoring="head", window_size=4, stride=2, long_list="chunks", chunk_layout="interleaved")
+    res = Reranker(tiny_model, tokenizer, cfg).rerank(QUERY, DOCS)
+    assert res.stats.fallback == "chunks" and res.stats.llm_calls == 3
+    assert res.scores == pytest.approx(own, abs=1e-4)
+    assert res.order == sorted(range(len(DOCS)), key=lambda i: (-own[i], i))
+    # Tournament: raw scores compare across interleaved prompts, so the best 4 by score meet in a final
+    # prompt (in first-stage order); the rest follow by score, capped below the final prompt's last.
+    cfg = RerankerConfig(scoring="head", window_size=4, stride=2, long_list="tournament", chunk_layout="interleaved")
+    tour = Reranker(tiny_model, tokenizer, cfg).rerank(QUERY, DOCS)
+    leaders = sorted(sorted(range(len(DOCS)), key=lambda i: (-own[i], i))[:4])
+    final = dict(zip(leaders, plain.rerank(QUERY, [DOCS[k] for k in leaders]).scores))
+    assert tour.stats.llm_calls == 3 + 1
+    assert tour.order[:4] == sorted(leaders, key=lambda k: (-final[k], k))
+    rest = sorted(set(range(len(DOCS))) - set(leaders), key=lambda i: (-own[i], i))
+    assert tour.order[4:] == rest
+    along = [tour.scores[i] for i in tour.order]
+    assert along == sorted(along, reverse=True)
+    assert [tour.scores[k] for k in leaders] == pytest.approx([final[k] for k in leaders], abs=1e-4)
 
 
 def test_window_memo_scores_identical_prompts_once(tiny_model, tokenizer):

@@ -112,6 +112,28 @@ def test_shuffle_and_top_k_keep_the_target_consistent(tokenizer):
     assert tokenizer.decode([t for t in top["labels"] if t != IGNORE_INDEX]) == "[3] > [1] > [2] > [4]<|im_end|>"
 
 
+def test_shuffle_fraction_shuffles_a_seeded_share(tokenizer):
+    rec = LabelRecord(
+        "q",
+        "query",
+        [f"d{i}" for i in range(6)],
+        [f"d{i}" for i in range(6)],
+        {f"d{i}": f"passage {i}" for i in range(6)},
+    )
+    plain = encode_example(tokenizer, rec, ExampleOptions(max_passage_tokens=10))["input_ids"]
+    half = ExampleOptions(max_passage_tokens=10, shuffle_fraction=0.5, seed=1)
+    shuffled = [encode_example(tokenizer, rec, half, index=i)["input_ids"] != plain for i in range(200)]
+    assert 70 <= sum(shuffled) <= 130  # about half; a shuffle may rarely return the identity
+    again = [encode_example(tokenizer, rec, half, index=i)["input_ids"] != plain for i in range(200)]
+    assert again == shuffled  # a resumed run sees the same data
+    none = ExampleOptions(max_passage_tokens=10, shuffle_fraction=0.0)
+    assert all(encode_example(tokenizer, rec, none, index=i)["input_ids"] == plain for i in range(20))
+    with pytest.raises(ValueError, match="shuffle_fraction must be in"):
+        ExampleOptions(shuffle_fraction=1.5)
+    with pytest.raises(ValueError, match="set one of them"):
+        ExampleOptions(shuffle_initial_order=True, shuffle_fraction=0.3)
+
+
 def test_dataset_collator_and_length_filter(tokenizer, label_file, caplog):
     caplog.set_level("INFO", logger="rerank.training.data")
     ds = build_dataset(tokenizer, label_file, ExampleOptions(max_passage_tokens=30, max_seq_length=600))

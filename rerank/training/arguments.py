@@ -74,6 +74,15 @@ class LazyRankTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Present candidates in a random (seeded, per-example) order: initial-order augmentation."},
     )
+    shuffle_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": (
+                "Shuffle only this share of the examples (a seeded draw per example) and keep the first-stage "
+                "order in the others: the order stays a prior the model may use, not the answer. 0 = none."
+            )
+        },
+    )
     max_seq_length: int | None = field(
         default=None,
         metadata={"help": "Drop examples longer than this many tokens (counted in the log); None = keep all."},
@@ -125,6 +134,10 @@ class LazyRankTrainingArguments(TrainingArguments):
             raise ValueError(f"eval_fraction must lie in [0, 0.5), got {self.eval_fraction}")
         if self.on_invalid_labels not in ("error", "skip"):
             raise ValueError(f"on_invalid_labels must be 'error' or 'skip', got {self.on_invalid_labels!r}")
+        if not 0.0 <= self.shuffle_fraction <= 1.0:
+            raise ValueError(f"shuffle_fraction must lie in [0, 1], got {self.shuffle_fraction}")
+        if self.shuffle_initial_order and self.shuffle_fraction not in (0.0, 1.0):
+            raise ValueError("shuffle_initial_order shuffles every example: leave shuffle_fraction at 0 (or 1)")
         if self.max_train_minutes is not None and self.max_train_minutes <= 0:
             raise ValueError(f"max_train_minutes must be > 0 or None, got {self.max_train_minutes}")
         if self.stop_at_step is not None and self.stop_at_step < 1:

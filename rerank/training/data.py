@@ -8,7 +8,9 @@ which :class:`rerank.training.losses.ImportanceAwareLoss` turns into weights.
 
 Augmentation (deterministic per example and seed, so a resumed run sees the same data):
 ``shuffle_initial_order`` presents the candidates in a random order (the paper found strong
-sensitivity to initial order); ``passages_per_example`` keeps the first-stage top-k only.
+sensitivity to initial order), ``shuffle_fraction`` does so for a seeded share of the examples only
+(the first-stage order stays a useful prior, but not one that decides the answer alone);
+``passages_per_example`` keeps the first-stage top-k only.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class ExampleOptions:
     max_passage_tokens: int | None = 100
     passages_per_example: int | None = None
     shuffle_initial_order: bool = False
+    shuffle_fraction: float = 0.0  # share of examples shuffled (shuffle_initial_order = all of them)
     max_seq_length: int | None = None
     seed: int = 0
     identifier_tree: bool = False  # add the first-identifier tree for the single-pass ranking loss
@@ -43,6 +46,13 @@ class ExampleOptions:
     prompt: str = "lazyrank"  # prompt preset (rerank.prompting.presets): fine-tune a checkpoint on its own prompt
 
     def __post_init__(self):
+        if not 0.0 <= self.shuffle_fraction <= 1.0:
+            raise ValueError(f"shuffle_fraction must be in [0, 1], got {self.shuffle_fraction}")
+        if self.shuffle_initial_order and self.shuffle_fraction not in (0.0, 1.0):
+            raise ValueError(
+                f"shuffle_initial_order shuffles every example; shuffle_fraction={self.shuffle_fraction} "
+                "asks for a share: set one of them"
+            )
         if self.passages_per_example is not None and self.passages_per_example < 2:
             raise ValueError(f"passages_per_example must be >= 2 or None, got {self.passages_per_example}")
         if self.identifier_tree and (self.passage_head or not self.include_target):
@@ -64,7 +74,10 @@ def encode_example(tokenizer, record: LabelRecord, options: ExampleOptions, inde
     initial = list(record.initial_list)
     if options.passages_per_example is not None:
         initial = initial[: options.passages_per_example]
-    if options.shuffle_initial_order:
+    if options.shuffle_initial_order or (
+        options.shuffle_fraction > 0.0
+        and random.Random(f"share:{options.seed}:{index}:{record.qid}").random() < options.shuffle_fraction
+    ):
         random.Random(f"{options.seed}:{index}:{record.qid}").shuffle(initial)
     position = {d: i for i, d in enumerate(initial)}
     order = [position[d] for d in record.final_list if d in position]

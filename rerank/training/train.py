@@ -209,7 +209,12 @@ def write_recommended_settings(config: TrainConfig) -> None:
     settings = {
         "reranker": reranker,
         "max_passage_tokens": args.max_passage_tokens,
-        "trained_with": {**config.objective.settings(), "train_file": args.train_file, "seed": args.seed},
+        "trained_with": {
+            **config.objective.settings(),
+            "train_file": args.train_file,
+            "shuffle_fraction": 1.0 if args.shuffle_initial_order else args.shuffle_fraction,
+            "seed": args.seed,
+        },
     }
     if config.objective.name == "head" and config.objective.head.head_pruning is not None:
         # Weights trained with a pruned forward read that schedule best: pruning="recommended" picks it.
@@ -264,6 +269,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         max_passage_tokens=args.max_passage_tokens,
         passages_per_example=args.passages_per_example,
         shuffle_initial_order=args.shuffle_initial_order,
+        shuffle_fraction=args.shuffle_fraction,
         max_seq_length=args.max_seq_length,
         seed=args.seed,
         prompt=args.prompt,
