@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -152,6 +153,30 @@ def compute_metrics(
     judged = {qid: docs for qid, docs in qrels.items() if qid in flat_run}
     agg = ir_measures.calc_aggregate(list(measures.values()), judged, flat_run)
     return {name: float(agg[m]) for name, m in measures.items()}
+
+
+def per_query_ndcg(qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]]) -> dict[str, float]:
+    """nDCG@10 of each query of ``run`` (ir-measures, the same measure as :func:`compute_metrics`)."""
+    flat_run = {qid: {doc: float(score) for doc, score in ranked} for qid, ranked in run.items()}
+    judged = {qid: docs for qid, docs in qrels.items() if qid in flat_run}
+    return {m.query_id: float(m.value) for m in ir_measures.iter_calc([nDCG @ 10], judged, flat_run)}
+
+
+def paired_randomization(a: Sequence[float], b: Sequence[float], trials: int = 20000, seed: int = 0) -> float:
+    """Two-sided p-value of the mean of ``a - b`` under random sign flips of the per-query differences.
+
+    >>> paired_randomization([0.5, 0.4], [0.5, 0.4])
+    1.0
+    >>> paired_randomization([1.0] * 12, [0.0] * 12) < 0.001
+    True
+    """
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need two equally long, non-empty lists of per-query values, got {len(a)} and {len(b)}")
+    diffs = [x - y for x, y in zip(a, b)]
+    observed = abs(sum(diffs)) - 1e-12
+    rng = random.Random(seed)
+    hits = sum(abs(sum(d if rng.random() < 0.5 else -d for d in diffs)) >= observed for _ in range(trials))
+    return hits / trials
 
 
 # Fields that change no ranking: a resumed run may differ in these.

@@ -203,9 +203,13 @@ class Reranker:
         pruning, weights = _pruning_and_weights(model, pruning)
         # Settings the model folder recommends (lazyrank.json) fill what the caller left out.
         recommended = {k: v for k, v in recommended_settings(model).items() if k in known and k != "pruning"}
+        chosen = {name for name, value in kwargs.items() if value is not None}
         for name, value in recommended.items():
             if kwargs.get(name) is None:
                 kwargs[name] = value
+        if kwargs.get("chunk_layout") == "interleaved" and "deep_leaders" not in chosen:
+            # A recommended deep_leaders seeds the final prompt with the first consecutive chunk.
+            kwargs["deep_leaders"] = None
         if kwargs.get("scoring") is None:
             kwargs["scoring"] = "generate"
         config = RerankerConfig(

@@ -28,6 +28,7 @@ import rerank.training.losses.identifier_ranking
         rerank.evaluation,
         load_script("eval/chunk_precision.py"),
         load_script("eval/depth_methods.py"),
+        load_script("eval/plot_depth.py"),
         load_script("scripts/build_training_lists.py"),
     ],
     ids=lambda module: module.__name__,

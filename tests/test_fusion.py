@@ -84,3 +84,13 @@ def test_from_pretrained_takes_the_recommended_weight(tmp_path, tokenizer):
     rr = Reranker.from_pretrained(str(folder))
     assert rr.config.scoring == "head" and rr.config.first_stage_weight == 0.4
     assert Reranker.from_pretrained(str(folder), first_stage_weight=0.0).config.first_stage_weight == 0.0
+    # The shipped default recommends a tournament seeded by the first chunk (deep_leaders=0); asking for
+    # interleaved chunks leaves the seeding out instead of failing on the combination.
+    (folder / "lazyrank.json").write_text(
+        json.dumps({"reranker": {"scoring": "head", "long_list": "tournament", "deep_leaders": 0}})
+    )
+    assert Reranker.from_pretrained(str(folder)).config.deep_leaders == 0
+    rr = Reranker.from_pretrained(str(folder), chunk_layout="interleaved")
+    assert (rr.config.long_list, rr.config.chunk_layout, rr.config.deep_leaders) == ("tournament", "interleaved", None)
+    with pytest.raises(ValueError, match="needs chunk_layout='consecutive'"):
+        Reranker.from_pretrained(str(folder), chunk_layout="interleaved", deep_leaders=2)
