@@ -5,8 +5,9 @@ each wins, and a paired randomization test.
         runs/il/dl19/100-tournament-interleaved.jsonl runs/long/depth/dl19/100-tournament-d0.jsonl \\
         --label "interleaved tournament vs first window, top-100"
 
-Reads two ``eval/depth_methods.py`` record files (``{qid, docids, order}`` per line) and compares them
-on the queries both hold. Writes one JSON cell per ``--label`` to ``--out``.
+Reads two ``eval/depth_methods.py`` record files (``{qid, docids, order}`` per line; several
+comma-separated files per side are merged) and compares them on the queries both hold. Writes one
+JSON cell per ``--label`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,16 @@ from rerank.evaluation import paired_randomization, per_query_ndcg
 DATA = shared_data_dir(__file__)
 
 
-def ranked(path: Path) -> dict[str, list[tuple[str, float]]]:
-    """Each record's ranking as (docid, score) pairs, best first with decreasing scores."""
+def ranked(paths: str | Path) -> dict[str, list[tuple[str, float]]]:
+    """Each record's ranking as (docid, score) pairs, best first with decreasing scores; ``paths`` may
+    name several files, comma-separated (e.g. the same method run on two slices of the queries)."""
+    out = {}
+    for path in str(paths).split(","):
+        out.update(_ranked_file(Path(path)))
+    return out
+
+
+def _ranked_file(path: Path) -> dict[str, list[tuple[str, float]]]:
     out = {}
     for rec in recover_records(path):
         n = len(rec["order"])
@@ -64,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         "collection": args.collection,
         "a": args.records_a,
         "b": args.records_b,
-        **compare(coll.qrels, ranked(Path(args.records_a)), ranked(Path(args.records_b))),
+        **compare(coll.qrels, ranked(args.records_a), ranked(args.records_b)),
     }
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.is_file() else {}

@@ -30,6 +30,10 @@ def test_compare_hand_computed(tmp_path):
     assert cell["ndcg@10_a"] == 1.0
     assert cell["ndcg@10_b"] == pytest.approx(round((1 / math.log2(3) + 1) / 2, 4))
     assert 0.0 < cell["p_two_sided"] <= 1.0
+    # one side split over two files reads the same as one file
+    _records(tmp_path / "b1.jsonl", {"q1": [1, 0, 2]})
+    _records(tmp_path / "b2.jsonl", {"q2": [2, 1, 0], "q3": [1, 0, 2]})
+    assert paired.ranked(f"{tmp_path / 'b1.jsonl'},{tmp_path / 'b2.jsonl'}") == b
     with pytest.raises(ValueError, match="share no judged query"):
         paired.compare(qrels, {"q9": a["q9"]}, b)
 
