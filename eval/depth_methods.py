@@ -34,7 +34,7 @@ from rerank.data.bm25 import first_stage_run
 from rerank.data.collection import load_collection
 from rerank.data.resume import append_record, check_same_settings, recover_records, save_settings
 from rerank.data.script_support import EVAL_COLLECTIONS, shared_data_dir
-from rerank.evaluation import compute_metrics
+from rerank.evaluation import compute_metrics, scored_by_rank
 from rerank.ranking import WindowRanking
 
 DATA = shared_data_dir(__file__)
@@ -145,9 +145,7 @@ def run_cell(reranker, coll, run, qids, depth: int, spec: str, path: Path) -> di
             append_record(fh, done[qid])
     ranked = {}
     for q in qids:
-        r = done[q]
-        n = len(r["order"])
-        ranked[q] = [(r["docids"][k], float(n - pos)) for pos, k in enumerate(r["order"])]
+        ranked[q] = scored_by_rank([done[q]["docids"][k] for k in done[q]["order"]])
     recs = [done[q] for q in qids]
     return {
         "ndcg@10": round(compute_metrics(coll.qrels, ranked, coll.graded)["ndcg@10"], 4),

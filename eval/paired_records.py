@@ -20,7 +20,7 @@ from pathlib import Path
 from rerank.data.collection import load_collection
 from rerank.data.resume import recover_records
 from rerank.data.script_support import EVAL_COLLECTIONS, shared_data_dir
-from rerank.evaluation import paired_randomization, per_query_ndcg
+from rerank.evaluation import paired_randomization, per_query_ndcg, scored_by_rank
 
 DATA = shared_data_dir(__file__)
 
@@ -35,11 +35,7 @@ def ranked(paths: str | Path) -> dict[str, list[tuple[str, float]]]:
 
 
 def _ranked_file(path: Path) -> dict[str, list[tuple[str, float]]]:
-    out = {}
-    for rec in recover_records(path):
-        n = len(rec["order"])
-        out[rec["qid"]] = [(rec["docids"][k], float(n - pos)) for pos, k in enumerate(rec["order"])]
-    return out
+    return {rec["qid"]: scored_by_rank([rec["docids"][k] for k in rec["order"]]) for rec in recover_records(path)}
 
 
 def compare(qrels: dict, a: dict, b: dict) -> dict:

@@ -149,17 +149,30 @@ def compute_metrics(
     """nDCG@10, RR@10 and R@100 with ir-measures (binary measures at rel >= 2 when graded)."""
 
     measures = standard_measures(graded)
-    flat_run = {qid: {doc: float(score) for doc, score in ranked} for qid, ranked in run.items()}
-    judged = {qid: docs for qid, docs in qrels.items() if qid in flat_run}
+    judged, flat_run = _ir_inputs(qrels, run)
     agg = ir_measures.calc_aggregate(list(measures.values()), judged, flat_run)
     return {name: float(agg[m]) for name, m in measures.items()}
 
 
 def per_query_ndcg(qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]]) -> dict[str, float]:
     """nDCG@10 of each query of ``run`` (ir-measures, the same measure as :func:`compute_metrics`)."""
-    flat_run = {qid: {doc: float(score) for doc, score in ranked} for qid, ranked in run.items()}
-    judged = {qid: docs for qid, docs in qrels.items() if qid in flat_run}
+    judged, flat_run = _ir_inputs(qrels, run)
     return {m.query_id: float(m.value) for m in ir_measures.iter_calc([nDCG @ 10], judged, flat_run)}
+
+
+def _ir_inputs(qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]]) -> tuple[dict, dict]:
+    """The judgements of the run's queries and the run as ir-measures reads them."""
+    flat_run = {qid: {doc: float(score) for doc, score in ranked} for qid, ranked in run.items()}
+    return {qid: docs for qid, docs in qrels.items() if qid in flat_run}, flat_run
+
+
+def scored_by_rank(ranked: Sequence[str]) -> list[tuple[str, float]]:
+    """Docids best first, each with a score that falls by one per rank (what a TREC run needs).
+
+    >>> scored_by_rank(["d3", "d1"])
+    [('d3', 2.0), ('d1', 1.0)]
+    """
+    return [(d, float(len(ranked) - r)) for r, d in enumerate(ranked)]
 
 
 def paired_randomization(a: Sequence[float], b: Sequence[float], trials: int = 20000, seed: int = 0) -> float:
@@ -330,8 +343,7 @@ def _trec_run(qids: list[str], done: dict[str, dict], first_stage: dict[str, lis
         ranked = list(done[qid]["ranking"])
         seen = set(ranked)
         ranked += [d for d in first_stage[qid] if d not in seen]
-        total = len(ranked)
-        run[qid] = [(d, float(total - r)) for r, d in enumerate(ranked)]
+        run[qid] = scored_by_rank(ranked)
     return run
 
 

@@ -118,6 +118,15 @@ def _pruning_and_weights(model, pruning: PruningConfig | str | None) -> tuple[Pr
     return pruning, model
 
 
+def _by_passage(flat: Sequence[int], values: Sequence[float]) -> list[float]:
+    """Values given in the order chunks lay end to end (``flat[k]`` is the passage of position k),
+    put back in passage order."""
+    out = [0.0] * len(flat)
+    for k, value in zip(flat, values):
+        out[k] = value
+    return out
+
+
 class Reranker:
     """Listwise LLM reranker: full ranking in one prompt, or sliding windows.
 
@@ -384,10 +393,8 @@ class Reranker:
     def _merge_chunks(self, windows: Sequence[Window], on_call) -> list[tuple[list[int], list[float]]]:
         """Order and per-passage scores of each window from its chunks' scores alone."""
         out = []
-        for chunks, flat_to_passage in self._rank_in_chunks(windows, on_call):
-            scores = [0.0] * len(flat_to_passage)
-            for k, s in zip(flat_to_passage, (s for chunk in chunks for s in chunk)):
-                scores[k] = s
+        for chunks, flat in self._rank_in_chunks(windows, on_call):
+            scores = _by_passage(flat, [s for chunk in chunks for s in chunk])
             out.append((sorted(range(len(scores)), key=lambda k: (-scores[k], k)), scores))
         return out
 
@@ -423,10 +430,7 @@ class Reranker:
             else:
                 final_scores = chunk_scores[0]
             order, flat_scores = tournament_order(chunk_scores, size, final_scores, comparable, deep)
-            scores = [0.0] * len(flat)
-            for k, s in enumerate(flat_scores):
-                scores[flat[k]] = s
-            out.append(([flat[k] for k in order], scores))
+            out.append(([flat[k] for k in order], _by_passage(flat, flat_scores)))
         return out
 
     def _result(self, order: list[int], ranked: int, scores: list[float] | None, stats: RankingStats) -> RankingResult:

@@ -132,6 +132,10 @@ def test_shuffle_fraction_shuffles_a_seeded_share(tokenizer):
         ExampleOptions(shuffle_fraction=1.5)
     with pytest.raises(ValueError, match="set one of them"):
         ExampleOptions(shuffle_initial_order=True, shuffle_fraction=0.3)
+    from rerank.training.arguments import LazyRankTrainingArguments
+
+    with pytest.raises(ValueError, match="shuffle_fraction must be in"):  # refused before any model loads
+        LazyRankTrainingArguments(output_dir=".", shuffle_fraction=-0.1, remove_unused_columns=False)
 
 
 def test_dataset_collator_and_length_filter(tokenizer, label_file, caplog):

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
+from rerank.training.data import check_shuffle
 from rerank.training.objectives import (
     HeadArguments,
     IdentifierRankingArguments,
@@ -134,10 +135,7 @@ class LazyRankTrainingArguments(TrainingArguments):
             raise ValueError(f"eval_fraction must lie in [0, 0.5), got {self.eval_fraction}")
         if self.on_invalid_labels not in ("error", "skip"):
             raise ValueError(f"on_invalid_labels must be 'error' or 'skip', got {self.on_invalid_labels!r}")
-        if not 0.0 <= self.shuffle_fraction <= 1.0:
-            raise ValueError(f"shuffle_fraction must lie in [0, 1], got {self.shuffle_fraction}")
-        if self.shuffle_initial_order and self.shuffle_fraction not in (0.0, 1.0):
-            raise ValueError("shuffle_initial_order shuffles every example: leave shuffle_fraction at 0 (or 1)")
+        check_shuffle(self.shuffle_initial_order, self.shuffle_fraction)  # before any model is loaded
         if self.max_train_minutes is not None and self.max_train_minutes <= 0:
             raise ValueError(f"max_train_minutes must be > 0 or None, got {self.max_train_minutes}")
         if self.stop_at_step is not None and self.stop_at_step < 1:

@@ -30,6 +30,17 @@ from rerank.training.single_pass_data import pack_batch, tree_features
 logger = logging.getLogger(__name__)
 
 
+def check_shuffle(shuffle_initial_order: bool, shuffle_fraction: float) -> None:
+    """Refuse a share outside [0, 1], or a share beside ``shuffle_initial_order`` (which shuffles all)."""
+    if not 0.0 <= shuffle_fraction <= 1.0:
+        raise ValueError(f"shuffle_fraction must be in [0, 1], got {shuffle_fraction}")
+    if shuffle_initial_order and shuffle_fraction not in (0.0, 1.0):
+        raise ValueError(
+            f"shuffle_initial_order shuffles every example; shuffle_fraction={shuffle_fraction} "
+            "asks for a share: set one of them"
+        )
+
+
 @dataclass
 class ExampleOptions:
     """How label records become token sequences."""
@@ -46,13 +57,7 @@ class ExampleOptions:
     prompt: str = "lazyrank"  # prompt preset (rerank.prompting.presets): fine-tune a checkpoint on its own prompt
 
     def __post_init__(self):
-        if not 0.0 <= self.shuffle_fraction <= 1.0:
-            raise ValueError(f"shuffle_fraction must be in [0, 1], got {self.shuffle_fraction}")
-        if self.shuffle_initial_order and self.shuffle_fraction not in (0.0, 1.0):
-            raise ValueError(
-                f"shuffle_initial_order shuffles every example; shuffle_fraction={self.shuffle_fraction} "
-                "asks for a share: set one of them"
-            )
+        check_shuffle(self.shuffle_initial_order, self.shuffle_fraction)
         if self.passages_per_example is not None and self.passages_per_example < 2:
             raise ValueError(f"passages_per_example must be >= 2 or None, got {self.passages_per_example}")
         if self.identifier_tree and (self.passage_head or not self.include_target):
