@@ -13,9 +13,10 @@ Sources (never ``msmarco-dl19`` nor the SciFact TEST claims: those are evaluatio
 * ``synthetic``: the queries ``rerank generate-queries`` wrote for a corpus (``--synthetic
   QUERIES.jsonl``; its source passage is the one judged relevant, the BM25 candidates beside it are
   the list): domain adaptation without any qrels of that corpus.
-``--chunk_size`` cuts every longer list into consecutive chunks of that many passages, each its own
-list (qid ``scifact-12#3`` = the fourth chunk): the prompts a long list is ranked in at inference,
-most of them without a relevant passage, which the head's pointwise term learns to score low.
+``--chunk_size`` cuts every longer list into chunks of that many passages, each its own list (qid
+``scifact-12#3`` = the fourth chunk; consecutive ranks, or interleaved ones with ``--chunk_layout``):
+the prompts a long list is ranked in at inference, most of them without a relevant passage, which
+the head's pointwise term learns to score low.
 Each list gets graded teacher scores, its judged grades (``grades``) and a complete label:
 judged-relevant passages first (by grade), the rest in the teacher's order. The teacher
 (``--teacher``) is all-MiniLM-L6-v2 cosine (``minilm``) or an ensemble of that cosine and the
@@ -39,6 +40,7 @@ from tqdm import tqdm
 from rerank.data.collection import load_collection, read_qrels, read_run
 from rerank.data.script_support import msmarco_triple_lists, shared_data_dir
 from rerank.evaluation import compute_metrics
+from rerank.long_lists import CHUNK_LAYOUTS, chunk_members
 from rerank.prompting.prompts import sanitize
 
 DATA = shared_data_dir(__file__)
@@ -144,19 +146,20 @@ def synthetic_lists(queries_file: str, list_size: int) -> list[dict]:
     return out
 
 
-def chunked(item: dict, size: int) -> list[dict]:
-    """``item`` cut into consecutive lists of ``size`` passages (itself when it is not longer).
+def chunked(item: dict, size: int, layout: str = "consecutive") -> list[dict]:
+    """``item`` cut into the prompts of ``size`` passages inference reads it in (itself when it is not
+    longer): consecutive ranks, or interleaved ones (``rerank.long_lists.chunk_members``).
 
-    >>> [c["qid"] for c in chunked({"qid": "q", "query": "x", "initial_list": list("abcd"),
-    ...     "passages": dict.fromkeys("abcd", ""), "grades": {"c": 1}}, 2)]
-    ['q#0', 'q#1']
+    >>> [c["initial_list"] for c in chunked({"qid": "q", "query": "x", "initial_list": list("abcd"),
+    ...     "passages": dict.fromkeys("abcd", ""), "grades": {"c": 1}}, 2, "interleaved")]
+    [['a', 'c'], ['b', 'd']]
     """
     docs = item["initial_list"]
     if len(docs) <= size:
         return [item]
     out = []
-    for c, start in enumerate(range(0, len(docs), size)):
-        part = docs[start : start + size]
+    for c, members in enumerate(chunk_members(len(docs), size, layout)):
+        part = [docs[i] for i in members]
         if len(part) < 2:
             break  # a lone passage has no list to rank
         out.append(
@@ -270,8 +273,13 @@ def main(argv: list[str] | None = None) -> dict:
         default=0,
         help="With --qa_depth: a seeded sample of N questions per source (0 = all).",
     )
+    ap.add_argument("--chunk_size", type=int, default=0, help="Cut longer lists into lists of this many (0 = off).")
     ap.add_argument(
-        "--chunk_size", type=int, default=0, help="Cut longer lists into consecutive lists of this many (0 = off)."
+        "--chunk_layout",
+        choices=CHUNK_LAYOUTS,
+        default="consecutive",
+        help="How --chunk_size cuts: consecutive ranks (1-20, 21-40, ...) or interleaved ones (1, 6, 11, ...; "
+        "RerankerConfig.chunk_layout), the prompts the model will read.",
     )
     ap.add_argument(
         "--teacher",
@@ -338,7 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             ap.error(f"unknown source {src!r}")
     if args.chunk_size:
-        lists = [part for item in lists for part in chunked(item, args.chunk_size)]
+        lists = [part for item in lists for part in chunked(item, args.chunk_size, args.chunk_layout)]
     teacher = EmbeddingTeacher()
     pools: dict[str, dict[str, str]] = {}
     for item in lists:
@@ -393,6 +401,7 @@ def main(argv: list[str] | None = None) -> dict:
         "scifact_depth": args.scifact_depth,
         "scifact_claims": args.scifact_claims,
         "chunk_size": args.chunk_size,
+        "chunk_layout": args.chunk_layout,
         "qa_depth": args.qa_depth,
         "qa_questions": args.qa_questions,
         "label_ndcg10_vs_qrels": {

@@ -127,6 +127,26 @@ def test_long_lists_are_cut_into_the_chunks_inference_reads(builder):
     assert builder.chunked(item | {"grades": {}}, 50)[0]["qid"] == "scifact-7"
 
 
+def test_interleaved_chunks_hold_every_fifth_rank_in_first_stage_order(builder):
+    docs = [f"d{i}" for i in range(100)]
+    item = {"qid": "scifact-7", "query": "x", "initial_list": docs, "passages": {d: d.upper() for d in docs}}
+    parts = builder.chunked(item | {"grades": {"d0": 1, "d6": 2, "d99": 1}}, 20, "interleaved")
+    assert [p["qid"] for p in parts] == [f"scifact-7#{c}" for c in range(5)]
+    assert parts[1]["initial_list"] == [f"d{i}" for i in range(1, 100, 5)]  # ranks 2, 7, ..., 97
+    assert sorted(d for p in parts for d in p["initial_list"]) == sorted(docs)  # a partition
+    assert [p["grades"] for p in parts] == [{"d0": 1}, {"d6": 2}, {}, {}, {"d99": 1}]
+    assert all(set(p["passages"]) == set(p["initial_list"]) for p in parts)
+    # the layout only decides membership: a list that fits one prompt stays whole
+    assert builder.chunked(item | {"grades": {}}, 100, "interleaved")[0]["qid"] == "scifact-7"
+
+
+def test_an_unknown_chunk_layout_is_refused(builder, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        builder.main(["--out", str(tmp_path / "x.jsonl"), "--chunk_size", "20", "--chunk_layout", "random"])
+    assert "--chunk_layout" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("size", ["1", "-3"])
 def test_a_chunk_size_that_cannot_make_lists_is_refused(builder, tmp_path, size, capsys):
     with pytest.raises(SystemExit):
