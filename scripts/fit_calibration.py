@@ -4,8 +4,9 @@
         --records runs/depth/vaswani/100-chunks.jsonl --weights rerank/weights/smollm2-135m-head
 
 ``--records`` are raw head readouts made by ``eval/depth_methods.py`` with the ``chunks`` method (no
-``--calibrated``): per query the first-stage docids and one readout each, read in consecutive prompts
-of ``--window`` passages. With ``--variant LABEL`` they are ``eval/bench_head_speed.py`` records
+``--calibrated``): per query the first-stage docids and one readout each, read in prompts of
+``--window`` passages laid out as ``--layout`` says (``chunks@interleaved`` records: ``--layout
+interleaved``). With ``--variant LABEL`` they are ``eval/bench_head_speed.py`` records
 instead, and the readouts of that variant are fitted (the pruning-tuned weights read through their
 schedule: ``--variant "default +tuned" --weights rerank/weights/smollm2-135m-head/pruned``).
 Relevant means grade >= 2 on a graded collection (TREC DL), >= 1 otherwise;
@@ -22,16 +23,25 @@ from rerank.calibration import CALIBRATION_FILE, HeadCalibration, weights_finger
 from rerank.data.collection import load_collection
 from rerank.data.resume import recover_records
 from rerank.evaluation import binary_labels
+from rerank.long_lists import CHUNK_LAYOUTS, chunk_members
 
 
-def prompts_and_labels(records: list[dict], qrels: dict, graded: bool, window: int) -> tuple[list, list]:
-    """Per prompt (consecutive chunks of ``window``), the raw readouts and 0/1 labels."""
+def prompts_and_labels(
+    records: list[dict], qrels: dict, graded: bool, window: int, layout: str = "consecutive"
+) -> tuple[list, list]:
+    """Per prompt (chunks of ``window`` in ``layout``, as the readouts were made), the raw readouts
+    and 0/1 labels.
+
+    >>> prompts_and_labels([{"qid": "q", "docids": list("abcd"), "scores": [4, 3, 2, 1]}],
+    ...     {"q": {"c": 1}}, False, 2, "interleaved")
+    ([[4, 2], [3, 1]], [[0, 1], [0, 0]])
+    """
     prompts, labels = [], []
     for rec in records:
         judged = qrels.get(rec["qid"], {})
-        for start in range(0, len(rec["docids"]), window):
-            prompts.append(rec["scores"][start : start + window])
-            labels.append(binary_labels(judged, rec["docids"][start : start + window], graded))
+        for members in chunk_members(len(rec["docids"]), window, layout):
+            prompts.append([rec["scores"][i] for i in members])
+            labels.append(binary_labels(judged, [rec["docids"][i] for i in members], graded))
     return prompts, labels
 
 
@@ -41,6 +51,9 @@ def main(argv: list[str] | None = None) -> HeadCalibration:
     ap.add_argument("--records", required=True, help="Raw chunk readouts from eval/depth_methods.py.")
     ap.add_argument("--weights", default="rerank/weights/smollm2-135m-head", help="Weights folder to calibrate.")
     ap.add_argument("--window", type=int, default=20, help="Passages per prompt the readouts were made with.")
+    ap.add_argument(
+        "--layout", choices=CHUNK_LAYOUTS, default="consecutive", help="How the readouts' prompts were laid out."
+    )
     ap.add_argument("--out", default=None, help="Where to write (default: WEIGHTS/calibration.json).")
     ap.add_argument(
         "--variant", default=None, help="Fit this variant of eval/bench_head_speed.py records (e.g. 'default +tuned')."
@@ -61,13 +74,14 @@ def main(argv: list[str] | None = None) -> HeadCalibration:
             f"readouts of variant {args.variant!r}" if args.variant else "raw head readouts (score_kind 'head_logit')"
         )
         raise SystemExit(f"{args.records}: no {what} to fit on")
-    prompts, labels = prompts_and_labels(records, coll.qrels, coll.graded, args.window)
+    prompts, labels = prompts_and_labels(records, coll.qrels, coll.graded, args.window, args.layout)
     cal = HeadCalibration.fit(
         prompts,
         labels,
         fingerprint=weights_fingerprint(args.weights),
         fitted_on=f"{Path(args.collection).name}: {len(records)} queries, {sum(map(len, prompts))} passages "
-        f"in prompts of {args.window} ({Path(args.records).name}" + (f", {args.variant})" if args.variant else ")"),
+        f"in {args.layout} prompts of {args.window} ({Path(args.records).name}"
+        + (f", {args.variant})" if args.variant else ")"),
     )
     out = Path(args.out or Path(args.weights) / CALIBRATION_FILE)
     cal.save(out)

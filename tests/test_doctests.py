@@ -30,6 +30,7 @@ import rerank.training.losses.identifier_ranking
         load_script("eval/depth_methods.py"),
         load_script("eval/plot_depth.py"),
         load_script("scripts/build_training_lists.py"),
+        load_script("scripts/fit_calibration.py"),
     ],
     ids=lambda module: module.__name__,
 )

@@ -291,5 +291,9 @@ def test_fit_calibration_script_reads_both_record_kinds(tmp_path):
         from_chunks.prompt_mean_weight,
     ) == pytest.approx((from_bench.weight, from_bench.bias, from_bench.prompt_mean_weight))
     assert "p +tuned" in from_bench.fitted_on
+    # the same readouts stored as if read in two interleaved prompts of 2 fit other prompt means
+    interleaved = script.main([*common[:-1], "2", "--layout", "interleaved", "--records", str(chunk)])
+    assert "interleaved prompts of 2" in interleaved.fitted_on
+    assert interleaved.prompt_mean_weight != pytest.approx(from_chunks.prompt_mean_weight)
     with pytest.raises(SystemExit):
         script.main([*common, "--records", str(bench), "--variant", "missing", "--out", str(tmp_path / "c.json")])
