@@ -309,6 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--bm25_weight must be in [0, 1], got {args.bm25_weight}")
     if args.chunk_size < 0 or args.chunk_size == 1:
         ap.error(f"--chunk_size must be 0 (off) or at least 2, got {args.chunk_size}")
+    if args.chunk_layout != "consecutive" and not args.chunk_size:
+        ap.error(f"--chunk_layout {args.chunk_layout} lays out chunks: it needs --chunk_size")
     if args.qa_depth < 0 or args.qa_depth == 1 or args.qa_questions < 0:
         ap.error(
             "--qa_depth must be 0 (off) or at least 2 and --qa_questions >= 0, "

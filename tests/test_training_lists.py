@@ -145,6 +145,10 @@ def test_an_unknown_chunk_layout_is_refused(builder, tmp_path, capsys):
         builder.main(["--out", str(tmp_path / "x.jsonl"), "--chunk_size", "20", "--chunk_layout", "random"])
     assert "--chunk_layout" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+    with pytest.raises(SystemExit):  # a layout without chunks would be silently ignored
+        builder.main(["--out", str(tmp_path / "x.jsonl"), "--chunk_layout", "interleaved"])
+    assert "--chunk_layout interleaved lays out chunks: it needs --chunk_size" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("size", ["1", "-3"])
