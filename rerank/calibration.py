@@ -57,8 +57,19 @@ class HeadCalibration:
     bias: float
     fingerprint: str = field(metadata={"help": "sha256 of the weights this calibration was fitted for."})
     fitted_on: str = field(default="", metadata={"help": "What it was fitted on (collection, depth, lists)."})
+    layout: str = field(
+        default="consecutive",
+        metadata={
+            "help": "Chunk layout of the prompts it was fitted on (rerank.long_lists.CHUNK_LAYOUTS): the prompt "
+            "mean means something else in a prompt of consecutive ranks than in one of interleaved ranks."
+        },
+    )
 
     def __post_init__(self):
+        from rerank.long_lists import CHUNK_LAYOUTS
+
+        if self.layout not in CHUNK_LAYOUTS:
+            raise ValueError(f"calibration layout must be one of {CHUNK_LAYOUTS}, got {self.layout!r}")
         for name in ("weight", "prompt_mean_weight", "bias"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -81,6 +92,7 @@ class HeadCalibration:
         fingerprint: str,
         fitted_on: str = "",
         l2: float = 1e-3,
+        layout: str = "consecutive",
     ) -> HeadCalibration:
         """Fit on per-prompt readouts and 0/1 relevance labels (Newton's method on the 3 parameters)."""
         import torch
@@ -103,7 +115,7 @@ class HeadCalibration:
             if step.abs().max() < 1e-10:
                 break
         a, c, b = (float(v) for v in theta)
-        return cls(weight=a, prompt_mean_weight=c, bias=b, fingerprint=fingerprint, fitted_on=fitted_on)
+        return cls(weight=a, prompt_mean_weight=c, bias=b, fingerprint=fingerprint, fitted_on=fitted_on, layout=layout)
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")

@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> HeadCalibration:
         fitted_on=f"{Path(args.collection).name}: {len(records)} queries, {sum(map(len, prompts))} passages "
         f"in {args.layout} prompts of {args.window} ({Path(args.records).name}"
         + (f", {args.variant})" if args.variant else ")"),
+        layout=args.layout,
     )
     out = Path(args.out or Path(args.weights) / CALIBRATION_FILE)
     cal.save(out)

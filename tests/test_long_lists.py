@@ -196,6 +196,33 @@ def test_calibration_file_is_tied_to_its_weights(tmp_path):
         HeadCalibration(weight=-1.0, prompt_mean_weight=0.0, bias=0.0, fingerprint=fp)
 
 
+def test_calibration_names_its_chunk_layout_and_a_mismatch_is_reported(tmp_path, tokenizer, caplog):
+    from support import make_tiny_llama
+
+    folder = tmp_path / "tiny"
+    make_tiny_llama(len(tokenizer), layers=2).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "lazyrank.json").write_text(
+        json.dumps({"reranker": {"scoring": "head", "long_list": "tournament", "chunk_layout": "interleaved"}})
+    )
+    fp = weights_fingerprint(folder)
+    cal = HeadCalibration.fit([[1.0, 0.0, -1.0], [2.0, 0.5, 0.0]], [[1, 0, 0], [1, 1, 0]], fp, layout="interleaved")
+    cal.save(folder / "calibration.json")
+    assert HeadCalibration.load(folder / "calibration.json", fingerprint=fp).layout == "interleaved"
+    with caplog.at_level("WARNING", logger="rerank.reranker"):
+        rr = Reranker.from_pretrained(str(folder))
+    assert rr.calibration == cal and rr.config.chunk_layout == "interleaved" and not caplog.records
+    with caplog.at_level("WARNING", logger="rerank.reranker"):
+        Reranker.from_pretrained(str(folder), chunk_layout="consecutive")
+    assert "fitted on interleaved chunks" in caplog.text and "--layout consecutive" in caplog.text
+    # Files written before the field existed were all fitted on consecutive chunks.
+    old = {k: v for k, v in json.loads((folder / "calibration.json").read_text()).items() if k != "layout"}
+    (folder / "calibration.json").write_text(json.dumps(old))
+    assert HeadCalibration.load(folder / "calibration.json").layout == "consecutive"
+    with pytest.raises(ValueError, match="calibration layout must be one of"):
+        HeadCalibration(weight=1.0, prompt_mean_weight=0.0, bias=0.0, fingerprint=fp, layout="zigzag")
+
+
 def test_calibrated_reranker_returns_per_prompt_probabilities(tiny_model, tokenizer):
     cal = HeadCalibration(weight=0.7, prompt_mean_weight=-0.3, bias=0.2, fingerprint="x")
     cfg = RerankerConfig(scoring="head", window_size=4, stride=2, long_list="chunks")
