@@ -350,6 +350,8 @@ class Reranker:
                 method = self._long_list_method(w)
                 if method != "full":
                     stats[i].fallback = method
+                if method in ("chunks", "tournament"):
+                    stats[i].chunk_layout = self.config.chunk_layout
                 routes[method].append(i)
             elif self.config.strategy == "sliding":
                 routes["sliding"].append(i)

@@ -21,6 +21,9 @@ class RankingStats:
     truncated_passages: int = 0
     strategy: str = "full"
     fallback: str | None = None
+    # How the chunks of a long list were cut (``chunks``/``tournament`` fallbacks): "consecutive"
+    # or "interleaved" (rerank.long_lists); None when the list was read some other way.
+    chunk_layout: str | None = None
 
     def add_call(
         self,

@@ -72,6 +72,7 @@ def test_tournament_reranks_the_chunk_leaders_in_one_prompt(tiny_model, tokenize
     res = Reranker(tiny_model, tokenizer, cfg).rerank(QUERY, DOCS)
     assert sorted(res.order) == list(range(len(DOCS)))
     assert res.stats.fallback == "tournament" and res.stats.llm_calls == 3 + 1  # chunks of 4, 4, 3 + the final
+    assert res.stats.chunk_layout == "consecutive"
     # Independent recomputation: chunk readouts, leaders, and the final prompt's readouts.
     plain = Reranker(tiny_model, tokenizer, RerankerConfig(scoring="head"))
     chunks = [plain.rerank(QUERY, DOCS[o : o + 4]).scores for o in (0, 4, 8)]
@@ -90,6 +91,7 @@ def test_sliding_and_chunks_for_head_scoring(tiny_model, tokenizer):
     )
     res = sliding.rerank(QUERY, DOCS)
     assert res.stats.fallback == "sliding" and sorted(res.order) == list(range(len(DOCS)))
+    assert res.stats.chunk_layout is None
     assert res.stats.llm_calls == 5  # windows of 4 start at 7, 5, 3, 1 and 0 (back to front, step 2)
     chunks = Reranker(
         tiny_model, tokenizer, RerankerConfig(scoring="head", window_size=4, stride=2, long_list="chunks")
@@ -128,7 +130,7 @@ def test_interleaved_chunks_and_tournament_match_a_recomputation(tiny_model, tok
             own[k] = s
     cfg = RerankerConfig(scoring="head", window_size=4, stride=2, long_list="chunks", chunk_layout="interleaved")
     res = Reranker(tiny_model, tokenizer, cfg).rerank(QUERY, DOCS)
-    assert res.stats.fallback == "chunks" and res.stats.llm_calls == 3
+    assert res.stats.fallback == "chunks" and res.stats.llm_calls == 3 and res.stats.chunk_layout == "interleaved"
     assert res.scores == pytest.approx(own, abs=1e-4)
     assert res.order == sorted(range(len(DOCS)), key=lambda i: (-own[i], i))
     # Tournament: raw scores compare across interleaved prompts, so the best 4 by score meet in a final
