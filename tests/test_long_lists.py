@@ -12,6 +12,7 @@ from support import load_script
 from rerank import Reranker, RerankerConfig
 from rerank.calibration import HeadCalibration, expected_calibration_error, weights_fingerprint
 from rerank.long_lists import chunk_members, round_robin, tournament_leaders, tournament_order
+from rerank.ranking import Window
 from rerank.results import RankingResult
 from rerank.serving.scores import relevance_scores
 
@@ -326,3 +327,20 @@ def test_fit_calibration_script_reads_both_record_kinds(tmp_path):
     assert interleaved.prompt_mean_weight != pytest.approx(from_chunks.prompt_mean_weight)
     with pytest.raises(SystemExit):
         script.main([*common, "--records", str(bench), "--variant", "missing", "--out", str(tmp_path / "c.json")])
+
+
+def test_three_hundred_passages_rank_by_an_interleaved_tournament(tiny_model, tokenizer):
+    # More passages than the context holds: 15 interleaved prompts of 20 and one final prompt.
+    docs = [
+        f"Passage {i}: honey bees {'shiver' if i % 7 == 0 else 'forage'} beside hive number {i} in the meadow of "
+        f"field {i % 11}, close to the old orchard wall and the river."
+        for i in range(300)
+    ]
+    cfg = RerankerConfig(scoring="head", long_list="tournament", chunk_layout="interleaved")
+    rr = Reranker(tiny_model, tokenizer, cfg)
+    assert not rr.fits(Window(QUERY, docs))
+    res = rr.rerank(QUERY, docs)
+    assert (res.stats.fallback, res.stats.chunk_layout, res.stats.llm_calls) == ("tournament", "interleaved", 16)
+    assert sorted(res.order) == list(range(300))
+    along = [res.scores[i] for i in res.order]
+    assert along == sorted(along, reverse=True)
