@@ -16,9 +16,10 @@
 #    segment where the shipped run ended. Every call resumes from the newest checkpoint; with
 #    MAX_TRAIN_MINUTES a segment may stop early: run the script again.
 # 3. the fusion weight on Vaswani, 4. the quality table on DL19 / SciFact (skip with QUALITY=0),
-# 5. packaging + model card (lazyrank.json: scoring head, fusion off, long lists by tournament with the
-#    first window on top: the settings eval/depth_methods.py chose on Vaswani, docs/benchmarks.md#depth),
-# 6. the head calibration, fitted on the raw chunk readouts of the first 40 Vaswani queries at top-100.
+# 5. packaging + model card (lazyrank.json: scoring head, fusion off, long lists by a tournament over
+#    interleaved chunks: the method eval/depth_methods.py chose, docs/benchmarks.md#depth),
+# 6. the head calibration, fitted on the raw interleaved chunk readouts of the first 40 Vaswani queries
+#    at top-100 (the layout the default reads long lists in).
 # On a GPU the same segments take minutes (add --bf16 true through EXTRA_TRAIN_ARGS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,7 +70,7 @@ MODEL="$OUT/model4"
 # The first-stage fusion weight is chosen on Vaswani (neither training nor evaluation data).
 $PY scripts/fusion_dev.py --model "$MODEL" --work_dir "$OUT/fusion" --out "$OUT/fusion.json"
 PACKAGE_ARGS=(--fusion "$OUT/fusion.json" --setting first_stage_weight=0.0 --setting 'long_list="tournament"'
-  --setting deep_leaders=0 --labels default --labels "$OUT/train-ensemble.summary.json" --labels "$OUT/train-long.summary.json"
+  --setting 'chunk_layout="interleaved"' --labels default --labels "$OUT/train-ensemble.summary.json" --labels "$OUT/train-long.summary.json"
   --history "Steps 1-301: configs/train/head-cpu.yaml, linear LR 4e-4 over 450 steps (20 warm-up), stopped at step 301."
   --history "Steps 302-501: a second run from the step-301 adapter (--init_adapter, fresh AdamW state, a new data order: --data_seed 1; the held-out split stays on seed 42), LR 2.7e-4 after 10 warm-up steps decaying linearly over 600 steps, stopped at its step 200 (LR 1.8e-4)."
   --history "Steps 502-701: a third run from the step-501 adapter on the ensemble labels (train-ensemble.jsonl: MiniLM + BM25 order, judged soft scores lifted by 0.1 x grade, SciFact train claims at top-20), LR 2e-4 after 10 warm-up steps decaying linearly over 200 steps, --max_seq_length 2600, --data_seed 2."
@@ -81,8 +82,10 @@ if [ "$QUALITY" = "1" ]; then
 fi
 $PY scripts/package_weights.py --run "$MODEL" "${PACKAGE_ARGS[@]}"
 
-# The calibration belongs to the packaged weights (tied by sha256): fit it on Vaswani's raw readouts.
-$PY eval/depth_methods.py --collection vaswani --depths 100 --methods chunks --limit_queries 40 \
+# The calibration belongs to the packaged weights (tied by sha256): fit it on Vaswani's raw readouts,
+# read in the interleaved chunks the default ranks long lists with.
+$PY eval/depth_methods.py --collection vaswani --depths 100 --methods chunks@interleaved --limit_queries 40 \
     --work_dir "$OUT/depth" --out "$OUT/depth.json"
-$PY scripts/fit_calibration.py --collection ../shared/data/vaswani --records "$OUT/depth/vaswani/100-chunks.jsonl" \
+$PY scripts/fit_calibration.py --collection ../shared/data/vaswani \
+    --records "$OUT/depth/vaswani/100-chunks-interleaved.jsonl" --layout interleaved \
     --weights rerank/weights/smollm2-135m-head

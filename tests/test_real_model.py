@@ -107,15 +107,24 @@ def test_shipped_default_ranks_by_relevance(real_reranker):
     assert all(0.0 < p < 1.0 for p in calibrated.scores)
 
 
-def test_shipped_default_ranks_a_long_list_by_tournament(real_reranker):
-    """30 passages (the demo's 12, then 18 of them again reworded): chunks of 20 and 10; the first
-    window decides the top (deep_leaders=0, chosen on Vaswani), every passage gets a probability."""
+def test_shipped_default_ranks_a_long_list_by_interleaved_tournament(real_reranker):
+    """30 passages (the demo's 12, then 18 of them again reworded): two interleaved chunks of 15
+    (first-stage ranks 1, 3, 5, ... and 2, 4, 6, ...), then a final prompt over the 20 most probable,
+    read in first-stage order; every passage gets a probability."""
     docs = DEMO_PASSAGES + [f"Note {i}: {DEMO_PASSAGES[i % 12].lower()}" for i in range(18)]
     res = real_reranker.rerank(DEMO_QUERY, docs)
-    assert res.stats.fallback == "tournament" and res.stats.llm_calls == 2  # no final prompt needed
-    assert sorted(res.order) == list(range(30)) and set(res.order[:20]) == set(range(20))
-    first = real_reranker.rerank(DEMO_QUERY, docs[:20])
-    assert res.order[:20] == first.order and res.scores[:20] == pytest.approx(first.scores, abs=1e-5)
+    assert res.stats.fallback == "tournament" and res.stats.llm_calls == 3
+    assert sorted(res.order) == list(range(30))
+    # The same prompts, one at a time: each chunk is a list of 15 in first-stage order.
+    probability = {}
+    for members in (list(range(0, 30, 2)), list(range(1, 30, 2))):
+        chunk = real_reranker.rerank(DEMO_QUERY, [docs[i] for i in members])
+        probability.update({members[k]: p for k, p in enumerate(chunk.scores)})
+    flat = list(range(0, 30, 2)) + list(range(1, 30, 2))  # the chunks laid end to end (ties: chunk order)
+    leaders = sorted(sorted(flat, key=lambda i: (-probability[i], flat.index(i)))[:20])
+    final = real_reranker.rerank(DEMO_QUERY, [docs[i] for i in leaders])
+    assert res.order[:20] == [leaders[k] for k in final.order]
+    assert [res.scores[i] for i in res.order[:20]] == pytest.approx([final.scores[k] for k in final.order], abs=1e-5)
     along = [res.scores[i] for i in res.order]
     assert along == sorted(along, reverse=True)
 
