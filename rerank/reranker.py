@@ -154,6 +154,16 @@ class Reranker:
             _pruning.check_supported(model, self.config.pruning)
         if calibration is not None and not self.scorer.merges_chunks:
             raise ValueError(f"a head calibration applies to scoring='head' only, not scoring={self.config.scoring!r}")
+        if calibration is not None and calibration.layout != self.config.chunk_layout:
+            # Still usable (each prompt's order is kept), but chunks of a long list are merged by a
+            # prompt-mean term fitted on the other kind of prompt.
+            logger.warning(
+                "the calibration was fitted on %s chunks, these long lists are read in %s chunks: refit it with "
+                "scripts/fit_calibration.py --layout %s for probabilities that hold across chunks",
+                calibration.layout,
+                self.config.chunk_layout,
+                self.config.chunk_layout,
+            )
         self.calibration = calibration
 
     @property
@@ -242,18 +252,7 @@ class Reranker:
             chosen = resolve_precision(precision)
             lm = apply_cpu_precision(lm, chosen)
             config.precision = chosen
-        cal = _load_calibration(weights, calibration, config.scoring)
-        if cal is not None and cal.layout != config.chunk_layout:
-            # Still usable (each prompt's order is kept), but chunks of a long list are merged by a
-            # prompt-mean term fitted on the other kind of prompt.
-            logger.warning(
-                "the calibration was fitted on %s chunks, these long lists are read in %s chunks: refit it with "
-                "scripts/fit_calibration.py --layout %s for probabilities that hold across chunks",
-                cal.layout,
-                config.chunk_layout,
-                config.chunk_layout,
-            )
-        return cls(lm, tok, config, calibration=cal)
+        return cls(lm, tok, config, calibration=_load_calibration(weights, calibration, config.scoring))
 
     # ------------------------------------------------------------------ window primitive
     def encode(self, window: Window) -> PromptEncoding:
