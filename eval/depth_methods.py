@@ -23,49 +23,20 @@ nDCG@10 on the same queries beside every method.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from rerank.data.bm25 import first_stage_run
 from rerank.data.collection import load_collection
 from rerank.data.resume import append_record, check_same_settings, recover_records, save_settings
 from rerank.data.script_support import EVAL_COLLECTIONS, shared_data_dir
+from rerank.data.window_memo import DiskMemo
 from rerank.evaluation import compute_metrics, scored_by_rank
-from rerank.ranking import WindowRanking
 
 DATA = shared_data_dir(__file__)
 COLLECTIONS = EVAL_COLLECTIONS
-
-
-class DiskMemo(dict):
-    """``Reranker.window_memo`` kept in an append-only JSONL file, keyed by a hash of the prompt."""
-
-    def __init__(self, path: Path):
-        super().__init__()
-        self.path = path
-        for rec in recover_records(path) if path.is_file() else []:
-            super().__setitem__(rec["key"], WindowRanking(**rec["ranking"]))
-        self._fh = open(path, "a", encoding="utf-8")
-
-    @staticmethod
-    def _key(key) -> str:
-        ids, top_k = key
-        return hashlib.sha1(f"{top_k}:{','.join(map(str, ids))}".encode()).hexdigest()
-
-    def __contains__(self, key) -> bool:
-        return super().__contains__(self._key(key))
-
-    def __getitem__(self, key) -> WindowRanking:
-        return super().__getitem__(self._key(key))
-
-    def __setitem__(self, key, ranking: WindowRanking) -> None:
-        k = self._key(key)
-        super().__setitem__(k, ranking)
-        append_record(self._fh, {"key": k, "ranking": asdict(ranking)})  # flushed and synced
 
 
 def parse_method(spec: str) -> tuple[str, int | None, int | None, str]:

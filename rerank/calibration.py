@@ -13,6 +13,12 @@ prompt is unchanged; across prompts (chunks of a long list, or queries) the prob
 comparable quantity. The file is tied to the weights it was fitted for by their sha256: a calibration
 fitted for other weights is refused.
 
+A readout means something else in each kind of prompt (``PROMPT_KINDS``), because the passages beside
+it were chosen differently: a ``chunk`` of a long list holds a mix of first-stage ranks, the ``final``
+prompt of a tournament holds the best of the whole list, a ``single`` prompt holds a list that fits
+one window (usually a first-stage top 20). Each kind may carry its own ``(a, c, b)``; a kind without
+its own set uses the chunk set.
+
 Example:
     >>> cal = HeadCalibration(weight=1.0, prompt_mean_weight=-0.5, bias=0.0, fingerprint="x")
     >>> [round(p, 3) for p in cal.probabilities([2.0, 0.0])]
@@ -25,12 +31,13 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rerank.models import sha256_file
 
 CALIBRATION_FILE = "calibration.json"
+PROMPT_KINDS = ("chunk", "final", "single")
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors")
 
 
@@ -48,9 +55,21 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
+def _check_parameters(name: str, weight, prompt_mean_weight, bias) -> None:
+    for what, value in (("weight", weight), ("prompt_mean_weight", prompt_mean_weight), ("bias", bias)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"calibration {name}{what} must be a finite number, got {value!r}")
+    if weight <= 0:
+        raise ValueError(f"calibration {name}weight must be positive (it keeps each prompt's order), got {weight}")
+
+
 @dataclass(frozen=True)
 class HeadCalibration:
-    """``p = sigmoid(weight * s + prompt_mean_weight * mean(s over the prompt) + bias)``."""
+    """``p = sigmoid(weight * s + prompt_mean_weight * mean(s over the prompt) + bias)``, per prompt kind.
+
+    ``weight``, ``prompt_mean_weight`` and ``bias`` are the chunk set; ``final_prompt`` and
+    ``single_prompt`` are optional ``(weight, prompt_mean_weight, bias)`` sets for those kinds.
+    """
 
     weight: float
     prompt_mean_weight: float
@@ -64,25 +83,57 @@ class HeadCalibration:
             "mean means something else in a prompt of consecutive ranks than in one of interleaved ranks."
         },
     )
+    final_prompt: tuple[float, float, float] | None = field(
+        default=None,
+        metadata={"help": "(weight, prompt_mean_weight, bias) for a tournament's final prompt; None: the chunk set."},
+    )
+    single_prompt: tuple[float, float, float] | None = field(
+        default=None,
+        metadata={"help": "(weight, prompt_mean_weight, bias) for a list that fits one prompt; None: the chunk set."},
+    )
 
     def __post_init__(self):
         from rerank.long_lists import CHUNK_LAYOUTS
 
         if self.layout not in CHUNK_LAYOUTS:
             raise ValueError(f"calibration layout must be one of {CHUNK_LAYOUTS}, got {self.layout!r}")
-        for name in ("weight", "prompt_mean_weight", "bias"):
+        _check_parameters("", self.weight, self.prompt_mean_weight, self.bias)
+        for kind in ("final", "single"):
+            name = f"{kind}_prompt"
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"calibration {name} must be a finite number, got {value!r}")
-        if self.weight <= 0:
-            raise ValueError(f"calibration weight must be positive (it keeps each prompt's order), got {self.weight}")
+            if value is None:
+                continue
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 3:
+                raise ValueError(f"calibration {name} must be (weight, prompt_mean_weight, bias), got {value!r}")
+            _check_parameters(f"{name} ", *value)
+            object.__setattr__(self, name, tuple(float(v) for v in value))  # JSON gives a list
 
-    def probabilities(self, prompt_scores: Sequence[float]) -> list[float]:
-        """Probabilities for the readouts of ONE prompt (the mean is taken over them)."""
+    def parameters(self, kind: str = "chunk") -> tuple[float, float, float]:
+        """``(weight, prompt_mean_weight, bias)`` applied to a prompt of ``kind`` (one of PROMPT_KINDS)."""
+        if kind not in PROMPT_KINDS:
+            raise ValueError(f"prompt kind must be one of {PROMPT_KINDS}, got {kind!r}")
+        own = None if kind == "chunk" else getattr(self, f"{kind}_prompt")
+        return own if own is not None else (self.weight, self.prompt_mean_weight, self.bias)
+
+    def probabilities(self, prompt_scores: Sequence[float], kind: str = "chunk") -> list[float]:
+        """Probabilities for the readouts of ONE prompt of ``kind`` (the mean is taken over them)."""
+        a, c, b = self.parameters(kind)
         if not prompt_scores:
             return []
         mean = math.fsum(prompt_scores) / len(prompt_scores)
-        return [sigmoid(self.weight * s + self.prompt_mean_weight * mean + self.bias) for s in prompt_scores]
+        return [sigmoid(a * s + c * mean + b) for s in prompt_scores]
+
+    def with_kind(self, kind: str, fitted: HeadCalibration) -> HeadCalibration:
+        """This calibration with ``fitted``'s parameters for prompts of ``kind`` (its chunk set, for
+        ``"chunk"``, replaces this one's and drops the other kinds: they were fitted beside the old one)."""
+        if fitted.fingerprint != self.fingerprint:
+            raise ValueError("the new parameters were fitted for other weights than this calibration")
+        if kind == "chunk":
+            return fitted
+        params = (fitted.weight, fitted.prompt_mean_weight, fitted.bias)
+        self.parameters(kind)  # validates the kind
+        note = f"{self.fitted_on}; {kind} prompts: {fitted.fitted_on}" if fitted.fitted_on else self.fitted_on
+        return replace(self, fitted_on=note, **{f"{kind}_prompt": params})
 
     @classmethod
     def fit(

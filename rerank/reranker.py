@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -149,6 +149,8 @@ class Reranker:
         # Benchmarks that compare long-list methods set a dict here: identical prompts are then scored
         # once and their measured cost is reported again to every method that needs them.
         self.window_memo: dict | None = None
+        # Calibration fitting sets a callable here: it sees every prompt's kind, window and raw readouts.
+        self.prompt_observer: Callable[[str, Window, WindowRanking], None] | None = None
         self.scorer = scorer_class(self.config.scoring)(model, tokenizer, self.table, self.preset, self.config.pruning)
         if self.config.pruning is not None:
             _pruning.check_supported(model, self.config.pruning)
@@ -295,8 +297,24 @@ class Reranker:
             return f"over the {self.preset.ids.max_count} {self.preset.identifiers} identifiers"
         return f"{len(self.encode(window).input_ids)} prompt tokens"
 
-    def rank_windows(self, windows: Sequence[Window]) -> list[WindowRanking]:
-        """Rank independent windows (constrained decoding, or single-pass scoring), ``batch_size`` prompts at a time."""
+    def rank_windows(self, windows: Sequence[Window], prompt_kind: str = "single") -> list[WindowRanking]:
+        """Rank independent windows (constrained decoding, or single-pass scoring), ``batch_size`` prompts at
+        a time. With a calibration, each window's scores are probabilities for prompts of ``prompt_kind``
+        (``rerank.calibration.PROMPT_KINDS``: how its passages were chosen)."""
+        results = self.read_windows(windows)
+        if self.prompt_observer is not None:
+            for window, ranking in zip(windows, results):
+                self.prompt_observer(prompt_kind, window, ranking)
+        if self.calibration is None:
+            return results
+        # The memo keeps raw readouts: calibration is per prompt and cheap.
+        return [
+            r if r.scores is None else replace(r, scores=self.calibration.probabilities(r.scores, prompt_kind))
+            for r in results
+        ]
+
+    def read_windows(self, windows: Sequence[Window]) -> list[WindowRanking]:
+        """:meth:`rank_windows` without the calibration: the scorer's own scores (raw head readouts)."""
         results: list[WindowRanking | None] = [None] * len(windows)
         todo = []
         for i, w in enumerate(windows):
@@ -328,12 +346,6 @@ class Reranker:
                 results[i] = ranking
                 if self.window_memo is not None:
                     self.window_memo[keys[i]] = ranking
-        if self.calibration is not None:
-            # The memo keeps raw readouts: calibration is per prompt and cheap.
-            results = [
-                r if r is None or r.scores is None else replace(r, scores=self.calibration.probabilities(r.scores))
-                for r in results
-            ]
         return results  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ routing and merging
@@ -394,7 +406,8 @@ class Reranker:
         members = [chunk_members(len(w.passages), size, self.config.chunk_layout) for w in windows]
         pieces = [(j, m) for j, per_window in enumerate(members) for m in per_window]
         scored = self.rank_windows(
-            [Window(query=windows[j].query, passages=[windows[j].passages[k] for k in m]) for j, m in pieces]
+            [Window(query=windows[j].query, passages=[windows[j].passages[k] for k in m]) for j, m in pieces],
+            prompt_kind="chunk",
         )
         chunks: list[list[list[float]]] = [[] for _ in windows]
         for (j, _), r in zip(pieces, scored):
@@ -429,7 +442,8 @@ class Reranker:
                     [
                         Window(query=windows[j].query, passages=[windows[j].passages[k] for k in finalists[j]])
                         for j in todo
-                    ]
+                    ],
+                    prompt_kind="final",
                 ),
             )
         )

@@ -247,6 +247,124 @@ def test_calibrated_reranker_returns_per_prompt_probabilities(tiny_model, tokeni
     assert tour.order[4:] == sorted(set(range(len(DOCS))) - set(leaders), key=lambda i: (-want[i], i))
 
 
+def test_calibration_kinds_fall_back_to_the_chunk_set_and_validate(tmp_path):
+    cal = HeadCalibration(weight=1.0, prompt_mean_weight=-0.5, bias=0.0, fingerprint="x", final_prompt=[2.0, 0.0, -1.0])
+    assert cal.final_prompt == (2.0, 0.0, -1.0)  # a JSON list becomes a tuple
+    assert cal.parameters("single") == cal.parameters("chunk") == (1.0, -0.5, 0.0)
+    # final: sigmoid(2 s - 1) for s = 1, 0; chunk: sigmoid(s - 0.5 * 0.5)
+    assert cal.probabilities([1.0, 0.0], "final") == pytest.approx([1 / (1 + math.exp(-1)), 1 / (1 + math.exp(1))])
+    assert cal.probabilities([1.0, 0.0]) == pytest.approx([1 / (1 + math.exp(-0.75)), 1 / (1 + math.exp(0.25))])
+    cal.save(tmp_path / "c.json")
+    assert HeadCalibration.load(tmp_path / "c.json") == cal
+    single = HeadCalibration(weight=3.0, prompt_mean_weight=0.0, bias=1.0, fingerprint="x", fitted_on="top-20")
+    both = cal.with_kind("single", single)
+    assert both.single_prompt == (3.0, 0.0, 1.0) and both.final_prompt == cal.final_prompt
+    assert both.fitted_on.endswith("single prompts: top-20")
+    assert cal.with_kind("chunk", single) == single  # a new chunk set replaces the whole calibration
+    with pytest.raises(ValueError, match="other weights"):
+        cal.with_kind("final", HeadCalibration(weight=1.0, prompt_mean_weight=0.0, bias=0.0, fingerprint="y"))
+    with pytest.raises(ValueError, match="prompt kind must be one of"):
+        cal.probabilities([1.0], "window")
+    with pytest.raises(ValueError, match="final_prompt must be"):
+        HeadCalibration(weight=1.0, prompt_mean_weight=0.0, bias=0.0, fingerprint="x", final_prompt=[1.0, 0.0])
+    with pytest.raises(ValueError, match="single_prompt weight must be positive"):
+        HeadCalibration(weight=1.0, prompt_mean_weight=0.0, bias=0.0, fingerprint="x", single_prompt=[0.0, 0.0, 0.0])
+
+
+def test_calibrated_reranker_reads_each_kind_of_prompt_with_its_own_parameters(tiny_model, tokenizer):
+    cal = HeadCalibration(
+        weight=0.7,
+        prompt_mean_weight=-0.3,
+        bias=0.2,
+        fingerprint="x",
+        final_prompt=(1.3, 0.4, -2.0),
+        single_prompt=(0.2, 0.0, 1.5),
+    )
+    cfg = RerankerConfig(scoring="head", window_size=4, stride=2, long_list="tournament", chunk_layout="interleaved")
+    rr = Reranker(tiny_model, tokenizer, cfg, calibration=cal)
+    seen = []
+    rr.prompt_observer = lambda kind, window, ranking: seen.append((kind, list(window.passages), ranking.scores))
+    res = rr.rerank(QUERY, DOCS)
+    assert [kind for kind, *_ in seen] == ["chunk", "chunk", "chunk", "final"]
+    assert [p for _, p, _ in seen[:3]] == [[DOCS[i] for i in m] for m in chunk_members(11, 4, "interleaved")]
+    # The final prompt's passages get its own parameters; the order is its raw order (a > 0).
+    _, finalists, readouts = seen[3]
+    final = dict(zip(finalists, cal.probabilities(readouts, "final")))
+    top = [DOCS[i] for i in res.order[:4]]
+    assert sorted(top, key=finalists.index) == finalists
+    assert [res.scores[i] for i in res.order[:4]] == pytest.approx([final[d] for d in top], abs=1e-6)
+    assert sorted(final.values(), reverse=True) == pytest.approx([final[d] for d in top], abs=1e-6)
+    # A list that fits one prompt is read as a single prompt.
+    seen.clear()
+    short = rr.rerank(QUERY, DOCS[:3])
+    ((kind, _, readouts),) = seen
+    assert kind == "single" and short.scores == pytest.approx(cal.probabilities(readouts, "single"), abs=1e-6)
+    assert readouts == rr.read_windows([Window(query=QUERY, passages=DOCS[:3])])[0].scores  # raw, uncalibrated
+
+
+def test_disk_memo_resumes_and_a_read_only_memo_scores_nothing(tmp_path, tiny_model, tokenizer):
+    from rerank.data.window_memo import DiskMemo
+
+    cfg = RerankerConfig(scoring="head", window_size=4, stride=2, long_list="chunks")
+    rr = Reranker(tiny_model, tokenizer, cfg)
+    rr.window_memo = DiskMemo(tmp_path / "memo.jsonl")
+    first = rr.rerank(QUERY, DOCS)
+    assert len((tmp_path / "memo.jsonl").read_text().splitlines()) == 3  # one line per chunk
+    rr.window_memo = DiskMemo(tmp_path / "memo.jsonl", read_only=True)
+    again = rr.rerank(QUERY, DOCS)
+    assert again.order == first.order and again.scores == first.scores
+    assert again.stats.prefill_seconds == first.stats.prefill_seconds  # each prompt's cost as first measured
+    with pytest.raises(KeyError, match="read-only memo"):
+        rr.rerank(QUERY, DOCS[:5])
+
+
+def _judged_collection(tmp_path, docs: int, queries: int) -> tuple:
+    """A collection folder where query i's one relevant doc is d(i % docs), and a weights folder."""
+    coll = tmp_path / "coll"
+    coll.mkdir()
+    (coll / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": "t"}) + "\n" for i in range(docs)))
+    (coll / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": "q"}) + "\n" for i in range(queries))
+    )
+    (coll / "qrels.txt").write_text("".join(f"q{i} 0 d{i % docs} 1\n" for i in range(queries)))
+    weights = tmp_path / "w"
+    weights.mkdir()
+    (weights / "adapter_model.safetensors").write_bytes(b"weights")
+    return coll, weights
+
+
+def test_fit_calibration_script_adds_a_kind_from_prompt_records(tmp_path):
+    script = load_script("scripts/fit_calibration.py")
+    coll, weights = _judged_collection(tmp_path, 3, 8)
+    rng = random.Random(1)
+    records = []
+    for i in range(8):
+        final = {"kind": "final", "docids": ["d0", "d1", "d2"], "readouts": [rng.gauss(0, 1) for _ in range(3)]}
+        final["readouts"][i % 3] += 1.5  # the relevant one reads higher, not always highest
+        chunk = {"kind": "chunk", "docids": ["d3", "d4", "d5"], "readouts": [rng.gauss(-2, 1) for _ in range(3)]}
+        records.append({"qid": f"q{i}", "method": "tournament", "layout": "interleaved", "prompts": [chunk, final]})
+    path = tmp_path / "100-prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = ["--collection", str(coll), "--records", str(path), "--weights", str(weights)]
+    with pytest.raises(SystemExit, match="--kind chunk first"):
+        script.main([*args, "--kind", "final"])
+    fp = weights_fingerprint(weights)
+    HeadCalibration(weight=1.0, prompt_mean_weight=0.0, bias=-3.0, fingerprint=fp, layout="interleaved").save(
+        weights / "calibration.json"
+    )
+    cal = script.main([*args, "--kind", "final"])
+    prompts = [r["prompts"][1]["readouts"] for r in records]
+    labels = [[int(k == i % 3) for k in range(3)] for i in range(8)]
+    want = HeadCalibration.fit(prompts, labels, fp)
+    assert cal.final_prompt == pytest.approx((want.weight, want.prompt_mean_weight, want.bias))
+    assert cal.parameters("chunk") == (1.0, 0.0, -3.0) and cal.single_prompt is None
+    assert HeadCalibration.load(weights / "calibration.json", fingerprint=fp) == cal
+    chunks = tmp_path / "chunks.jsonl"
+    chunks.write_text(json.dumps({"qid": "q0", "docids": ["d0"], "scores": [1.0], "score_kind": "head_logit"}) + "\n")
+    with pytest.raises(SystemExit, match="final prompts are recorded only by"):
+        script.main(["--collection", str(coll), "--records", str(chunks), "--weights", str(weights), "--kind", "final"])
+
+
 def test_relevance_scores_keep_probabilities_monotone():
     res = RankingResult.from_scores([1, 0, 2], [0.4, 0.7, 0.1], 3, None, "probability")
     assert relevance_scores(res) == [0.4, 0.7, 0.1]
@@ -276,14 +394,7 @@ def test_fit_calibration_script_reads_both_record_kinds(tmp_path):
     import json
 
     script = load_script("scripts/fit_calibration.py")
-    coll = tmp_path / "coll"
-    coll.mkdir()
-    (coll / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": "t"}) + "\n" for i in range(4)))
-    (coll / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": "q"}) + "\n" for i in range(6)))
-    (coll / "qrels.txt").write_text("".join(f"q{i} 0 d{i % 4} 1\n" for i in range(6)))
-    weights = tmp_path / "w"
-    weights.mkdir()
-    (weights / "adapter_model.safetensors").write_bytes(b"weights")
+    coll, weights = _judged_collection(tmp_path, 4, 6)
     readouts = {f"q{i}": [2.0 if k == i % 4 else -1.0 - k for k in range(4)] for i in range(6)}
     readouts["q5"] = [0.5, -0.5, 1.0, -2.0]  # one noisy query keeps the fit finite
     docids = [f"d{k}" for k in range(4)]

@@ -1,1 +1,1 @@
-"""Collections, TREC runs and qrels, the BM25 first stage, rank_llm files, resumable logs."""
+"""Collections, TREC runs and qrels, the BM25 first stage, rank_llm files, resumable logs, window memos."""
