@@ -19,7 +19,8 @@
 # 5. packaging + model card (lazyrank.json: scoring head, fusion off, long lists by a tournament over
 #    interleaved chunks: the method eval/depth_methods.py chose, docs/benchmarks.md#depth),
 # 6. the head calibration, fitted on the raw interleaved chunk readouts of the first 40 Vaswani queries
-#    at top-100 (the layout the default reads long lists in).
+#    at top-100 (the layout the default reads long lists in), then the final-prompt and single-prompt
+#    sets on all 93.
 # On a GPU the same segments take minutes (add --bf16 true through EXTRA_TRAIN_ARGS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,3 +90,12 @@ $PY eval/depth_methods.py --collection vaswani --depths 100 --methods chunks@int
 $PY scripts/fit_calibration.py --collection ../shared/data/vaswani \
     --records "$OUT/depth/vaswani/100-chunks-interleaved.jsonl" --layout interleaved \
     --weights rerank/weights/smollm2-135m-head
+# Then one set each for the tournament's final prompt and for a list that fits one prompt: their
+# passages were chosen otherwise than a chunk's (every prompt the default reads, all 93 queries).
+for depth in 100 20; do
+  $PY eval/prompt_readouts.py --collection vaswani --depth $depth --work_dir "$OUT/depth"
+done
+$PY scripts/fit_calibration.py --collection ../shared/data/vaswani --kind final \
+    --records "$OUT/depth/vaswani/100-prompts.jsonl" --weights rerank/weights/smollm2-135m-head
+$PY scripts/fit_calibration.py --collection ../shared/data/vaswani --kind single \
+    --records "$OUT/depth/vaswani/20-prompts.jsonl" --weights rerank/weights/smollm2-135m-head

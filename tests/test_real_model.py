@@ -103,7 +103,8 @@ def test_shipped_default_ranks_by_relevance(real_reranker):
     # The default: the same order, scores mapped to probabilities by the shipped calibration.
     calibrated = real_reranker.rerank(DEMO_QUERY, DEMO_PASSAGES)
     assert calibrated.score_kind == "probability" and calibrated.order == res.order
-    assert calibrated.scores == pytest.approx(real_reranker.calibration.probabilities(res.scores), abs=1e-5)
+    single = real_reranker.calibration.probabilities(res.scores, "single")  # a list that fits one prompt
+    assert calibrated.scores == pytest.approx(single, abs=1e-5)
     assert all(0.0 < p < 1.0 for p in calibrated.scores)
 
 
@@ -115,16 +116,21 @@ def test_shipped_default_ranks_a_long_list_by_interleaved_tournament(real_rerank
     res = real_reranker.rerank(DEMO_QUERY, docs)
     assert res.stats.fallback == "tournament" and res.stats.llm_calls == 3
     assert sorted(res.order) == list(range(30))
-    # The same prompts, one at a time: each chunk is a list of 15 in first-stage order.
+    # The same prompts, one at a time: each chunk is a list of 15 in first-stage order, read as a chunk.
+    cal = real_reranker.calibration
     probability = {}
     for members in (list(range(0, 30, 2)), list(range(1, 30, 2))):
-        chunk = real_reranker.rerank(DEMO_QUERY, [docs[i] for i in members])
-        probability.update({members[k]: p for k, p in enumerate(chunk.scores)})
+        (chunk,) = real_reranker.read_windows([Window(query=DEMO_QUERY, passages=[docs[i] for i in members])])
+        probability.update(zip(members, cal.probabilities(chunk.scores, "chunk")))
     flat = list(range(0, 30, 2)) + list(range(1, 30, 2))  # the chunks laid end to end (ties: chunk order)
     leaders = sorted(sorted(flat, key=lambda i: (-probability[i], flat.index(i)))[:20])
-    final = real_reranker.rerank(DEMO_QUERY, [docs[i] for i in leaders])
-    assert res.order[:20] == [leaders[k] for k in final.order]
-    assert [res.scores[i] for i in res.order[:20]] == pytest.approx([final.scores[k] for k in final.order], abs=1e-5)
+    (final,) = real_reranker.read_windows([Window(query=DEMO_QUERY, passages=[docs[i] for i in leaders])])
+    final_probability = cal.probabilities(final.scores, "final")  # the final prompt's own parameters
+    final_order = sorted(range(20), key=lambda k: (-final_probability[k], k))
+    assert res.order[:20] == [leaders[k] for k in final_order]
+    assert [res.scores[i] for i in res.order[:20]] == pytest.approx(
+        [final_probability[k] for k in final_order], abs=1e-5
+    )
     along = [res.scores[i] for i in res.order]
     assert along == sorted(along, reverse=True)
 
