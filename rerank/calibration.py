@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from rerank.models import sha256_file
+from rerank.models import model_folder, sha256_file
 
 CALIBRATION_FILE = "calibration.json"
 PROMPT_KINDS = ("chunk", "final", "single")
@@ -185,6 +185,29 @@ class HeadCalibration:
                 f"{fingerprint[:12]}...): refit it with scripts/fit_calibration.py or pass calibration=False"
             )
         return cal
+
+
+def calibration_for_model(model, calibration, scoring: str) -> HeadCalibration | None:
+    """The calibration ``Reranker.from_pretrained`` applies: ``None`` the model folder's file if any (for
+    ``scoring="head"``), ``False`` none, a path that file, checked against the folder's weights."""
+    if calibration is False:
+        return None
+    if calibration is True:
+        raise ValueError("calibration must be None (the folder's file if any), False or a path, not True")
+    folder = model_folder(model)
+    folder = folder if folder is not None and folder.is_dir() else None
+    path = Path(calibration) if calibration is not None else folder and folder / CALIBRATION_FILE
+    if path is None or (calibration is None and not path.is_file()):
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"calibration file {path} does not exist")
+    if scoring != "head":
+        if calibration is None:
+            return None  # the folder's calibration belongs to its head scores
+        raise ValueError(f"a head calibration applies to scoring='head' only, not scoring={scoring!r}")
+    if folder is None:
+        raise ValueError(f"calibration {path}: the model {model!r} has no weights folder to check it against")
+    return HeadCalibration.load(path, fingerprint=weights_fingerprint(folder))
 
 
 def expected_calibration_error(probs: Sequence[float], labels: Sequence[int], bins: int = 10) -> float:

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -99,6 +99,39 @@ def recommended_pruning(model: str | os.PathLike | None) -> tuple[PruningConfig,
     if not (tuned / "adapter_config.json").is_file():
         raise ValueError(f"{path}: pruning weights {weights!r}: {tuned} holds no adapter_config.json")
     return schedule, tuned
+
+
+def pruning_and_weights(model, pruning: PruningConfig | str | None) -> tuple[PruningConfig | None, Any]:
+    """The schedule ``Reranker.from_pretrained`` runs and the weights it loads: a spec string is parsed,
+    ``"recommended"`` is the folder's schedule, and a folder's schedule runs the weights tuned for it."""
+    from rerank.config import PruningConfig
+
+    if pruning is not None and not isinstance(pruning, (str, PruningConfig)):
+        raise TypeError(f"pruning must be a PruningConfig, a spec string or None, got {type(pruning).__name__}")
+    recommended = recommended_pruning(model)
+    if isinstance(pruning, str):
+        if pruning == "recommended":
+            if recommended is None:
+                raise ValueError(
+                    f"pruning='recommended': the model {model or 'default'!r} names no pruning schedule in its "
+                    "lazyrank.json; pass a PruningConfig or a spec such as 'default'"
+                )
+            pruning = recommended[0]
+        else:
+            pruning = PruningConfig.from_spec(pruning)
+    if pruning is None or recommended is None or recommended[1] is None:
+        return pruning, model
+    schedule, tuned = recommended
+    if pruning == schedule:
+        logger.info("pruned prefill: loading the weights tuned for this schedule (%s)", tuned)
+        return pruning, str(tuned)
+    logger.warning(
+        "the weights in %s were tuned for the schedule %s; this schedule runs the dense weights, which read a "
+        "pruned prefill less faithfully (pruning='recommended' picks the tuned pair)",
+        tuned,
+        schedule,
+    )
+    return pruning, model
 
 
 def cache_dir() -> Path:

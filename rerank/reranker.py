@@ -8,17 +8,16 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
-from pathlib import Path
-from typing import Any
 
 from rerank.batching import batcher_for
-from rerank.calibration import CALIBRATION_FILE, HeadCalibration, weights_fingerprint
+from rerank.calibration import HeadCalibration, calibration_for_model
 from rerank.config import PruningConfig, RerankerConfig
 from rerank.engine import pruning as _pruning
 from rerank.engine.decoding import TokenTable
 from rerank.fusion import fuse_with_first_stage
+from rerank.inputs import check_batch, check_documents, check_query, check_top_k
 from rerank.long_lists import chunk_members, tournament_leaders, tournament_order
-from rerank.models import load_model_and_tokenizer, model_folder, recommended_pruning, recommended_settings
+from rerank.models import load_model_and_tokenizer, pruning_and_weights, recommended_settings
 from rerank.precision import apply_cpu_precision, check_precision, resolve_precision
 from rerank.prompting.presets import get_preset
 from rerank.prompting.prompts import PromptEncoding, encode_prompt
@@ -27,95 +26,6 @@ from rerank.results import RankingResult, RankingStats
 from rerank.scorers import scorer_class
 
 logger = logging.getLogger(__name__)
-
-
-def _check_query(query: Any, name: str = "query") -> str:
-    if not isinstance(query, str):
-        raise TypeError(f"{name} must be a str, got {type(query).__name__}")
-    return query
-
-
-def _check_documents(documents: Any, name: str = "documents") -> list[str]:
-    if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
-        raise TypeError(f"{name} must be a list of str, got {type(documents).__name__}")
-    for i, doc in enumerate(documents):
-        if not isinstance(doc, str):
-            raise TypeError(f"{name}[{i}] must be a str, got {type(doc).__name__}")
-    return list(documents)
-
-
-def _check_batch(queries: Any, documents: Any) -> tuple[list[str], list[list[str]]]:
-    """Validate parallel lists of queries and document lists (batch entry points)."""
-    if isinstance(queries, str) or not isinstance(queries, Sequence):
-        raise TypeError(f"queries must be a list of str, got {type(queries).__name__}")
-    if isinstance(documents, str) or not isinstance(documents, Sequence):
-        raise TypeError(f"documents must be a list of lists of str, got {type(documents).__name__}")
-    if len(queries) != len(documents):
-        raise ValueError(f"queries ({len(queries)}) and documents ({len(documents)}) must have the same length")
-    return (
-        [_check_query(q, f"queries[{i}]") for i, q in enumerate(queries)],
-        [_check_documents(d, f"documents[{i}]") for i, d in enumerate(documents)],
-    )
-
-
-def _check_top_k(top_k: Any) -> int | None:
-    if top_k is None:
-        return None
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-    return top_k
-
-
-def _load_calibration(model, calibration, scoring: str) -> HeadCalibration | None:
-    """The calibration ``from_pretrained`` applies (see its docstring)."""
-    if calibration is False:
-        return None
-    if calibration is True:
-        raise ValueError("calibration must be None (the folder's file if any), False or a path, not True")
-    folder = model_folder(model)
-    folder = folder if folder is not None and folder.is_dir() else None
-    path = Path(calibration) if calibration is not None else folder and folder / CALIBRATION_FILE
-    if path is None or (calibration is None and not path.is_file()):
-        return None
-    if not path.is_file():
-        raise FileNotFoundError(f"calibration file {path} does not exist")
-    if scoring != "head":
-        if calibration is None:
-            return None  # the folder's calibration belongs to its head scores
-        raise ValueError(f"a head calibration applies to scoring='head' only, not scoring={scoring!r}")
-    if folder is None:
-        raise ValueError(f"calibration {path}: the model {model!r} has no weights folder to check it against")
-    return HeadCalibration.load(path, fingerprint=weights_fingerprint(folder))
-
-
-def _pruning_and_weights(model, pruning: PruningConfig | str | None) -> tuple[PruningConfig | None, Any]:
-    """The schedule ``from_pretrained`` runs and the weights it loads (see its docstring)."""
-    if pruning is not None and not isinstance(pruning, (str, PruningConfig)):
-        raise TypeError(f"pruning must be a PruningConfig, a spec string or None, got {type(pruning).__name__}")
-    recommended = recommended_pruning(model)
-    if isinstance(pruning, str):
-        if pruning == "recommended":
-            if recommended is None:
-                raise ValueError(
-                    f"pruning='recommended': the model {model or 'default'!r} names no pruning schedule in its "
-                    "lazyrank.json; pass a PruningConfig or a spec such as 'default'"
-                )
-            pruning = recommended[0]
-        else:
-            pruning = PruningConfig.from_spec(pruning)
-    if pruning is None or recommended is None or recommended[1] is None:
-        return pruning, model
-    schedule, tuned = recommended
-    if pruning == schedule:
-        logger.info("pruned prefill: loading the weights tuned for this schedule (%s)", tuned)
-        return pruning, str(tuned)
-    logger.warning(
-        "the weights in %s were tuned for the schedule %s; this schedule runs the dense weights, which read a "
-        "pruned prefill less faithfully (pruning='recommended' picks the tuned pair)",
-        tuned,
-        schedule,
-    )
-    return pruning, model
 
 
 def _by_passage(flat: Sequence[int], values: Sequence[float]) -> list[float]:
@@ -221,7 +131,7 @@ class Reranker:
         unknown = set(kwargs) - known
         if unknown:
             raise TypeError(f"unknown argument(s) for Reranker.from_pretrained: {sorted(unknown)}")
-        pruning, weights = _pruning_and_weights(model, pruning)
+        pruning, weights = pruning_and_weights(model, pruning)
         # Settings the model folder recommends (lazyrank.json) fill what the caller left out.
         recommended = {k: v for k, v in recommended_settings(model).items() if k in known and k != "pruning"}
         chosen = {name for name, value in kwargs.items() if value is not None}
@@ -254,7 +164,7 @@ class Reranker:
             chosen = resolve_precision(precision)
             lm = apply_cpu_precision(lm, chosen)
             config.precision = chosen
-        return cls(lm, tok, config, calibration=_load_calibration(weights, calibration, config.scoring))
+        return cls(lm, tok, config, calibration=calibration_for_model(weights, calibration, config.scoring))
 
     # ------------------------------------------------------------------ window primitive
     def encode(self, window: Window) -> PromptEncoding:
@@ -473,8 +383,8 @@ class Reranker:
         self, queries: Sequence[str], documents: Sequence[Sequence[str]], top_k: int | None = None
     ) -> list[RankingResult]:
         """Rerank several queries, batching LLM calls across them."""
-        queries, docs = _check_batch(queries, documents)
-        top_k = _check_top_k(top_k)
+        queries, docs = check_batch(queries, documents)
+        top_k = check_top_k(top_k)
         start = time.perf_counter()
         stats = [RankingStats(strategy=self.config.strategy) for _ in queries]
         orders: list[list[int]] = [list(range(len(d))) for d in docs]
@@ -527,7 +437,7 @@ class Reranker:
 
     def rerank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> RankingResult:
         """Rerank ``documents`` for ``query``; with ``top_k`` only the best ``top_k`` are decoded."""
-        return self.rerank_batch([_check_query(query)], [_check_documents(documents)], top_k=top_k)[0]
+        return self.rerank_batch([check_query(query)], [check_documents(documents)], top_k=top_k)[0]
 
     @staticmethod
     def _as_rank_output(
@@ -549,7 +459,7 @@ class Reranker:
 
         With ``top_k`` only the best ``top_k`` entries are decoded and returned.
         """
-        documents = _check_documents(documents)
+        documents = check_documents(documents)
         result = self.rerank(query, documents, top_k=top_k)
         return self._as_rank_output(result, documents, top_k, return_documents)
 
@@ -571,14 +481,14 @@ class Reranker:
     # the shared worker.
     async def arerank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> RankingResult:
         """Async :meth:`rerank` that never blocks the event loop; safe under many concurrent callers."""
-        query, documents, top_k = _check_query(query), _check_documents(documents), _check_top_k(top_k)
+        query, documents, top_k = check_query(query), check_documents(documents), check_top_k(top_k)
         return await batcher_for(self).arerank(query, documents, top_k)
 
     async def arank(
         self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False
     ) -> list[dict]:
         """Async :meth:`rank` (``[{"corpus_id", "score", ("text")}]`` best first)."""
-        documents = _check_documents(documents)
+        documents = check_documents(documents)
         result = await self.arerank(query, documents, top_k=top_k)
         return self._as_rank_output(result, documents, top_k, return_documents)
 
@@ -591,7 +501,7 @@ class Reranker:
     ) -> list[list[dict]]:
         """Async :meth:`rank_batch`: the queries are submitted together and batched with other callers'."""
 
-        queries, docs = _check_batch(queries, documents)
-        top_k = _check_top_k(top_k)
+        queries, docs = check_batch(queries, documents)
+        top_k = check_top_k(top_k)
         results = await asyncio.gather(*(self.arerank(q, d, top_k=top_k) for q, d in zip(queries, docs)))
         return [self._as_rank_output(r, d, top_k, return_documents) for r, d in zip(results, docs)]
