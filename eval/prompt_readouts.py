@@ -1,9 +1,12 @@
 """Raw head readouts of every prompt the shipped default reads, by kind of prompt, for calibration.
 
-    .venv/bin/python eval/prompt_readouts.py --collection vaswani --depth 100 --work_dir runs/ilcal \\
-        --model runs/ilcal/model --read_only
+    .venv/bin/python eval/prompt_readouts.py --collection vaswani --depth 100 --work_dir runs/ilcal --read_only
+    .venv/bin/python eval/prompt_readouts.py --collection path/to/my-collection --depth 100 --model path/to/weights
 
-Ranks each judged query's BM25 top ``--depth`` as the default does (``long_list`` and
+``--collection`` is one of the shared collections by name or a folder of your own (``corpus.jsonl``,
+``queries.jsonl`` and qrels, as ``rerank.data.collection.load_collection`` reads them; its own
+``run.given.trec`` is reranked if it has one, else BM25's run, cached in the work dir). Ranks each
+judged query's first-stage top ``--depth`` as the default does (``long_list`` and
 ``chunk_layout`` from the weights' ``lazyrank.json``, the weights' calibration choosing a
 tournament's leaders) and writes, per query, every prompt it read: its kind (``chunk``, ``final`` or
 ``single``, see ``rerank.calibration.PROMPT_KINDS``), its passages' docids and their raw head readouts,
@@ -33,22 +36,38 @@ def main(argv: list[str] | None = None) -> Path:
     from rerank import Reranker
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--collection", default="vaswani", choices=sorted(EVAL_COLLECTIONS))
+    ap.add_argument(
+        "--collection", default="vaswani", help=f"One of {sorted(EVAL_COLLECTIONS)} or a collection folder."
+    )
     ap.add_argument("--depth", type=int, default=100, help="First-stage depth to rerank.")
     ap.add_argument("--model", default=None, help="Model folder (default: the shipped weights).")
     ap.add_argument("--limit_queries", type=int, default=None, help="Only this many judged queries (sorted by id).")
     ap.add_argument("--query_offset", type=int, default=0, help="Skip this many judged queries first.")
-    ap.add_argument("--vaswani_run", default="runs/depth/vaswani.bm25.trec", help="Vaswani's cached BM25 run.")
+    ap.add_argument(
+        "--run_cache",
+        default=None,
+        help="Where the BM25 run is cached (default: runs/depth/vaswani.bm25.trec for vaswani, as "
+        "eval/depth_methods.py, else WORK_DIR/NAME/bm25.trec).",
+    )
     ap.add_argument("--work_dir", default="runs/depth", help="eval/depth_methods.py's work dir (memo, records).")
     ap.add_argument("--read_only", action="store_true", help="Only re-read prompts the memo holds.")
     args = ap.parse_args(argv)
 
-    coll = load_collection(DATA / EVAL_COLLECTIONS[args.collection])
-    run = first_stage_run(coll, args.depth, cache=args.vaswani_run if args.collection == "vaswani" else None)
-    qids = sorted(q for q in run if q in coll.qrels and q in coll.queries)
-    qids = qids[args.query_offset :][: args.limit_queries]
-    work = Path(args.work_dir) / args.collection
+    if args.collection in EVAL_COLLECTIONS:
+        folder, name = DATA / EVAL_COLLECTIONS[args.collection], args.collection
+    elif Path(args.collection).is_dir():
+        folder, name = Path(args.collection), Path(args.collection).name
+    else:
+        raise SystemExit(f"--collection {args.collection!r}: neither one of {sorted(EVAL_COLLECTIONS)} nor a folder")
+    coll = load_collection(folder)
+    work = Path(args.work_dir) / name
     work.mkdir(parents=True, exist_ok=True)
+    default_cache = "runs/depth/vaswani.bm25.trec" if name == "vaswani" else work / "bm25.trec"
+    run = first_stage_run(coll, args.depth, cache=args.run_cache or default_cache)
+    qids = sorted(q for q in run if q in coll.qrels and q in coll.queries)
+    if not qids:
+        raise SystemExit(f"{folder}: no query has both judgements and first-stage candidates")
+    qids = qids[args.query_offset :][: args.limit_queries]
     out = work / f"{args.depth}-prompts.jsonl"
     done = {r["qid"] for r in recover_records(out)} if out.is_file() else set()
 

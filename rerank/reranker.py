@@ -93,8 +93,8 @@ class Reranker:
         precision: str | None = None,
         calibration: str | os.PathLike | bool | None = None,
         strategy: str = "full",
-        window_size: int = 20,
-        stride: int = 10,
+        window_size: int | None = None,
+        stride: int | None = None,
         max_passage_tokens: int | None = 100,
         pruning: PruningConfig | str | None = None,
         **kwargs,
@@ -107,8 +107,8 @@ class Reranker:
         ``num_passes``, ``on_overflow``, ``batch_size``, ``max_context``, ``prompt``: the prompt
         preset, e.g. ``prompt="rank_zephyr"`` for RankZephyr, see :mod:`rerank.prompting.presets`;
         ``first_stage_weight``: fusion with the input order, see :mod:`rerank.fusion`). Fields left
-        out take the model folder's recommendation (its ``lazyrank.json``, e.g. ``scoring``), else
-        the defaults (``scoring="generate"``).
+        out take the model folder's recommendation (its ``lazyrank.json``, e.g. ``scoring``,
+        ``window_size``), else the defaults (``scoring="generate"``, ``window_size=20``, ``stride=10``).
 
         ``calibration``: ``None`` uses the model folder's ``calibration.json`` when it has one (the
         shipped weights do: scores become P(relevant), see :mod:`rerank.calibration`), ``False``
@@ -133,7 +133,13 @@ class Reranker:
             raise TypeError(f"unknown argument(s) for Reranker.from_pretrained: {sorted(unknown)}")
         pruning, weights = pruning_and_weights(model, pruning)
         # Settings the model folder recommends (lazyrank.json) fill what the caller left out.
-        recommended = {k: v for k, v in recommended_settings(model).items() if k in known and k != "pruning"}
+        # strategy and max_passage_tokens are this method's own arguments: the caller's values stand.
+        skip = {"pruning", "strategy", "max_passage_tokens"}
+        recommended = {k: v for k, v in recommended_settings(model).items() if k in known and k not in skip}
+        window_size = window_size if window_size is not None else recommended.pop("window_size", 20)
+        stride = stride if stride is not None else recommended.pop("stride", 10)
+        recommended.pop("window_size", None)
+        recommended.pop("stride", None)
         chosen = {name for name, value in kwargs.items() if value is not None}
         for name, value in recommended.items():
             if kwargs.get(name) is None:

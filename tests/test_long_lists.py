@@ -455,3 +455,46 @@ def test_three_hundred_passages_rank_by_an_interleaved_tournament(tiny_model, to
     assert sorted(res.order) == list(range(300))
     along = [res.scores[i] for i in res.order]
     assert along == sorted(along, reverse=True)
+
+
+def test_prompt_readouts_records_every_prompt_of_a_users_collection(tmp_path, tokenizer):
+    """eval/prompt_readouts.py on a collection folder of one's own (its given run reranked): per query
+    the interleaved chunks then the final prompt, each with its docids and the raw readouts a
+    Reranker reads for that window; then fit_calibration adds the final set from those records."""
+    from support import make_tiny_llama
+
+    folder = tmp_path / "tiny"
+    make_tiny_llama(len(tokenizer), layers=2).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    settings = {"scoring": "head", "long_list": "tournament", "chunk_layout": "interleaved", "window_size": 4}
+    (folder / "lazyrank.json").write_text(json.dumps({"reranker": settings | {"stride": 2}}))
+    coll = tmp_path / "mine"
+    coll.mkdir()
+    docs = {f"d{i}": DOCS[i] for i in range(10)}
+    (coll / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in docs.items()))
+    queries = {"q1": QUERY, "q2": "where do wasps nest"}
+    (coll / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (coll / "qrels.txt").write_text("q1 0 d0 1\nq1 0 d3 1\nq2 0 d5 1\n")
+    ranked = {"q1": list(docs), "q2": list(reversed(docs))}
+    (coll / "run.given.trec").write_text(
+        "".join(f"{q} Q0 {d} {r + 1} {10 - r} given\n" for q, ds in ranked.items() for r, d in enumerate(ds))
+    )
+    script = load_script("eval/prompt_readouts.py")
+    out = script.main(["--collection", str(coll), "--depth", "10", "--model", str(folder), "--work_dir", str(tmp_path)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["qid"] for r in records] == ["q1", "q2"] and {r["method"] for r in records} == {"tournament"}
+    rr = Reranker.from_pretrained(str(folder))
+    assert (rr.config.window_size, rr.config.stride) == (4, 2)  # the folder's recommendation
+    assert Reranker.from_pretrained(str(folder), window_size=6, stride=3).config.window_size == 6  # the caller's
+    for rec in records:
+        kinds = [p["kind"] for p in rec["prompts"]]
+        assert kinds == ["chunk", "chunk", "chunk", "final"]
+        cut = [[ranked[rec["qid"]][k] for k in m] for m in chunk_members(10, 4, "interleaved")]
+        assert [p["docids"] for p in rec["prompts"][:3]] == cut
+        final = rec["prompts"][3]["docids"]
+        assert len(final) == 4 and final == sorted(final, key=ranked[rec["qid"]].index)  # first-stage order
+        for prompt in rec["prompts"]:
+            window = Window(query=queries[rec["qid"]], passages=[docs[d] for d in prompt["docids"]])
+            assert prompt["readouts"] == pytest.approx(rr.read_windows([window])[0].scores, abs=1e-5)
+    with pytest.raises(SystemExit, match="neither one of"):
+        script.main(["--collection", str(tmp_path / "missing")])
