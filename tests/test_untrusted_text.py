@@ -12,7 +12,8 @@ import pytest
 from support import shared_data
 
 from rerank.prompting.presets import PRESETS
-from rerank.prompting.prompts import encode_prompt, sanitize, tokenize_with_plain_spans, truncate_passages
+from rerank.prompting.prompts import encode_prompt, sanitize, truncate_passages
+from rerank.prompting.tokenization import tokenize_with_plain_spans
 
 ZEPHYR_JINJA = (
     "{% for message in messages %}{% if message['role'] == 'user' %}"

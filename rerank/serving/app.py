@@ -24,7 +24,7 @@ from typing import Any
 
 from rerank import __version__
 from rerank.batching import BatcherClosedError, BatcherConfig, DynamicBatcher, QueueFullError
-from rerank.prompting.prompts import plain_text_tokenizer
+from rerank.prompting.tokenization import plain_text_tokenizer
 from rerank.serving.openapi import SWAGGER_ASSETS, docs_page, openapi_document, swagger_asset
 from rerank.serving.protocol import ApiError, cohere_response, parse_request, tei_response
 from rerank.serving.scores import model_top_k
