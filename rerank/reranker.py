@@ -136,10 +136,9 @@ class Reranker:
         # strategy and max_passage_tokens are this method's own arguments: the caller's values stand.
         skip = {"pruning", "strategy", "max_passage_tokens"}
         recommended = {k: v for k, v in recommended_settings(model).items() if k in known and k not in skip}
-        window_size = window_size if window_size is not None else recommended.pop("window_size", 20)
-        stride = stride if stride is not None else recommended.pop("stride", 10)
-        recommended.pop("window_size", None)
-        recommended.pop("stride", None)
+        folder_window, folder_stride = recommended.pop("window_size", 20), recommended.pop("stride", 10)
+        window_size = folder_window if window_size is None else window_size
+        stride = folder_stride if stride is None else stride
         chosen = {name for name, value in kwargs.items() if value is not None}
         for name, value in recommended.items():
             if kwargs.get(name) is None:

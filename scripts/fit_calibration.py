@@ -81,7 +81,7 @@ def prompts_of_kind(records: list[dict], qrels: dict, graded: bool, kind: str) -
 def cross_validated_ece(prompts: list, labels: list, qids: list, kind: str, current: HeadCalibration | None) -> dict:
     """ECE of ``kind``'s prompts fitted on odd queries and read on even ones and the reverse, beside the
     ``current`` calibration's ECE on the same prompts."""
-    order = {q: i for i, q in enumerate(sorted(set(qids), key=qids.index))}
+    order = {q: i for i, q in enumerate(dict.fromkeys(qids))}  # queries in record order
     probs, truth, before = [], [], []
     for half in (0, 1):
         train = [i for i, q in enumerate(qids) if order[q] % 2 == half]
