@@ -8,7 +8,8 @@ with ``--calibrated`` (``<work_dir>/<collection>/<depth>-<method>+cal.jsonl``: t
 gets) and, as the "before" row, the raw readouts of the ``chunks`` method at the same depth with a
 plain sigmoid. Relevant = grade >= 2 on TREC DL's 0-3 scale, >= 1 elsewhere; unjudged passages count
 as not relevant. Reported per cell: expected calibration error over 10 equal-width bins, the
-precision of "score >= 0.5" and how many passages per query it keeps, and the same for the before row.
+precision of "score >= 0.5" and how many passages per query it keeps, and the same for the before row;
+and the precision of the model's first 1, 2 and 3 passages (the ceiling of a threshold).
 """
 
 from __future__ import annotations
@@ -47,13 +48,37 @@ def labelled(records: list[dict], qrels: dict, graded: bool, transform=None) -> 
     return probs, labels
 
 
+def precision_at_ranks(records: list[dict], qrels: dict, graded: bool, ranks=(1, 2, 3)) -> dict[str, float]:
+    """Mean share of relevant passages among each query's first k (the model's order): what a threshold
+    that keeps k passages a query could reach at best, whatever the calibration.
+
+    >>> precision_at_ranks([{"qid": "q", "docids": ["a", "b"], "order": [1, 0]}], {"q": {"b": 1}}, False, (1, 2))
+    {'p@1': 1.0, 'p@2': 0.5}
+    """
+    out = {}
+    for k in ranks:
+        shares = []
+        for rec in records:
+            labels = binary_labels(qrels.get(rec["qid"], {}), rec["docids"], graded)
+            shares.append(sum(labels[i] for i in rec["order"][:k]) / k)
+        out[f"p@{k}"] = round(sum(shares) / len(shares), 4)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cell", action="append", required=True, help="COLLECTION:DEPTH:METHOD (repeatable).")
     ap.add_argument("--work_dir", default="runs/depth", help="eval/depth_methods.py's --work_dir.")
     ap.add_argument("--out", default="eval/results/calibration_cpu.json")
+    ap.add_argument(
+        "--label",
+        default=None,
+        help="Store each cell's report under this name and update --out (other cells and labels kept), "
+        "to set calibrations side by side; without it the file is written afresh.",
+    )
     args = ap.parse_args(argv)
-    out = {}
+    out_path = Path(args.out)
+    out = json.loads(out_path.read_text()) if args.label and out_path.is_file() else {}
     for spec in args.cell:
         collection, depth, method = spec.split(":")
         coll = load_collection(DATA / COLLECTIONS[collection])
@@ -65,14 +90,18 @@ def main(argv: list[str] | None = None) -> dict:
         qids = {r["qid"] for r in calibrated}
         raw = [r for r in raw if r["qid"] in qids]
         probs, labels = labelled(calibrated, coll.qrels, coll.graded)
-        row = {"queries": len(calibrated), "calibrated": calibration_report(probs, labels, len(calibrated))}
-        if raw:
+        row = out.get(spec, {}) if args.label else {}
+        row["precision_at_rank"] = precision_at_ranks(calibrated, coll.qrels, coll.graded)
+        row.update(
+            {"queries": len(calibrated), args.label or "calibrated": calibration_report(probs, labels, len(calibrated))}
+        )
+        if raw and not args.label:
             p0, y0 = labelled(raw, coll.qrels, coll.graded, sigmoid)
             row["sigmoid_of_raw_readout"] = calibration_report(p0, y0, len(raw))
         out[spec] = row
         print(spec, json.dumps(row))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(out, indent=1) + "\n")
     return out
 
 

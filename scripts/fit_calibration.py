@@ -20,13 +20,14 @@ as not relevant. ``--kind chunk`` writes a new ``calibration.json`` into the wei
 its weights by sha256; ``--kind final`` or ``single`` adds that kind's parameters to the one there.
 Before writing, the fit is checked by 2-fold cross-validation over queries (odd / even): the
 expected calibration error of that kind's prompts, fitted on one half and read on the other, beside
-the file's current parameters for the same prompts. Fit on a collection that is neither training
-data nor a test set.
+the file's current parameters for the same prompts (``--report`` keeps it in a JSON). Fit on a
+collection that is neither training data nor a test set.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from rerank.calibration import (
@@ -116,6 +117,9 @@ def main(argv: list[str] | None = None) -> HeadCalibration:
     ap.add_argument("--kind", choices=PROMPT_KINDS, default="chunk", help="Kind of prompt to fit (rerank.calibration).")
     ap.add_argument("--out", default=None, help="Where to write (default: WEIGHTS/calibration.json).")
     ap.add_argument(
+        "--report", default=None, help="JSON to update with this kind's 2-fold check and fitted parameters."
+    )
+    ap.add_argument(
         "--variant", default=None, help="Fit this variant of eval/bench_head_speed.py records (e.g. 'default +tuned')."
     )
     args = ap.parse_args(argv)
@@ -152,7 +156,14 @@ def main(argv: list[str] | None = None) -> HeadCalibration:
         f"in {source} ({Path(args.records).name}" + (f", {args.variant})" if args.variant else ")"),
         layout=layout,
     )
-    print(f"{args.kind} prompts, 2-fold over queries:", cross_validated_ece(prompts, labels, qids, args.kind, current))
+    check = cross_validated_ece(prompts, labels, qids, args.kind, current)
+    print(f"{args.kind} prompts, 2-fold over queries:", check)
+    if args.report:
+        report = Path(args.report)
+        table = json.loads(report.read_text()) if report.is_file() else {}
+        table[args.kind] = check | {"parameters": fitted.parameters(), "fitted_on": fitted.fitted_on}
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(table, indent=1) + "\n")
     if args.kind == "chunk":
         if current is not None and (current.final_prompt or current.single_prompt):
             print(f"note: the final and single parameters of {out} were fitted beside the old chunk set: refit them")

@@ -26,6 +26,7 @@ import rerank.training.losses.identifier_ranking
         rerank.long_lists,
         rerank.calibration,
         rerank.evaluation,
+        load_script("eval/calibration.py"),
         load_script("eval/chunk_precision.py"),
         load_script("eval/depth_methods.py"),
         load_script("eval/plot_depth.py"),
