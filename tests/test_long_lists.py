@@ -496,5 +496,12 @@ def test_prompt_readouts_records_every_prompt_of_a_users_collection(tmp_path, to
         for prompt in rec["prompts"]:
             window = Window(query=queries[rec["qid"]], passages=[docs[d] for d in prompt["docids"]])
             assert prompt["readouts"] == pytest.approx(rr.read_windows([window])[0].scores, abs=1e-5)
+    # Resumed (an interrupted run, or the same command again): the queries done are kept, none twice.
+    lines = out.read_text().splitlines()
+    lines_cut = lines[:1] + [lines[1][: len(lines[1]) // 2]]  # killed while writing the second query
+    out.write_text("\n".join(lines_cut))
+    script.main(["--collection", str(coll), "--depth", "10", "--model", str(folder), "--work_dir", str(tmp_path)])
+    again = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    assert [r["qid"] for r in again] == ["q1", "q2"] and again == records
     with pytest.raises(SystemExit, match="neither one of"):
         script.main(["--collection", str(tmp_path / "missing")])
