@@ -5,8 +5,9 @@
 
 A cell is (collection, depth, method); a method is a ``RerankerConfig.long_list`` value, with an
 optional passage budget after a colon (``one_prompt:60`` = every passage cut to 60 tokens so that 100
-fit one prompt), ``deep_leaders`` after a slash (``tournament/5``) and ``chunk_layout`` after an at
-sign (``chunks@interleaved``). The shipped weights run with
+fit one prompt), ``deep_leaders`` after a slash (``tournament/5``), ``chunk_layout`` after an at
+sign (``chunks@interleaved``) and the tournament's ``final_order`` after a percent sign
+(``tournament@interleaved%chunk_score``). The shipped weights run with
 fusion off (the model alone) unless ``--first_stage_weight``, and with raw head readouts unless
 ``--calibrated`` (then chunks merge by calibrated probability and a tournament's leaders are chosen by it).
 
@@ -31,31 +32,38 @@ from pathlib import Path
 from rerank.data.bm25 import first_stage_run
 from rerank.data.collection import load_collection
 from rerank.data.resume import append_record, check_same_settings, recover_records, save_settings
-from rerank.data.script_support import EVAL_COLLECTIONS, shared_data_dir
+from rerank.data.script_support import EVAL_COLLECTIONS, VASWANI_RUN_CACHE, resolve_collection, shared_data_dir
 from rerank.data.window_memo import DiskMemo
 from rerank.evaluation import compute_metrics, scored_by_rank
 
 DATA = shared_data_dir(__file__)
-COLLECTIONS = EVAL_COLLECTIONS
 
 
-def parse_method(spec: str) -> tuple[str, int | None, int | None, str]:
-    """``METHOD[:BUDGET][/DEEP][@LAYOUT]`` -> (long_list, max_passage_tokens, deep_leaders, chunk_layout).
+def parse_method(spec: str) -> tuple[str, int | None, int | None, str, str]:
+    """``METHOD[:BUDGET][/DEEP][@LAYOUT][%FINAL_ORDER]`` -> (long_list, max_passage_tokens,
+    deep_leaders, chunk_layout, final_order).
 
     >>> parse_method("tournament/0@consecutive")
-    ('tournament', None, 0, 'consecutive')
-    >>> parse_method("chunks@interleaved")
-    ('chunks', None, None, 'interleaved')
+    ('tournament', None, 0, 'consecutive', 'first_stage')
+    >>> parse_method("tournament@interleaved%chunk_score")
+    ('tournament', None, None, 'interleaved', 'chunk_score')
     """
+    spec, _, final_order = spec.partition("%")
     spec, _, layout = spec.partition("@")
     spec, _, deep = spec.partition("/")
     name, _, budget = spec.partition(":")
-    return name, int(budget) if budget else None, int(deep) if deep else None, layout or "consecutive"
+    return (
+        name,
+        int(budget) if budget else None,
+        int(deep) if deep else None,
+        layout or "consecutive",
+        final_order or "first_stage",
+    )
 
 
-def first_stage(collection: str, args) -> tuple:
-    coll = load_collection(DATA / COLLECTIONS[collection])
-    run = first_stage_run(coll, 100, cache=args.vaswani_run if collection == "vaswani" else None)
+def first_stage(folder: Path, run_cache: Path, args) -> tuple:
+    coll = load_collection(folder)
+    run = first_stage_run(coll, 100, cache=args.run_cache or run_cache)
     qids = sorted(q for q in run if q in coll.qrels and q in coll.queries)
     if args.limit_queries:
         qids = qids[args.query_offset : args.query_offset + args.limit_queries]
@@ -91,9 +99,9 @@ def run_cell(reranker, coll, run, qids, depth: int, spec: str, path: Path) -> di
     from tqdm import tqdm
 
     done = {r["qid"]: r for r in recover_records(path)} if path.is_file() else {}
-    method, budget, deep, layout = parse_method(spec)
+    method, budget, deep, layout, final_order = parse_method(spec)
     reranker.config.long_list, reranker.config.deep_leaders = method, deep
-    reranker.config.chunk_layout = layout
+    reranker.config.chunk_layout, reranker.config.final_order = layout, final_order
     reranker.config.max_passage_tokens = budget or 100
     with open(path, "a", encoding="utf-8") as fh:
         for qid in tqdm(qids, desc=path.stem, disable=len(qids) == len(done)):
@@ -132,10 +140,14 @@ def main(argv: list[str] | None = None) -> dict:
     from rerank import Reranker
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--collection", default="dl19", choices=sorted(COLLECTIONS))
+    ap.add_argument(
+        "--collection", default="dl19", help=f"One of {sorted(EVAL_COLLECTIONS)} or a collection folder of one's own."
+    )
     ap.add_argument("--depths", default="20,50,100", help="First-stage depths (comma-separated).")
     ap.add_argument(
-        "--methods", default="chunks,tournament,sliding", help="long_list[:budget][/deep], comma-separated."
+        "--methods",
+        default="chunks,tournament,sliding",
+        help="long_list[:budget][/deep][@layout][%%final_order], comma-separated.",
     )
     ap.add_argument(
         "--calibrated", action="store_true", help="Apply the weights' calibration.json (cells named METHOD+cal)."
@@ -145,20 +157,22 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--limit_queries", type=int, default=None, help="Only this many judged queries (sorted by id).")
     ap.add_argument("--query_offset", type=int, default=0, help="Skip this many judged queries first.")
     ap.add_argument(
-        "--vaswani_run",
-        default="runs/depth/vaswani.bm25.trec",
-        help="Vaswani's BM25 run (the folder has none: built here on first use).",
+        "--run_cache",
+        default=None,
+        help="Where BM25's run is cached for a folder without a run of its own (default: "
+        f"{VASWANI_RUN_CACHE} for vaswani, else WORK_DIR/NAME/bm25.trec).",
     )
     ap.add_argument("--work_dir", default="runs/depth", help="Memo and per-cell records (resumable).")
     ap.add_argument("--out", default="eval/results/depth_methods_cpu.json", help="JSON to update.")
     args = ap.parse_args(argv)
-    work = Path(args.work_dir) / args.collection
+    folder, name, run_cache = resolve_collection(args.collection, DATA, args.work_dir)
+    work = Path(args.work_dir) / name
     work.mkdir(parents=True, exist_ok=True)
     settings = {"model": args.model, "first_stage_weight": args.first_stage_weight, "window_size": 20, "stride": 10}
     check_same_settings(work / "settings.json", settings, what="depth-method records")
     save_settings(work / "settings.json", settings)
 
-    coll, run, qids = first_stage(args.collection, args)
+    coll, run, qids = first_stage(folder, run_cache, args)
     reranker = Reranker.from_pretrained(
         args.model,
         first_stage_weight=args.first_stage_weight,
@@ -170,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     reranker.window_memo = DiskMemo(work / "memo.jsonl")
     out_path = Path(args.out)
     # A subset of the queries is its own table: its baselines are measured on the same subset.
-    key = args.collection
+    key = name
     if args.limit_queries:
         key += f"[{args.query_offset}:{args.query_offset + args.limit_queries}]"
     table: dict = {}
@@ -190,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
                 work / f"{depth}-{name.replace('/', '-d').replace('@', '-')}.jsonl",
             )
             cell[name]["wall_minutes"] = round((time.monotonic() - start) / 60, 1)
-            print(args.collection, depth, name, cell[name], cell["baselines"], flush=True)
+            print(name, depth, name, cell[name], cell["baselines"], flush=True)
             write_cell(out_path, key, depth, {"baselines": cell["baselines"], name: cell[name]})
     return table
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from rerank import Reranker
 from rerank.data.bm25 import first_stage_run
 from rerank.data.collection import load_collection
-from rerank.data.script_support import EVAL_COLLECTIONS, shared_data_dir
+from rerank.data.script_support import EVAL_COLLECTIONS, VASWANI_RUN_CACHE, shared_data_dir
 from rerank.evaluation import compute_metrics, kendall_tau
 
 DATA = shared_data_dir(__file__)
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--collection", choices=sorted(EVAL_COLLECTIONS), default="vaswani")
     ap.add_argument("--depth", type=int, default=20, help="BM25 candidates per query (one prompt).")
     ap.add_argument("--limit_queries", type=int, default=0, help="Only the first N judged queries (0 = all).")
-    ap.add_argument("--vaswani_run", default="runs/depth/vaswani.bm25.trec", help="Cache of Vaswani's BM25 run.")
+    ap.add_argument("--vaswani_run", default=VASWANI_RUN_CACHE, help="Cache of Vaswani's BM25 run.")
     ap.add_argument("--model", default=None, help="Model or adapter folder (default: the shipped weights).")
     ap.add_argument("--label", default=None, help="Name of --model's cells in the JSON (default: its folder).")
     ap.add_argument("--out", default="eval/results/order_sensitivity_cpu.json", help="JSON to update.")

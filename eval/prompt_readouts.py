@@ -24,7 +24,7 @@ from pathlib import Path
 from rerank.data.bm25 import first_stage_run
 from rerank.data.collection import load_collection
 from rerank.data.resume import append_record, recover_records
-from rerank.data.script_support import EVAL_COLLECTIONS, shared_data_dir
+from rerank.data.script_support import EVAL_COLLECTIONS, resolve_collection, shared_data_dir
 from rerank.data.window_memo import DiskMemo
 
 DATA = shared_data_dir(__file__)
@@ -53,16 +53,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--read_only", action="store_true", help="Only re-read prompts the memo holds.")
     args = ap.parse_args(argv)
 
-    if args.collection in EVAL_COLLECTIONS:
-        folder, name = DATA / EVAL_COLLECTIONS[args.collection], args.collection
-    elif Path(args.collection).is_dir():
-        folder, name = Path(args.collection), Path(args.collection).name
-    else:
-        raise SystemExit(f"--collection {args.collection!r}: neither one of {sorted(EVAL_COLLECTIONS)} nor a folder")
+    folder, name, default_cache = resolve_collection(args.collection, DATA, args.work_dir)
     coll = load_collection(folder)
     work = Path(args.work_dir) / name
     work.mkdir(parents=True, exist_ok=True)
-    default_cache = "runs/depth/vaswani.bm25.trec" if name == "vaswani" else work / "bm25.trec"
     run = first_stage_run(coll, args.depth, cache=args.run_cache or default_cache)
     qids = sorted(q for q in run if q in coll.qrels and q in coll.queries)
     if not qids:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rerank.long_lists import CHUNK_LAYOUTS
+from rerank.long_lists import CHUNK_LAYOUTS, FINAL_ORDERS
 from rerank.prompting.presets import get_preset
 from rerank.scorers import SCORINGS
 
@@ -281,6 +281,16 @@ class RerankerConfig:
             )
         },
     )
+    final_order: str = field(
+        default="first_stage",
+        metadata={
+            "help": (
+                "long_list='tournament': the order the final prompt reads its leaders in: 'first_stage' (the "
+                "retriever's) or 'chunk_score' (best chunk score first: the model's own read of every passage, "
+                "so the head's position prior follows it instead of the retriever's)."
+            )
+        },
+    )
     first_stage_weight: float = field(
         default=0.0,
         metadata={
@@ -312,6 +322,8 @@ class RerankerConfig:
             raise ValueError(f"long_list must be one of {LONG_LIST_METHODS}, got {self.long_list!r}")
         if self.chunk_layout not in CHUNK_LAYOUTS:
             raise ValueError(f"chunk_layout must be one of {CHUNK_LAYOUTS}, got {self.chunk_layout!r}")
+        if self.final_order not in FINAL_ORDERS:
+            raise ValueError(f"final_order must be one of {FINAL_ORDERS}, got {self.final_order!r}")
         if self.chunk_layout == "interleaved" and self.deep_leaders is not None:
             raise ValueError(
                 "deep_leaders seeds the final prompt with the first consecutive chunk: it needs "

@@ -12,7 +12,9 @@ docs/benchmarks.md (``eval/depth_methods.py``):
   list by probability; without, they are taken round-robin (the best of every chunk, then the second
   best, ...). With ``deep_leaders=k`` the final prompt is seeded by the first-stage: the first
   chunk's best ``window_size - k`` meet the best ``k`` of the later chunks. The final prompt decides
-  the top of the list; the others follow. One prompt more than ``chunks``.
+  the top of the list; the others follow. One prompt more than ``chunks``. The final prompt reads
+  its leaders in first-stage order, or with ``final_order="chunk_score"`` best chunk score first
+  (:func:`final_prompt_order`).
 * ``chunk_layout="interleaved"`` (for ``chunks`` and ``tournament``): chunk ``c`` of ``k`` holds the
   first-stage ranks ``c, c + k, c + 2k, ...`` instead of a consecutive run, so every prompt holds the
   same mix of strong and weak candidates and a passage's score, read relative to its prompt-mates,
@@ -26,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 CHUNK_LAYOUTS = ("consecutive", "interleaved")
+FINAL_ORDERS = ("first_stage", "chunk_score")
 
 
 def chunk_members(num_passages: int, size: int, layout: str = "consecutive") -> list[list[int]]:
@@ -104,6 +107,35 @@ def tournament_leaders(
     [1, 2]
     """
     return sorted(_contest(chunk_scores, size, comparable, deep_leaders)[:size])
+
+
+def final_prompt_order(
+    chunk_scores: Sequence[Sequence[float]],
+    leaders: Sequence[int],
+    positions: Sequence[int],
+    final_order: str = "first_stage",
+) -> list[int]:
+    """The leaders' first-stage positions in the order the final prompt reads them.
+
+    ``leaders`` index the chunks laid end to end; ``positions[k]`` is that passage's first-stage
+    position. ``"first_stage"`` reads them in the retriever's order; ``"chunk_score"`` best chunk
+    score first (ties in first-stage order). The head reads a passage's place in its prompt as much
+    as its text, so the order is the prior the final prompt starts from.
+
+    >>> chunks, positions = [[0.1, 0.9], [0.95, 0.2]], [0, 2, 1, 3]  # interleaved: ranks 0, 2 | 1, 3
+    >>> final_prompt_order(chunks, [1, 2], positions)
+    [1, 2]
+    >>> final_prompt_order(chunks, [1, 2], positions, "chunk_score")
+    [1, 2]
+    >>> final_prompt_order(chunks, [0, 1], positions, "chunk_score")
+    [2, 0]
+    """
+    if final_order not in FINAL_ORDERS:
+        raise ValueError(f"final_order must be one of {FINAL_ORDERS}, got {final_order!r}")
+    if final_order == "first_stage":
+        return sorted(positions[k] for k in leaders)
+    flat = [s for chunk in chunk_scores for s in chunk]
+    return [positions[k] for k in sorted(leaders, key=lambda k: (-flat[k], positions[k]))]
 
 
 def tournament_order(

@@ -16,7 +16,7 @@ from rerank.engine import pruning as _pruning
 from rerank.engine.decoding import TokenTable
 from rerank.fusion import fuse_with_first_stage
 from rerank.inputs import check_batch, check_documents, check_query, check_top_k
-from rerank.long_lists import chunk_members, tournament_leaders, tournament_order
+from rerank.long_lists import chunk_members, final_prompt_order, tournament_leaders, tournament_order
 from rerank.models import load_model_and_tokenizer, pruning_and_weights, recommended_settings
 from rerank.precision import apply_cpu_precision, check_precision, resolve_precision
 from rerank.prompting.presets import get_preset
@@ -346,8 +346,10 @@ class Reranker:
         comparable = self.calibration is not None or self.config.chunk_layout == "interleaved"
         deep = self.config.deep_leaders
         leaders = [tournament_leaders(c, size, comparable, deep) for c, _ in scored]
-        # The final prompt reads its leaders in first-stage order.
-        finalists = [sorted(flat[k] for k in picked) for (_, flat), picked in zip(scored, leaders)]
+        finalists = [
+            final_prompt_order(chunks, picked, flat, self.config.final_order)
+            for (chunks, flat), picked in zip(scored, leaders)
+        ]
         # Leaders that are exactly the first chunk were just read in that prompt: no final prompt.
         todo = [j for j, picked in enumerate(leaders) if picked != list(range(len(scored[j][0][0])))]
         finals = dict(

@@ -505,3 +505,54 @@ def test_prompt_readouts_records_every_prompt_of_a_users_collection(tmp_path, to
     assert [r["qid"] for r in again] == ["q1", "q2"] and again == records
     with pytest.raises(SystemExit, match="neither one of"):
         script.main(["--collection", str(tmp_path / "missing")])
+
+
+def test_a_train_split_becomes_a_development_folder_that_depth_methods_reranks(tmp_path, tokenizer):
+    """scripts/split_collection.py keeps one split's judged queries (a slice by id) with their qrels
+    and a link to the corpus; eval/depth_methods.py reranks that folder from BM25 (no run of its own),
+    and a method's passage budget is what its prompts are cut to."""
+    from support import make_tiny_llama
+
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    words = ["bees", "wasps", "ants", "hives", "honey", "queens", "drones", "pollen", "nectar", "wax"]
+    docs = {
+        f"d{i}": f"{words[i % 10]} {words[(i * 3) % 10]} " + " ".join(words[(i + k) % 10] for k in range(40))
+        for i in range(12)
+    }
+    (beir / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n" for d, t in docs.items())
+    )
+    queries = {"1": "bees honey", "2": "wasps nest", "3": "ants wax", "4": "queens pollen", "9": "drones"}
+    (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (beir / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n1\td0\t1\n2\td1\t1\n3\td2\t1\n4\td3\t0\n")
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n9\td6\t1\n")
+    (beir / "run.bm25.trec").write_text("9 Q0 d6 1 1.0 bm25\n")  # the test queries' run: not carried over
+    split = load_script("scripts/split_collection.py")
+    dev = tmp_path / "dev"
+    assert split.split_collection(beir, "train", dev, skip=1) == ["2", "3"]  # "4" has no relevant passage
+    assert (dev / "corpus.jsonl").is_symlink() and not (dev / "run.bm25.trec").exists()
+    assert (dev / "qrels.txt").read_text() == "2 0 d1 1\n3 0 d2 1\n"
+    with pytest.raises(SystemExit, match="no judgements for split 'dev'"):
+        split.split_collection(beir, "dev", tmp_path / "x")
+
+    folder = tmp_path / "tiny"
+    make_tiny_llama(len(tokenizer), layers=2).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "lazyrank.json").write_text(json.dumps({"reranker": {"scoring": "head", "long_list": "tournament"}}))
+    script = load_script("eval/depth_methods.py")
+    args = ["--collection", str(dev), "--model", str(folder), "--work_dir", str(tmp_path / "work"), "--depths", "10"]
+    out = tmp_path / "dev.json"
+    table = script.main([*args, "--methods", "tournament,tournament:8", "--out", str(out)])
+    cells = table["dev"]["10"]
+    assert cells["tournament"]["queries"] == cells["tournament:8"]["queries"] == 2
+    assert cells["tournament:8"]["prompt_tokens_per_query"] < cells["tournament"]["prompt_tokens_per_query"]
+    assert (tmp_path / "work" / "dev" / "bm25.trec").is_file()  # BM25 over the linked corpus, cached
+    assert json.loads(out.read_text())["dev"]["10"]["tournament"] == cells["tournament"]
+    # Again: every record is read back, nothing is scored twice.
+    memo = (tmp_path / "work" / "dev" / "memo.jsonl").read_text()
+    assert (
+        script.main([*args, "--methods", "tournament", "--out", str(out)])["dev"]["10"]["tournament"]["ndcg@10"]
+        == cells["tournament"]["ndcg@10"]
+    )
+    assert (tmp_path / "work" / "dev" / "memo.jsonl").read_text() == memo
