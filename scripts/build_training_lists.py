@@ -7,7 +7,8 @@ Sources (never ``msmarco-dl19`` nor the SciFact TEST claims: those are evaluatio
   negatives are hard), in the given order; with ``--qa_depth N``, BM25 top N over all the collection's
   sentences instead (other sections of the same article join the list), ``--qa_questions`` a sample;
 * ``beir-scifact`` TRAIN claims (``qrels/train.tsv``): BM25 (bm25s) top ``--scifact_depth`` over the
-  corpus, the first stage seen at inference (``--scifact_claims`` caps how many);
+  corpus, the first stage seen at inference (``--scifact_claims`` caps how many, after skipping the
+  first ``--scifact_offset`` in id order);
 * ``msmarco-train-triples``: positive + negative, filled up to ``--list_size`` with other triples'
   passages, shuffled (no first-stage order exists);
 * ``synthetic``: the queries ``rerank generate-queries`` wrote for a corpus (``--synthetic
@@ -16,7 +17,9 @@ Sources (never ``msmarco-dl19`` nor the SciFact TEST claims: those are evaluatio
 ``--chunk_size`` cuts every longer list into chunks of that many passages, each its own list (qid
 ``scifact-12#3`` = the fourth chunk; consecutive ranks, or interleaved ones with ``--chunk_layout``):
 the prompts a long list is ranked in at inference, most of them without a relevant passage, which
-the head's pointwise term learns to score low.
+the head's pointwise term learns to score low. ``--leaders N`` instead keeps, of every longer list,
+the teacher's N best passages in first-stage order: the final prompt of a tournament, where the
+candidates that reach it from deep in the first stage sit at its end.
 Each list gets graded teacher scores, its judged grades (``grades``) and a complete label:
 judged-relevant passages first (by grade), the rest in the teacher's order. The teacher
 (``--teacher``) is all-MiniLM-L6-v2 cosine (``minilm``) or an ensemble of that cosine and the
@@ -96,11 +99,12 @@ def retrieved_lists(
     return out
 
 
-def scifact_train_lists(depth: int, claims: int = 0) -> list[dict]:
-    """SciFact TRAIN claims (never a test claim) at BM25 top ``depth``; ``claims`` caps how many."""
+def scifact_train_lists(depth: int, claims: int = 0, offset: int = 0) -> list[dict]:
+    """SciFact TRAIN claims (never a test claim) at BM25 top ``depth``: ``claims`` of them (0 = all)
+    after the first ``offset`` in id order."""
     coll = load_collection(str(DATA / "beir-scifact"))
     train = read_qrels(DATA / "beir-scifact" / "qrels" / "train.tsv")
-    qids = sorted(q for q in train if q in coll.queries and q not in coll.qrels)
+    qids = sorted(q for q in train if q in coll.queries and q not in coll.qrels)[offset:]
     return retrieved_lists(coll, "scifact", qids[:claims] if claims else qids, train, depth, False)
 
 
@@ -172,6 +176,27 @@ def chunked(item: dict, size: int, layout: str = "consecutive") -> list[dict]:
             }
         )
     return out
+
+
+def leaders_of(item: dict, scores: list[float], size: int) -> dict:
+    """``item`` reduced to the ``size`` passages of highest ``scores`` (one per ``initial_list``
+    passage), in first-stage order: what a tournament's final prompt reads (itself when not longer).
+
+    >>> leaders_of({"qid": "q", "initial_list": list("abcd"), "passages": dict.fromkeys("abcd", ""),
+    ...     "grades": {"a": 1, "d": 1}}, [0.1, 0.9, 0.2, 0.8], 2)["initial_list"]
+    ['b', 'd']
+    """
+    docs = item["initial_list"]
+    if len(docs) <= size:
+        return item
+    best = sorted(range(len(docs)), key=lambda i: (-scores[i], i))[:size]
+    part = [docs[i] for i in sorted(best)]
+    return {
+        **item,
+        "initial_list": part,
+        "passages": {d: item["passages"][d] for d in part},
+        "grades": {d: g for d, g in item["grades"].items() if d in part},
+    }
 
 
 def ndcg10(qrels: dict[str, dict[str, int]], run: dict[str, list[tuple[str, float]]]) -> float:
@@ -261,6 +286,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--scifact_depth", type=int, default=10, help="BM25 candidates per SciFact train claim.")
     ap.add_argument("--scifact_claims", type=int, default=0, help="Only the first N SciFact train claims (0 = all).")
     ap.add_argument(
+        "--scifact_offset", type=int, default=0, help="Skip the first N SciFact train claims (id order) first."
+    )
+    ap.add_argument(
         "--qa_depth",
         type=int,
         default=0,
@@ -280,6 +308,13 @@ def main(argv: list[str] | None = None) -> dict:
         default="consecutive",
         help="How --chunk_size cuts: consecutive ranks (1-20, 21-40, ...) or interleaved ones (1, 6, 11, ...; "
         "RerankerConfig.chunk_layout), the prompts the model will read.",
+    )
+    ap.add_argument(
+        "--leaders",
+        type=int,
+        default=0,
+        help="Keep the teacher's N best passages of every longer list, in first-stage order (a tournament's "
+        "final prompt; 0 = off; not with --chunk_size).",
     )
     ap.add_argument(
         "--teacher",
@@ -309,6 +344,10 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--bm25_weight must be in [0, 1], got {args.bm25_weight}")
     if args.chunk_size < 0 or args.chunk_size == 1:
         ap.error(f"--chunk_size must be 0 (off) or at least 2, got {args.chunk_size}")
+    if args.leaders < 0 or args.leaders == 1 or (args.leaders and args.chunk_size):
+        ap.error(f"--leaders must be 0 (off) or at least 2, and not with --chunk_size; got {args.leaders}")
+    if args.scifact_offset < 0:
+        ap.error(f"--scifact_offset must be >= 0, got {args.scifact_offset}")
     if args.chunk_layout != "consecutive" and not args.chunk_size:
         ap.error(f"--chunk_layout {args.chunk_layout} lays out chunks: it needs --chunk_size")
     if args.qa_depth < 0 or args.qa_depth == 1 or args.qa_questions < 0:
@@ -329,7 +368,7 @@ def main(argv: list[str] | None = None) -> dict:
         elif src in ("selqa", "wikiqa"):
             lists += given_lists(src, args.list_size)
         elif src == "scifact":
-            lists += scifact_train_lists(args.scifact_depth, args.scifact_claims)
+            lists += scifact_train_lists(args.scifact_depth, args.scifact_claims, args.scifact_offset)
         elif src == "msmarco":
             lists += [
                 {
@@ -368,6 +407,13 @@ def main(argv: list[str] | None = None) -> dict:
             cos = teacher.cosine_scores(sanitize(item["query"]), [sanitize(item["passages"][d]) for d in docs])
             bm25 = list_bm25(item)
             ens = ensemble_scores(cos, bm25, args.bm25_weight)
+            if args.leaders and len(docs) > args.leaders:
+                # The final prompt's passages, scored as a list of their own (the ensemble's z-scores are per list).
+                kept = leaders_of(item, ens if args.teacher == "ensemble" else cos, args.leaders)
+                cos = [cos[docs.index(d)] for d in kept["initial_list"]]
+                item, docs = kept, kept["initial_list"]
+                bm25 = list_bm25(item)
+                ens = ensemble_scores(cos, bm25, args.bm25_weight)
             by = {name: order_by(docs, vals) for name, vals in (("bm25", bm25), ("minilm", cos), ("ensemble", ens))}
             soft = dict(zip(docs, ens if args.teacher == "ensemble" else cos))
             grades = item["grades"]
@@ -402,6 +448,8 @@ def main(argv: list[str] | None = None) -> dict:
         "judged_boost": args.judged_boost,
         "scifact_depth": args.scifact_depth,
         "scifact_claims": args.scifact_claims,
+        "scifact_offset": args.scifact_offset,
+        "leaders": args.leaders,
         "chunk_size": args.chunk_size,
         "chunk_layout": args.chunk_layout,
         "qa_depth": args.qa_depth,

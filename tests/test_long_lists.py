@@ -302,6 +302,34 @@ def test_calibrated_reranker_reads_each_kind_of_prompt_with_its_own_parameters(t
     assert readouts == rr.read_windows([Window(query=QUERY, passages=DOCS[:3])])[0].scores  # raw, uncalibrated
 
 
+@pytest.mark.parametrize("final_order", ["first_stage", "chunk_score"])
+def test_the_final_prompt_reads_its_leaders_in_the_configured_order(tiny_model, tokenizer, final_order):
+    """Interleaved chunks, then the 4 best raw chunk scores meet in a final prompt: in first-stage
+    order, or best chunk score first; the same leaders either way, and the top is the final prompt's."""
+    cfg = RerankerConfig(
+        scoring="head",
+        window_size=4,
+        stride=2,
+        long_list="tournament",
+        chunk_layout="interleaved",
+        final_order=final_order,
+    )
+    rr = Reranker(tiny_model, tokenizer, cfg)
+    seen = []
+    rr.prompt_observer = lambda kind, window, ranking: seen.append((kind, list(window.passages), ranking.scores))
+    res = rr.rerank(QUERY, DOCS)
+    chunk_score = {p: s for kind, passages, scores in seen[:3] for p, s in zip(passages, scores)}
+    best = sorted(DOCS, key=lambda d: (-chunk_score[d], DOCS.index(d)))[:4]
+    kind, finalists, readouts = seen[3]
+    assert kind == "final" and sorted(finalists) == sorted(best)
+    expected = sorted(best, key=DOCS.index) if final_order == "first_stage" else best
+    assert finalists == expected
+    by_final = sorted(finalists, key=lambda d: (-readouts[finalists.index(d)], DOCS.index(d)))
+    assert [DOCS[i] for i in res.order[:4]] == by_final
+    with pytest.raises(ValueError, match="final_order must be one of"):
+        RerankerConfig(scoring="head", final_order="bm25")
+
+
 def test_disk_memo_resumes_and_a_read_only_memo_scores_nothing(tmp_path, tiny_model, tokenizer):
     from rerank.data.window_memo import DiskMemo
 
