@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rerank.data.collection import load_collection
 from rerank.data.resume import recover_records
-from rerank.data.script_support import EVAL_COLLECTIONS, shared_data_dir
+from rerank.data.script_support import EVAL_COLLECTIONS, resolve_collection, shared_data_dir
 from rerank.evaluation import paired_randomization, per_query_ndcg, scored_by_rank
 
 DATA = shared_data_dir(__file__)
@@ -58,13 +58,15 @@ def compare(qrels: dict, a: dict, b: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--collection", choices=sorted(EVAL_COLLECTIONS), required=True)
+    ap.add_argument(
+        "--collection", required=True, help=f"One of {sorted(EVAL_COLLECTIONS)} or a collection folder of one's own."
+    )
     ap.add_argument("records_a")
     ap.add_argument("records_b")
     ap.add_argument("--label", required=True, help="Name of this comparison in the JSON.")
     ap.add_argument("--out", default="eval/results/paired_cpu.json", help="JSON to update.")
     args = ap.parse_args(argv)
-    coll = load_collection(DATA / EVAL_COLLECTIONS[args.collection])
+    coll = load_collection(resolve_collection(args.collection, DATA, ".")[0])
     cell = {
         "collection": args.collection,
         "a": args.records_a,

@@ -6,6 +6,7 @@ import pytest
 from support import load_script
 
 import rerank.calibration
+import rerank.data.script_support
 import rerank.config
 import rerank.engine.decoding
 import rerank.evaluation
@@ -26,9 +27,11 @@ import rerank.training.losses.identifier_ranking
         rerank.long_lists,
         rerank.calibration,
         rerank.evaluation,
+        rerank.data.script_support,
         load_script("eval/calibration.py"),
         load_script("eval/chunk_precision.py"),
         load_script("eval/depth_methods.py"),
+        load_script("eval/leader_recall.py"),
         load_script("eval/plot_depth.py"),
         load_script("scripts/build_training_lists.py"),
         load_script("scripts/fit_calibration.py"),
