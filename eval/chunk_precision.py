@@ -17,13 +17,12 @@ the first chunk's rank 10 should be relevant at least as often as that rank-10 p
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 from rerank.data.collection import load_collection
 from rerank.data.resume import recover_records
-from rerank.data.script_support import EVAL_COLLECTIONS, shared_data_dir
+from rerank.data.script_support import EVAL_COLLECTIONS, shared_data_dir, update_json
 from rerank.evaluation import binary_labels
 
 DATA = shared_data_dir(__file__)
@@ -83,11 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not records:
         raise SystemExit(f"{args.records}: no records")
     table = chunk_precision(records, coll.qrels, coll.graded, args.window, args.ranks)
-    out = Path(args.out)
-    data = json.loads(out.read_text()) if out.is_file() else {}
-    data.setdefault(args.collection, {})[args.label] = {"records": args.records, "queries": len(records), **table}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1))
+    cell = {"records": args.records, "queries": len(records), **table}
+    update_json(args.out, [args.collection, args.label], cell)
     for name, row in table.items():
         print(args.collection, args.label, name, row["precision_at_rank"][:5], row["precision_above_first_chunk_cut"])
     return table

@@ -13,12 +13,11 @@ final prompt's passages) and among its first 10 (what nDCG@10 reads), beside the
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from rerank.data.collection import load_collection
 from rerank.data.resume import recover_records
-from rerank.data.script_support import EVAL_COLLECTIONS, resolve_collection, shared_data_dir
+from rerank.data.script_support import EVAL_COLLECTIONS, resolve_collection, shared_data_dir, update_json
 
 DATA = shared_data_dir(__file__)
 
@@ -70,11 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         "records": args.records,
         **recall_shares(records, coll.qrels, 2 if coll.graded else 1, args.leaders),
     }
-    out = Path(args.out)
-    report = json.loads(out.read_text()) if out.is_file() else {}
-    report[args.label] = cell
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    update_json(args.out, [args.label], cell)
     print(args.label, cell)
     return cell
 

@@ -15,16 +15,14 @@ collection to ``--out`` (``vaswani`` for the shipped weights, ``vaswani (LABEL)`
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
 from tqdm import tqdm
 
 from rerank import Reranker
 from rerank.data.bm25 import first_stage_run
 from rerank.data.collection import load_collection
-from rerank.data.script_support import EVAL_COLLECTIONS, VASWANI_RUN_CACHE, shared_data_dir
+from rerank.data.script_support import EVAL_COLLECTIONS, VASWANI_RUN_CACHE, shared_data_dir, update_json
 from rerank.evaluation import compute_metrics, kendall_tau
 
 DATA = shared_data_dir(__file__)
@@ -75,10 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         "median_kendall_tau_given_vs_reversed": round(statistics.median(taus), 3),
     }
-    out = Path(args.out)
-    report = json.loads(out.read_text()) if out.is_file() else {}
-    report[key] = cell
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    update_json(args.out, [key], cell)
     print(key, cell)
     return cell
 

@@ -13,13 +13,12 @@ JSON cell per ``--label`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 from rerank.data.collection import load_collection
 from rerank.data.resume import recover_records
-from rerank.data.script_support import EVAL_COLLECTIONS, resolve_collection, shared_data_dir
+from rerank.data.script_support import EVAL_COLLECTIONS, resolve_collection, shared_data_dir, update_json
 from rerank.evaluation import paired_randomization, per_query_ndcg, scored_by_rank
 
 DATA = shared_data_dir(__file__)
@@ -73,11 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         "b": args.records_b,
         **compare(coll.qrels, ranked(args.records_a), ranked(args.records_b)),
     }
-    out = Path(args.out)
-    report = json.loads(out.read_text()) if out.is_file() else {}
-    report[args.label] = cell
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    update_json(args.out, [args.label], cell)
     print(args.label, cell)
     return cell
 

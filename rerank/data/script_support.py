@@ -11,9 +11,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -52,6 +53,19 @@ def resolve_collection(arg: str, data: Path, work_dir: str | os.PathLike) -> tup
         raise SystemExit(f"--collection {arg!r}: neither one of {sorted(EVAL_COLLECTIONS)} nor a folder")
     cache = Path(VASWANI_RUN_CACHE) if name == "vaswani" else Path(work_dir) / name / "bm25.trec"
     return folder, name, cache
+
+
+def update_json(path: str | os.PathLike, keys: Sequence[str], cell: object) -> None:
+    """Set ``cell`` at the nested ``keys`` of the JSON report at ``path`` (created if missing), keeping
+    every other cell: several runs of a script add to one report."""
+    out = Path(path)
+    report = json.loads(out.read_text()) if out.is_file() else {}
+    node = report
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = cell
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def msmarco_triple_lists(triples: str | Path, list_size: int, rng: random.Random) -> list[dict]:
