@@ -44,3 +44,27 @@ def test_paired_randomization_is_symmetric_and_checks_lengths():
     assert paired_randomization(xs, xs) == 1.0
     with pytest.raises(ValueError, match="equally long"):
         paired_randomization([0.1], [0.1, 0.2])
+
+
+def test_reports_on_a_folder_of_ones_own_add_cells_to_one_json(tmp_path):
+    """paired_records and leader_recall read a collection folder's qrels (graded >= 2 when its grades
+    go above 1) and each run adds its cell to the report beside the others."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": d}) + "\n" for d in ("d0", "d1", "d2")))
+    (folder / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "x"}) + "\n")
+    (folder / "qrels.txt").write_text("q1 0 d1 1\nq1 0 d2 2\n")  # graded: only d2 counts as relevant
+    a = _records(tmp_path / "a.jsonl", {"q1": [2, 0, 1]})
+    b = _records(tmp_path / "b.jsonl", {"q1": [0, 1, 2]})
+    out = tmp_path / "report.json"
+    cell = paired.main(["--collection", str(folder), str(a), str(b), "--label", "ab", "--out", str(out)])
+    assert (cell["a_better"], cell["b_better"]) == (1, 0)
+    recall = load_script("eval/leader_recall.py")
+    shares = recall.main(
+        ["--collection", str(folder), "--records", str(b), "--leaders", "2", "--label", "b", "--out", str(out)]
+    )
+    # d2 (grade 2) is the only relevant candidate; b ranks it third, the first stage too
+    assert shares["relevant_candidates"] == 1
+    assert shares["reranked_top_leaders"] == shares["first_stage_top_leaders"] == 0.0
+    assert shares["reranked_top10"] == 1.0
+    assert set(json.loads(out.read_text())) == {"ab", "b"}
