@@ -6,8 +6,8 @@ import pytest
 from support import load_script
 
 import rerank.calibration
-import rerank.data.script_support
 import rerank.config
+import rerank.data.script_support
 import rerank.engine.decoding
 import rerank.evaluation
 import rerank.fusion
