@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work_dir", default="runs/depth", help="Memo and per-cell records (resumable).")
     ap.add_argument("--out", default="eval/results/depth_methods_cpu.json", help="JSON to update.")
     args = ap.parse_args(argv)
-    folder, name, run_cache = resolve_collection(args.collection, DATA, args.work_dir)
-    work = Path(args.work_dir) / name
+    folder, collection, run_cache = resolve_collection(args.collection, DATA, args.work_dir)
+    work = Path(args.work_dir) / collection
     work.mkdir(parents=True, exist_ok=True)
     settings = {"model": args.model, "first_stage_weight": args.first_stage_weight, "window_size": 20, "stride": 10}
     check_same_settings(work / "settings.json", settings, what="depth-method records")
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     reranker.window_memo = DiskMemo(work / "memo.jsonl")
     out_path = Path(args.out)
     # A subset of the queries is its own table: its baselines are measured on the same subset.
-    key = name
+    key = collection
     if args.limit_queries:
         key += f"[{args.query_offset}:{args.query_offset + args.limit_queries}]"
     table: dict = {}
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
                 work / f"{depth}-{name.replace('/', '-d').replace('@', '-')}.jsonl",
             )
             cell[name]["wall_minutes"] = round((time.monotonic() - start) / 60, 1)
-            print(name, depth, name, cell[name], cell["baselines"], flush=True)
+            print(collection, depth, name, cell[name], cell["baselines"], flush=True)
             write_cell(out_path, key, depth, {"baselines": cell["baselines"], name: cell[name]})
     return table
 

@@ -18,21 +18,22 @@ from pathlib import Path
 from rerank.data.collection import load_collection
 from rerank.data.resume import recover_records
 from rerank.data.script_support import EVAL_COLLECTIONS, resolve_collection, shared_data_dir, update_json
+from rerank.evaluation import binary_labels
 
 DATA = shared_data_dir(__file__)
 
 
-def recall_shares(records: list[dict], qrels: dict[str, dict[str, int]], min_grade: int, leaders: int) -> dict:
+def recall_shares(records: list[dict], qrels: dict[str, dict[str, int]], graded: bool, leaders: int) -> dict:
     """Pooled shares of the relevant candidates that each cut keeps (see the module docstring).
 
     >>> recs = [{"qid": "q", "docids": ["a", "b", "c"], "order": [2, 0, 1]}]
-    >>> recall_shares(recs, {"q": {"b": 1, "c": 1}}, 1, 1)["reranked_top_leaders"]
+    >>> recall_shares(recs, {"q": {"b": 1, "c": 1}}, False, 1)["reranked_top_leaders"]
     0.5
     """
     relevant = kept = top10 = first_stage = first_stage10 = 0
     for rec in records:
-        judged = qrels.get(rec["qid"], {})
-        wanted = {d for d in rec["docids"] if judged.get(d, 0) >= min_grade}
+        labels = binary_labels(qrels.get(rec["qid"], {}), rec["docids"], graded)
+        wanted = {d for d, label in zip(rec["docids"], labels) if label}
         ranking = [rec["docids"][k] for k in rec["order"]]
         relevant += len(wanted)
         kept += len(wanted & set(ranking[:leaders]))
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     cell = {
         "collection": args.collection,
         "records": args.records,
-        **recall_shares(records, coll.qrels, 2 if coll.graded else 1, args.leaders),
+        **recall_shares(records, coll.qrels, coll.graded, args.leaders),
     }
     update_json(args.out, [args.label], cell)
     print(args.label, cell)

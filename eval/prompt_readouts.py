@@ -24,7 +24,7 @@ from pathlib import Path
 from rerank.data.bm25 import first_stage_run
 from rerank.data.collection import load_collection
 from rerank.data.resume import append_record, recover_records
-from rerank.data.script_support import EVAL_COLLECTIONS, resolve_collection, shared_data_dir
+from rerank.data.script_support import EVAL_COLLECTIONS, VASWANI_RUN_CACHE, resolve_collection, shared_data_dir
 from rerank.data.window_memo import DiskMemo
 
 DATA = shared_data_dir(__file__)
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument(
         "--run_cache",
         default=None,
-        help="Where the BM25 run is cached (default: runs/depth/vaswani.bm25.trec for vaswani, as "
+        help=f"Where the BM25 run is cached (default: {VASWANI_RUN_CACHE} for vaswani, as "
         "eval/depth_methods.py, else WORK_DIR/NAME/bm25.trec).",
     )
     ap.add_argument("--work_dir", default="runs/depth", help="eval/depth_methods.py's work dir (memo, records).")
