@@ -185,3 +185,27 @@ def test_a_qa_depth_that_cannot_make_lists_is_refused(builder, tmp_path, flags, 
         builder.main(["--out", str(tmp_path / "x.jsonl"), *flags])
     assert "--qa_depth must be 0 (off) or at least 2" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--leaders", "1"], "--leaders must be 0 (off) or at least 2, and not with --chunk_size; got 1"),
+        (["--leaders", "20", "--chunk_size", "20"], "not with --chunk_size; got 20"),
+        (["--scifact_offset", "-1"], "--scifact_offset must be >= 0, got -1"),
+    ],
+)
+def test_leader_lists_refuse_flags_that_cannot_make_them(builder, tmp_path, flags, message, capsys):
+    with pytest.raises(SystemExit):
+        builder.main(["--out", str(tmp_path / "x.jsonl"), *flags])
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_leaders_keep_the_teachers_best_in_first_stage_order(builder):
+    docs = [f"d{i}" for i in range(6)]
+    item = {"qid": "scifact-7", "query": "x", "initial_list": docs, "passages": {d: d.upper() for d in docs}}
+    kept = builder.leaders_of(item | {"grades": {"d1": 1, "d5": 1}}, [0.1, 0.2, 0.9, 0.3, 0.05, 0.8], 3)
+    assert kept["initial_list"] == ["d2", "d3", "d5"]  # the three best scores, in first-stage order
+    assert kept["grades"] == {"d5": 1} and set(kept["passages"]) == {"d2", "d3", "d5"}
+    assert builder.leaders_of(item | {"grades": {}}, [0.0] * 6, 6)["initial_list"] == docs  # fits: unchanged
