@@ -291,6 +291,16 @@ class RerankerConfig:
             )
         },
     )
+    final_chunk_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": (
+                "long_list='tournament': weight w of a leader's own chunk score in its final score, "
+                "(1 - w) * final + w * chunk: the two reads of the same passage averaged (0 = the final prompt "
+                "alone). On calibrated probabilities, or raw scores with chunk_layout='interleaved'."
+            )
+        },
+    )
     first_stage_weight: float = field(
         default=0.0,
         metadata={
@@ -324,6 +334,9 @@ class RerankerConfig:
             raise ValueError(f"chunk_layout must be one of {CHUNK_LAYOUTS}, got {self.chunk_layout!r}")
         if self.final_order not in FINAL_ORDERS:
             raise ValueError(f"final_order must be one of {FINAL_ORDERS}, got {self.final_order!r}")
+        weight = self.final_chunk_weight
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0.0 <= weight <= 1.0:
+            raise ValueError(f"final_chunk_weight must be a number in [0, 1], got {self.final_chunk_weight!r}")
         if self.chunk_layout == "interleaved" and self.deep_leaders is not None:
             raise ValueError(
                 "deep_leaders seeds the final prompt with the first consecutive chunk: it needs "

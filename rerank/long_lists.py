@@ -14,7 +14,8 @@ docs/benchmarks.md (``eval/depth_methods.py``):
   chunk's best ``window_size - k`` meet the best ``k`` of the later chunks. The final prompt decides
   the top of the list; the others follow. One prompt more than ``chunks``. The final prompt reads
   its leaders in first-stage order, or with ``final_order="chunk_score"`` best chunk score first
-  (:func:`final_prompt_order`).
+  (:func:`final_prompt_order`). With ``final_chunk_weight`` a leader's final score blends in its
+  chunk score (:func:`tournament_order`).
 * ``chunk_layout="interleaved"`` (for ``chunks`` and ``tournament``): chunk ``c`` of ``k`` holds the
   first-stage ranks ``c, c + k, c + 2k, ...`` instead of a consecutive run, so every prompt holds the
   same mix of strong and weak candidates and a passage's score, read relative to its prompt-mates,
@@ -144,6 +145,7 @@ def tournament_order(
     final_scores: Sequence[float],
     comparable: bool = False,
     deep_leaders: int | None = None,
+    chunk_weight: float = 0.0,
 ) -> tuple[list[int], list[float]]:
     """Order and scores of a list scored in chunks of ``size`` whose leaders
     (:func:`tournament_leaders`) the final prompt scored ``final_scores`` (one each, in leader order).
@@ -151,16 +153,22 @@ def tournament_order(
     The leaders come first, by their final scores; the others follow by score when ``comparable``,
     else in round-robin order. Scores never increase down the order: a passage keeps its own score,
     capped at the score of the passage ranked just above it (the final prompt outranks the chunks).
+    With ``chunk_weight`` w a leader's final score is ``(1 - w) * final + w * chunk``: both reads of
+    the same passage, in different company, averaged like an ensemble of two prompts.
 
     >>> tournament_order([[0.1, 0.9], [0.5, 0.2]], 2, [0.3, 0.8])
     ([2, 1, 0, 3], [0.1, 0.3, 0.8, 0.1])
+    >>> tournament_order([[0.1, 0.9], [0.5, 0.2]], 2, [0.3, 0.8], chunk_weight=0.5)  # 0.6 vs 0.65
+    ([2, 1, 0, 3], [0.1, 0.6, 0.65, 0.1])
     """
+    if not 0.0 <= chunk_weight <= 1.0:
+        raise ValueError(f"chunk_weight must be in [0, 1], got {chunk_weight!r}")
     contest = _contest(chunk_scores, size, comparable, deep_leaders)
     leaders = sorted(contest[:size])
     if len(final_scores) != len(leaders):
         raise ValueError(f"expected {len(leaders)} final scores (one per leader), got {len(final_scores)}")
     own = dict(enumerate(s for chunk in chunk_scores for s in chunk))
-    own.update(zip(leaders, final_scores))
+    own.update((k, (1.0 - chunk_weight) * f + chunk_weight * own[k]) for k, f in zip(leaders, final_scores))
     order = sorted(leaders, key=lambda k: (-own[k], k)) + contest[size:]
     scores = [0.0] * len(order)
     cap = float("inf")

@@ -372,7 +372,9 @@ class Reranker:
                 final_scores = [by_passage[flat[k]] for k in leaders[j]]
             else:
                 final_scores = chunk_scores[0]
-            order, flat_scores = tournament_order(chunk_scores, size, final_scores, comparable, deep)
+            order, flat_scores = tournament_order(
+                chunk_scores, size, final_scores, comparable, deep, self.config.final_chunk_weight
+            )
             out.append(([flat[k] for k in order], _by_passage(flat, flat_scores)))
         return out
 

@@ -330,6 +330,29 @@ def test_the_final_prompt_reads_its_leaders_in_the_configured_order(tiny_model, 
         RerankerConfig(scoring="head", final_order="bm25")
 
 
+def test_a_leaders_final_score_can_blend_in_its_chunk_score(tiny_model, tokenizer):
+    """With final_chunk_weight w the leaders are ordered by (1 - w) * final + w * chunk, both reads of
+    the same passage; the prompts read are the same as without."""
+    cfg = RerankerConfig(scoring="head", window_size=4, stride=2, long_list="tournament", chunk_layout="interleaved")
+    rr = Reranker(tiny_model, tokenizer, cfg)
+    seen = []
+    rr.prompt_observer = lambda kind, window, ranking: seen.append((kind, list(window.passages), ranking.scores))
+    plain = rr.rerank(QUERY, DOCS)
+    rr.config.final_chunk_weight = 0.25
+    blended = rr.rerank(QUERY, DOCS)
+    assert seen[:4] == seen[4:]  # the same prompts, the same readouts
+    chunk_score = {p: s for kind, passages, scores in seen[:3] for p, s in zip(passages, scores)}
+    _, finalists, readouts = seen[3]
+    mix = {d: 0.75 * f + 0.25 * chunk_score[d] for d, f in zip(finalists, readouts)}
+    top = [DOCS[i] for i in blended.order[:4]]
+    assert top == sorted(finalists, key=lambda d: (-mix[d], DOCS.index(d)))
+    assert [blended.scores[i] for i in blended.order[:4]] == pytest.approx([mix[d] for d in top])
+    assert blended.order[4:] == plain.order[4:]  # the others follow as before
+    for bad in (1.5, -0.1, "0.5", True):
+        with pytest.raises(ValueError, match="final_chunk_weight must be a number in"):
+            RerankerConfig(scoring="head", final_chunk_weight=bad)
+
+
 def test_disk_memo_resumes_and_a_read_only_memo_scores_nothing(tmp_path, tiny_model, tokenizer):
     from rerank.data.window_memo import DiskMemo
 
