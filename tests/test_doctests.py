@@ -11,6 +11,8 @@ import rerank.data.script_support
 import rerank.engine.decoding
 import rerank.evaluation
 import rerank.fusion
+import rerank.labels.list_teacher
+import rerank.labels.training_lists
 import rerank.long_lists
 import rerank.ranking
 import rerank.training.losses.identifier_ranking
@@ -28,12 +30,13 @@ import rerank.training.losses.identifier_ranking
         rerank.calibration,
         rerank.evaluation,
         rerank.data.script_support,
+        rerank.labels.list_teacher,
+        rerank.labels.training_lists,
         load_script("eval/calibration.py"),
         load_script("eval/chunk_precision.py"),
         load_script("eval/depth_methods.py"),
         load_script("eval/leader_recall.py"),
         load_script("eval/plot_depth.py"),
-        load_script("scripts/build_training_lists.py"),
         load_script("scripts/fit_calibration.py"),
     ],
     ids=lambda module: module.__name__,
