@@ -4,8 +4,8 @@ Three precisions are known: ``"fp32"`` (the reference), ``"bf16"`` (native only 
 AVX-512 BF16 or AMX; elsewhere PyTorch emulates it, slower than fp32) and ``"int8"`` (dynamic
 quantization of the decoder's linear layers: int8 weights, activations quantized per call, through
 the fbgemm / x86 kernels of AVX2 and newer CPUs). ``"auto"`` picks the fastest precision whose
-quality was measured within 0.005 nDCG@10 of fp32 for the shipped model (``eval/bench_precision.py``)
-among those this CPU supports, else fp32.
+quality was measured within 0.005 nDCG@10 of fp32 for the shipped model (``eval/bench_head_speed.py
+--precisions``, docs/benchmarks.md "Cheaper head scoring") among those this CPU supports, else fp32.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 # Fastest first; only precisions measured within 0.005 nDCG@10 of fp32 on the shipped model belong
-# here (eval/results/precision_cpu.json): "auto" takes the first one the CPU supports.
+# here (eval/results/head_pruning_step962_cpu.json holds int8's loss): "auto" takes the first one the CPU
+# supports.
 AUTO_ORDER: tuple[str, ...] = ("fp32",)
 
 
