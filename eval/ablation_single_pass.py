@@ -25,7 +25,7 @@ from rerank import PruningConfig, Reranker, RerankerConfig
 from rerank.data.collection import default_run_path, load_collection, read_run, recover_records
 from rerank.data.resume import append_record, guard_records
 from rerank.data.script_support import ranking_settings
-from rerank.evaluation import compute_metrics, format_table
+from rerank.evaluation import compute_metrics, format_table, scored_by_rank
 
 VARIANTS = {  # name: (strategy, scoring, pruning schedule key); --schedules adds single_pass+NAME
     "generate": ("full", "generate", None),
@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
                 recs = [r for r in records if (r["model"], _depth(r), r["variant"]) == (name, depth, variant)]
                 if not recs:
                     continue
-                run = {r["qid"]: [(d, float(len(r["ranking"]) - i)) for i, d in enumerate(r["ranking"])] for r in recs}
-                bm25 = {q: [(d, float(-i)) for i, d in enumerate(first_stage[q][:depth])] for q in run}
+                run = {r["qid"]: scored_by_rank(r["ranking"]) for r in recs}
+                bm25 = {q: scored_by_rank(first_stage[q][:depth]) for q in run}
                 rows.append(
                     {
                         "model": name,

@@ -49,7 +49,7 @@ from rerank.data.collection import load_collection, read_run
 from rerank.engine.generate import rank_prompts
 from rerank.engine.pruning import PrunedSession
 from rerank.engine.session import DenseSession
-from rerank.evaluation import compute_metrics, kendall_tau, top_k_overlap
+from rerank.evaluation import compute_metrics, kendall_tau, scored_by_rank, top_k_overlap
 from rerank.prompting.identifiers import complete_order
 from rerank.ranking import Window
 
@@ -115,9 +115,7 @@ def kl(ref: torch.Tensor, other: torch.Tensor) -> float:
 def ndcg10(qrels: dict, runs: dict[str, dict[str, list[str]]]) -> dict[str, float]:
     """nDCG@10 (``rerank.evaluation``) of each named run ``{qid: docids best first}``."""
     return {
-        name: compute_metrics(
-            qrels, {q: [(d, float(len(docs) - i)) for i, d in enumerate(docs)] for q, docs in run.items()}, graded=False
-        )["ndcg@10"]
+        name: compute_metrics(qrels, {q: scored_by_rank(docs) for q, docs in run.items()}, graded=False)["ndcg@10"]
         for name, run in runs.items()
     }
 

@@ -23,7 +23,7 @@ from rerank import PruningConfig, Reranker, RerankerConfig
 from rerank.data.collection import default_run_path, load_collection, read_run, recover_records
 from rerank.data.resume import append_record, guard_records
 from rerank.data.script_support import ranking_settings
-from rerank.evaluation import compute_metrics, format_table
+from rerank.evaluation import compute_metrics, format_table, scored_by_rank
 
 VARIANTS = {  # name: (strategy, decode top_k, scoring, pruning spec or None); --schedules adds single_pass+NAME
     "full": ("full", None, "generate", None),
@@ -164,11 +164,11 @@ def main(argv: list[str] | None = None) -> dict:
             recs = [r for r in records if r["group"] == group and r["variant"] == v]
             if not recs:
                 continue
-            run = {r["qid"]: [(d, float(len(r["ranking"]) - i)) for i, d in enumerate(r["ranking"])] for r in recs}
+            run = {r["qid"]: scored_by_rank(r["ranking"]) for r in recs}
             metrics = compute_metrics(collection.qrels, run, collection.graded)
             bm25 = compute_metrics(
                 collection.qrels,
-                {q: [(d, float(-i)) for i, d in enumerate(first_stage[q][: int(group.split(":")[0])])] for q in run},
+                {q: scored_by_rank(first_stage[q][: int(group.split(":")[0])]) for q in run},
                 collection.graded,
             )
 

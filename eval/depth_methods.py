@@ -90,7 +90,7 @@ def baselines(coll, run, qids, depth: int, work_dir: Path) -> dict:
             scores = teacher.cosine_scores(sanitize(coll.queries[qid]), [sanitize(coll.corpus[d]) for d in docs])
             done[qid] = {"qid": qid, "docids": docs, "scores": scores}
             append_record(fh, done[qid])
-    bm25 = {q: [(d, float(-i)) for i, d in enumerate(run[q][:depth])] for q in qids}
+    bm25 = {q: scored_by_rank(run[q][:depth]) for q in qids}
     minilm = {q: list(zip(done[q]["docids"], done[q]["scores"])) for q in qids}
     return {
         "bm25": round(compute_metrics(coll.qrels, bm25, coll.graded)["ndcg@10"], 4),

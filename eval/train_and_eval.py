@@ -3,9 +3,9 @@
 Labels come from WikiQA-train with the offline embedding teacher (all-MiniLM-L6-v2); the default
 model (SmolLM2-135M-Instruct) is LoRA-tuned with the importance-aware loss and, for the ablation,
 with the plain LM loss (same data, same steps, same seed). Held-out evaluation: TREC DL19 BM25
-top-20, full ranking in one prompt via ``Reranker.rerank`` (constrained decoding), nDCG@10 with
-ir-measures, plus an unconstrained greedy generation checking whether the raw answer is already a
-valid permutation. No DL19 query is ever trained on. Every stage is cached under ``--work``.
+top-20, full ranking in one prompt via ``Reranker.rerank`` (constrained decoding), nDCG@10
+(``rerank.evaluation``, ir-measures), plus an unconstrained greedy generation checking whether the
+raw answer is already a valid permutation. No DL19 query is ever trained on. Every stage is cached under ``--work``.
 
     .venv/bin/python eval/train_and_eval.py --steps 120 --eval_queries 20 --free_queries 10 \\
         --out eval/results/train_and_eval.json
@@ -83,12 +83,11 @@ def strict_permutation(text: str, num: int) -> bool:
 
 
 def evaluate(model_path: str | None, queries: list[str], free_queries: int, depth: int) -> dict:
-    import ir_measures
     import torch
-    from ir_measures import nDCG
 
     from rerank import Reranker
     from rerank.data.collection import load_collection, read_run
+    from rerank.evaluation import compute_metrics, scored_by_rank
     from rerank.prompting.prompts import encode_prompt
 
     coll = load_collection(DATA / "msmarco-dl19")
@@ -101,8 +100,8 @@ def evaluate(model_path: str | None, queries: list[str], free_queries: int, dept
         t = time.perf_counter()
         res = rr.rerank(coll.queries[qid], texts)
         seconds.append(time.perf_counter() - t)
-        ranked[qid] = {docids[i]: float(len(docids) - r) for r, i in enumerate(res.order)}
-        bm25[qid] = {d: float(len(docids) - r) for r, d in enumerate(docids)}
+        ranked[qid] = scored_by_rank([docids[i] for i in res.order])
+        bm25[qid] = scored_by_rank(docids)
         first_ids.append(res.order[0] + 1)
         print(f"  {model_path or 'zero-shot'} query {k + 1}/{len(queries)}: {seconds[-1]:.1f}s", flush=True)
         if k < free_queries:  # unconstrained greedy answer, judged as is
@@ -118,11 +117,9 @@ def evaluate(model_path: str | None, queries: list[str], free_queries: int, dept
                 )
             answer = rr.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
             valid.append(strict_permutation(answer, len(texts)))
-    qrels = [ir_measures.Qrel(q, d, g) for q in queries for d, g in coll.qrels.get(q, {}).items()]
 
-    def ndcg(scores):
-        runs = [ir_measures.ScoredDoc(q, d, s) for q, ds in scores.items() for d, s in ds.items()]
-        return round(ir_measures.calc_aggregate([nDCG @ 10], qrels, runs)[nDCG @ 10], 4)
+    def ndcg(run):
+        return round(compute_metrics(coll.qrels, run, coll.graded)["ndcg@10"], 4)
 
     return {
         "model": model_path or "SmolLM2-135M-Instruct (zero-shot)",

@@ -45,7 +45,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rerank.data.script_support import shared_data_dir
-from rerank.evaluation import compute_metrics
+from rerank.evaluation import compute_metrics, scored_by_rank
 from rerank.labels.list_teacher import TEACHERS, CosineCache, ListBM25, label_list
 from rerank.labels.training_lists import (
     chunked,
@@ -201,9 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
             qrels[record["qid"]] = {d: item["grades"].get(d, 0) for d in record["initial_list"]}
             for key, order in orders.items():
-                runs.setdefault(source_of(item), {}).setdefault(key, {})[record["qid"]] = [
-                    (d, float(len(order) - r)) for r, d in enumerate(order)
-                ]
+                runs.setdefault(source_of(item), {}).setdefault(key, {})[record["qid"]] = scored_by_rank(order)
             fh.write(json.dumps(record) + "\n")
     tmp.replace(out)
     summary = {
