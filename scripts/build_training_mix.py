@@ -20,8 +20,9 @@ import random
 from pathlib import Path
 
 from rerank.data.collection import iter_jsonl, load_collection, read_run
-from rerank.data.script_support import msmarco_triple_lists, shared_data_dir
+from rerank.data.script_support import shared_data_dir
 from rerank.labels import LabelConfig, run_labelling
+from rerank.labels.training_lists import msmarco_triple_lists
 
 DATA = shared_data_dir(__file__)
 

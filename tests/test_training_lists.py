@@ -280,3 +280,20 @@ def test_a_rebuild_reuses_every_cosine_and_writes_the_same_labels(builder, tmp_p
     out.unlink()
     second = builder.main(args)
     assert second["cosines_reused"] == 100 and out.read_bytes() == labels
+
+
+def test_triple_lists_hold_their_own_pair_among_other_triples_passages(builder):
+    import random
+
+    from rerank.labels.training_lists import triple_lists
+
+    triples = builder.DATA / "msmarco-train-triples" / "triples.jsonl"
+    lists = triple_lists(triples, 6, random.Random(3))
+    assert lists == triple_lists(triples, 6, random.Random(3))  # seeded
+    for n, item in enumerate(lists):
+        docs = item["initial_list"]
+        assert item["qid"] == f"msmarco-{n}" and len(docs) == len(set(docs)) == 6
+        assert {f"m{n}-pos", f"m{n}-neg"} <= set(docs) and item["grades"] == {f"m{n}-pos": 1}
+        assert set(item["passages"]) == set(docs)
+    # shuffled: the positive is not always first
+    assert len({item["initial_list"].index(item["qid"].replace("msmarco-", "m") + "-pos") for item in lists}) > 1

@@ -1,7 +1,5 @@
 """Helpers shared by the scripts in ``eval/`` and ``scripts/`` (not part of the public API).
 
-* :func:`msmarco_triple_lists`: one training list per MS MARCO training triple, filled with other
-  triples' passages (``scripts/build_training_lists.py``, ``scripts/build_training_mix.py``);
 * :func:`ranking_settings`: what the records of a resumable ranking benchmark depend on, for
   :func:`rerank.data.resume.check_same_settings` (``eval/bench_strategies.py``, ``eval/ablation_single_pass.py``);
 * :func:`shared_data_dir` and :data:`EVAL_COLLECTIONS`: where the offline data is, and the short
@@ -13,12 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-
-from rerank.data.collection import iter_jsonl
 
 # Short names of the evaluation collections under the shared data folder.
 EVAL_COLLECTIONS = {"dl19": "msmarco-dl19", "scifact": "beir-scifact", "vaswani": "vaswani"}
@@ -66,36 +61,6 @@ def update_json(path: str | os.PathLike, keys: Sequence[str], cell: object) -> N
     node[keys[-1]] = cell
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-
-
-def msmarco_triple_lists(triples: str | Path, list_size: int, rng: random.Random) -> list[dict]:
-    """One list of ``list_size`` passages per triple of ``triples.jsonl`` (query, positive, negative).
-
-    The triple's own positive (``m{i}-pos``) and negative (``m{i}-neg``) are filled up with passages
-    drawn from the other triples, then shuffled: no first-stage order exists, so position must not
-    give the positive away. Returns ``{"qid": "msmarco-{i}", "query", "docids", "passages": {docid:
-    text} in docids order, "positive"}`` per triple; the same ``rng`` state gives the same lists.
-    """
-    rows = [obj for _, obj in iter_jsonl(triples)]
-    texts = {}
-    for i, row in enumerate(rows):
-        texts[f"m{i}-pos"], texts[f"m{i}-neg"] = row["positive"], row["negative"]
-    pool = sorted(texts)
-    out = []
-    for i, row in enumerate(rows):
-        own = [f"m{i}-pos", f"m{i}-neg"]
-        docids = own + [d for d in rng.sample(pool, list_size + 2) if d not in own][: list_size - 2]
-        rng.shuffle(docids)
-        out.append(
-            {
-                "qid": f"msmarco-{i}",
-                "query": row["query"],
-                "docids": docids,
-                "passages": {d: texts[d] for d in docids},
-                "positive": f"m{i}-pos",
-            }
-        )
-    return out
 
 
 def ranking_settings(fixed: Mapping, budgets: Iterable[tuple[object, int]], variants: Mapping[str, Mapping]) -> dict:

@@ -20,8 +20,7 @@ import random
 from functools import cache
 from pathlib import Path
 
-from rerank.data.collection import load_collection, read_qrels, read_run
-from rerank.data.script_support import msmarco_triple_lists
+from rerank.data.collection import iter_jsonl, load_collection, read_qrels, read_run
 from rerank.long_lists import chunk_members
 
 # Sources with a collection folder of their own under the shared data folder.
@@ -110,6 +109,36 @@ def qa_retrieved_lists(folder: str | Path, depth: int, questions: int, rng: rand
     if questions and questions < len(qids):
         qids = sorted(rng.sample(qids, questions))
     return retrieved_lists(folder, Path(folder).name, qids, coll.qrels, depth, True)
+
+
+def msmarco_triple_lists(triples: str | Path, list_size: int, rng: random.Random) -> list[dict]:
+    """One list of ``list_size`` passages per triple of ``triples.jsonl`` (query, positive, negative).
+
+    The triple's own positive (``m{i}-pos``) and negative (``m{i}-neg``) are filled up with passages
+    drawn from the other triples, then shuffled: no first-stage order exists, so position must not
+    give the positive away. Returns ``{"qid": "msmarco-{i}", "query", "docids", "passages": {docid:
+    text} in docids order, "positive"}`` per triple; the same ``rng`` state gives the same lists.
+    """
+    rows = [obj for _, obj in iter_jsonl(triples)]
+    texts = {}
+    for i, row in enumerate(rows):
+        texts[f"m{i}-pos"], texts[f"m{i}-neg"] = row["positive"], row["negative"]
+    pool = sorted(texts)
+    out = []
+    for i, row in enumerate(rows):
+        own = [f"m{i}-pos", f"m{i}-neg"]
+        docids = own + [d for d in rng.sample(pool, list_size + 2) if d not in own][: list_size - 2]
+        rng.shuffle(docids)
+        out.append(
+            {
+                "qid": f"msmarco-{i}",
+                "query": row["query"],
+                "docids": docids,
+                "passages": {d: texts[d] for d in docids},
+                "positive": f"m{i}-pos",
+            }
+        )
+    return out
 
 
 def triple_lists(triples: str | Path, list_size: int, rng: random.Random) -> list[dict]:
