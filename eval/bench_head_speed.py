@@ -5,7 +5,8 @@
 
 For every query (BM25 top-``--depth``; Vaswani's first stage comes from ``rerank.data.bm25``) the
 prompt is scored by the dense fp32 head and by each variant (a pruning schedule in fp32, or the
-dense prefill in int8 / bf16, see ``rerank.precision``), back to back in one process, so CPU
+dense prefill in int8 / bf16, see ``rerank.precision``, or int8 for some linear layers only,
+``int8[gate_proj+up_proj]``), back to back in one process, so CPU
 contention hits all alike. Per variant the JSON holds nDCG@10 (ir-measures through
 ``rerank.evaluation``), the mean top-10 overlap with the dense ranking, the mean Kendall tau of the
 two rankings, the median per-query prefill time ratio (pruned / dense) and the mean fraction of
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -33,7 +35,7 @@ from rerank.data.collection import load_collection
 from rerank.data.script_support import shared_data_dir
 from rerank.engine.head_pruning import score_positions_pruned
 from rerank.engine.passage_head import score_positions
-from rerank.evaluation import compute_metrics, kendall_tau, top_k_overlap
+from rerank.evaluation import compute_metrics, kendall_tau, scored_by_rank, top_k_overlap
 from rerank.labels.teachers import EmbeddingTeacher
 from rerank.precision import apply_cpu_precision, cpu_supports
 from rerank.prompting.prompts import relevance_token_ids, sanitize
@@ -51,6 +53,8 @@ SCHEDULES = [
     ("third 50-25/per-passage", "0.33:0.5,0.67:0.25", "per_passage"),
 ]
 PRECISIONS = ["int8", "bf16"]  # dense prefill, model converted by rerank.precision
+# int8 of some linear layers only, by name suffix: "int8[gate_proj+up_proj]".
+PARTIAL_INT8 = re.compile(r"int8\[([a-z_]+(?:\+[a-z_]+)*)\]")
 TUNED = " +tuned"  # suffix of a schedule run with the pruning-tuned weights (--tuned)
 
 
@@ -104,7 +108,8 @@ def measure(
         runs += [(label + TUNED, config, tuned) for label, config in configs]
     with records.open("a") as log:
         for n, qid in enumerate(qids):
-            if qid in done and all(label in done[qid]["pruned"] for label, _, _ in runs):
+            wanted = [label for label, _, _ in runs] + list(models)
+            if qid in done and all(label in done[qid]["pruned"] for label in wanted):
                 continue
             docids = run[qid]
             enc = rr.encode(Window(query=collection.queries[qid], passages=[collection.corpus[d] for d in docids]))
@@ -177,7 +182,7 @@ def baselines(rows: list[dict], collection, teacher: EmbeddingTeacher) -> dict:
     bm25, minilm = {}, {}
     for r in rows:
         docids = r["docids"]
-        bm25[r["qid"]] = [(d, float(len(docids) - i)) for i, d in enumerate(docids)]
+        bm25[r["qid"]] = scored_by_rank(docids)
         cos = teacher.cosine_scores(
             sanitize(collection.queries[r["qid"]]), [sanitize(collection.corpus[d]) for d in docids]
         )
@@ -186,6 +191,15 @@ def baselines(rows: list[dict], collection, teacher: EmbeddingTeacher) -> dict:
         name: round(compute_metrics(collection.qrels, run, graded=collection.graded)["ndcg@10"], 4)
         for name, run in (("bm25", bm25), ("all-MiniLM-L6-v2", minilm))
     }
+
+
+def convert(model, precision: str):
+    """A copy of ``model`` in ``precision``: a name of ``rerank.precision`` or ``int8[a+b]`` (int8 for the
+    decoder's linear layers named ``*a`` or ``*b`` only)."""
+    partial = PARTIAL_INT8.fullmatch(precision)
+    if partial:
+        return apply_cpu_precision(copy.deepcopy(model), "int8", partial.group(1).split("+"))
+    return apply_cpu_precision(copy.deepcopy(model), precision)
 
 
 def plot(report: dict, path: str) -> None:
@@ -236,11 +250,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     unknown = set(args.schedules) - {label for label, _, _ in SCHEDULES}
-    if unknown or set(args.precisions) - set(PRECISIONS):
-        ap.error(f"unknown schedules {sorted(unknown)} or precisions {args.precisions}")
+    bad = [p for p in args.precisions if p not in PRECISIONS and not PARTIAL_INT8.fullmatch(p)]
+    if unknown or bad:
+        ap.error(f"unknown schedules {sorted(unknown)} or precisions {bad} (known: {PRECISIONS}, int8[a+b])")
     measured = variants(args.schedules, args.precisions, args.tuned is not None)
     rr = Reranker.from_pretrained(first_stage_weight=0.0, precision="fp32")
-    models = {p: apply_cpu_precision(copy.deepcopy(rr.model), p) for p in args.precisions}
+    models = {p: convert(rr.model, p) for p in args.precisions}
     tuned = Reranker.from_pretrained(args.tuned, precision="fp32").model if args.tuned else None
     teacher = EmbeddingTeacher()
     records = Path(args.out).with_suffix(".records.jsonl")
@@ -251,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": args.threads,
         "tuned_weights": args.tuned,
         "schedules": {label: {"spec": spec, "budget": budget} for label, spec, budget in measured if spec != "dense"},
-        "precisions": {p: {"native_on_this_cpu": cpu_supports(p)} for p in args.precisions},
+        "precisions": {p: {"native_on_this_cpu": cpu_supports(p.split("[")[0])} for p in args.precisions},
         "collections": {},
     }
     for name in args.collections:

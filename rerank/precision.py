@@ -11,6 +11,7 @@ quality was measured within 0.005 nDCG@10 of fp32 for the shipped model (``eval/
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 
@@ -62,11 +63,14 @@ def resolve_precision(precision: str | None) -> str:
     return precision
 
 
-def apply_cpu_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+def apply_cpu_precision(
+    model: torch.nn.Module, precision: str, int8_modules: Sequence[str] | None = None
+) -> torch.nn.Module:
     """Return ``model`` in ``precision`` (a resolved one: fp32 / bf16 / int8) for CPU inference.
 
-    int8 quantizes every ``nn.Linear`` of the decoder stack dynamically; the LM head stays fp32, so
-    the logits head scoring and decoding read keep full precision.
+    int8 quantizes the ``nn.Linear`` layers of the decoder stack dynamically (all of them, or those
+    whose name ends with one of ``int8_modules``, e.g. ``("gate_proj", "up_proj")``); the LM head
+    stays fp32, so the logits head scoring and decoding read keep full precision.
 
     Example:
         >>> lm = apply_cpu_precision(lm, resolve_precision("int8"))   # doctest: +SKIP
@@ -79,6 +83,14 @@ def apply_cpu_precision(model: torch.nn.Module, precision: str) -> torch.nn.Modu
         from torch.ao.quantization import quantize_dynamic
 
         decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-        quantize_dynamic(decoder, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)  # swaps modules in place
+        spec: set | dict = {torch.nn.Linear}
+        if int8_modules is not None:
+            from torch.ao.quantization import default_dynamic_qconfig
+
+            names = [n for n, m in decoder.named_modules() if isinstance(m, torch.nn.Linear)]
+            spec = {n: default_dynamic_qconfig for n in names if n.endswith(tuple(int8_modules))}
+            if not spec:
+                raise ValueError(f"int8_modules {list(int8_modules)} name none of the decoder's linear layers")
+        quantize_dynamic(decoder, spec, dtype=torch.qint8, inplace=True)  # swaps modules in place
         return model
     raise ValueError(f"apply_cpu_precision needs fp32, bf16 or int8, got {precision!r}")

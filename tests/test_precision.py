@@ -69,3 +69,25 @@ def test_int8_quantizes_the_decoder_and_keeps_the_head(tokenizer):
     approx = score_positions(quantized, [enc.input_ids], [enc.passage_end_positions()], yes, no, 0).scores[0]
     assert approx != dense  # the arithmetic changed ...
     assert max(abs(a - b) for a, b in zip(dense, approx)) < 0.5  # ... by quantization noise only
+
+
+@pytest.mark.skipif(not cpu_supports("int8"), reason="this CPU has no fbgemm/x86 int8 kernels")
+def test_int8_of_named_layers_leaves_the_others_fp32(tokenizer):
+    model = make_tiny_llama(len(tokenizer), seed=4)
+    quantized = apply_cpu_precision(copy.deepcopy(model), "int8", ("gate_proj", "up_proj"))
+    kinds = {
+        name.rsplit(".", 1)[-1]: type(m).__module__.startswith("torch.ao.nn.quantized")
+        for name, m in quantized.model.named_modules()
+        if type(m).__name__ == "Linear"
+    }
+    assert kinds == {
+        "q_proj": False,
+        "k_proj": False,
+        "v_proj": False,
+        "o_proj": False,
+        "gate_proj": True,
+        "up_proj": True,
+        "down_proj": False,
+    }
+    with pytest.raises(ValueError, match="name none of the decoder's linear layers"):
+        apply_cpu_precision(copy.deepcopy(model), "int8", ("lm_head",))
