@@ -7,8 +7,9 @@ A cell is (collection, depth, method); a method is a ``RerankerConfig.long_list`
 optional passage budget after a colon (``one_prompt:60`` = every passage cut to 60 tokens so that 100
 fit one prompt), ``deep_leaders`` after a slash (``tournament/5``), ``chunk_layout`` after an at
 sign (``chunks@interleaved``), the tournament's ``final_order`` after a percent sign
-(``tournament@interleaved%chunk_score``) and its ``final_chunk_weight`` after a tilde
-(``tournament@interleaved~0.5``). The shipped weights run with
+(``tournament@interleaved%chunk_score``), its ``final_chunk_weight`` after a tilde
+(``tournament@interleaved~0.5``) and its ``final_reread`` after a caret (``tournament@interleaved^10``).
+The shipped weights run with
 fusion off (the model alone) unless ``--first_stage_weight``, and with raw head readouts unless
 ``--calibrated`` (then chunks merge by calibrated probability and a tournament's leaders are chosen by it).
 
@@ -40,15 +41,16 @@ from rerank.evaluation import compute_metrics, scored_by_rank
 DATA = shared_data_dir(__file__)
 
 
-def parse_method(spec: str) -> tuple[str, int | None, int | None, str, str, float]:
-    """``METHOD[:BUDGET][/DEEP][@LAYOUT][%FINAL_ORDER][~CHUNK_WEIGHT]`` -> (long_list,
-    max_passage_tokens, deep_leaders, chunk_layout, final_order, final_chunk_weight).
+def parse_method(spec: str) -> tuple[str, int | None, int | None, str, str, float, int | None]:
+    """``METHOD[:BUDGET][/DEEP][@LAYOUT][%FINAL_ORDER][~CHUNK_WEIGHT][^REREAD]`` -> (long_list,
+    max_passage_tokens, deep_leaders, chunk_layout, final_order, final_chunk_weight, final_reread).
 
     >>> parse_method("tournament/0@consecutive")
-    ('tournament', None, 0, 'consecutive', 'first_stage', 0.0)
-    >>> parse_method("tournament@interleaved%chunk_score~0.25")
-    ('tournament', None, None, 'interleaved', 'chunk_score', 0.25)
+    ('tournament', None, 0, 'consecutive', 'first_stage', 0.0, None)
+    >>> parse_method("tournament@interleaved%chunk_score~0.25^10")
+    ('tournament', None, None, 'interleaved', 'chunk_score', 0.25, 10)
     """
+    spec, _, reread = spec.partition("^")
     spec, _, chunk_weight = spec.partition("~")
     spec, _, final_order = spec.partition("%")
     spec, _, layout = spec.partition("@")
@@ -61,6 +63,7 @@ def parse_method(spec: str) -> tuple[str, int | None, int | None, str, str, floa
         layout or "consecutive",
         final_order or "first_stage",
         float(chunk_weight) if chunk_weight else 0.0,
+        int(reread) if reread else None,
     )
 
 
@@ -102,10 +105,10 @@ def run_cell(reranker, coll, run, qids, depth: int, spec: str, path: Path) -> di
     from tqdm import tqdm
 
     done = {r["qid"]: r for r in recover_records(path)} if path.is_file() else {}
-    method, budget, deep, layout, final_order, chunk_weight = parse_method(spec)
+    method, budget, deep, layout, final_order, chunk_weight, reread = parse_method(spec)
     reranker.config.long_list, reranker.config.deep_leaders = method, deep
     reranker.config.chunk_layout, reranker.config.final_order = layout, final_order
-    reranker.config.final_chunk_weight = chunk_weight
+    reranker.config.final_chunk_weight, reranker.config.final_reread = chunk_weight, reread
     reranker.config.max_passage_tokens = budget or 100
     with open(path, "a", encoding="utf-8") as fh:
         for qid in tqdm(qids, desc=path.stem, disable=len(qids) == len(done)):
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--methods",
         default="chunks,tournament,sliding",
-        help="long_list[:budget][/deep][@layout][%%final_order][~final_chunk_weight], comma-separated.",
+        help="long_list[:budget][/deep][@layout][%%final_order][~final_chunk_weight][^final_reread], comma-separated.",
     )
     ap.add_argument(
         "--calibrated", action="store_true", help="Apply the weights' calibration.json (cells named METHOD+cal)."

@@ -301,6 +301,15 @@ class RerankerConfig:
             )
         },
     )
+    final_reread: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "long_list='tournament': read the final prompt's best k once more, alone in one prompt (in "
+                "first-stage order), and order them by that read (one short prompt more); None = off."
+            )
+        },
+    )
     first_stage_weight: float = field(
         default=0.0,
         metadata={
@@ -337,6 +346,15 @@ class RerankerConfig:
         weight = self.final_chunk_weight
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0.0 <= weight <= 1.0:
             raise ValueError(f"final_chunk_weight must be a number in [0, 1], got {self.final_chunk_weight!r}")
+        if self.final_reread is not None and (
+            not isinstance(self.final_reread, int)
+            or isinstance(self.final_reread, bool)
+            or not 2 <= self.final_reread <= self.window_size
+        ):
+            raise ValueError(
+                f"final_reread must be None or an integer from 2 to window_size ({self.window_size}), "
+                f"got {self.final_reread!r}"
+            )
         if self.chunk_layout == "interleaved" and self.deep_leaders is not None:
             raise ValueError(
                 "deep_leaders seeds the final prompt with the first consecutive chunk: it needs "

@@ -15,7 +15,8 @@ docs/benchmarks.md (``eval/depth_methods.py``):
   the top of the list; the others follow. One prompt more than ``chunks``. The final prompt reads
   its leaders in first-stage order, or with ``final_order="chunk_score"`` best chunk score first
   (:func:`final_prompt_order`). With ``final_chunk_weight`` a leader's final score blends in its
-  chunk score (:func:`tournament_order`).
+  chunk score (:func:`tournament_order`). With ``final_reread=k`` the final prompt's best ``k`` are
+  read once more, alone in one prompt, and ordered by that read (:func:`reread_top`).
 * ``chunk_layout="interleaved"`` (for ``chunks`` and ``tournament``): chunk ``c`` of ``k`` holds the
   first-stage ranks ``c, c + k, c + 2k, ...`` instead of a consecutive run, so every prompt holds the
   same mix of strong and weak candidates and a passage's score, read relative to its prompt-mates,
@@ -170,9 +171,35 @@ def tournament_order(
     own = dict(enumerate(s for chunk in chunk_scores for s in chunk))
     own.update((k, (1.0 - chunk_weight) * f + chunk_weight * own[k]) for k, f in zip(leaders, final_scores))
     order = sorted(leaders, key=lambda k: (-own[k], k)) + contest[size:]
+    return order, _capped(order, own)
+
+
+def reread_top(
+    order: Sequence[int], scores: Sequence[float], reread: dict[int, float]
+) -> tuple[list[int], list[float]]:
+    """``order`` (passage indices, best first) with its head, the passages of ``reread``, ordered by the
+    scores of one more prompt over them alone (ties by passage index, the first-stage order); the
+    others follow as they were. Scores (one per passage) never increase down the new order: each is
+    capped at the score of the passage ranked just above it.
+
+    >>> reread_top([2, 0, 1, 3], [0.6, 0.2, 0.9, 0.1], {2: 0.5, 0: 0.7})
+    ([0, 2, 1, 3], [0.7, 0.2, 0.5, 0.1])
+    """
+    head = list(order[: len(reread)])
+    if sorted(head) != sorted(reread):
+        raise ValueError(f"the re-read passages {sorted(reread)} are not the head of the order {head}")
+    own = dict(enumerate(scores))
+    own.update(reread)
+    new_order = sorted(head, key=lambda k: (-own[k], k)) + list(order[len(reread) :])
+    return new_order, _capped(new_order, own)
+
+
+def _capped(order: Sequence[int], own: dict[int, float]) -> list[float]:
+    """Scores by index that never increase down ``order``: each passage keeps its own score, capped at
+    the score of the passage ranked just above it (a later stage outranks an earlier one)."""
     scores = [0.0] * len(order)
     cap = float("inf")
     for index in order:
         cap = min(cap, own[index])
         scores[index] = cap
-    return order, scores
+    return scores

@@ -16,7 +16,7 @@ from rerank.engine import pruning as _pruning
 from rerank.engine.decoding import TokenTable
 from rerank.fusion import fuse_with_first_stage
 from rerank.inputs import check_batch, check_documents, check_query, check_top_k
-from rerank.long_lists import chunk_members, final_prompt_order, tournament_leaders, tournament_order
+from rerank.long_lists import chunk_members, final_prompt_order, reread_top, tournament_leaders, tournament_order
 from rerank.models import load_model_and_tokenizer, pruning_and_weights, recommended_settings
 from rerank.precision import apply_cpu_precision, check_precision, resolve_precision
 from rerank.prompting.presets import get_preset
@@ -376,6 +376,22 @@ class Reranker:
                 chunk_scores, size, final_scores, comparable, deep, self.config.final_chunk_weight
             )
             out.append(([flat[k] for k in order], _by_passage(flat, flat_scores)))
+        if self.config.final_reread is not None:
+            out = self._reread_tops(windows, out, self.config.final_reread, on_call)
+        return out
+
+    def _reread_tops(self, windows: Sequence[Window], ranked, k: int, on_call) -> list[tuple[list[int], list[float]]]:
+        """Each window's best ``k`` read once more, alone in one prompt in first-stage order
+        (``RerankerConfig.final_reread``), and ordered by that read (:func:`rerank.long_lists.reread_top`)."""
+        heads = [sorted(order[:k]) for order, _ in ranked]
+        again = self.rank_windows(
+            [Window(query=w.query, passages=[w.passages[i] for i in head]) for w, head in zip(windows, heads)],
+            prompt_kind="final",
+        )
+        out = []
+        for j, ((order, scores), head, r) in enumerate(zip(ranked, heads, again)):
+            on_call(j, r)
+            out.append(reread_top(order, scores, dict(zip(head, r.scores))))
         return out
 
     def _result(self, order: list[int], ranked: int, scores: list[float] | None, stats: RankingStats) -> RankingResult:

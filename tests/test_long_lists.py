@@ -302,21 +302,23 @@ def test_calibrated_reranker_reads_each_kind_of_prompt_with_its_own_parameters(t
     assert readouts == rr.read_windows([Window(query=QUERY, passages=DOCS[:3])])[0].scores  # raw, uncalibrated
 
 
+def _observed_tournament(model, tokenizer, **settings) -> tuple[Reranker, list]:
+    """An interleaved tournament over prompts of 4, and the (kind, passages, raw scores) of every prompt
+    it reads, in order."""
+    cfg = RerankerConfig(
+        scoring="head", window_size=4, stride=2, long_list="tournament", chunk_layout="interleaved", **settings
+    )
+    rr = Reranker(model, tokenizer, cfg)
+    seen: list = []
+    rr.prompt_observer = lambda kind, window, ranking: seen.append((kind, list(window.passages), ranking.scores))
+    return rr, seen
+
+
 @pytest.mark.parametrize("final_order", ["first_stage", "chunk_score"])
 def test_the_final_prompt_reads_its_leaders_in_the_configured_order(tiny_model, tokenizer, final_order):
     """Interleaved chunks, then the 4 best raw chunk scores meet in a final prompt: in first-stage
     order, or best chunk score first; the same leaders either way, and the top is the final prompt's."""
-    cfg = RerankerConfig(
-        scoring="head",
-        window_size=4,
-        stride=2,
-        long_list="tournament",
-        chunk_layout="interleaved",
-        final_order=final_order,
-    )
-    rr = Reranker(tiny_model, tokenizer, cfg)
-    seen = []
-    rr.prompt_observer = lambda kind, window, ranking: seen.append((kind, list(window.passages), ranking.scores))
+    rr, seen = _observed_tournament(tiny_model, tokenizer, final_order=final_order)
     res = rr.rerank(QUERY, DOCS)
     chunk_score = {p: s for kind, passages, scores in seen[:3] for p, s in zip(passages, scores)}
     best = sorted(DOCS, key=lambda d: (-chunk_score[d], DOCS.index(d)))[:4]
@@ -333,10 +335,7 @@ def test_the_final_prompt_reads_its_leaders_in_the_configured_order(tiny_model, 
 def test_a_leaders_final_score_can_blend_in_its_chunk_score(tiny_model, tokenizer):
     """With final_chunk_weight w the leaders are ordered by (1 - w) * final + w * chunk, both reads of
     the same passage; the prompts read are the same as without."""
-    cfg = RerankerConfig(scoring="head", window_size=4, stride=2, long_list="tournament", chunk_layout="interleaved")
-    rr = Reranker(tiny_model, tokenizer, cfg)
-    seen = []
-    rr.prompt_observer = lambda kind, window, ranking: seen.append((kind, list(window.passages), ranking.scores))
+    rr, seen = _observed_tournament(tiny_model, tokenizer)
     plain = rr.rerank(QUERY, DOCS)
     rr.config.final_chunk_weight = 0.25
     blended = rr.rerank(QUERY, DOCS)
@@ -351,6 +350,28 @@ def test_a_leaders_final_score_can_blend_in_its_chunk_score(tiny_model, tokenize
     for bad in (1.5, -0.1, "0.5", True):
         with pytest.raises(ValueError, match="final_chunk_weight must be a number in"):
             RerankerConfig(scoring="head", final_chunk_weight=bad)
+
+
+def test_the_final_prompts_best_can_be_read_once_more_alone(tiny_model, tokenizer):
+    """With final_reread=k one more prompt reads the tournament's best k in first-stage order; they are
+    ordered by that read, the others stay where they were, and scores never rise down the order."""
+    rr, seen = _observed_tournament(tiny_model, tokenizer)
+    plain = rr.rerank(QUERY, DOCS)
+    rr.config.final_reread = 3
+    again = rr.rerank(QUERY, DOCS)
+    assert [kind for kind, *_ in seen] == ["chunk"] * 3 + ["final"] + ["chunk"] * 3 + ["final", "final"]
+    assert seen[4:8] == seen[:4] and again.stats.llm_calls == plain.stats.llm_calls + 1
+    _, reread, readouts = seen[8]
+    assert reread == [DOCS[i] for i in sorted(plain.order[:3])]  # the best 3, in first-stage order
+    assert [DOCS[i] for i in again.order[:3]] == sorted(
+        reread, key=lambda d: (-readouts[reread.index(d)], DOCS.index(d))
+    )
+    assert again.order[3:] == plain.order[3:]
+    ordered = [again.scores[i] for i in again.order]
+    assert ordered == sorted(ordered, reverse=True)
+    for bad in (1, 5, 2.0, True):
+        with pytest.raises(ValueError, match="final_reread must be None or an integer from 2 to window_size"):
+            RerankerConfig(scoring="head", window_size=4, stride=2, final_reread=bad)
 
 
 def test_disk_memo_resumes_and_a_read_only_memo_scores_nothing(tmp_path, tiny_model, tokenizer):
