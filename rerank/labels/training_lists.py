@@ -33,12 +33,19 @@ def source_of(item: dict) -> str:
 
 
 @cache
+def source_collection(folder: str):
+    """A source's collection folder, loaded once per process: its lists, its retrieval index and the
+    teacher's BM25 scores all read the same corpus."""
+    return load_collection(folder)
+
+
+@cache
 def corpus_index(folder: str):
     """The BM25 (bm25s) index over a collection folder's corpus, built once per process: the lists a
     source retrieves and the teacher's BM25 scores of them read the same index."""
     from rerank.data.bm25 import BM25Index
 
-    return BM25Index.build(load_collection(folder).corpus, show_progress=False)
+    return BM25Index.build(source_collection(folder).corpus, show_progress=False)
 
 
 def _as_list(prefix: str, qid: str, query: str, docs: list[str], corpus, judged: dict[str, int]) -> dict:
@@ -55,7 +62,7 @@ def given_lists(folder: str | Path, list_size: int) -> list[dict]:
     """Every judged question of a SelQA / WikiQA folder with its own candidates (``run.given.trec``:
     the same section or page, so the negatives are hard), capped at ``list_size``."""
     folder = Path(folder)
-    coll = load_collection(str(folder))
+    coll = source_collection(str(folder))
     run = read_run(str(folder / "run.given.trec"))
     out = []
     for qid in sorted(run):
@@ -76,7 +83,7 @@ def retrieved_lists(
     """BM25 top ``depth`` over the corpus of the collection in ``folder`` for each of ``qids``: the
     first stage inference sees. Passages ``qrels`` does not judge count 0. ``need_relevant`` drops
     queries whose judged answer BM25 does not reach (their list would teach nothing about relevance)."""
-    coll = load_collection(str(folder))
+    coll = source_collection(str(folder))
     hits = corpus_index(str(folder)).search([coll.queries[q] for q in qids], depth, show_progress=False)
     out = []
     for qid, ranked in zip(qids, hits):
@@ -91,7 +98,7 @@ def retrieved_lists(
 def scifact_train_lists(folder: str | Path, depth: int, claims: int = 0, offset: int = 0) -> list[dict]:
     """SciFact TRAIN claims (``qrels/train.tsv``; never a test claim) at BM25 top ``depth``:
     ``claims`` of them (0 = all) after the first ``offset`` in id order."""
-    coll = load_collection(str(folder))
+    coll = source_collection(str(folder))
     train = read_qrels(Path(folder) / "qrels" / "train.tsv")
     qids = sorted(q for q in train if q in coll.queries and q not in coll.qrels)[offset:]
     return retrieved_lists(folder, "scifact", qids[:claims] if claims else qids, train, depth, False)
@@ -104,7 +111,7 @@ def qa_retrieved_lists(folder: str | Path, depth: int, questions: int, rng: rand
     article or topic, so a deep list holds the hard negatives a joined list would; ``questions`` (0 =
     all) is a seeded sample of the questions with a judged answer.
     """
-    coll = load_collection(str(folder))
+    coll = source_collection(str(folder))
     qids = sorted(q for q, judged in coll.qrels.items() if q in coll.queries and any(g > 0 for g in judged.values()))
     if questions and questions < len(qids):
         qids = sorted(rng.sample(qids, questions))
