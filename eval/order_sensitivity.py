@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--label", default=None, help="Name of --model's cells in the JSON (default: its folder).")
     ap.add_argument("--out", default="eval/results/order_sensitivity_cpu.json", help="JSON to update.")
     args = ap.parse_args(argv)
-    folder, name, run_cache = resolve_collection(args.collection, DATA, "runs/order")
-    key = name if args.model is None else f"{name} ({args.label or args.model})"
+    folder, collection, run_cache = resolve_collection(args.collection, DATA, "runs/order")
+    key = collection if args.model is None else f"{collection} ({args.label or args.model})"
 
     coll = load_collection(folder)
     run = first_stage_run(coll, args.depth, cache=args.run_cache or run_cache)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         qids = qids[: args.limit_queries]
     reranker = Reranker.from_pretrained(args.model, calibration=False)
     given, reversed_, mean, taus = {}, {}, {}, []
-    for qid in tqdm(qids, desc=f"{name} given + reversed"):
+    for qid in tqdm(qids, desc=f"{collection} given + reversed"):
         docs = run[qid][: args.depth]
         texts = [coll.corpus[d] for d in docs]
         given_result = reranker.rerank(coll.queries[qid], texts)
