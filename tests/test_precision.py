@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from support import make_tiny_llama
+from support import load_script, make_tiny_llama
 
 from rerank import Reranker
 from rerank.engine.passage_head import score_positions
@@ -91,3 +91,16 @@ def test_int8_of_named_layers_leaves_the_others_fp32(tokenizer):
     }
     with pytest.raises(ValueError, match="name none of the decoder's linear layers"):
         apply_cpu_precision(copy.deepcopy(model), "int8", ("lm_head",))
+
+
+@pytest.mark.parametrize("bad", ["int4", "int8[]", "int8[gate_proj+]", "bf16[up_proj]"])
+def test_head_speed_benchmark_refuses_an_unknown_precision_before_loading(bad, monkeypatch, capsys):
+    bench = load_script("eval/bench_head_speed.py")
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the precisions were checked")
+
+    monkeypatch.setattr(bench.Reranker, "from_pretrained", must_not_load)
+    with pytest.raises(SystemExit):
+        bench.main(["--precisions", "int8", "int8[gate_proj+up_proj]", bad, "--schedules", "--out", "/none/x.json"])
+    assert f"precisions ['{bad}']" in capsys.readouterr().err
