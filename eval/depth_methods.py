@@ -8,7 +8,9 @@ optional passage budget after a colon (``one_prompt:60`` = every passage cut to 
 fit one prompt), ``deep_leaders`` after a slash (``tournament/5``), ``chunk_layout`` after an at
 sign (``chunks@interleaved``), the tournament's ``final_order`` after a percent sign
 (``tournament@interleaved%chunk_score``), its ``final_chunk_weight`` after a tilde
-(``tournament@interleaved~0.5``) and its ``final_reread`` after a caret (``tournament@interleaved^10``).
+(``tournament@interleaved~0.5``), its ``final_reread`` after a caret (``tournament@interleaved^10``)
+and a ``chunk_pruning`` schedule name after an equals sign (``tournament@interleaved=fast``: chunks
+pruned, the final prompt dense; its cell files are new, the dense final prompts come from the memo).
 The shipped weights run with
 fusion off (the model alone) unless ``--first_stage_weight``, and with raw head readouts unless
 ``--calibrated`` (then chunks merge by calibrated probability and a tournament's leaders are chosen by it).
@@ -29,6 +31,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rerank.data.bm25 import first_stage_run
@@ -41,30 +44,34 @@ from rerank.evaluation import compute_metrics, scored_by_rank
 DATA = shared_data_dir(__file__)
 
 
-def parse_method(spec: str) -> tuple[str, int | None, int | None, str, str, float, int | None]:
-    """``METHOD[:BUDGET][/DEEP][@LAYOUT][%FINAL_ORDER][~CHUNK_WEIGHT][^REREAD]`` -> (long_list,
-    max_passage_tokens, deep_leaders, chunk_layout, final_order, final_chunk_weight, final_reread).
+def parse_method(spec: str) -> dict:
+    """``METHOD[:BUDGET][/DEEP][@LAYOUT][%FINAL_ORDER][~CHUNK_WEIGHT][^REREAD][=CHUNK_PRUNING]`` -> the
+    ``RerankerConfig`` fields it sets (every one, so a cell never inherits the previous cell's).
 
-    >>> parse_method("tournament/0@consecutive")
-    ('tournament', None, 0, 'consecutive', 'first_stage', 0.0, None)
-    >>> parse_method("tournament@interleaved%chunk_score~0.25^10")
-    ('tournament', None, None, 'interleaved', 'chunk_score', 0.25, 10)
+    >>> parse_method("tournament/0@consecutive")["deep_leaders"]
+    0
+    >>> sorted(parse_method("tournament@interleaved%chunk_score~0.25^10=fast").items())  # doctest: +NORMALIZE_WHITESPACE
+    [('chunk_layout', 'interleaved'), ('chunk_pruning', 'fast'), ('deep_leaders', None),
+     ('final_chunk_weight', 0.25), ('final_order', 'chunk_score'), ('final_reread', 10), ('long_list', 'tournament'),
+     ('max_passage_tokens', 100)]
     """
+    spec, _, chunk_pruning = spec.partition("=")
     spec, _, reread = spec.partition("^")
     spec, _, chunk_weight = spec.partition("~")
     spec, _, final_order = spec.partition("%")
     spec, _, layout = spec.partition("@")
     spec, _, deep = spec.partition("/")
     name, _, budget = spec.partition(":")
-    return (
-        name,
-        int(budget) if budget else None,
-        int(deep) if deep else None,
-        layout or "consecutive",
-        final_order or "first_stage",
-        float(chunk_weight) if chunk_weight else 0.0,
-        int(reread) if reread else None,
-    )
+    return {
+        "long_list": name,
+        "max_passage_tokens": int(budget) if budget else 100,
+        "deep_leaders": int(deep) if deep else None,
+        "chunk_layout": layout or "consecutive",
+        "final_order": final_order or "first_stage",
+        "final_chunk_weight": float(chunk_weight) if chunk_weight else 0.0,
+        "final_reread": int(reread) if reread else None,
+        "chunk_pruning": chunk_pruning or None,
+    }
 
 
 def first_stage(folder: Path, run_cache: Path, args) -> tuple:
@@ -105,11 +112,8 @@ def run_cell(reranker, coll, run, qids, depth: int, spec: str, path: Path) -> di
     from tqdm import tqdm
 
     done = {r["qid"]: r for r in recover_records(path)} if path.is_file() else {}
-    method, budget, deep, layout, final_order, chunk_weight, reread = parse_method(spec)
-    reranker.config.long_list, reranker.config.deep_leaders = method, deep
-    reranker.config.chunk_layout, reranker.config.final_order = layout, final_order
-    reranker.config.final_chunk_weight, reranker.config.final_reread = chunk_weight, reread
-    reranker.config.max_passage_tokens = budget or 100
+    # A new config, not attributes set on the old one: its __post_init__ checks the method's settings.
+    reranker.config = replace(reranker.config, **parse_method(spec))
     with open(path, "a", encoding="utf-8") as fh:
         for qid in tqdm(qids, desc=path.stem, disable=len(qids) == len(done)):
             if qid in done:
@@ -154,7 +158,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--methods",
         default="chunks,tournament,sliding",
-        help="long_list[:budget][/deep][@layout][%%final_order][~final_chunk_weight][^final_reread], comma-separated.",
+        help=(
+            "long_list[:budget][/deep][@layout][%%final_order][~final_chunk_weight][^final_reread][=chunk_pruning], "
+            "comma-separated."
+        ),
     )
     ap.add_argument(
         "--calibrated", action="store_true", help="Apply the weights' calibration.json (cells named METHOD+cal)."

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 
 from rerank.long_lists import CHUNK_LAYOUTS, FINAL_ORDERS
 from rerank.prompting.presets import get_preset
@@ -161,11 +162,22 @@ class PruningConfig:
         return cls(layer_fractions=list(fractions), keep_ratios=list(keeps))
 
 
+def pruning_tag(pruning: PruningConfig | None) -> str | None:
+    """A stable text naming a schedule's every field (None for the dense prefill): what tells readouts apart.
+
+    >>> pruning_tag(PruningConfig.from_spec("late")) == pruning_tag(PruningConfig.from_spec("0.5:0.5,0.75:0.25"))
+    True
+    """
+    return None if pruning is None else json.dumps(asdict(pruning), sort_keys=True)
+
+
 # Named schedules for command lines. "fast" trades the last bit of prefill fidelity for speed where
 # only the first identifier's distribution matters (scoring="single_pass"); see the README table.
 PRUNING_PRESETS: dict[str, dict] = {
     "default": {},
     "fast": {"layer_fractions": [0.04, 0.2, 0.5], "keep_ratios": [0.2, 0.08, 0.03]},
+    # Pruning from half the depth only: what head scoring tolerates best (docs/benchmarks.md).
+    "late": {"layer_fractions": [0.5, 0.75], "keep_ratios": [0.5, 0.25]},
 }
 
 
@@ -238,6 +250,17 @@ class RerankerConfig:
     )
     pruning: PruningConfig | None = field(
         default=None, metadata={"help": "Prefill pruning schedule; None = exact unpruned prefill."}
+    )
+    chunk_pruning: PruningConfig | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "long_list='chunks' or 'tournament' (scoring='head'): the pruning schedule of the chunk prompts only "
+                "(a PruningConfig, its fields as a dict, or a PruningConfig.from_spec name such as 'fast'); the "
+                "final prompt keeps `pruning`. A tournament's chunks only choose its leaders, and pruning keeps a "
+                "prompt's best set far better than their order. None = chunks read like every other prompt."
+            )
+        },
     )
     scoring: str = field(
         default="generate",
@@ -383,6 +406,15 @@ class RerankerConfig:
                 self.pruning = PruningConfig(**self.pruning)
             else:
                 raise TypeError(f"pruning must be a PruningConfig, a dict or None, got {type(self.pruning).__name__}")
+        if isinstance(self.chunk_pruning, str):
+            self.chunk_pruning = PruningConfig.from_spec(self.chunk_pruning)
+        elif isinstance(self.chunk_pruning, dict):
+            self.chunk_pruning = PruningConfig(**self.chunk_pruning)
+        elif self.chunk_pruning is not None and not isinstance(self.chunk_pruning, PruningConfig):
+            raise TypeError(
+                "chunk_pruning must be a PruningConfig, a dict, a spec string or None, got "
+                f"{type(self.chunk_pruning).__name__}"
+            )
         preset = get_preset(self.prompt) if isinstance(self.prompt, str) else None
         if preset is None:
             raise TypeError(f"prompt must be a preset name (str), got {type(self.prompt).__name__}")

@@ -11,7 +11,7 @@ from dataclasses import fields, replace
 
 from rerank.batching import batcher_for
 from rerank.calibration import HeadCalibration, calibration_for_model
-from rerank.config import PruningConfig, RerankerConfig
+from rerank.config import PruningConfig, RerankerConfig, pruning_tag
 from rerank.engine import pruning as _pruning
 from rerank.engine.decoding import TokenTable
 from rerank.fusion import fuse_with_first_stage
@@ -24,8 +24,15 @@ from rerank.prompting.prompts import PromptEncoding, encode_prompt
 from rerank.ranking import Window, WindowRanking, sliding_orders
 from rerank.results import RankingResult, RankingStats
 from rerank.scorers import scorer_class
+from rerank.scorers.base import Scorer
 
 logger = logging.getLogger(__name__)
+
+
+def memo_key(input_ids: Sequence[int], top_k: int | None, pruning: str | None) -> tuple:
+    """What ``Reranker.window_memo`` files a readout under: the prompt, ``top_k`` and, for a pruned read,
+    the schedule's :func:`~rerank.config.pruning_tag`."""
+    return (tuple(input_ids), top_k) if pruning is None else (tuple(input_ids), top_k, pruning)
 
 
 def _by_passage(flat: Sequence[int], values: Sequence[float]) -> list[float]:
@@ -61,9 +68,15 @@ class Reranker:
         self.window_memo: dict | None = None
         # Calibration fitting sets a callable here: it sees every prompt's kind, window and raw readouts.
         self.prompt_observer: Callable[[str, Window, WindowRanking], None] | None = None
-        self.scorer = scorer_class(self.config.scoring)(model, tokenizer, self.table, self.preset, self.config.pruning)
-        if self.config.pruning is not None:
-            _pruning.check_supported(model, self.config.pruning)
+        self._scorers: dict[str | None, Scorer] = {}
+        self.scorer = self._scorer(self.config.pruning)
+        if self.config.chunk_pruning is not None:
+            if not self.scorer.merges_chunks:
+                raise ValueError(
+                    f"chunk_pruning prunes the chunks a per-passage scorer reads a long list in (scoring='head'); "
+                    f"scoring={self.config.scoring!r} reads no chunks: use pruning instead"
+                )
+            self._scorer(self.config.chunk_pruning)
         if calibration is not None and not self.scorer.merges_chunks:
             raise ValueError(f"a head calibration applies to scoring='head' only, not scoring={self.config.scoring!r}")
         if calibration is not None and calibration.layout != self.config.chunk_layout:
@@ -77,6 +90,22 @@ class Reranker:
                 self.config.chunk_layout,
             )
         self.calibration = calibration
+
+    def _scorer(self, pruning: PruningConfig | None) -> Scorer:
+        """The scorer that reads prompts with ``pruning`` (built once per schedule, checked when built)."""
+        tag = pruning_tag(pruning)
+        if tag not in self._scorers:
+            if pruning is not None:
+                _pruning.check_supported(self.model, pruning)
+            cls = scorer_class(self.config.scoring)
+            self._scorers[tag] = cls(self.model, self.tokenizer, self.table, self.preset, pruning)
+        return self._scorers[tag]
+
+    def _pruning_for(self, prompt_kind: str) -> PruningConfig | None:
+        """The schedule a prompt of ``prompt_kind`` is read with (``chunk_pruning`` for chunks, when set)."""
+        if prompt_kind == "chunk" and self.config.chunk_pruning is not None:
+            return self.config.chunk_pruning
+        return self.config.pruning
 
     @property
     def score_kind(self) -> str:
@@ -216,7 +245,7 @@ class Reranker:
         """Rank independent windows (constrained decoding, or single-pass scoring), ``batch_size`` prompts at
         a time. With a calibration, each window's scores are probabilities for prompts of ``prompt_kind``
         (``rerank.calibration.PROMPT_KINDS``: how its passages were chosen)."""
-        results = self.read_windows(windows)
+        results = self.read_windows(windows, self._pruning_for(prompt_kind))
         if self.prompt_observer is not None:
             for window, ranking in zip(windows, results):
                 self.prompt_observer(prompt_kind, window, ranking)
@@ -228,8 +257,14 @@ class Reranker:
             for r in results
         ]
 
-    def read_windows(self, windows: Sequence[Window]) -> list[WindowRanking]:
-        """:meth:`rank_windows` without the calibration: the scorer's own scores (raw head readouts)."""
+    def read_windows(
+        self, windows: Sequence[Window], pruning: PruningConfig | None | str = "config"
+    ) -> list[WindowRanking]:
+        """:meth:`rank_windows` without the calibration: the scorer's own scores (raw head readouts), read
+        with ``pruning`` (by default the config's ``pruning``)."""
+        if pruning == "config":
+            pruning = self.config.pruning
+        scorer, tag = self._scorer(pruning), pruning_tag(pruning)
         results: list[WindowRanking | None] = [None] * len(windows)
         todo = []
         for i, w in enumerate(windows):
@@ -247,7 +282,8 @@ class Reranker:
                     )
                 todo.append(i)
         if self.window_memo is not None:
-            keys = {i: (tuple(self.encode(windows[i]).input_ids), windows[i].top_k) for i in todo}
+            # A pruned read of a prompt is another readout than its dense read: the schedule is in the key.
+            keys = {i: memo_key(self.encode(windows[i]).input_ids, windows[i].top_k, tag) for i in todo}
             for i in [i for i in todo if keys[i] in self.window_memo]:
                 results[i] = self.window_memo[keys[i]]
             todo = [i for i in todo if results[i] is None]
@@ -257,7 +293,7 @@ class Reranker:
         for chunk_start in range(0, len(todo), size):
             chunk = todo[chunk_start : chunk_start + size]
             encs = [self.encode(windows[i]) for i in chunk]
-            for i, ranking in zip(chunk, self.scorer.rank(encs, [windows[i].top_k for i in chunk])):
+            for i, ranking in zip(chunk, scorer.rank(encs, [windows[i].top_k for i in chunk])):
                 results[i] = ranking
                 if self.window_memo is not None:
                     self.window_memo[keys[i]] = ranking

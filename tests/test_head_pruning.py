@@ -118,3 +118,62 @@ def test_per_passage_budget_needs_token_granularity():
         PruningConfig(budget="per_passage", granularity="passage")
     with pytest.raises(ValueError, match="budget"):
         PruningConfig(budget="everywhere")
+
+
+def test_chunk_pruning_prunes_a_tournaments_chunks_and_reads_its_final_prompt_dense(tiny_model, tokenizer):
+    from rerank.ranking import Window
+
+    docs = DOCS + [f"passage {i}: a {['bee', 'cat'][i % 2]} sleeps by the river at night" for i in range(7, 11)]
+    query = "which animal has legs"
+    chunked = dict(scoring="head", window_size=4, stride=2, long_list="tournament", chunk_layout="interleaved")
+    rr = Reranker(tiny_model, tokenizer, RerankerConfig(**chunked, chunk_pruning="0.25:0.5,0.5:0.2"))
+    assert rr.config.chunk_pruning == PruningConfig(layer_fractions=[0.25, 0.5], keep_ratios=[0.5, 0.2])
+    rr.window_memo = {}
+    got = rr.rerank(query, docs)
+    assert got.stats.llm_calls == 3 + 1 and got.stats.computed_fraction < 1.0
+    # Three chunk readouts filed under the schedule, one dense final readout: the memo holds what was read.
+    pruned = [k for k in rr.window_memo if len(k) == 3]
+    dense = [k for k in rr.window_memo if len(k) == 2]
+    assert len(pruned) == 3 and len(dense) == 1
+    # The chunk readouts are the pruned engine's; the final readout is exactly the dense reranker's.
+    plain = Reranker(tiny_model, tokenizer, RerankerConfig(**chunked))
+    schedule = rr.config.chunk_pruning
+    for members in ([0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]):  # interleaved chunks of 11 passages
+        window = Window(query=query, passages=[docs[i] for i in members])
+        alone = plain.read_windows([window], schedule)[0]
+        assert alone.computed_fraction < 1.0
+        memo = rr.window_memo[(tuple(rr.encode(window).input_ids), None, pruned[0][2])]
+        assert memo.scores == pytest.approx(alone.scores, abs=1e-5)
+    (final_key,) = dense
+    final_ids = list(final_key[0])
+    final = Window(query=query, passages=[docs[i] for i in sorted(got.order[:4])])
+    assert list(plain.encode(final).input_ids) == final_ids  # read in first-stage order
+    dense_final = plain.read_windows([final])[0]
+    assert rr.window_memo[final_key].scores == pytest.approx(dense_final.scores, abs=1e-5)
+    assert rr.window_memo[final_key].computed_fraction == 1.0
+
+
+def test_chunk_pruning_is_refused_where_nothing_is_read_in_chunks(tiny_model, tokenizer):
+    with pytest.raises(ValueError, match="scoring='generate' reads no chunks"):
+        Reranker(tiny_model, tokenizer, RerankerConfig(chunk_pruning="fast"))
+    with pytest.raises(ValueError, match="pruning spec must be one of"):
+        RerankerConfig(scoring="head", chunk_pruning="fastest")
+    with pytest.raises(TypeError, match="chunk_pruning must be"):
+        RerankerConfig(scoring="head", chunk_pruning=0.5)
+    with pytest.raises(ValueError, match="granularity"):
+        Reranker(tiny_model, tokenizer, RerankerConfig(scoring="head", chunk_pruning={"granularity": "passage"}))
+
+
+def test_disk_memo_keeps_dense_keys_and_files_pruned_reads_apart(tmp_path):
+    import hashlib
+
+    from rerank.data.window_memo import DiskMemo
+    from rerank.ranking import WindowRanking
+
+    memo = DiskMemo(tmp_path / "memo.jsonl")
+    memo[((5, 6, 7), None)] = WindowRanking(order=[0], ranked=1, scores=[1.0])
+    memo[((5, 6, 7), None, "late")] = WindowRanking(order=[0], ranked=1, scores=[2.0])
+    # The dense key is the one memos were always written with.
+    assert hashlib.sha1(b"None:5,6,7").hexdigest() in dict.keys(memo)
+    again = DiskMemo(tmp_path / "memo.jsonl", read_only=True)
+    assert again[((5, 6, 7), None)].scores == [1.0] and again[((5, 6, 7), None, "late")].scores == [2.0]

@@ -28,8 +28,10 @@ class DiskMemo(dict):
 
     @staticmethod
     def _key(key) -> str:
-        ids, top_k = key
-        return hashlib.sha1(f"{top_k}:{','.join(map(str, ids))}".encode()).hexdigest()
+        ids, top_k, *pruning = key
+        # A dense readout keeps the key it always had, so memos written before pruned reads still serve.
+        head = f"{top_k}" if not pruning else f"{top_k}|{pruning[0]}"
+        return hashlib.sha1(f"{head}:{','.join(map(str, ids))}".encode()).hexdigest()
 
     def __contains__(self, key) -> bool:
         found = super().__contains__(self._key(key))
