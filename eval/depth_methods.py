@@ -9,8 +9,10 @@ fit one prompt), ``deep_leaders`` after a slash (``tournament/5``), ``chunk_layo
 sign (``chunks@interleaved``), the tournament's ``final_order`` after a percent sign
 (``tournament@interleaved%chunk_score``), its ``final_chunk_weight`` after a tilde
 (``tournament@interleaved~0.5``), its ``final_reread`` after a caret (``tournament@interleaved^10``)
-and a ``chunk_pruning`` schedule name after an equals sign (``tournament@interleaved=fast``: chunks
-pruned, the final prompt dense; its cell files are new, the dense final prompts come from the memo).
+a ``chunk_passage_tokens`` budget after an ampersand (``tournament@interleaved&50``: chunk prompts cut
+each passage to 50 tokens, the final prompt to the method's budget) and a ``chunk_pruning`` schedule
+name after an equals sign (``tournament@interleaved=fast``: chunks pruned, the final prompt dense).
+Prompts the memo has already read (the final prompt over the same leaders) are not read again.
 The shipped weights run with
 fusion off (the model alone) unless ``--first_stage_weight``, and with raw head readouts unless
 ``--calibrated`` (then chunks merge by calibrated probability and a tournament's leaders are chosen by it).
@@ -45,17 +47,19 @@ DATA = shared_data_dir(__file__)
 
 
 def parse_method(spec: str) -> dict:
-    """``METHOD[:BUDGET][/DEEP][@LAYOUT][%FINAL_ORDER][~CHUNK_WEIGHT][^REREAD][=CHUNK_PRUNING]`` -> the
-    ``RerankerConfig`` fields it sets (every one, so a cell never inherits the previous cell's).
+    """``METHOD[:BUDGET][/DEEP][@LAYOUT][%FINAL_ORDER][~CHUNK_WEIGHT][^REREAD][&CHUNK_BUDGET][=CHUNK_PRUNING]``
+    -> the ``RerankerConfig`` fields it sets (every one, so a cell never inherits the previous cell's).
 
     >>> parse_method("tournament/0@consecutive")["deep_leaders"]
     0
-    >>> sorted(parse_method("tournament@interleaved%chunk_score~0.25^10=fast").items())  # doctest: +NORMALIZE_WHITESPACE
-    [('chunk_layout', 'interleaved'), ('chunk_pruning', 'fast'), ('deep_leaders', None),
-     ('final_chunk_weight', 0.25), ('final_order', 'chunk_score'), ('final_reread', 10), ('long_list', 'tournament'),
-     ('max_passage_tokens', 100)]
+    >>> got = parse_method("tournament@interleaved%chunk_score~0.25^10&50=fast")
+    >>> sorted(got.items())  # doctest: +NORMALIZE_WHITESPACE
+    [('chunk_layout', 'interleaved'), ('chunk_passage_tokens', 50), ('chunk_pruning', 'fast'),
+     ('deep_leaders', None), ('final_chunk_weight', 0.25), ('final_order', 'chunk_score'), ('final_reread', 10),
+     ('long_list', 'tournament'), ('max_passage_tokens', 100)]
     """
     spec, _, chunk_pruning = spec.partition("=")
+    spec, _, chunk_budget = spec.partition("&")
     spec, _, reread = spec.partition("^")
     spec, _, chunk_weight = spec.partition("~")
     spec, _, final_order = spec.partition("%")
@@ -71,6 +75,7 @@ def parse_method(spec: str) -> dict:
         "final_chunk_weight": float(chunk_weight) if chunk_weight else 0.0,
         "final_reread": int(reread) if reread else None,
         "chunk_pruning": chunk_pruning or None,
+        "chunk_passage_tokens": int(chunk_budget) if chunk_budget else None,
     }
 
 
@@ -159,8 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--methods",
         default="chunks,tournament,sliding",
         help=(
-            "long_list[:budget][/deep][@layout][%%final_order][~final_chunk_weight][^final_reread][=chunk_pruning], "
-            "comma-separated."
+            "long_list[:budget][/deep][@layout][%%final_order][~final_chunk_weight][^final_reread]"
+            "[&chunk_passage_tokens][=chunk_pruning], comma-separated."
         ),
     )
     ap.add_argument(

@@ -333,6 +333,15 @@ class RerankerConfig:
             )
         },
     )
+    chunk_passage_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "long_list='chunks' or 'tournament': cut each passage of the chunk prompts to this many tokens "
+                "(the final prompt keeps max_passage_tokens); None = chunks read passages like every other prompt."
+            )
+        },
+    )
     first_stage_weight: float = field(
         default=0.0,
         metadata={
@@ -406,6 +415,14 @@ class RerankerConfig:
                 self.pruning = PruningConfig(**self.pruning)
             else:
                 raise TypeError(f"pruning must be a PruningConfig, a dict or None, got {type(self.pruning).__name__}")
+        if self.chunk_passage_tokens is not None and (
+            not isinstance(self.chunk_passage_tokens, int)
+            or isinstance(self.chunk_passage_tokens, bool)
+            or self.chunk_passage_tokens < 1
+        ):
+            raise ValueError(
+                f"chunk_passage_tokens must be a positive integer or None, got {self.chunk_passage_tokens!r}"
+            )
         if isinstance(self.chunk_pruning, str):
             self.chunk_pruning = PruningConfig.from_spec(self.chunk_pruning)
         elif isinstance(self.chunk_pruning, dict):

@@ -21,8 +21,9 @@ from rerank.prompting.identifiers import complete_order
 class Window:
     """One ranking request: a query and passages in first-stage order.
 
-    ``top_k`` asks for only the best ``top_k`` to be decided; ``cache`` lets a ranker keep work
-    (e.g. the tokenised prompt) between a fit check and the actual call.
+    ``top_k`` asks for only the best ``top_k`` to be decided; ``passage_tokens`` cuts each passage of
+    this window to that many tokens instead of the ranker's own budget; ``cache`` lets a ranker keep
+    work (e.g. the tokenised prompt) between a fit check and the actual call.
     """
 
     query: str
@@ -30,6 +31,7 @@ class Window:
     top_k: int | None = None
     qid: str | None = None
     docids: list[str] | None = None
+    passage_tokens: int | None = None
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
 

@@ -211,7 +211,7 @@ class Reranker:
                 self.tokenizer,
                 window.query,
                 window.passages,
-                self.config.max_passage_tokens,
+                window.passage_tokens or self.config.max_passage_tokens,
                 self.preset,
                 max_tokens=self.max_context if shrink else None,
                 answer_tokens=self.answer_budget(len(window.passages)) if shrink else None,
@@ -356,8 +356,12 @@ class Reranker:
         size = self.config.window_size
         members = [chunk_members(len(w.passages), size, self.config.chunk_layout) for w in windows]
         pieces = [(j, m) for j, per_window in enumerate(members) for m in per_window]
+        budget = self.config.chunk_passage_tokens
         scored = self.rank_windows(
-            [Window(query=windows[j].query, passages=[windows[j].passages[k] for k in m]) for j, m in pieces],
+            [
+                Window(query=windows[j].query, passages=[windows[j].passages[k] for k in m], passage_tokens=budget)
+                for j, m in pieces
+            ],
             prompt_kind="chunk",
         )
         chunks: list[list[list[float]]] = [[] for _ in windows]

@@ -529,14 +529,13 @@ def test_three_hundred_passages_rank_by_an_interleaved_tournament(tiny_model, to
     assert along == sorted(along, reverse=True)
 
 
-def test_prompt_readouts_records_every_prompt_of_a_users_collection(tmp_path, tokenizer):
-    """eval/prompt_readouts.py on a collection folder of one's own (its given run reranked): per query
-    the interleaved chunks then the final prompt, each with its docids and the raw readouts a
-    Reranker reads for that window; then fit_calibration adds the final set from those records."""
+def _tournament_model_and_collection(tmp_path, tokenizer, layers: int) -> tuple:
+    """A tiny head model folder that recommends an interleaved tournament of windows of 4, and a
+    collection folder of one's own: 10 passages, 2 judged queries, a given run (q2's reversed)."""
     from support import make_tiny_llama
 
     folder = tmp_path / "tiny"
-    make_tiny_llama(len(tokenizer), layers=2).save_pretrained(folder)
+    make_tiny_llama(len(tokenizer), layers=layers).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     settings = {"scoring": "head", "long_list": "tournament", "chunk_layout": "interleaved", "window_size": 4}
     (folder / "lazyrank.json").write_text(json.dumps({"reranker": settings | {"stride": 2}}))
@@ -551,6 +550,14 @@ def test_prompt_readouts_records_every_prompt_of_a_users_collection(tmp_path, to
     (coll / "run.given.trec").write_text(
         "".join(f"{q} Q0 {d} {r + 1} {10 - r} given\n" for q, ds in ranked.items() for r, d in enumerate(ds))
     )
+    return folder, coll, docs, queries, ranked
+
+
+def test_prompt_readouts_records_every_prompt_of_a_users_collection(tmp_path, tokenizer):
+    """eval/prompt_readouts.py on a collection folder of one's own (its given run reranked): per query
+    the interleaved chunks then the final prompt, each with its docids and the raw readouts a
+    Reranker reads for that window; then fit_calibration adds the final set from those records."""
+    folder, coll, docs, queries, ranked = _tournament_model_and_collection(tmp_path, tokenizer, layers=2)
     script = load_script("eval/prompt_readouts.py")
     out = script.main(["--collection", str(coll), "--depth", "10", "--model", str(folder), "--work_dir", str(tmp_path)])
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -628,3 +635,55 @@ def test_a_train_split_becomes_a_development_folder_that_depth_methods_reranks(t
         == cells["tournament"]["ndcg@10"]
     )
     assert (tmp_path / "work" / "dev" / "memo.jsonl").read_text() == memo
+
+
+def test_bench_depth_speed_times_dense_and_pruned_chunks_on_the_same_lists(tmp_path, tokenizer):
+    """eval/bench_depth_speed.py ranks every query with each variant back to back: dense chunks are
+    what from_pretrained() ranks, a chunk_pruning schedule computes fewer token-layers, and a rerun
+    resumes from its records without ranking anything again."""
+    folder, coll, docs, queries, ranked = _tournament_model_and_collection(tmp_path, tokenizer, layers=4)
+    script = load_script("eval/bench_depth_speed.py")
+    out = tmp_path / "speed.json"
+    args = ["--collection", str(coll), "--depth", "10", "--model", str(folder), "--out", str(out), "--threads", "1"]
+    table = script.main([*args, "--variants", "dense", "0.25:0.5,0.5:0.2", "--limit_queries", "2"])
+    dense, pruned = table["dense"], table["0.25:0.5,0.5:0.2"]
+    assert table["queries"] == 2 and dense["prompts_per_query"] == pruned["prompts_per_query"] == 3 + 1
+    assert dense["computed_fraction"] == 1.0 and pruned["computed_fraction"] < 1.0
+    assert dense["x_dense"] == 1.0 and dense["top10_overlap_dense"] == 1.0
+    records = [json.loads(line) for line in out.with_suffix(".records.jsonl").read_text().splitlines()]
+    rr = Reranker.from_pretrained(str(folder))
+    for rec in records:
+        candidates = [docs[d] for d in ranked[rec["qid"]]]
+        assert rec["variants"]["dense"]["order"] == rr.rerank(queries[rec["qid"]], candidates).order
+    # The same command again ranks nothing; an added variant ranks only itself, and minilm is timed too.
+    lines = out.with_suffix(".records.jsonl").read_text()
+    assert script.main([*args, "--variants", "dense", "0.25:0.5,0.5:0.2", "--limit_queries", "2"]) == table
+    assert out.with_suffix(".records.jsonl").read_text() == lines
+    both = script.main([*args, "--variants", "dense", "minilm", "--limit_queries", "2"])
+    assert both["dense"]["ndcg@10"] == dense["ndcg@10"] and both["minilm"]["seconds_per_query"] > 0
+
+
+def test_chunk_passage_tokens_cuts_the_chunks_and_not_the_final_prompt(tiny_model, tokenizer):
+    base = dict(scoring="head", window_size=4, stride=2, long_list="tournament", chunk_layout="interleaved")
+    rr = Reranker(tiny_model, tokenizer, RerankerConfig(**base, max_passage_tokens=12, chunk_passage_tokens=4))
+    rr.window_memo = {}
+    got = rr.rerank(QUERY, DOCS)
+    cut = Reranker(tiny_model, tokenizer, RerankerConfig(**base, max_passage_tokens=4))
+    full = Reranker(tiny_model, tokenizer, RerankerConfig(**base, max_passage_tokens=12))
+    # The three chunk prompts are exactly those of a reranker cutting every passage to 4 tokens.
+    chunk_prompts = {
+        tuple(cut.encode(Window(query=QUERY, passages=[DOCS[i] for i in m])).input_ids)
+        for m in chunk_members(len(DOCS), 4, "interleaved")
+    }
+    final = Window(query=QUERY, passages=[DOCS[i] for i in sorted(got.order[:4])])
+    final_prompt = tuple(full.encode(final).input_ids)
+    assert {ids for ids, _ in rr.window_memo} == chunk_prompts | {final_prompt}
+    assert rr.window_memo[(final_prompt, None)].scores == pytest.approx(full.read_windows([final])[0].scores, abs=1e-5)
+    assert got.stats.prompt_tokens == sum(len(ids) for ids in chunk_prompts) + len(final_prompt)
+    # Each chunk is shorter than the same chunk read at the final prompt's budget.
+    for m in chunk_members(len(DOCS), 4, "interleaved"):
+        window = Window(query=QUERY, passages=[DOCS[i] for i in m])
+        assert len(cut.encode(window).input_ids) < len(full.encode(Window(window.query, window.passages)).input_ids)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="chunk_passage_tokens must be a positive integer or None"):
+            RerankerConfig(**base, chunk_passage_tokens=bad)
