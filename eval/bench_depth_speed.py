@@ -1,13 +1,13 @@
 """The shipped default end to end at one depth: dense chunks vs pruned chunks vs all-MiniLM-L6-v2, timed back to back.
 
     .venv/bin/python eval/bench_depth_speed.py --collection dl19 --depth 100 --limit_queries 12 \\
-        --variants dense fast minilm --out eval/results/depth_speed_cpu.json
+        --variants dense chunk_passage_tokens=50 minilm --out eval/results/depth_speed_cpu.json
 
 For every query (BM25 top-``--depth``) each variant reranks the same candidates through
 ``Reranker.rerank`` one after the other in one process, so machine load hits them alike: ``dense`` is
-the shipped default as ``from_pretrained()`` builds it with dense chunks, any other name a
-``chunk_pruning`` schedule (``PruningConfig.from_spec``: ``fast``, ``default``, ``late``, or
-``depth:keep`` pairs), and ``minilm`` all-MiniLM-L6-v2's cosine over the same candidates, embedding
+the shipped default as ``from_pretrained()`` builds it, ``FIELD=VALUE`` the same with one
+``RerankerConfig`` field changed (``chunk_passage_tokens=50``, ``chunk_pruning=late``; join several
+with ``+``), and ``minilm`` all-MiniLM-L6-v2's cosine over the same candidates, embedding
 included. A first query is ranked once by every variant and not timed (warm-up). Per variant the JSON
 holds nDCG@10, mean and median wall seconds per query, the median per-query ratio to the first
 variant, the fraction of token-layers computed and the top-10 overlap with the first variant.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from rerank.data.bm25 import first_stage_run
@@ -29,6 +29,32 @@ from rerank.data.script_support import resolve_collection, shared_data_dir, upda
 from rerank.evaluation import compute_metrics, scored_by_rank, top_k_overlap
 
 DATA = shared_data_dir(__file__)
+
+
+def parse_variant(spec: str) -> dict:
+    """A variant's ``RerankerConfig`` changes: ``dense`` none, else ``FIELD=VALUE[+FIELD=VALUE]``.
+
+    >>> parse_variant("chunk_passage_tokens=50+chunk_pruning=0.5:0.5,0.75:0.25")
+    {'chunk_passage_tokens': 50, 'chunk_pruning': '0.5:0.5,0.75:0.25'}
+    >>> parse_variant("dense")
+    {}
+    """
+    if spec == "dense":
+        return {}
+    changes = {}
+    for part in spec.split("+"):
+        field, sep, value = part.partition("=")
+        if not sep or not field:
+            raise SystemExit(f"--variants: {spec!r} is not dense, minilm or FIELD=VALUE[+FIELD=VALUE]")
+        for kind in (int, float):
+            try:
+                changes[field] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            changes[field] = None if value == "none" else value
+    return changes
 
 
 def rank_with(variant: str, reranker, minilm, query: str, docs: list[str]) -> tuple[list[int], dict]:
@@ -42,6 +68,7 @@ def rank_with(variant: str, reranker, minilm, query: str, docs: list[str]) -> tu
         return order, {"seconds": time.perf_counter() - tick}
     res = reranker.rerank(query, docs)
     cost = {"seconds": time.perf_counter() - tick, "prompts": res.stats.llm_calls}
+    cost["prompt_tokens"] = res.stats.prompt_tokens
     cost["computed_fraction"] = res.stats.computed_fraction
     cost["method"] = res.stats.fallback or "full"
     return res.order, cost
@@ -61,8 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--variants",
         nargs="+",
-        default=["dense", "fast", "minilm"],
-        help="dense, minilm, or chunk_pruning schedules (names or depth:keep pairs); the first is the reference.",
+        default=["dense", "chunk_passage_tokens=50", "minilm"],
+        help="dense, minilm, or FIELD=VALUE[+FIELD=VALUE] (RerankerConfig changes); the first is the reference.",
     )
     ap.add_argument("--model", default=None, help="Model folder (default: the shipped weights).")
     ap.add_argument("--threads", type=int, default=2, help="torch threads.")
@@ -78,7 +105,14 @@ def main(argv: list[str] | None = None) -> dict:
     qids = qids[args.query_offset : args.query_offset + args.limit_queries]
     reranker = Reranker.from_pretrained(args.model, batch_size=1)
     dense = reranker.config
-    configs = {v: replace(dense, chunk_pruning=None if v == "dense" else v) for v in variants if v != "minilm"}
+    known = {f.name for f in fields(dense)}
+    configs = {}
+    for v in variants:
+        if v != "minilm":
+            changes = parse_variant(v)
+            if set(changes) - known:
+                raise SystemExit(f"--variants {v!r}: {sorted(set(changes) - known)} not RerankerConfig fields")
+            configs[v] = replace(dense, **changes)
     minilm = EmbeddingTeacher() if "minilm" in variants else None
 
     def ranked(variant: str, qid: str) -> tuple[list[int], dict]:
@@ -124,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
         if v != "minilm":
             cell["computed_fraction"] = round(statistics.mean(r["variants"][v]["computed_fraction"] for r in rows), 3)
             cell["prompts_per_query"] = round(statistics.mean(r["variants"][v]["prompts"] for r in rows), 2)
+            cell["prompt_tokens_per_query"] = round(statistics.mean(r["variants"][v]["prompt_tokens"] for r in rows))
         table[v] = cell
     update_json(args.out, [key], table)
     print(key, table, flush=True)

@@ -33,6 +33,7 @@ import rerank.training.losses.identifier_ranking
         rerank.labels.list_teacher,
         rerank.labels.training_lists,
         load_script("eval/calibration.py"),
+        load_script("eval/bench_depth_speed.py"),
         load_script("eval/chunk_precision.py"),
         load_script("eval/depth_methods.py"),
         load_script("eval/leader_recall.py"),

@@ -645,8 +645,9 @@ def test_bench_depth_speed_times_dense_and_pruned_chunks_on_the_same_lists(tmp_p
     script = load_script("eval/bench_depth_speed.py")
     out = tmp_path / "speed.json"
     args = ["--collection", str(coll), "--depth", "10", "--model", str(folder), "--out", str(out), "--threads", "1"]
-    table = script.main([*args, "--variants", "dense", "0.25:0.5,0.5:0.2", "--limit_queries", "2"])
-    dense, pruned = table["dense"], table["0.25:0.5,0.5:0.2"]
+    args += ["--limit_queries", "2"]
+    table = script.main([*args, "--variants", "dense", "chunk_pruning=0.25:0.5,0.5:0.2"])
+    dense, pruned = table["dense"], table["chunk_pruning=0.25:0.5,0.5:0.2"]
     assert table["queries"] == 2 and dense["prompts_per_query"] == pruned["prompts_per_query"] == 3 + 1
     assert dense["computed_fraction"] == 1.0 and pruned["computed_fraction"] < 1.0
     assert dense["x_dense"] == 1.0 and dense["top10_overlap_dense"] == 1.0
@@ -657,10 +658,15 @@ def test_bench_depth_speed_times_dense_and_pruned_chunks_on_the_same_lists(tmp_p
         assert rec["variants"]["dense"]["order"] == rr.rerank(queries[rec["qid"]], candidates).order
     # The same command again ranks nothing; an added variant ranks only itself, and minilm is timed too.
     lines = out.with_suffix(".records.jsonl").read_text()
-    assert script.main([*args, "--variants", "dense", "0.25:0.5,0.5:0.2", "--limit_queries", "2"]) == table
+    assert script.main([*args, "--variants", "dense", "chunk_pruning=0.25:0.5,0.5:0.2"]) == table
     assert out.with_suffix(".records.jsonl").read_text() == lines
-    both = script.main([*args, "--variants", "dense", "minilm", "--limit_queries", "2"])
-    assert both["dense"]["ndcg@10"] == dense["ndcg@10"] and both["minilm"]["seconds_per_query"] > 0
+    more = script.main([*args, "--variants", "dense", "minilm", "chunk_passage_tokens=3"])
+    assert more["dense"]["ndcg@10"] == dense["ndcg@10"] and more["minilm"]["seconds_per_query"] > 0
+    assert more["chunk_passage_tokens=3"]["prompt_tokens_per_query"] < dense["prompt_tokens_per_query"]
+    with pytest.raises(SystemExit, match="not RerankerConfig fields"):
+        script.main([*args, "--variants", "dense", "chunk_tokens=3"])
+    with pytest.raises(SystemExit, match="is not dense, minilm or FIELD=VALUE"):
+        script.main([*args, "--variants", "fast"])
 
 
 def test_chunk_passage_tokens_cuts_the_chunks_and_not_the_final_prompt(tiny_model, tokenizer):
