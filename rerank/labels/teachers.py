@@ -99,6 +99,10 @@ class EmbeddingTeacher:
         self.cache_size = cache_size
         self._cache: dict[str, object] = {}
 
+    def clear_cache(self) -> None:
+        """Forget every embedding (a timing then measures the encoding, as a first call pays it)."""
+        self._cache.clear()
+
     def _embed(self, texts: Sequence[str]):
         import torch
 
