@@ -135,7 +135,7 @@ class PruningConfig:
 
     @classmethod
     def from_spec(cls, spec: str) -> PruningConfig:
-        """A schedule from a preset name (``"default"``, ``"fast"``) or ``"depth:keep,..."`` pairs.
+        """A schedule from a preset name (``"default"``, ``"fast"``, ``"late"``) or ``"depth:keep,..."`` pairs.
 
         This is the form command lines and YAML files take (``rerank eval --pruning fast``).
 

@@ -144,7 +144,7 @@ class Reranker:
         keeps the raw head readout, a path loads that file; a file fitted for other weights is refused.
 
         ``pruning``: a :class:`PruningConfig`, a spec for :meth:`PruningConfig.from_spec` (``"default"``,
-        ``"fast"``, ``"0.5:0.5,..."``) or ``"recommended"``, the schedule the model folder names in its
+        ``"fast"``, ``"late"``, ``"0.5:0.5,..."``) or ``"recommended"``, the schedule the model folder names in its
         ``lazyrank.json``. A folder may ship weights tuned for its schedule (trained with it in the
         forward); they are loaded whenever that schedule is asked for, and the folder's dense weights
         otherwise. The shipped default names none: no schedule kept its nDCG@10 within 0.005 of the
