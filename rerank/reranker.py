@@ -11,12 +11,12 @@ from dataclasses import fields, replace
 
 from rerank.batching import batcher_for
 from rerank.calibration import HeadCalibration, calibration_for_model
+from rerank.chunked_reading import rank_by_chunks, rank_by_tournament
 from rerank.config import PruningConfig, RerankerConfig, pruning_tag
 from rerank.engine import pruning as _pruning
 from rerank.engine.decoding import TokenTable
 from rerank.fusion import fuse_with_first_stage
 from rerank.inputs import check_batch, check_documents, check_query, check_top_k
-from rerank.long_lists import chunk_members, final_prompt_order, reread_top, tournament_leaders, tournament_order
 from rerank.models import load_model_and_tokenizer, pruning_and_weights, recommended_settings
 from rerank.precision import apply_cpu_precision, check_precision, resolve_precision
 from rerank.prompting.presets import get_preset
@@ -33,15 +33,6 @@ def memo_key(input_ids: Sequence[int], top_k: int | None, pruning: str | None) -
     """What ``Reranker.window_memo`` files a readout under: the prompt, ``top_k`` and, for a pruned read,
     the schedule's :func:`~rerank.config.pruning_tag`."""
     return (tuple(input_ids), top_k) if pruning is None else (tuple(input_ids), top_k, pruning)
-
-
-def _by_passage(flat: Sequence[int], values: Sequence[float]) -> list[float]:
-    """Values given in the order chunks lay end to end (``flat[k]`` is the passage of position k),
-    put back in passage order."""
-    out = [0.0] * len(flat)
-    for k, value in zip(flat, values):
-        out[k] = value
-    return out
 
 
 class Reranker:
@@ -350,90 +341,6 @@ class Reranker:
             return "full" if self.fits(window) else "chunks"
         return method
 
-    def _rank_in_chunks(self, windows: Sequence[Window], on_call) -> list[tuple[list[list[float]], list[int]]]:
-        """Per-passage scores of each window, prompt by prompt (``RerankerConfig.chunk_layout``), with the
-        window's passage indices in the order the chunks lay end to end (what a flat index names)."""
-        size = self.config.window_size
-        members = [chunk_members(len(w.passages), size, self.config.chunk_layout) for w in windows]
-        pieces = [(j, m) for j, per_window in enumerate(members) for m in per_window]
-        budget = self.config.chunk_passage_tokens
-        scored = self.rank_windows(
-            [
-                Window(query=windows[j].query, passages=[windows[j].passages[k] for k in m], passage_tokens=budget)
-                for j, m in pieces
-            ],
-            prompt_kind="chunk",
-        )
-        chunks: list[list[list[float]]] = [[] for _ in windows]
-        for (j, _), r in zip(pieces, scored):
-            chunks[j].append(r.scores)
-            on_call(j, r)
-        return [(c, [k for m in per_window for k in m]) for c, per_window in zip(chunks, members)]
-
-    def _merge_chunks(self, windows: Sequence[Window], on_call) -> list[tuple[list[int], list[float]]]:
-        """Order and per-passage scores of each window from its chunks' scores alone."""
-        out = []
-        for chunks, flat in self._rank_in_chunks(windows, on_call):
-            scores = _by_passage(flat, [s for chunk in chunks for s in chunk])
-            out.append((sorted(range(len(scores)), key=lambda k: (-scores[k], k)), scores))
-        return out
-
-    def _rank_tournaments(self, windows: Sequence[Window], on_call) -> list[tuple[list[int], list[float]]]:
-        """Chunks, then one final prompt per window over its chunks' leaders (:mod:`rerank.long_lists`)."""
-        size = self.config.window_size
-        scored = self._rank_in_chunks(windows, on_call)
-        # Interleaved prompts hold the same mix of first-stage ranks: their raw scores compare.
-        comparable = self.calibration is not None or self.config.chunk_layout == "interleaved"
-        deep = self.config.deep_leaders
-        leaders = [tournament_leaders(c, size, comparable, deep) for c, _ in scored]
-        finalists = [
-            final_prompt_order(chunks, picked, flat, self.config.final_order)
-            for (chunks, flat), picked in zip(scored, leaders)
-        ]
-        # Leaders that are exactly the first chunk were just read in that prompt: no final prompt.
-        todo = [j for j, picked in enumerate(leaders) if picked != list(range(len(scored[j][0][0])))]
-        finals = dict(
-            zip(
-                todo,
-                self.rank_windows(
-                    [
-                        Window(query=windows[j].query, passages=[windows[j].passages[k] for k in finalists[j]])
-                        for j in todo
-                    ],
-                    prompt_kind="final",
-                ),
-            )
-        )
-        out = []
-        for j, (chunk_scores, flat) in enumerate(scored):
-            if j in finals:
-                on_call(j, finals[j])
-                by_passage = dict(zip(finalists[j], finals[j].scores))
-                final_scores = [by_passage[flat[k]] for k in leaders[j]]
-            else:
-                final_scores = chunk_scores[0]
-            order, flat_scores = tournament_order(
-                chunk_scores, size, final_scores, comparable, deep, self.config.final_chunk_weight
-            )
-            out.append(([flat[k] for k in order], _by_passage(flat, flat_scores)))
-        if self.config.final_reread is not None:
-            out = self._reread_tops(windows, out, self.config.final_reread, on_call)
-        return out
-
-    def _reread_tops(self, windows: Sequence[Window], ranked, k: int, on_call) -> list[tuple[list[int], list[float]]]:
-        """Each window's best ``k`` read once more, alone in one prompt in first-stage order
-        (``RerankerConfig.final_reread``), and ordered by that read (:func:`rerank.long_lists.reread_top`)."""
-        heads = [sorted(order[:k]) for order, _ in ranked]
-        again = self.rank_windows(
-            [Window(query=w.query, passages=[w.passages[i] for i in head]) for w, head in zip(windows, heads)],
-            prompt_kind="final",
-        )
-        out = []
-        for j, ((order, scores), head, r) in enumerate(zip(ranked, heads, again)):
-            on_call(j, r)
-            out.append(reread_top(order, scores, dict(zip(head, r.scores))))
-        return out
-
     def _result(self, order: list[int], ranked: int, scores: list[float] | None, stats: RankingStats) -> RankingResult:
         """The result type for one query: fused with the input order, the model's scores, or ranks."""
         if self.config.first_stage_weight > 0.0 and len(order) > 1:
@@ -476,11 +383,11 @@ class Reranker:
             orders[i], ranked[i], model_scores[i] = r.order, r.ranked, r.scores
             account(i, r)
         if chunked:
-            got = self._merge_chunks([windows[i] for i in chunked], lambda j, r: account(chunked[j], r))
+            got = rank_by_chunks(self, [windows[i] for i in chunked], lambda j, r: account(chunked[j], r))
             for i, (order, scores) in zip(chunked, got):
                 orders[i], ranked[i], model_scores[i] = order, len(order), scores
         if tournaments:
-            got = self._rank_tournaments([windows[i] for i in tournaments], lambda j, r: account(tournaments[j], r))
+            got = rank_by_tournament(self, [windows[i] for i in tournaments], lambda j, r: account(tournaments[j], r))
             for i, (order, scores) in zip(tournaments, got):
                 orders[i], ranked[i], model_scores[i] = order, len(order), scores
         if sliding:
