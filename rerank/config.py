@@ -171,6 +171,19 @@ def pruning_tag(pruning: PruningConfig | None) -> str | None:
     return None if pruning is None else json.dumps(asdict(pruning), sort_keys=True)
 
 
+def _as_schedule(name: str, value, specs: bool) -> PruningConfig | None:
+    """A config field's schedule as a :class:`PruningConfig`: one already, its fields as a dict, None, or
+    (with ``specs``) a :meth:`PruningConfig.from_spec` string; anything else is refused by ``name``."""
+    if value is None or isinstance(value, PruningConfig):
+        return value
+    if isinstance(value, dict):
+        return PruningConfig(**value)
+    if specs and isinstance(value, str):
+        return PruningConfig.from_spec(value)
+    kinds = "a PruningConfig, a dict, a spec string or None" if specs else "a PruningConfig, a dict or None"
+    raise TypeError(f"{name} must be {kinds}, got {type(value).__name__}")
+
+
 # Named schedules for command lines. "fast" trades the last bit of prefill fidelity for speed where
 # only the first identifier's distribution matters (scoring="single_pass"); see the README table.
 PRUNING_PRESETS: dict[str, dict] = {
@@ -410,11 +423,8 @@ class RerankerConfig:
             not isinstance(self.max_passage_tokens, int) or self.max_passage_tokens < 1
         ):
             raise ValueError(f"max_passage_tokens must be a positive integer or None, got {self.max_passage_tokens!r}")
-        if self.pruning is not None and not isinstance(self.pruning, PruningConfig):
-            if isinstance(self.pruning, dict):
-                self.pruning = PruningConfig(**self.pruning)
-            else:
-                raise TypeError(f"pruning must be a PruningConfig, a dict or None, got {type(self.pruning).__name__}")
+        self.pruning = _as_schedule("pruning", self.pruning, specs=False)
+        self.chunk_pruning = _as_schedule("chunk_pruning", self.chunk_pruning, specs=True)
         if self.chunk_passage_tokens is not None and (
             not isinstance(self.chunk_passage_tokens, int)
             or isinstance(self.chunk_passage_tokens, bool)
@@ -422,15 +432,6 @@ class RerankerConfig:
         ):
             raise ValueError(
                 f"chunk_passage_tokens must be a positive integer or None, got {self.chunk_passage_tokens!r}"
-            )
-        if isinstance(self.chunk_pruning, str):
-            self.chunk_pruning = PruningConfig.from_spec(self.chunk_pruning)
-        elif isinstance(self.chunk_pruning, dict):
-            self.chunk_pruning = PruningConfig(**self.chunk_pruning)
-        elif self.chunk_pruning is not None and not isinstance(self.chunk_pruning, PruningConfig):
-            raise TypeError(
-                "chunk_pruning must be a PruningConfig, a dict, a spec string or None, got "
-                f"{type(self.chunk_pruning).__name__}"
             )
         preset = get_preset(self.prompt) if isinstance(self.prompt, str) else None
         if preset is None:
