@@ -12,7 +12,7 @@ anew (no cache). A first query is ranked once by every variant and not timed (wa
 the JSON holds nDCG@10, mean and median wall seconds per query, the median per-query ratio to the
 first variant, prompts and prompt tokens per query, the fraction of token-layers computed and the
 top-10 overlap with the first variant. Per-query records go to ``<out>.records.jsonl`` as they are
-measured: an interrupted run resumes.
+measured: an interrupted run resumes, and one with another ``--model`` or ``--threads`` is refused.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def rank_with(variant: str, reranker, minilm, query: str, docs: list[str]) -> tu
 def main(argv: list[str] | None = None) -> dict:
     import torch
 
-    from rerank import Reranker
+    from rerank import Reranker, RerankerConfig
     from rerank.labels.teachers import EmbeddingTeacher
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -106,16 +106,23 @@ def main(argv: list[str] | None = None) -> dict:
     run = first_stage_run(coll, args.depth, cache=run_cache)
     qids = sorted(q for q in run if q in coll.qrels and q in coll.queries)
     qids = qids[args.query_offset : args.query_offset + args.limit_queries]
+    # Checked before the model loads: a typo should not cost a load.
+    known = {f.name for f in fields(RerankerConfig)}
+    changes = {v: parse_variant(v) for v in variants if v != "minilm"}
+    for v, change in changes.items():
+        if set(change) - known:
+            raise SystemExit(f"--variants {v!r}: {sorted(set(change) - known)} not RerankerConfig fields")
+    records = Path(args.out).with_suffix(".records.jsonl")
+    key, settings = f"{name}@{args.depth}", {"model": args.model, "threads": args.threads}
+    done = {(r["key"], r["qid"]): r for r in recover_records(records)} if records.is_file() else {}
+    for (k, qid), row in done.items():
+        if k == key and row.get("settings") != settings:
+            raise SystemExit(
+                f"{records}: {key} query {qid} was timed with {row.get('settings')}, this run asks {settings}: "
+                "mixing them would time no single setting; pass another --out"
+            )
     reranker = Reranker.from_pretrained(args.model, batch_size=1)
-    dense = reranker.config
-    known = {f.name for f in fields(dense)}
-    configs = {}
-    for v in variants:
-        if v != "minilm":
-            changes = parse_variant(v)
-            if set(changes) - known:
-                raise SystemExit(f"--variants {v!r}: {sorted(set(changes) - known)} not RerankerConfig fields")
-            configs[v] = replace(dense, **changes)
+    configs = {v: replace(reranker.config, **change) for v, change in changes.items()}
     minilm = EmbeddingTeacher() if "minilm" in variants else None
 
     def ranked(variant: str, qid: str) -> tuple[list[int], dict]:
@@ -124,16 +131,14 @@ def main(argv: list[str] | None = None) -> dict:
         docs = run[qid][: args.depth]
         return rank_with(variant, reranker, minilm, coll.queries[qid], [coll.corpus[d] for d in docs])
 
-    records = Path(args.out).with_suffix(".records.jsonl")
-    key = f"{name}@{args.depth}"
-    done = {(r["key"], r["qid"]): r for r in recover_records(records)} if records.is_file() else {}
     todo = [q for q in qids if (key, q) not in done or set(variants) - set(done[key, q]["variants"])]
     if todo:
         for v in variants:  # warm-up, not timed
             ranked(v, todo[0])
     with open(records, "a", encoding="utf-8") as fh:
         for qid in todo:
-            row = done.get((key, qid), {"key": key, "qid": qid, "docids": run[qid][: args.depth], "variants": {}})
+            fresh = {"key": key, "qid": qid, "settings": settings, "docids": run[qid][: args.depth], "variants": {}}
+            row = done.get((key, qid), fresh)
             for v in variants:
                 if v not in row["variants"]:
                     order, cost = ranked(v, qid)

@@ -8,7 +8,7 @@ optional passage budget after a colon (``one_prompt:60`` = every passage cut to 
 fit one prompt), ``deep_leaders`` after a slash (``tournament/5``), ``chunk_layout`` after an at
 sign (``chunks@interleaved``), the tournament's ``final_order`` after a percent sign
 (``tournament@interleaved%chunk_score``), its ``final_chunk_weight`` after a tilde
-(``tournament@interleaved~0.5``), its ``final_reread`` after a caret (``tournament@interleaved^10``)
+(``tournament@interleaved~0.5``), its ``final_reread`` after a caret (``tournament@interleaved^10``),
 a ``chunk_passage_tokens`` budget after an ampersand (``tournament@interleaved&50``: chunk prompts cut
 each passage to 50 tokens, the final prompt to the method's budget) and a ``chunk_pruning`` schedule
 name after an equals sign (``tournament@interleaved=fast``: chunks pruned, the final prompt dense).

@@ -667,6 +667,10 @@ def test_bench_depth_speed_times_dense_and_pruned_chunks_on_the_same_lists(tmp_p
         script.main([*args, "--variants", "dense", "chunk_tokens=3"])
     with pytest.raises(SystemExit, match="is not dense, minilm or FIELD=VALUE"):
         script.main([*args, "--variants", "fast"])
+    # Records timed on 1 thread are not topped up with timings on 2.
+    with pytest.raises(SystemExit, match="was timed with .* pass another --out"):
+        script.main([*args, "--variants", "dense", "--threads", "2"])
+    assert out.with_suffix(".records.jsonl").read_text().startswith(lines)
 
 
 def test_chunk_passage_tokens_cuts_the_chunks_and_not_the_final_prompt(tiny_model, tokenizer):
