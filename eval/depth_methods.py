@@ -16,6 +16,9 @@ Prompts the memo has already read (the final prompt over the same leaders) are n
 The shipped weights run with
 fusion off (the model alone) unless ``--first_stage_weight``, and with raw head readouts unless
 ``--calibrated`` (then chunks merge by calibrated probability and a tournament's leaders are chosen by it).
+``--precision`` is the CPU precision (``rerank.precision``; default ``auto``, as ``from_pretrained`` chooses);
+a cell read in another precision than fp32 is named ``METHOD[+cal]+PRECISION`` and its prompts are
+memoised apart from the fp32 reads.
 
 Every cell shares one window memo on disk (``<work_dir>/memo.jsonl``): an identical prompt is
 scored once (the chunks of ``chunks`` are the first prompts of ``tournament``; a depth-20 list is
@@ -172,6 +175,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--calibrated", action="store_true", help="Apply the weights' calibration.json (cells named METHOD+cal)."
     )
     ap.add_argument("--model", default=None, help="Model folder (default: the shipped weights).")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "int8"],
+        help="CPU precision (rerank.precision); cells read in another than fp32 are named METHOD+PRECISION.",
+    )
     ap.add_argument("--first_stage_weight", type=float, default=0.0, help="Fusion weight (0 = the model alone).")
     ap.add_argument("--limit_queries", type=int, default=None, help="Only this many judged queries (sorted by id).")
     ap.add_argument("--query_offset", type=int, default=0, help="Skip this many judged queries first.")
@@ -197,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
         first_stage_weight=args.first_stage_weight,
         batch_size=1,
         calibration=None if args.calibrated else False,
+        precision=args.precision,
     )
     if args.calibrated and reranker.calibration is None:
         raise SystemExit("--calibrated: the model folder has no calibration.json")
@@ -212,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
         cell["baselines"] = baselines(coll, run, qids, depth, work)
         for spec in args.methods.split(","):
             name = spec + ("+cal" if args.calibrated else "")
+            if reranker.config.precision not in (None, "fp32"):
+                name += f"+{reranker.config.precision}"
             start = time.monotonic()
             cell[name] = run_cell(
                 reranker,

@@ -171,6 +171,17 @@ def pruning_tag(pruning: PruningConfig | None) -> str | None:
     return None if pruning is None else json.dumps(asdict(pruning), sort_keys=True)
 
 
+def readout_tag(pruning: PruningConfig | None, precision: str | None) -> str | None:
+    """What tells one reading of a prompt from another: the schedule (:func:`pruning_tag`) and a CPU
+    precision other than fp32. None for the dense fp32 (or GPU) read, the key memos always had.
+
+    >>> readout_tag(None, "fp32") is None, readout_tag(None, "bf16")
+    (True, 'precision=bf16')
+    """
+    parts = [pruning_tag(pruning), None if precision in (None, "fp32") else f"precision={precision}"]
+    return "|".join(p for p in parts if p) or None
+
+
 def _as_schedule(name: str, value, specs: bool) -> PruningConfig | None:
     """A config field's schedule as a :class:`PruningConfig`: one already, its fields as a dict, None, or
     (with ``specs``) a :meth:`PruningConfig.from_spec` string; anything else is refused by ``name``."""

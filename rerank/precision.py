@@ -1,11 +1,12 @@
 """Arithmetic precision on CPU: what the processor supports, and turning a loaded model into it.
 
-Three precisions are known: ``"fp32"`` (the reference), ``"bf16"`` (native only on CPUs with
-AVX-512 BF16 or AMX; elsewhere PyTorch emulates it, slower than fp32) and ``"int8"`` (dynamic
-quantization of the decoder's linear layers: int8 weights, activations quantized per call, through
-the fbgemm / x86 kernels of AVX2 and newer CPUs). ``"auto"`` picks the fastest precision whose
-quality was measured within 0.005 nDCG@10 of fp32 for the shipped model (``eval/bench_head_speed.py
---precisions``, docs/benchmarks.md "Cheaper head scoring") among those this CPU supports, else fp32.
+Three precisions are known: ``"fp32"`` (the reference), ``"bf16"`` (the decoder's linear layers
+in bf16, everything else fp32; native only on CPUs with AVX-512 BF16 or AMX, elsewhere PyTorch
+emulates it, slower than fp32) and ``"int8"`` (dynamic quantization of the decoder's linear layers:
+int8 weights, activations quantized per call, through the fbgemm / x86 kernels of AVX2 and newer
+CPUs). ``"auto"`` picks the fastest precision whose quality was measured within 0.005 nDCG@10 of fp32
+for the shipped model (docs/benchmarks.md "Cheaper head scoring" and "bf16 linear layers on a CPU with
+native bf16") among those this CPU supports, else fp32.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -63,34 +65,72 @@ def resolve_precision(precision: str | None) -> str:
     return precision
 
 
+class Bf16Linear(nn.Module):
+    """A linear layer that multiplies in bf16 and answers in its input's dtype.
+
+    Only the matrix products change precision: the residual stream, norms, attention and the LM head
+    stay fp32 around it. Rounding the residual stream to bf16 as well (``model.to(torch.bfloat16)``)
+    moved the head readout about twice as much for no measurable speed (the products dominate).
+
+    Example:
+        >>> layer = Bf16Linear(nn.Linear(4, 2))
+        >>> layer(torch.ones(3, 4)).dtype
+        torch.float32
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = nn.Parameter(linear.weight.detach().to(torch.bfloat16), requires_grad=False)
+        bias = linear.bias
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.bfloat16), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def _bf16_linears(decoder: nn.Module) -> None:
+    """Swap every ``nn.Linear`` under ``decoder`` for a :class:`Bf16Linear`, in place."""
+    for parent in list(decoder.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, Bf16Linear(child))
+
+
 def apply_cpu_precision(
     model: torch.nn.Module, precision: str, int8_modules: Sequence[str] | None = None
 ) -> torch.nn.Module:
     """Return ``model`` in ``precision`` (a resolved one: fp32 / bf16 / int8) for CPU inference.
 
-    int8 quantizes the ``nn.Linear`` layers of the decoder stack dynamically (all of them, or those
-    whose name ends with one of ``int8_modules``, e.g. ``("gate_proj", "up_proj")``); the LM head
-    stays fp32, so the logits head scoring and decoding read keep full precision.
+    bf16 runs the decoder stack's ``nn.Linear`` layers in bf16 (:class:`Bf16Linear`); int8 quantizes
+    them dynamically (all of them, or those whose name ends with one of ``int8_modules``, e.g.
+    ``("gate_proj", "up_proj")``). Either way the LM head stays fp32, so the logits head scoring and
+    decoding read keep full precision.
 
     Example:
         >>> lm = apply_cpu_precision(lm, resolve_precision("int8"))   # doctest: +SKIP
     """
+    if precision not in ("fp32", "bf16", "int8"):
+        raise ValueError(f"apply_cpu_precision needs fp32, bf16 or int8, got {precision!r}")
+    model.float()  # in place: what the reduced-precision layers hand back to is fp32
     if precision == "fp32":
-        return model.float()
-    if precision == "bf16":
-        return model.to(torch.bfloat16)
-    if precision == "int8":
-        from torch.ao.quantization import quantize_dynamic
-
-        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-        spec: set | dict = {torch.nn.Linear}
-        if int8_modules is not None:
-            from torch.ao.quantization import default_dynamic_qconfig
-
-            names = [n for n, m in decoder.named_modules() if isinstance(m, torch.nn.Linear)]
-            spec = {n: default_dynamic_qconfig for n in names if n.endswith(tuple(int8_modules))}
-            if not spec:
-                raise ValueError(f"int8_modules {list(int8_modules)} name none of the decoder's linear layers")
-        quantize_dynamic(decoder, spec, dtype=torch.qint8, inplace=True)  # swaps modules in place
         return model
-    raise ValueError(f"apply_cpu_precision needs fp32, bf16 or int8, got {precision!r}")
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    if precision == "bf16":
+        _bf16_linears(decoder)
+        return model
+    from torch.ao.quantization import quantize_dynamic
+
+    spec: set | dict = {torch.nn.Linear}
+    if int8_modules is not None:
+        from torch.ao.quantization import default_dynamic_qconfig
+
+        names = [n for n, m in decoder.named_modules() if isinstance(m, torch.nn.Linear)]
+        spec = {n: default_dynamic_qconfig for n in names if n.endswith(tuple(int8_modules))}
+        if not spec:
+            raise ValueError(f"int8_modules {list(int8_modules)} name none of the decoder's linear layers")
+    quantize_dynamic(decoder, spec, dtype=torch.qint8, inplace=True)  # swaps modules in place
+    return model

@@ -12,7 +12,7 @@ from dataclasses import fields, replace
 from rerank.batching import batcher_for
 from rerank.calibration import HeadCalibration, calibration_for_model
 from rerank.chunked_reading import rank_by_chunks, rank_by_tournament
-from rerank.config import PruningConfig, RerankerConfig, pruning_tag
+from rerank.config import PruningConfig, RerankerConfig, pruning_tag, readout_tag
 from rerank.engine import pruning as _pruning
 from rerank.engine.decoding import TokenTable
 from rerank.fusion import fuse_with_first_stage
@@ -29,10 +29,10 @@ from rerank.scorers.base import Scorer
 logger = logging.getLogger(__name__)
 
 
-def memo_key(input_ids: Sequence[int], top_k: int | None, pruning: str | None) -> tuple:
-    """What ``Reranker.window_memo`` files a readout under: the prompt, ``top_k`` and, for a pruned read,
-    the schedule's :func:`~rerank.config.pruning_tag`."""
-    return (tuple(input_ids), top_k) if pruning is None else (tuple(input_ids), top_k, pruning)
+def memo_key(input_ids: Sequence[int], top_k: int | None, reading: str | None) -> tuple:
+    """What ``Reranker.window_memo`` files a readout under: the prompt, ``top_k`` and, for a pruned or
+    reduced-precision read, its :func:`~rerank.config.readout_tag`."""
+    return (tuple(input_ids), top_k) if reading is None else (tuple(input_ids), top_k, reading)
 
 
 class Reranker:
@@ -255,7 +255,7 @@ class Reranker:
         with ``pruning`` (by default the config's ``pruning``)."""
         if pruning == "config":
             pruning = self.config.pruning
-        scorer, tag = self._scorer(pruning), pruning_tag(pruning)
+        scorer, tag = self._scorer(pruning), readout_tag(pruning, self.config.precision)
         results: list[WindowRanking | None] = [None] * len(windows)
         todo = []
         for i, w in enumerate(windows):
@@ -273,7 +273,7 @@ class Reranker:
                     )
                 todo.append(i)
         if self.window_memo is not None:
-            # A pruned read of a prompt is another readout than its dense read: the schedule is in the key.
+            # A pruned or bf16 read of a prompt is another readout than its dense fp32 read: the key says which.
             keys = {i: memo_key(self.encode(windows[i]).input_ids, windows[i].top_k, tag) for i in todo}
             for i in [i for i in todo if keys[i] in self.window_memo]:
                 results[i] = self.window_memo[keys[i]]
