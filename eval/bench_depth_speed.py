@@ -6,13 +6,16 @@
 For every query (BM25 top-``--depth``) each variant reranks the same candidates through
 ``Reranker.rerank`` one after the other in one process, so machine load hits them alike: ``dense`` is
 the shipped default as ``from_pretrained()`` builds it, ``FIELD=VALUE`` the same with one
-``RerankerConfig`` field changed (``chunk_passage_tokens=50``, ``chunk_pruning=late``; join several
-with ``+``), and ``minilm`` all-MiniLM-L6-v2's cosine over the same candidates, every text embedded
-anew (no cache). A first query is ranked once by every variant and not timed (warm-up). Per variant
-the JSON holds nDCG@10, mean and median wall seconds per query, the median per-query ratio to the
-first variant, prompts and prompt tokens per query, the fraction of token-layers computed and the
-top-10 overlap with the first variant. Per-query records go to ``<out>.records.jsonl`` as they are
-measured: an interrupted run resumes, and one with another ``--model`` or ``--threads`` is refused.
+``RerankerConfig`` field changed (``chunk_passage_tokens=50``, ``chunk_pruning=late``; join several with
+``+``; ``precision=fp32`` / ``precision=bf16`` loads the weights again in that CPU precision and is
+refused where the CPU would fall back to another), and ``minilm`` all-MiniLM-L6-v2's cosine over the
+same candidates, every text embedded anew (no cache). A first query is ranked once by every variant and
+not timed (warm-up). Per variant the JSON holds nDCG@10, mean and median wall seconds per query, the
+median per-query ratio to the first variant, prompts and prompt tokens per query, the fraction of
+token-layers computed and the top-10 overlap with the first variant. Per-query records go to
+``<out>.records.jsonl`` as they are measured: an interrupted run resumes, and one with another
+``--model``, ``--threads`` or precision of ``dense`` (``from_pretrained``'s choice on this CPU) is
+refused.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from rerank import Reranker, RerankerConfig
     from rerank.labels.teachers import EmbeddingTeacher
+    from rerank.precision import check_precision, resolve_precision
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--collection", default="dl19", help="An evaluation collection name or a collection folder.")
@@ -112,24 +116,43 @@ def main(argv: list[str] | None = None) -> dict:
     for v, change in changes.items():
         if set(change) - known:
             raise SystemExit(f"--variants {v!r}: {sorted(set(change) - known)} not RerankerConfig fields")
+        try:
+            check_precision(change.get("precision"))
+        except ValueError as err:
+            raise SystemExit(f"--variants {v!r}: {err}") from None
+    auto = resolve_precision(None)  # what from_pretrained() runs on this CPU: the precision of ``dense``
     records = Path(args.out).with_suffix(".records.jsonl")
-    key, settings = f"{name}@{args.depth}", {"model": args.model, "threads": args.threads}
+    key = f"{name}@{args.depth}"
+    settings = {"model": args.model, "threads": args.threads, "precision": auto}
     done = {(r["key"], r["qid"]): r for r in recover_records(records)} if records.is_file() else {}
     for (k, qid), row in done.items():
-        if k == key and row.get("settings") != settings:
+        # Records from before precisions were recorded were all timed in fp32.
+        if k == key and {"precision": "fp32", **row.get("settings", {})} != settings:
             raise SystemExit(
                 f"{records}: {key} query {qid} was timed with {row.get('settings')}, this run asks {settings}: "
                 "mixing them would time no single setting; pass another --out"
             )
-    reranker = Reranker.from_pretrained(args.model, batch_size=1)
-    configs = {v: replace(reranker.config, **change) for v, change in changes.items()}
+    for v, change in changes.items():
+        if change.get("precision") == "auto":
+            change["precision"] = auto
+        if change.get("precision", auto) != resolve_precision(change.get("precision", auto)):
+            raise SystemExit(f"--variants {v!r}: this CPU does not run {change['precision']} natively")
+    readers: dict = {}  # one model per CPU precision the variants ask for
+    configs = {}
+    for v, change in changes.items():
+        wanted = change.get("precision", auto)
+        if wanted not in readers:
+            readers[wanted] = Reranker.from_pretrained(args.model, batch_size=1, precision=wanted)
+        configs[v] = (readers[wanted], replace(readers[wanted].config, **change))
     minilm = EmbeddingTeacher() if "minilm" in variants else None
 
     def ranked(variant: str, qid: str) -> tuple[list[int], dict]:
+        reader = None
         if variant in configs:
-            reranker.config = configs[variant]
+            reader = configs[variant][0]
+            reader.config = configs[variant][1]
         docs = run[qid][: args.depth]
-        return rank_with(variant, reranker, minilm, coll.queries[qid], [coll.corpus[d] for d in docs])
+        return rank_with(variant, reader, minilm, coll.queries[qid], [coll.corpus[d] for d in docs])
 
     todo = [q for q in qids if (key, q) not in done or set(variants) - set(done[key, q]["variants"])]
     if todo:

@@ -12,6 +12,7 @@ from support import load_script
 from rerank import Reranker, RerankerConfig
 from rerank.calibration import HeadCalibration, expected_calibration_error, weights_fingerprint
 from rerank.long_lists import chunk_members, round_robin, tournament_leaders, tournament_order
+from rerank.precision import cpu_supports
 from rerank.ranking import Window
 from rerank.results import RankingResult
 from rerank.serving.scores import relevance_scores
@@ -697,3 +698,28 @@ def test_chunk_passage_tokens_cuts_the_chunks_and_not_the_final_prompt(tiny_mode
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="chunk_passage_tokens must be a positive integer or None"):
             RerankerConfig(**base, chunk_passage_tokens=bad)
+
+
+@pytest.mark.skipif(not cpu_supports("bf16"), reason="this CPU has no native bf16 kernels")
+def test_bench_depth_speed_times_each_precision_with_its_own_model(tmp_path, tokenizer):
+    """A ``precision=`` variant loads the weights again in that precision: fp32 ranks as the dense
+    reranker does, bf16 as a reranker built with ``precision="bf16"``; an unknown precision is refused
+    by name before anything loads."""
+    folder, coll, docs, queries, ranked = _tournament_model_and_collection(tmp_path, tokenizer, layers=4)
+    script = load_script("eval/bench_depth_speed.py")
+    out = tmp_path / "speed.json"
+    args = ["--collection", str(coll), "--depth", "10", "--model", str(folder), "--out", str(out), "--threads", "1"]
+    args += ["--limit_queries", "2"]
+    with pytest.raises(SystemExit, match="'precision=int4'.*precision must be one of"):
+        script.main([*args, "--variants", "dense", "precision=int4"])
+    assert not out.with_suffix(".records.jsonl").exists()
+    table = script.main([*args, "--variants", "precision=fp32", "precision=bf16"])
+    assert table["precision=bf16"]["prompts_per_query"] == table["precision=fp32"]["prompts_per_query"]
+    records = [json.loads(line) for line in out.with_suffix(".records.jsonl").read_text().splitlines()]
+    fp32 = Reranker.from_pretrained(str(folder), precision="fp32")
+    bf16 = Reranker.from_pretrained(str(folder), precision="bf16")
+    assert bf16.config.precision == "bf16"
+    for rec in records:
+        candidates = [docs[d] for d in ranked[rec["qid"]]]
+        assert rec["variants"]["precision=fp32"]["order"] == fp32.rerank(queries[rec["qid"]], candidates).order
+        assert rec["variants"]["precision=bf16"]["order"] == bf16.rerank(queries[rec["qid"]], candidates).order

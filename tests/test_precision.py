@@ -1,4 +1,4 @@
-"""CPU precision: detection, fallback with a warning, int8 conversion of the decoder's linear layers."""
+"""CPU precision: detection, fallback with a warning, bf16 linear layers, int8 of the decoder's linear layers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch
 from support import load_script, make_tiny_llama
 
 from rerank import Reranker
+from rerank.config import RerankerConfig
 from rerank.engine.passage_head import score_positions
-from rerank.precision import AUTO_ORDER, PRECISIONS, apply_cpu_precision, cpu_supports, resolve_precision
+from rerank.precision import AUTO_ORDER, PRECISIONS, Bf16Linear, apply_cpu_precision, cpu_supports, resolve_precision
 from rerank.prompting.prompts import encode_prompt, relevance_token_ids
 
 
@@ -104,3 +105,57 @@ def test_head_speed_benchmark_refuses_an_unknown_precision_before_loading(bad, m
     with pytest.raises(SystemExit):
         bench.main(["--precisions", "int8", "int8[gate_proj+up_proj]", bad, "--schedules", "--out", "/none/x.json"])
     assert f"precisions ['{bad}']" in capsys.readouterr().err
+
+
+def test_bf16_linear_rounds_its_operands_to_bf16_and_answers_in_fp32():
+    linear = torch.nn.Linear(2, 2, bias=True)
+    with torch.no_grad():
+        # 1 + 2**-10 is below bf16's resolution at 1 (2**-7): it rounds to 1; 0.5 and 0.25 are exact.
+        linear.weight.copy_(torch.tensor([[1 + 2**-10, 0.5], [0.25, 1.0]]))
+        linear.bias.copy_(torch.tensor([0.0, 2**-12]))
+    x = torch.tensor([[1.0, 1.0]])
+    assert linear(x).tolist()[0][0] == pytest.approx(1.5 + 2**-10)
+    got = Bf16Linear(linear)(x)
+    assert got.dtype == torch.float32 and got.tolist() == [[1.5, 1.25]]  # bias 2**-12 vanishes beside 1.25
+    assert Bf16Linear(linear)(x.double()).dtype == torch.float64  # answers in its input's dtype
+
+
+def test_bf16_swaps_the_decoders_linear_layers_and_keeps_the_stream_and_head_fp32(tokenizer):
+    model = make_tiny_llama(len(tokenizer), seed=4)
+    converted = apply_cpu_precision(copy.deepcopy(model), "bf16")
+    kinds = {type(m).__name__ for name, m in converted.model.named_modules() if name.endswith("_proj")}
+    assert kinds == {"Bf16Linear"}
+    assert type(converted.lm_head) is torch.nn.Linear and converted.lm_head.weight.dtype == torch.float32
+    assert converted.model.embed_tokens.weight.dtype == torch.float32
+    norms = [m for name, m in converted.model.named_modules() if name.endswith("norm")]
+    assert norms and all(m.weight.dtype == torch.float32 for m in norms)
+    enc = encode_prompt(
+        tokenizer, "bees", ["Bees keep warm by shivering.", "Paris is in France.", "The hive stays warm in winter."], 50
+    )
+    yes, no = relevance_token_ids(tokenizer)
+    ids = torch.tensor([enc.input_ids])
+    with torch.inference_mode():
+        hidden = converted.model(input_ids=ids).last_hidden_state
+    assert hidden.dtype == torch.float32
+    dense = score_positions(model, [enc.input_ids], [enc.passage_end_positions()], yes, no, 0).scores[0]
+    approx = score_positions(converted, [enc.input_ids], [enc.passage_end_positions()], yes, no, 0).scores[0]
+    assert approx != dense  # the products were rounded ...
+    assert max(abs(a - b) for a, b in zip(dense, approx)) < 0.1  # ... by bf16's rounding only
+
+
+def test_a_bf16_reranker_files_its_reads_apart_from_fp32_reads(tokenizer):
+    model = make_tiny_llama(len(tokenizer), seed=4)
+    docs = ["Bees keep warm by shivering.", "Paris is in France.", "The hive stays warm in winter."]
+    dense = Reranker(model, tokenizer, RerankerConfig(scoring="head", precision="fp32"))
+    dense.window_memo = {}
+    dense.rerank("bees", docs)
+    ((key, read),) = dense.window_memo.items()
+    assert len(key) == 2  # the dense fp32 key memos always had
+    bf16 = Reranker(
+        apply_cpu_precision(copy.deepcopy(model), "bf16"), tokenizer, RerankerConfig(scoring="head", precision="bf16")
+    )
+    bf16.window_memo = dict(dense.window_memo)
+    bf16.rerank("bees", docs)
+    assert len(bf16.window_memo) == 2  # read again, not served the fp32 readout
+    (bf16_key,) = set(bf16.window_memo) - {key}
+    assert bf16_key == (*key, "precision=bf16") and bf16.window_memo[bf16_key].scores != read.scores
