@@ -134,6 +134,10 @@ class Reranker:
         shipped weights do: scores become P(relevant), see :mod:`rerank.calibration`), ``False``
         keeps the raw head readout, a path loads that file; a file fitted for other weights is refused.
 
+        ``precision`` (CPU only, :mod:`rerank.precision`): ``None`` / ``"auto"`` runs the decoder's linear
+        layers in bf16 where the CPU has native bf16 (measured within 0.005 nDCG@10 of fp32 for the shipped
+        weights) and fp32 elsewhere; ``"fp32"`` forces fp32. ``config.precision`` records what ran.
+
         ``pruning``: a :class:`PruningConfig`, a spec for :meth:`PruningConfig.from_spec` (``"default"``,
         ``"fast"``, ``"late"``, ``"0.5:0.5,..."``) or ``"recommended"``, the schedule the model folder names in its
         ``lazyrank.json``. A folder may ship weights tuned for its schedule (trained with it in the
@@ -184,8 +188,8 @@ class Reranker:
             raise ValueError(f"give dtype ({dtype!r}) or precision ({precision!r}), not both")
         lm, tok = load_model_and_tokenizer(weights, device=device, dtype=dtype)
         if dtype is None and next(lm.parameters()).device.type == "cpu":
-            # CPU precision by measurement (rerank.precision): "auto" keeps fp32 unless a cheaper
-            # precision was measured lossless and this CPU runs it natively.
+            # CPU precision by measurement (rerank.precision): "auto" takes the cheapest precision
+            # measured lossless for the shipped model that this CPU runs natively, else fp32.
             chosen = resolve_precision(precision)
             lm = apply_cpu_precision(lm, chosen)
             config.precision = chosen

@@ -622,6 +622,7 @@ def test_a_train_split_becomes_a_development_folder_that_depth_methods_reranks(t
     (folder / "lazyrank.json").write_text(json.dumps({"reranker": {"scoring": "head", "long_list": "tournament"}}))
     script = load_script("eval/depth_methods.py")
     args = ["--collection", str(dev), "--model", str(folder), "--work_dir", str(tmp_path / "work"), "--depths", "10"]
+    args += ["--precision", "fp32"]  # cells read in another precision carry its name
     out = tmp_path / "dev.json"
     table = script.main([*args, "--methods", "tournament,tournament:8", "--out", str(out)])
     cells = table["dev"]["10"]

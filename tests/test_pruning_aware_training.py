@@ -192,19 +192,20 @@ def test_recommended_pruning_loads_the_weights_tuned_for_it(tmp_path, tokenizer,
     schedule = {"layer_fractions": [0.25, 0.5], "keep_ratios": [0.5, 0.25]}
     folder, base = _folder_with_tuned_weights(tmp_path, tokenizer, schedule)
     q_dense = base.model.layers[0].self_attn.q_proj.weight
-    tuned = Reranker.from_pretrained(str(folder), pruning="recommended", calibration=False)
+    # fp32 throughout: the test compares weights, which bf16 linear layers would round.
+    tuned = Reranker.from_pretrained(str(folder), pruning="recommended", calibration=False, precision="fp32")
     assert tuned.config.pruning == PruningConfig(**schedule) and tuned.config.scoring == "head"
     assert not torch.allclose(tuned.model.model.layers[0].self_attn.q_proj.weight, q_dense)  # the LoRA, merged
     # The same schedule given by value also takes the tuned weights; another schedule the dense ones.
-    same = Reranker.from_pretrained(str(folder), pruning=PruningConfig(**schedule), calibration=False)
+    same = Reranker.from_pretrained(str(folder), pruning=PruningConfig(**schedule), calibration=False, precision="fp32")
     assert torch.equal(
         same.model.model.layers[0].self_attn.q_proj.weight, tuned.model.model.layers[0].self_attn.q_proj.weight
     )
     with caplog.at_level("WARNING", logger="rerank.reranker"):
-        other = Reranker.from_pretrained(str(folder), pruning="fast", calibration=False)
+        other = Reranker.from_pretrained(str(folder), pruning="fast", calibration=False, precision="fp32")
     assert torch.equal(other.model.model.layers[0].self_attn.q_proj.weight, q_dense)
     assert "were tuned for the schedule" in caplog.text
-    dense = Reranker.from_pretrained(str(folder), calibration=False)
+    dense = Reranker.from_pretrained(str(folder), calibration=False, precision="fp32")
     assert dense.config.pruning is None
     assert torch.equal(dense.model.model.layers[0].self_attn.q_proj.weight, q_dense)
     res = tuned.rerank("which animal has legs", DOCS)

@@ -49,7 +49,10 @@ def test_single_pass_scores_are_the_models_identifier_log_probs(real_reranker):
     assert [len(t) for t in spellings] == [3] * 9 + [4] * 3  # "[", digits, "]"
     enc = rr.encode(Window(query=DEMO_QUERY, passages=DEMO_PASSAGES))
     want = _forced_log_probs(rr.model, enc.input_ids, spellings)
-    tolerance = 1e-3 if next(rr.model.parameters()).dtype == torch.float32 else 5e-2
+    # bf16 products (precision "auto" on CPUs with native bf16, bf16 weights on GPUs) round differently
+    # in a cached step than in one forward.
+    exact = next(rr.model.parameters()).dtype == torch.float32 and real_reranker.config.precision in (None, "fp32")
+    tolerance = 1e-3 if exact else 5e-2
     assert max(abs(a - b) for a, b in zip(res.scores, want)) < tolerance
     assert res.order == sorted(range(len(want)), key=lambda i: (-want[i], i))
 

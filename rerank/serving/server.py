@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         default=None,
         choices=["auto", "fp32", "bf16", "int8"],
-        help="CPU precision (rerank.precision; default auto: fp32 unless measured lossless and native)",
+        help="CPU precision (rerank.precision; default auto: bf16 linear layers where native, else fp32)",
     )
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
