@@ -4,12 +4,14 @@
         --out eval/results/calibration_cpu.json
 
 A cell ``COLLECTION:DEPTH:METHOD`` reads the records ``eval/depth_methods.py`` wrote for that method
-with ``--calibrated`` (``<work_dir>/<collection>/<depth>-<method>+cal.jsonl``: the scores a user
-gets) and, as the "before" row, the raw readouts of the ``chunks`` method at the same depth with a
-plain sigmoid. Relevant = grade >= 2 on TREC DL's 0-3 scale, >= 1 elsewhere; unjudged passages count
-as not relevant. Reported per cell: expected calibration error over 10 equal-width bins, the
-precision of "score >= 0.5" and how many passages per query it keeps, and the same for the before row;
-and the precision of the model's first 1, 2 and 3 passages (the ceiling of a threshold).
+with ``--calibrated`` (``<work_dir>/<collection>/<depth>-<method>+cal.jsonl``: the scores a user gets)
+and, as the "before" row, the raw readouts of the ``chunks`` method at the same depth with a plain
+sigmoid. ``COLLECTION:DEPTH:METHOD:PRECISION`` reads the cell ``depth_methods.py --precision`` read in
+that CPU precision (``...+cal+bf16.jsonl``). Relevant = grade >= 2 on TREC DL's 0-3 scale, >= 1
+elsewhere; unjudged passages count as not relevant. Reported per cell: expected calibration error over
+10 equal-width bins, the precision of "score >= 0.5" and how many passages per query it keeps, and the
+same for the before row; and the precision of the model's first 1, 2 and 3 passages (the ceiling of a
+threshold).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def precision_at_ranks(records: list[dict], qrels: dict, graded: bool, ranks=(1,
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cell", action="append", required=True, help="COLLECTION:DEPTH:METHOD (repeatable).")
+    ap.add_argument("--cell", action="append", required=True, help="COLLECTION:DEPTH:METHOD[:PRECISION] (repeatable).")
     ap.add_argument("--work_dir", default="runs/depth", help="eval/depth_methods.py's --work_dir.")
     ap.add_argument("--out", default="eval/results/calibration_cpu.json")
     ap.add_argument(
@@ -80,10 +82,10 @@ def main(argv: list[str] | None = None) -> dict:
     out_path = Path(args.out)
     out = json.loads(out_path.read_text()) if args.label and out_path.is_file() else {}
     for spec in args.cell:
-        collection, depth, method = spec.split(":")
+        collection, depth, method, *precision = spec.split(":")
         coll = load_collection(DATA / COLLECTIONS[collection])
         folder = Path(args.work_dir) / collection
-        calibrated = recover_records(folder / f"{depth}-{method}+cal.jsonl")
+        calibrated = recover_records(folder / f"{depth}-{method}+cal{''.join('+' + p for p in precision)}.jsonl")
         if not calibrated or any(r["score_kind"] != "probability" for r in calibrated):
             raise SystemExit(f"{spec}: no calibrated records (run eval/depth_methods.py --calibrated)")
         raw = [r for r in recover_records(folder / f"{depth}-chunks.jsonl") if r["score_kind"] == "head_logit"]

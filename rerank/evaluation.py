@@ -19,7 +19,8 @@ from rerank.data.collection import Collection, default_run_path, load_collection
 from rerank.data.resume import append_record, check_same_settings, save_settings
 from rerank.distributed import DataParallel, detect, existing_shards, load_union, merge_shards, own_log, remove_logs
 from rerank.fusion import check_weight
-from rerank.models import recommended_settings
+from rerank.models import recommended_settings, resolve_device
+from rerank.precision import resolve_precision
 from rerank.prompting.presets import get_preset
 from rerank.reranker import Reranker
 
@@ -241,9 +242,15 @@ def _merge_rankings(records_path: Path, qids: list[str], dp: DataParallel) -> di
     return _load_done(records_path)
 
 
-def _resolve_model_settings(cfg: EvalConfig, reranker) -> None:
+def _resolve_model_settings(cfg: EvalConfig, reranker, device: str | None = None) -> None:
     """Fill the settings left as None with what actually runs (the given reranker's, else the model
-    folder's lazyrank.json, else the defaults), so the resume check compares real settings."""
+    folder's lazyrank.json, else the defaults), so the resume check compares real settings. The CPU
+    precision ``auto`` becomes the one this CPU runs: rankings read in fp32 and bf16 do not mix."""
+    if cfg.precision in (None, "auto") and cfg.dtype is None:
+        ran = getattr(getattr(reranker, "config", None), "precision", None)
+        if ran is None and reranker is None and resolve_device(device).type == "cpu":
+            ran = resolve_precision(cfg.precision)
+        cfg.precision = ran if ran is not None else cfg.precision
 
     defaults = {"scoring": "generate", "first_stage_weight": 0.0}
     recommended = None
@@ -385,7 +392,7 @@ def evaluate(cfg: EvalConfig, reranker=None, collection: Collection | None = Non
     # shard log; one process (the usual case) writes rankings.jsonl directly, as always.
     dp = detect()
     if cfg.strategy != "none":
-        _resolve_model_settings(cfg, reranker)
+        _resolve_model_settings(cfg, reranker, dp.device)
     done, done_ids, shards_present = _open_logs(cfg, out_dir, records_path, dp)
     if cfg.strategy != "none" and reranker is None:
         reranker = _load_reranker(cfg, dp)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from support import shared_data
 
 from rerank.data.collection import load_collection, read_qrels, read_run, write_run
@@ -147,7 +148,7 @@ def test_recover_records_drops_torn_tail_so_appends_stay_whole(tmp_path):
     assert recover_records(log) == [{"a": 1}, {"a": 2}, {"a": 3}]
 
 
-def test_first_stage_weight_one_returns_the_first_stage_and_is_recorded(tmp_path, tokenizer):
+def _one_query_collection_and_tiny_model(tmp_path, tokenizer):
     from support import make_tiny_llama
 
     write_collection(tmp_path / "c")
@@ -157,6 +158,11 @@ def test_first_stage_weight_one_returns_the_first_stage_and_is_recorded(tmp_path
     model = tmp_path / "tiny"
     make_tiny_llama(len(tokenizer), layers=2).save_pretrained(model)
     tokenizer.save_pretrained(model)
+    return model
+
+
+def test_first_stage_weight_one_returns_the_first_stage_and_is_recorded(tmp_path, tokenizer):
+    model = _one_query_collection_and_tiny_model(tmp_path, tokenizer)
     out = tmp_path / "out"
     evaluate(
         EvalConfig(
@@ -186,3 +192,18 @@ def test_ranking_agreement_hand_computed():
     assert kendall_tau(["a"], ["a"]) == 1.0
     assert top_k_overlap([1, 2, 3, 4], [2, 9, 1, 4], k=2) == 0.5
     assert top_k_overlap([1, 2], [2, 1], k=10) == 1.0  # shorter than k: shares of what is there
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU precision: a GPU runs the model in its dtype instead")
+def test_eval_records_the_precision_auto_ran_and_refuses_to_resume_in_another(tmp_path, tokenizer):
+    from rerank.precision import resolve_precision
+
+    model = _one_query_collection_and_tiny_model(tmp_path, tokenizer)
+    out = tmp_path / "out"
+    cfg = dict(collection=str(tmp_path / "c"), model=str(model), scoring="head", depth=4, output_dir=str(out))
+    evaluate(EvalConfig(**cfg), progress=False)
+    auto = resolve_precision(None)
+    assert json.loads((out / "eval_config.json").read_text())["precision"] == auto
+    other = "fp32" if auto != "fp32" else "int8"
+    with pytest.raises(ValueError, match=f"precision: '{auto}' -> '{other}'"):
+        evaluate(EvalConfig(**cfg, precision=other), progress=False)
