@@ -17,7 +17,7 @@ from rerank.engine import pruning as _pruning
 from rerank.engine.decoding import TokenTable
 from rerank.fusion import fuse_with_first_stage
 from rerank.inputs import check_batch, check_documents, check_query, check_top_k
-from rerank.models import load_model_and_tokenizer, pruning_and_weights, recommended_settings
+from rerank.models import load_model_and_tokenizer, pruning_and_weights, recommended_settings, resolve_device
 from rerank.precision import apply_cpu_precision, check_precision, resolve_precision
 from rerank.prompting.presets import get_preset
 from rerank.prompting.prompts import PromptEncoding, encode_prompt
@@ -124,7 +124,8 @@ class Reranker:
         ``model=None`` is the shipped default reranker (SmolLM2-135M-Instruct + the packaged LoRA
         weights, ``scoring="head"``); ``model="base"`` the raw SmolLM2-135M-Instruct; otherwise a
         path or hub id. Extra keyword arguments are :class:`RerankerConfig` fields (``scoring``,
-        ``num_passes``, ``on_overflow``, ``batch_size``, ``max_context``, ``prompt``: the prompt
+        ``num_passes``, ``on_overflow``, ``batch_size`` (prompts per forward; default 1 on CPU, where padded
+        batches are slower, else 4), ``max_context``, ``prompt``: the prompt
         preset, e.g. ``prompt="rank_zephyr"`` for RankZephyr, see :mod:`rerank.prompting.presets`;
         ``first_stage_weight``: fusion with the input order, see :mod:`rerank.fusion`). Fields left
         out take the model folder's recommendation (its ``lazyrank.json``, e.g. ``scoring``,
@@ -172,6 +173,10 @@ class Reranker:
             kwargs["deep_leaders"] = None
         if kwargs.get("scoring") is None:
             kwargs["scoring"] = "generate"
+        if kwargs.get("batch_size") is None and resolve_device(device).type == "cpu":
+            # One prompt per forward on CPU: a padded batch of a tournament's chunks took about 1.4x the
+            # time of the same prompts read one by one (docs/benchmarks.md, "bf16 linear layers ...").
+            kwargs["batch_size"] = 1
         config = RerankerConfig(
             model=model,
             device=None if device is None else str(device),

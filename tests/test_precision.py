@@ -159,3 +159,13 @@ def test_a_bf16_reranker_files_its_reads_apart_from_fp32_reads(tokenizer):
     assert len(bf16.window_memo) == 2  # read again, not served the fp32 readout
     (bf16_key,) = set(bf16.window_memo) - {key}
     assert bf16_key == (*key, "precision=bf16") and bf16.window_memo[bf16_key].scores != read.scores
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU default: a GPU keeps batches of 4")
+def test_from_pretrained_reads_one_prompt_per_forward_on_cpu_unless_asked(tmp_path, tokenizer):
+    folder = tmp_path / "tiny"
+    make_tiny_llama(len(tokenizer), layers=2).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert Reranker.from_pretrained(str(folder)).config.batch_size == 1
+    assert Reranker.from_pretrained(str(folder), batch_size=4).config.batch_size == 4
+    assert RerankerConfig().batch_size == 4  # a config built by hand keeps the field's default
