@@ -247,10 +247,11 @@ def _resolve_model_settings(cfg: EvalConfig, reranker, device: str | None = None
     folder's lazyrank.json, else the defaults), so the resume check compares real settings. The CPU
     precision ``auto`` becomes the one this CPU runs: rankings read in fp32 and bf16 do not mix."""
     if cfg.precision in (None, "auto") and cfg.dtype is None:
-        ran = getattr(getattr(reranker, "config", None), "precision", None)
-        if ran is None and reranker is None and resolve_device(device).type == "cpu":
-            ran = resolve_precision(cfg.precision)
-        cfg.precision = ran if ran is not None else cfg.precision
+        given = getattr(reranker, "config", None)
+        if given is not None:  # a reranker built by the caller says what it runs (None: not from_pretrained)
+            cfg.precision = given.precision or cfg.precision
+        elif resolve_device(device).type == "cpu":  # what from_pretrained will load
+            cfg.precision = resolve_precision(cfg.precision)
 
     defaults = {"scoring": "generate", "first_stage_weight": 0.0}
     recommended = None
