@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Checked before the model loads: a typo should not cost a load.
     known = {f.name for f in fields(RerankerConfig)}
     changes = {v: parse_variant(v) for v in variants if v != "minilm"}
+    auto = resolve_precision(None)  # what from_pretrained() runs on this CPU: the precision of ``dense``
     for v, change in changes.items():
         if set(change) - known:
             raise SystemExit(f"--variants {v!r}: {sorted(set(change) - known)} not RerankerConfig fields")
@@ -120,7 +121,10 @@ def main(argv: list[str] | None = None) -> dict:
             check_precision(change.get("precision"))
         except ValueError as err:
             raise SystemExit(f"--variants {v!r}: {err}") from None
-    auto = resolve_precision(None)  # what from_pretrained() runs on this CPU: the precision of ``dense``
+        if change.get("precision") == "auto":
+            change["precision"] = auto
+        if change.get("precision", auto) != resolve_precision(change.get("precision", auto)):
+            raise SystemExit(f"--variants {v!r}: this CPU does not run {change['precision']} natively")
     records = Path(args.out).with_suffix(".records.jsonl")
     key = f"{name}@{args.depth}"
     settings = {"model": args.model, "threads": args.threads, "precision": auto}
@@ -132,11 +136,6 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{records}: {key} query {qid} was timed with {row.get('settings')}, this run asks {settings}: "
                 "mixing them would time no single setting; pass another --out"
             )
-    for v, change in changes.items():
-        if change.get("precision") == "auto":
-            change["precision"] = auto
-        if change.get("precision", auto) != resolve_precision(change.get("precision", auto)):
-            raise SystemExit(f"--variants {v!r}: this CPU does not run {change['precision']} natively")
     readers: dict = {}  # one model per CPU precision the variants ask for
     configs = {}
     for v, change in changes.items():
