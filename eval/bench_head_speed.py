@@ -51,6 +51,9 @@ SCHEDULES = [
     ("late 50-25", "0.5:0.5,0.75:0.25", "global"),
     ("late 50-25/per-passage", "0.5:0.5,0.75:0.25", "per_passage"),
     ("third 50-25/per-passage", "0.33:0.5,0.67:0.25", "per_passage"),
+    # Pruned tokens kept as frozen context (PruningConfig.pruned_tokens="freeze").
+    ("late 50-25/freeze", "late+freeze", "global"),
+    ("two-thirds 30/freeze", "0.67:0.3+freeze", "global"),
 ]
 PRECISIONS = ["int8", "bf16"]  # dense prefill, model converted by rerank.precision
 # int8 of some linear layers only, by name suffix: "int8[gate_proj+up_proj]".
@@ -241,6 +244,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--precisions", nargs="*", default=PRECISIONS, help="Dense precisions to measure beside fp32.")
     ap.add_argument(
+        "--base_precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="Precision of the dense reference and of every pruning schedule (bf16: the CPU default where native).",
+    )
+    ap.add_argument(
         "--tuned",
         default=None,
         help="Pruning-tuned weights (adapter folder): each schedule runs again with them (labels ending '+tuned').",
@@ -254,9 +263,9 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown or bad:
         ap.error(f"unknown schedules {sorted(unknown)} or precisions {bad} (known: {PRECISIONS}, int8[a+b])")
     measured = variants(args.schedules, args.precisions, args.tuned is not None)
-    rr = Reranker.from_pretrained(first_stage_weight=0.0, precision="fp32")
+    rr = Reranker.from_pretrained(first_stage_weight=0.0, precision=args.base_precision)
     models = {p: convert(rr.model, p) for p in args.precisions}
-    tuned = Reranker.from_pretrained(args.tuned, precision="fp32").model if args.tuned else None
+    tuned = Reranker.from_pretrained(args.tuned, precision=args.base_precision).model if args.tuned else None
     teacher = EmbeddingTeacher()
     records = Path(args.out).with_suffix(".records.jsonl")
     records.parent.mkdir(parents=True, exist_ok=True)
@@ -265,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         "depth": args.depth,
         "threads": args.threads,
         "tuned_weights": args.tuned,
+        "base_precision": rr.config.precision,
         "schedules": {label: {"spec": spec, "budget": budget} for label, spec, budget in measured if spec != "dense"},
         "precisions": {p: {"native_on_this_cpu": cpu_supports(p.split("[")[0])} for p in args.precisions},
         "collections": {},

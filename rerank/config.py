@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from rerank.long_lists import CHUNK_LAYOUTS, FINAL_ORDERS
 from rerank.prompting.presets import get_preset
@@ -71,6 +71,17 @@ class PruningConfig:
             )
         },
     )
+    pruned_tokens: str = field(
+        default="drop",
+        metadata={
+            "help": (
+                "'drop': later layers neither compute a pruned token nor attend to it (LazyLLM); 'freeze': its state "
+                "stops at the layer that prunes it and later layers still attend to it (keys and values projected "
+                "from that state, no MLP), so every reader keeps its whole context. 'freeze' is for scoring='head' "
+                "and needs sdpa attention."
+            )
+        },
+    )
     score_window: int = field(
         default=1,
         metadata={
@@ -119,6 +130,8 @@ class PruningConfig:
             )
         if self.score_window < 1:
             raise ValueError(f"score_window must be >= 1, got {self.score_window}")
+        if self.pruned_tokens not in ("drop", "freeze"):
+            raise ValueError(f"pruned_tokens must be 'drop' or 'freeze', got {self.pruned_tokens!r}")
 
     def check_head_scoring(self) -> None:
         """Refuse a schedule that would drop what head scoring reads (passage ends, query), naming why."""
@@ -133,9 +146,18 @@ class PruningConfig:
                 "bodies and leave their ends reading nothing; use granularity='token'"
             )
 
+    def check_cached_decoding(self) -> None:
+        """Refuse a mode that the pruned KV caches of the identifier scorings and generation lack."""
+        if self.pruned_tokens != "drop":
+            raise ValueError(
+                f"pruned_tokens={self.pruned_tokens!r} is implemented for scoring='head' only; "
+                "the identifier scorings and generation prune with pruned_tokens='drop'"
+            )
+
     @classmethod
     def from_spec(cls, spec: str) -> PruningConfig:
-        """A schedule from a preset name (``"default"``, ``"fast"``, ``"late"``) or ``"depth:keep,..."`` pairs.
+        """A schedule from a preset name (``"default"``, ``"fast"``, ``"late"``) or ``"depth:keep,..."`` pairs,
+        optionally followed by ``+freeze`` (``pruned_tokens="freeze"``).
 
         This is the form command lines and YAML files take (``rerank eval --pruning fast``).
 
@@ -144,9 +166,13 @@ class PruningConfig:
             [0.5, 0.2]
             >>> PruningConfig.from_spec("fast").layer_fractions
             [0.04, 0.2, 0.5]
+            >>> PruningConfig.from_spec("late+freeze").pruned_tokens
+            'freeze'
         """
         if not isinstance(spec, str):
             raise TypeError(f"pruning spec must be a str, got {type(spec).__name__}")
+        if spec.endswith(FREEZE_SUFFIX):
+            return replace(cls.from_spec(spec[: -len(FREEZE_SUFFIX)]), pruned_tokens="freeze")
         if spec in PRUNING_PRESETS:
             return cls(**PRUNING_PRESETS[spec])
         try:
@@ -168,7 +194,12 @@ def pruning_tag(pruning: PruningConfig | None) -> str | None:
     >>> pruning_tag(PruningConfig.from_spec("late")) == pruning_tag(PruningConfig.from_spec("0.5:0.5,0.75:0.25"))
     True
     """
-    return None if pruning is None else json.dumps(asdict(pruning), sort_keys=True)
+    if pruning is None:
+        return None
+    fields = asdict(pruning)
+    if fields["pruned_tokens"] == "drop":
+        del fields["pruned_tokens"]  # the tags written before the field existed stay valid
+    return json.dumps(fields, sort_keys=True)
 
 
 def readout_tag(pruning: PruningConfig | None, precision: str | None) -> str | None:
@@ -194,6 +225,9 @@ def _as_schedule(name: str, value, specs: bool) -> PruningConfig | None:
     kinds = "a PruningConfig, a dict, a spec string or None" if specs else "a PruningConfig, a dict or None"
     raise TypeError(f"{name} must be {kinds}, got {type(value).__name__}")
 
+
+# A spec suffix: the schedule with pruned_tokens="freeze" ("late+freeze").
+FREEZE_SUFFIX = "+freeze"
 
 # Named schedules for command lines. "fast" trades the last bit of prefill fidelity for speed where
 # only the first identifier's distribution matters (scoring="single_pass"); see the README table.

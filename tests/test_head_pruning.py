@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -177,3 +178,61 @@ def test_disk_memo_keeps_dense_keys_and_files_pruned_reads_apart(tmp_path):
     assert hashlib.sha1(b"None:5,6,7").hexdigest() in dict.keys(memo)
     again = DiskMemo(tmp_path / "memo.jsonl", read_only=True)
     assert again[((5, 6, 7), None)].scores == [1.0] and again[((5, 6, 7), None, "late")].scores == [2.0]
+
+
+def test_frozen_tokens_stay_context_with_the_state_they_had_when_pruned(tiny_model, tokenizer, enc, monkeypatch):
+    """pruned_tokens='freeze' equals the dense model in which each pruned token's state is put back,
+    after every later layer, to what it was when pruned: the survivors attend to frozen keys and values."""
+    import rerank.engine.head_pruning as head_pruning
+    from rerank.engine.passage_head import relevance_from_logits
+
+    reads = enc.passage_end_positions()
+    length = reads[-1] + 1
+    body = torch.tensor(enc.prunable_mask()[:length])
+    odd_body = body & (torch.arange(length) % 2 == 1)
+
+    def keep_even_body(scores, candidate, groups, budget, granularity, quotas=None):
+        # One pruning stage, so survivor indices are still original positions here.
+        return (~odd_body).nonzero().squeeze(1)
+
+    monkeypatch.setattr(head_pruning, "select_survivors", keep_even_body)
+    yes, no = relevance_token_ids(tokenizer)
+    config = PruningConfig(layer_fractions=[0.5], keep_ratios=[0.5], pruned_tokens="freeze")
+    got = score_positions_pruned(tiny_model, [enc.input_ids], [reads], [enc.prunable_mask()], yes, no, config)
+
+    inner = tiny_model.model
+    with torch.inference_mode():
+        hidden = inner.embed_tokens(torch.tensor([enc.input_ids[:length]]))
+        cos, sin = inner.rotary_emb(hidden, torch.arange(length)[None])
+        frozen = None
+        for index, layer in enumerate(inner.layers):
+            if index == 2:  # round(0.5 * 4 layers)
+                frozen = hidden[:, odd_body].clone()
+            hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin))
+            if frozen is not None:
+                hidden[:, odd_body] = frozen
+        want = relevance_from_logits(tiny_model.lm_head(inner.norm(hidden[0, reads])), yes, no)
+    assert got.scores[0] == pytest.approx(want.tolist(), abs=1e-4)
+    dropped = score_positions_pruned(
+        tiny_model, [enc.input_ids], [reads], [enc.prunable_mask()], yes, no, replace(config, pruned_tokens="drop")
+    )
+    # Same tokens computed (the budget counts the computed ones), different context.
+    assert dropped.prefill.computed_fraction == pytest.approx(got.prefill.computed_fraction)
+    assert max(abs(a - b) for a, b in zip(dropped.scores[0], got.scores[0])) > 1e-3
+
+
+def test_freeze_is_a_head_scoring_mode_named_by_spec_and_tag(tiny_model, tokenizer):
+    from rerank.config import pruning_tag
+
+    frozen = PruningConfig.from_spec("late+freeze")
+    assert frozen == replace(PruningConfig.from_spec("late"), pruned_tokens="freeze")
+    # Tags of dropping schedules are those written before pruned_tokens existed (memo keys stay valid).
+    assert "pruned_tokens" not in pruning_tag(PruningConfig.from_spec("late"))
+    assert pruning_tag(frozen) != pruning_tag(PruningConfig.from_spec("late"))
+    with pytest.raises(ValueError, match="pruned_tokens must be"):
+        PruningConfig(pruned_tokens="skip")
+    with pytest.raises(ValueError, match="scoring='head' only"):
+        Reranker(tiny_model, tokenizer, RerankerConfig(scoring="generate", pruning=frozen))
+    rr = Reranker(tiny_model, tokenizer, RerankerConfig(scoring="head", pruning=frozen))
+    got = rr.rerank("which animal has legs", DOCS)
+    assert sorted(got.order) == list(range(len(DOCS))) and got.stats.computed_fraction < 1.0

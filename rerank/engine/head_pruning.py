@@ -13,6 +13,13 @@ tokens, comparing tokens across passages by their attention relative to their pa
 attention from different readers is not on one scale); ``"per_passage"`` keeps each passage's best
 ``keep_ratio`` of its own tokens, so no passage loses more than the others.
 
+What happens to a pruned token (``PruningConfig.pruned_tokens``): ``"drop"`` removes it from every
+later layer, as LazyLLM does, so the readers lose it as context too; ``"freeze"`` stops its state at
+the layer that prunes it and keeps it as context: each later layer projects keys and values from the
+frozen state (two small products, no query, output projection or MLP) and the survivors attend to
+them through the layer's own attention module, with an explicit causal mask over original
+positions. The survivors' queries over all keys are what each layer still pays for.
+
 Tokens after the last passage end (the closing instruction) cannot influence any readout in a
 causal model, so they are not computed at all.
 """
@@ -29,7 +36,7 @@ from rerank.config import PruningConfig
 from rerank.engine.passage_head import HeadScores, relevance_from_logits
 from rerank.engine.pruning import _causal_lm, check_supported, layer_schedule
 from rerank.engine.session import PrefillInfo, _sync
-from rerank.engine.token_importance import reader_attention, select_survivors
+from rerank.engine.token_importance import reader_attention, rope, select_survivors
 
 
 def _owners(length: int, readers: Sequence[int], prunable: torch.Tensor) -> torch.Tensor:
@@ -66,6 +73,11 @@ def score_positions_pruned(
     """
     check_supported(model, config)
     config.check_head_scoring()
+    if config.pruned_tokens == "freeze" and _causal_lm(model).config._attn_implementation != "sdpa":
+        raise ValueError(
+            "pruned_tokens='freeze' attends over frozen and computed tokens with an explicit mask: "
+            "load the model with attn_implementation='sdpa'"
+        )
     if not (len(prompts) == len(positions) == len(prunable)):
         raise ValueError(
             f"prompts ({len(prompts)}), positions ({len(positions)}) and prunable ({len(prunable)}) "
@@ -140,6 +152,7 @@ def score_row_pruned(
     pos = torch.arange(length, device=device)
     cos, sin = inner.rotary_emb(hidden, pos[None])
     layer_tokens = []
+    frozen: _FrozenTokens | None = None
     for index, layer in enumerate(inner.layers):
         ratio = schedule.get(index)
         if ratio is not None and int(candidate.sum()) > math.ceil(ratio * initial):
@@ -158,9 +171,22 @@ def score_row_pruned(
                     math.ceil(ratio * initial),
                     "token",
                 )
+            if config.pruned_tokens == "freeze":
+                dropped = torch.ones(pos.numel(), dtype=torch.bool, device=device)
+                dropped[keep] = False
+                frozen = _FrozenTokens.add(frozen, hidden[:, dropped], pos[dropped], cos[:, dropped], sin[:, dropped])
             hidden, pos, cos, sin = hidden[:, keep], pos[keep], cos[:, keep], sin[:, keep]
             candidate, owner, is_reader = candidate[keep], owner[keep], is_reader[keep]
-        hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), use_cache=False)
+        if frozen is None:
+            hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), use_cache=False)
+        else:
+            hidden = layer(
+                hidden,
+                attention_mask=frozen.mask(pos),
+                position_embeddings=(cos, sin),
+                cache=frozen.context(layer),
+                use_cache=True,
+            )
         layer_tokens.append(pos.numel())
     picked = inner.norm(hidden[0, is_reader])
     return relevance_from_logits(lm.lm_head(picked), yes_id, no_id), layer_tokens
@@ -176,3 +202,50 @@ def _relative_to_passage(own: torch.Tensor, owner: torch.Tensor, candidate: torc
     sums = torch.zeros(readers, dtype=own.dtype, device=own.device).index_add_(0, group[candidate], own[candidate])
     counts = torch.bincount(group[candidate], minlength=readers).clamp(min=1)
     return own / (sums / counts).clamp(min=1e-12)[group]
+
+
+class _FrozenTokens:
+    """Pruned tokens kept as context (``pruned_tokens="freeze"``): states fixed where each was pruned."""
+
+    def __init__(self, hidden: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        self.hidden, self.pos, self.cos, self.sin = hidden, pos, cos, sin
+
+    @classmethod
+    def add(cls, frozen, hidden, pos, cos, sin) -> _FrozenTokens:
+        if frozen is None:
+            return cls(hidden, pos, cos, sin)
+        return cls(
+            torch.cat([frozen.hidden, hidden], dim=1),
+            torch.cat([frozen.pos, pos]),
+            torch.cat([frozen.cos, cos], dim=1),
+            torch.cat([frozen.sin, sin], dim=1),
+        )
+
+    def mask(self, pos: torch.Tensor) -> torch.Tensor:
+        """``[1, 1, computed, frozen + computed]`` booleans: each computed query sees the keys at or before
+        its original position, the frozen ones first (the order :class:`_ContextKeys` hands them over)."""
+        keys = torch.cat([self.pos, pos])
+        return (keys[None, :] <= pos[:, None])[None, None]
+
+    def context(self, layer) -> _ContextKeys:
+        """This layer's keys and values of the frozen tokens, projected from their frozen states."""
+        attn = layer.self_attn
+        normed = layer.input_layernorm(self.hidden)
+        shape = (1, normed.shape[1], -1, attn.head_dim)
+        keys = attn.k_proj(normed).view(shape)
+        if hasattr(attn, "k_norm"):  # Qwen3 normalises each head before RoPE
+            keys = attn.k_norm(keys)
+        keys = rope(keys.transpose(1, 2), self.cos, self.sin)
+        values = attn.v_proj(normed).view(shape).transpose(1, 2)
+        return _ContextKeys(keys, values)
+
+
+class _ContextKeys:
+    """Stands in for a KV cache for one layer call: prepends the frozen tokens' keys and values to the
+    computed ones, so the layer's own attention module (and kernel) reads both."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        self.keys, self.values = keys, values
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, **kwargs):
+        return torch.cat([self.keys, keys], dim=2), torch.cat([self.values, values], dim=2)

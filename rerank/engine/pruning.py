@@ -138,6 +138,7 @@ class PrunedSession:
     """
 
     def __init__(self, model, pad_token_id: int, config: PruningConfig):
+        config.check_cached_decoding()
         self.model = model
         self.config = config
         self.pad_token_id = pad_token_id

@@ -12,7 +12,7 @@ import math
 import torch
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE on ``[B, heads, S, d]`` with ``cos``/``sin`` of shape ``[B, S, d]``."""
     # Imported here so `import rerank` does not load transformers' model code.
     from transformers.models.llama.modeling_llama import rotate_half
@@ -36,8 +36,8 @@ def _rotated_qk(
     k = attn.k_proj(normed).view(1, seq, -1, head_dim)
     if hasattr(attn, "q_norm"):  # Qwen3 normalises each head before RoPE
         q, k = attn.q_norm(q), attn.k_norm(k)
-    q = _rope(q.transpose(1, 2), cos[:, rows], sin[:, rows])
-    k = _rope(k.transpose(1, 2), cos, sin)
+    q = rope(q.transpose(1, 2), cos[:, rows], sin[:, rows])
+    k = rope(k.transpose(1, 2), cos, sin)
     heads, kv_heads = q.shape[1], k.shape[1]
     q = q.reshape(kv_heads, (heads // kv_heads) * rows.numel(), head_dim)
     return q, k[0]

@@ -46,8 +46,9 @@ class Scorer(ABC):
             self.check_pruning(pruning)
 
     def check_pruning(self, pruning: PruningConfig) -> None:
-        """Raise ``ValueError`` naming why ``pruning`` cannot serve this mode (default: any schedule can)."""
-        return None
+        """Raise ``ValueError`` naming why ``pruning`` cannot serve this mode (default: any schedule that
+        drops what it prunes; the identifier scorings decode over the pruned caches)."""
+        pruning.check_cached_decoding()
 
     def session(self):
         """A fresh dense or pruned model session (see :mod:`rerank.engine.session`)."""

@@ -25,7 +25,7 @@ class HeadScorer(Scorer):
     merges_chunks = True
 
     def check_pruning(self, pruning: PruningConfig) -> None:
-        pruning.check_head_scoring()
+        pruning.check_head_scoring()  # either pruned_tokens mode: head scoring implements both
 
     def answer_tokens(self, num_passages: int) -> int:
         return 0  # nothing is generated or appended
