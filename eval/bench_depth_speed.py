@@ -21,11 +21,13 @@ refused.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
 from dataclasses import fields, replace
 from pathlib import Path
 
+from rerank.config import FREEZE_SUFFIX
 from rerank.data.bm25 import first_stage_run
 from rerank.data.collection import load_collection
 from rerank.data.resume import append_record, recover_records
@@ -40,13 +42,15 @@ def parse_variant(spec: str) -> dict:
 
     >>> parse_variant("chunk_passage_tokens=50+chunk_pruning=0.5:0.5,0.75:0.25")
     {'chunk_passage_tokens': 50, 'chunk_pruning': '0.5:0.5,0.75:0.25'}
+    >>> parse_variant("chunk_pruning=late+freeze+precision=bf16")  # a schedule's +freeze stays with it
+    {'chunk_pruning': 'late+freeze', 'precision': 'bf16'}
     >>> parse_variant("dense")
     {}
     """
     if spec == "dense":
         return {}
     changes = {}
-    for part in spec.split("+"):
+    for part in re.split(r"\+(?!" + re.escape(FREEZE_SUFFIX[1:]) + r"\b)", spec):
         field, sep, value = part.partition("=")
         if not sep or not field:
             raise SystemExit(f"--variants: {spec!r} is not dense, minilm or FIELD=VALUE[+FIELD=VALUE]")
