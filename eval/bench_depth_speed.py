@@ -6,10 +6,11 @@
 For every query (BM25 top-``--depth``) each variant reranks the same candidates through
 ``Reranker.rerank`` one after the other in one process, so machine load hits them alike: ``dense`` is
 the shipped default as ``from_pretrained()`` builds it, ``FIELD=VALUE`` the same with one
-``RerankerConfig`` field changed (``chunk_passage_tokens=50``, ``chunk_pruning=late``; join several with
-``+``; ``precision=fp32`` / ``precision=bf16`` loads the weights again in that CPU precision and is
-refused where the CPU would fall back to another), and ``minilm`` all-MiniLM-L6-v2's cosine over the
-same candidates, every text embedded anew (no cache). A first query is ranked once by every variant and
+``RerankerConfig`` field changed (``chunk_passage_tokens=50``, ``chunk_pruning=none``; join several
+with ``+``, a schedule's ``+freeze`` suffix stays with it; ``precision=fp32`` / ``precision=bf16``
+loads the weights again in that CPU precision and is refused where the CPU would fall back to
+another), and ``minilm`` all-MiniLM-L6-v2's cosine over the same candidates, every text embedded anew
+(no cache). A first query is ranked once by every variant and
 not timed (warm-up). Per variant the JSON holds nDCG@10, mean and median wall seconds per query, the
 median per-query ratio to the first variant, prompts and prompt tokens per query, the fraction of
 token-layers computed and the top-10 overlap with the first variant. Per-query records go to

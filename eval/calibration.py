@@ -25,6 +25,7 @@ from rerank.data.collection import load_collection
 from rerank.data.resume import recover_records
 from rerank.data.script_support import EVAL_COLLECTIONS, shared_data_dir
 from rerank.evaluation import binary_labels
+from rerank.precision import PRECISIONS
 
 DATA = shared_data_dir(__file__)
 COLLECTIONS = EVAL_COLLECTIONS
@@ -67,6 +68,24 @@ def precision_at_ranks(records: list[dict], qrels: dict, graded: bool, ranks=(1,
     return out
 
 
+def parse_cell(spec: str) -> tuple[str, str, str, list[str]]:
+    """``COLLECTION:DEPTH:METHOD[:PRECISION]`` -> its parts; a method may hold colons of its own.
+
+    >>> parse_cell("dl19:100:tournament-interleaved=0.67:0.3+freeze:bf16")
+    ('dl19', '100', 'tournament-interleaved=0.67:0.3+freeze', ['bf16'])
+    >>> parse_cell("dl19:100:tournament")
+    ('dl19', '100', 'tournament', [])
+    """
+    parts = spec.split(":", 2)
+    if len(parts) != 3:
+        raise SystemExit(f"--cell {spec!r}: expected COLLECTION:DEPTH:METHOD[:PRECISION]")
+    collection, depth, method = parts
+    head, _, last = method.rpartition(":")
+    if head and last in PRECISIONS:
+        return collection, depth, head, [last]
+    return collection, depth, method, []
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cell", action="append", required=True, help="COLLECTION:DEPTH:METHOD[:PRECISION] (repeatable).")
@@ -82,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     out_path = Path(args.out)
     out = json.loads(out_path.read_text()) if args.label and out_path.is_file() else {}
     for spec in args.cell:
-        collection, depth, method, *precision = spec.split(":")
+        collection, depth, method, precision = parse_cell(spec)
         coll = load_collection(DATA / COLLECTIONS[collection])
         folder = Path(args.work_dir) / collection
         calibrated = recover_records(folder / f"{depth}-{method}+cal{''.join('+' + p for p in precision)}.jsonl")

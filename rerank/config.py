@@ -221,7 +221,8 @@ def _as_schedule(name: str, value, specs: bool) -> PruningConfig | None:
     if isinstance(value, dict):
         return PruningConfig(**value)
     if specs and isinstance(value, str):
-        return PruningConfig.from_spec(value)
+        # "none" names the dense read where None means "not given" (from_pretrained, YAML, --setting).
+        return None if value == "none" else PruningConfig.from_spec(value)
     kinds = "a PruningConfig, a dict, a spec string or None" if specs else "a PruningConfig, a dict or None"
     raise TypeError(f"{name} must be {kinds}, got {type(value).__name__}")
 
@@ -316,7 +317,8 @@ class RerankerConfig:
                 "long_list='chunks' or 'tournament' (scoring='head'): the pruning schedule of the chunk prompts only "
                 "(a PruningConfig, its fields as a dict, or a PruningConfig.from_spec name such as 'fast'); the "
                 "final prompt keeps `pruning`. A tournament's chunks only choose its leaders, and pruning keeps a "
-                "prompt's best set far better than their order. None = chunks read like every other prompt."
+                "prompt's best set far better than their order. None (or 'none', which overrides a model folder's "
+                "recommendation in from_pretrained) = chunks read like every other prompt."
             )
         },
     )

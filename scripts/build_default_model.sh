@@ -71,7 +71,9 @@ MODEL="$OUT/model4"
 # The first-stage fusion weight is chosen on Vaswani (neither training nor evaluation data).
 $PY scripts/fusion_dev.py --model "$MODEL" --work_dir "$OUT/fusion" --out "$OUT/fusion.json"
 PACKAGE_ARGS=(--fusion "$OUT/fusion.json" --setting first_stage_weight=0.0 --setting 'long_list="tournament"'
-  --setting 'chunk_layout="interleaved"' --labels default --labels "$OUT/train-ensemble.summary.json" --labels "$OUT/train-long.summary.json"
+  --setting 'chunk_layout="interleaved"'
+  --setting 'chunk_pruning={"layer_fractions": [0.67], "keep_ratios": [0.3], "pruned_tokens": "freeze", "allow_unsupported_fallback": true}'
+  --labels default --labels "$OUT/train-ensemble.summary.json" --labels "$OUT/train-long.summary.json"
   --history "Steps 1-301: configs/train/head-cpu.yaml, linear LR 4e-4 over 450 steps (20 warm-up), stopped at step 301."
   --history "Steps 302-501: a second run from the step-301 adapter (--init_adapter, fresh AdamW state, a new data order: --data_seed 1; the held-out split stays on seed 42), LR 2.7e-4 after 10 warm-up steps decaying linearly over 600 steps, stopped at its step 200 (LR 1.8e-4)."
   --history "Steps 502-701: a third run from the step-501 adapter on the ensemble labels (train-ensemble.jsonl: MiniLM + BM25 order, judged soft scores lifted by 0.1 x grade, SciFact train claims at top-20), LR 2e-4 after 10 warm-up steps decaying linearly over 200 steps, --max_seq_length 2600, --data_seed 2."

@@ -236,3 +236,42 @@ def test_freeze_is_a_head_scoring_mode_named_by_spec_and_tag(tiny_model, tokeniz
     rr = Reranker(tiny_model, tokenizer, RerankerConfig(scoring="head", pruning=frozen))
     got = rr.rerank("which animal has legs", DOCS)
     assert sorted(got.order) == list(range(len(DOCS))) and got.stats.computed_fraction < 1.0
+
+
+def test_freeze_needs_sdpa_and_an_unsupported_model_reads_dense_when_asked(tokenizer):
+    from support import make_tiny_llama
+
+    from rerank.engine.pruning import UnsupportedModelError, unsupported_reason
+
+    flash = make_tiny_llama(len(tokenizer), layers=2)
+    flash.config._attn_implementation = "flash_attention_2"  # not run: only its reason is read
+    assert unsupported_reason(flash, PruningConfig.from_spec("late")) is None
+    assert "needs attn_implementation='sdpa'" in unsupported_reason(flash, PruningConfig.from_spec("late+freeze"))
+    with pytest.raises(UnsupportedModelError, match="sdpa"):
+        Reranker(flash, tokenizer, RerankerConfig(scoring="head", pruning=PruningConfig.from_spec("late+freeze")))
+
+    eager = make_tiny_llama(len(tokenizer), layers=2)
+    eager.config._attn_implementation = "eager"
+    fallback = replace(PruningConfig.from_spec("late+freeze"), allow_unsupported_fallback=True)
+    pruned = Reranker(eager, tokenizer, RerankerConfig(scoring="head", pruning=fallback)).rerank("legs", DOCS)
+    dense = Reranker(eager, tokenizer, RerankerConfig(scoring="head")).rerank("legs", DOCS)
+    assert pruned.scores == pytest.approx(dense.scores, abs=1e-5) and pruned.stats.computed_fraction == 1.0
+
+
+def test_a_folders_chunk_pruning_is_taken_unless_none_is_asked(tmp_path, tokenizer):
+    import json
+
+    from support import make_tiny_llama
+
+    folder = tmp_path / "model"
+    make_tiny_llama(len(tokenizer), seed=4).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    frozen = {"layer_fractions": [0.5], "keep_ratios": [0.3], "pruned_tokens": "freeze"}
+    settings = {"scoring": "head", "long_list": "tournament", "chunk_pruning": frozen}
+    (folder / "lazyrank.json").write_text(json.dumps({"reranker": settings}))
+    shipped = Reranker.from_pretrained(str(folder), calibration=False, precision="fp32", window_size=4, stride=4)
+    assert shipped.config.chunk_pruning == PruningConfig(**frozen)
+    got = shipped.rerank("which animal has legs", DOCS)
+    assert sorted(got.order) == list(range(len(DOCS))) and got.stats.computed_fraction < 1.0
+    dense = Reranker.from_pretrained(str(folder), calibration=False, precision="fp32", chunk_pruning="none")
+    assert dense.config.chunk_pruning is None

@@ -78,12 +78,14 @@ def test_keep_everything_is_the_dense_objective(tokenizer):
     assert set(kept.terms) == {"rank_loss", "teacher_kl", "teacher_mse"}
 
 
-def test_pruned_scores_match_inference_and_carry_gradients(tokenizer):
+@pytest.mark.parametrize("spec", ["0.3:0.5,0.6:0.25", "0.3:0.5,0.6:0.25+freeze"])
+def test_pruned_scores_match_inference_and_carry_gradients(tokenizer, spec):
     """The objective's pruned scores equal what inference computes with the same schedule, and the
-    loss back-propagates into the layers (survivors' states), also below the first pruning layer."""
+    loss back-propagates into the layers (survivors' states, and frozen tokens' keys and values),
+    also below the first pruning layer."""
     model = make_tiny_llama(len(tokenizer), seed=2)
     batch = _batch(tokenizer, sizes=(6,))
-    objective = _objective(tokenizer, "0.3:0.5,0.6:0.25")
+    objective = _objective(tokenizer, spec)
     scores = objective._pruned_scores(model, batch, batch["head_positions"], batch["passage_ranks"], batch["prunable"])
     enc = encode_prompt(tokenizer, "which animal has legs", DOCS, 30)
     inference = score_positions_pruned(

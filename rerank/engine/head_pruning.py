@@ -34,7 +34,7 @@ import torch
 
 from rerank.config import PruningConfig
 from rerank.engine.passage_head import HeadScores, relevance_from_logits
-from rerank.engine.pruning import _causal_lm, check_supported, layer_schedule
+from rerank.engine.pruning import UnsupportedModelError, _causal_lm, check_supported, layer_schedule, unsupported_reason
 from rerank.engine.session import PrefillInfo, _sync
 from rerank.engine.token_importance import reader_attention, rope, select_survivors
 
@@ -71,13 +71,12 @@ def score_positions_pruned(
         >>> out.prefill.computed_fraction                                                 # doctest: +SKIP
         0.42
     """
-    check_supported(model, config)
-    config.check_head_scoring()
-    if config.pruned_tokens == "freeze" and _causal_lm(model).config._attn_implementation != "sdpa":
-        raise ValueError(
-            "pruned_tokens='freeze' attends over frozen and computed tokens with an explicit mask: "
-            "load the model with attn_implementation='sdpa'"
+    if not check_supported(model, config):
+        # The fallback was asked for; the dense readout needs the pad id this function does not take.
+        raise UnsupportedModelError(
+            f"{unsupported_reason(model, config)}: read these prompts with passage_head.score_positions instead"
         )
+    config.check_head_scoring()
     if not (len(prompts) == len(positions) == len(prunable)):
         raise ValueError(
             f"prompts ({len(prompts)}), positions ({len(positions)}) and prunable ({len(prunable)}) "

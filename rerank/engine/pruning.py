@@ -52,8 +52,8 @@ def _causal_lm(model):
     return model
 
 
-def unsupported_reason(model) -> str | None:
-    """Why ``model`` cannot be pruned, or None when it can."""
+def unsupported_reason(model, schedule: PruningConfig | None = None) -> str | None:
+    """Why ``model`` cannot be pruned (under ``schedule``, when given), or None when it can."""
     lm = _causal_lm(model)
     config = getattr(lm, "config", None)
     model_type = getattr(config, "model_type", None)
@@ -69,6 +69,9 @@ def unsupported_reason(model) -> str | None:
     if attn != "sdpa" and "flash" not in attn:
         # Eager attention has no causal flag: a pruned prefill would need an explicit T x T mask.
         return f"attention implementation {attn!r} is not supported; load the model with attn_implementation='sdpa'"
+    if schedule is not None and schedule.pruned_tokens == "freeze" and attn != "sdpa":
+        # Frozen and computed keys meet under an explicit mask, which flash kernels do not take.
+        return f"pruned_tokens='freeze' needs attn_implementation='sdpa'; the model runs {attn!r}"
     layer_types = getattr(config, "layer_types", None) or []
     window = getattr(config, "sliding_window", None)
     if "sliding_attention" in layer_types or (
@@ -87,7 +90,7 @@ def check_supported(model, config: PruningConfig) -> bool:
     """
     if not isinstance(config, PruningConfig):
         raise TypeError(f"pruning config must be a PruningConfig, got {type(config).__name__}")
-    reason = unsupported_reason(model)
+    reason = unsupported_reason(model, config)
     if reason is None:
         return True
     if config.allow_unsupported_fallback:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from rerank.config import PruningConfig
 from rerank.engine.head_pruning import score_positions_pruned
 from rerank.engine.passage_head import score_positions
+from rerank.engine.pruning import unsupported_reason
 from rerank.prompting.prompts import PromptEncoding, relevance_token_ids
 from rerank.ranking import WindowRanking
 from rerank.scorers.base import Scorer, rankings_by_score
@@ -33,7 +34,8 @@ class HeadScorer(Scorer):
     def rank(self, encodings: Sequence[PromptEncoding], top_ks: Sequence[int | None]) -> list[WindowRanking]:
         yes_id, no_id = relevance_token_ids(self.tokenizer)
         prompts, reads = [e.input_ids for e in encodings], [e.passage_end_positions() for e in encodings]
-        if self.pruning is None:
+        # An unsupported model under allow_unsupported_fallback reads dense (the Reranker warned when built).
+        if self.pruning is None or unsupported_reason(self.model, self.pruning) is not None:
             out = score_positions(self.model, prompts, reads, yes_id, no_id, self.tokenizer.pad_token_id)
         else:
             out = score_positions_pruned(

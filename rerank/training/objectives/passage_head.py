@@ -90,7 +90,8 @@ class HeadArguments:
         default=None,
         metadata={
             "help": (
-                "A pruning schedule (PruningConfig.from_spec: 'default', 'fast' or 'depth:keep,...') run in the "
+                "A pruning schedule (PruningConfig.from_spec: 'default', 'fast' or 'depth:keep,...', '+freeze' to keep "
+                "pruned tokens as frozen context) run in the "
                 "forward: the head learns to read relevance from the pruned prefill. None = dense forward."
             )
         },
