@@ -256,6 +256,11 @@ def test_freeze_needs_sdpa_and_an_unsupported_model_reads_dense_when_asked(token
     pruned = Reranker(eager, tokenizer, RerankerConfig(scoring="head", pruning=fallback)).rerank("legs", DOCS)
     dense = Reranker(eager, tokenizer, RerankerConfig(scoring="head")).rerank("legs", DOCS)
     assert pruned.scores == pytest.approx(dense.scores, abs=1e-5) and pruned.stats.computed_fraction == 1.0
+    enc = encode_prompt(tokenizer, "legs", DOCS, 30)
+    with pytest.raises(UnsupportedModelError, match="score_positions instead"):  # the engine call has no pad id
+        score_positions_pruned(
+            eager, [enc.input_ids], [enc.passage_end_positions()], [enc.prunable_mask()], 1, 2, fallback
+        )
 
 
 def test_a_folders_chunk_pruning_is_taken_unless_none_is_asked(tmp_path, tokenizer):

@@ -71,11 +71,12 @@ def score_positions_pruned(
         >>> out.prefill.computed_fraction                                                 # doctest: +SKIP
         0.42
     """
-    if not check_supported(model, config):
-        # The fallback was asked for; the dense readout needs the pad id this function does not take.
-        raise UnsupportedModelError(
-            f"{unsupported_reason(model, config)}: read these prompts with passage_head.score_positions instead"
-        )
+    reason = unsupported_reason(model, config)
+    if reason is not None and config.allow_unsupported_fallback:
+        # The dense readout needs the pad id this function does not take (HeadScorer reads dense itself),
+        # so no "running unpruned" fallback here, nor its warning.
+        raise UnsupportedModelError(f"{reason}: read these prompts with passage_head.score_positions instead")
+    check_supported(model, config)
     config.check_head_scoring()
     if not (len(prompts) == len(positions) == len(prunable)):
         raise ValueError(
